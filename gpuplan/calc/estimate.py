@@ -1,0 +1,47 @@
+"""The pure calculator: (ModelSpec, Workload, Precision, engine) -> Breakdown, all integers in bytes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from gpuplan.calc.overhead import overhead_bytes
+from gpuplan.calc.precision import Precision
+from gpuplan.calc.weights import weights_bytes
+from gpuplan.calc.workload import Workload
+from gpuplan.engines.transformers import AttnImpl, estimate_generate
+from gpuplan.models.spec import ModelSpec
+
+Engine = Literal["transformers"]
+ENGINES: tuple[str, ...] = ("transformers",)
+
+
+class Breakdown(BaseModel):
+    """Bytes per GPU. peak_allocated = weights + kv cache + activations; total = peak_allocated + overhead."""
+
+    model_config = ConfigDict(frozen=True)
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    peak_allocated_bytes: int
+    total_bytes: int
+    components: dict[str, int]
+
+
+def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *,
+                    engine: Engine = "transformers", attn: AttnImpl = "sdpa") -> Breakdown:
+    weights = weights_bytes(spec, precision)
+    mem = estimate_generate(spec, workload, precision, weights, attn)
+    overhead = overhead_bytes()
+    return Breakdown(
+        weights_bytes=mem.weights_bytes,
+        kv_cache_bytes=mem.kv_cache_bytes,
+        activation_bytes=mem.activation_bytes,
+        overhead_bytes=overhead,
+        peak_allocated_bytes=mem.peak_allocated_bytes,
+        total_bytes=mem.peak_allocated_bytes + overhead,
+        components=mem.components,
+    )

@@ -1,0 +1,34 @@
+"""The workload an estimate is for: how many sequences, how long, how many tokens generated."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Bounds that catch typos (an extra zero or three) before they turn into absurd numbers. No engine runs
+# a batch of more than a million sequences or a context of more than 2**26 (67M) tokens; the longest
+# context windows published are 10M tokens (Llama 4 Scout).
+MAX_BATCH = 1_000_000
+MAX_SEQ = 2**26
+
+
+class Workload(BaseModel):
+    """``seq`` tokens per sequence are held in the KV cache at the end: the prompt plus ``new_tokens``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: int = Field(default=1, ge=1, le=MAX_BATCH)
+    seq: int = Field(default=2048, ge=1, le=MAX_SEQ)
+    new_tokens: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _prompt_not_empty(self) -> Workload:
+        if self.new_tokens >= self.seq:
+            raise ValueError(
+                f"new_tokens ({self.new_tokens}) must be smaller than seq ({self.seq}): seq counts the prompt "
+                "plus the generated tokens"
+            )
+        return self
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.seq - self.new_tokens

@@ -1,0 +1,92 @@
+"""Rendering: JSON to stdout for scripts, rich tables for people, messages to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gpuplan.results import EstimateResult
+from gpuplan.units import GiB
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def fmt_gib(n_bytes: int) -> str:
+    return f"{n_bytes / GiB:,.2f}"
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _human_params(n: int) -> str:
+    for unit, div in (("T", 10**12), ("B", 10**9), ("M", 10**6)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:,}"
+
+
+def estimate_table(result: EstimateResult) -> Table:
+    """One estimate as a vertical breakdown: component, GiB, exact bytes, share of the total."""
+    title = (f"{result.model}  ·  {result.dtype} weights, {result.kv_dtype} KV  ·  batch {result.batch} x "
+             f"seq {result.seq:,} ({result.prompt_tokens:,} prompt + {result.new_tokens:,} new)")
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column("per GPU")
+    table.add_column("GiB", justify="right")
+    table.add_column("bytes", justify="right")
+    table.add_column("share", justify="right")
+    total = result.total_bytes or 1
+    table.add_row("parameters", "", fmt_int(result.parameters), _human_params(result.parameters))
+    for label, value in (
+        ("weights", result.weights_bytes),
+        ("KV cache", result.kv_cache_bytes),
+        ("activations", result.activation_bytes),
+        ("overhead", result.overhead_bytes),
+    ):
+        table.add_row(label, fmt_gib(value), fmt_int(value), f"{100 * value / total:.1f}%")
+    table.add_section()
+    table.add_row("peak allocated", fmt_gib(result.peak_allocated_bytes), fmt_int(result.peak_allocated_bytes), "")
+    table.add_row("[bold]total[/bold]", f"[bold]{fmt_gib(result.total_bytes)}[/bold]",
+                  f"[bold]{fmt_int(result.total_bytes)}[/bold]", "100.0%")
+    return table
+
+
+def sweep_table(results: Sequence[EstimateResult]) -> Table:
+    first = results[0]
+    table = Table(title=f"{first.model}  ·  {first.dtype} weights, {first.kv_dtype} KV  ·  GiB per GPU",
+                  title_justify="left", show_edge=False)
+    for col in ("batch", "seq", "weights", "KV cache", "activations", "overhead", "peak alloc.", "total"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(fmt_int(r.batch), fmt_int(r.seq), fmt_gib(r.weights_bytes), fmt_gib(r.kv_cache_bytes),
+                      fmt_gib(r.activation_bytes), fmt_gib(r.overhead_bytes), fmt_gib(r.peak_allocated_bytes),
+                      fmt_gib(r.total_bytes))
+    return table
+
+
+def assumptions_line(result: EstimateResult) -> str:
+    return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, compute in "
+            f"{result.compute_dtype}; model from {result.source}"
+            + (f" @ {result.revision}" if result.revision else "")
+            + f" ({result.model_type}, {result.attention}). GiB = 2^30 bytes.")

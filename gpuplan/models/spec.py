@@ -1,0 +1,192 @@
+"""ModelSpec: the one normalized description of a decoder-only LLM.
+
+Every config family (see ``gpuplan/models/families.py``) is parsed into a ModelSpec; nothing downstream
+reads raw config keys. Besides the architectural figures that the KV-cache and activation formulas need,
+a ModelSpec carries the model's **tensor layout**: every weight tensor group with its shape, how many
+times it repeats, and its role. Parameter counts and weight bytes (quantized or not) are sums over that
+layout, so they come out exact when the layout mirrors the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TensorRole(str, Enum):
+    """What a tensor is, which decides whether quantization schemes touch it.
+
+    GPTQ, AWQ, bitsandbytes and FP8 checkpoints quantize the linear layers of the transformer blocks
+    (``linear`` and ``expert_linear``); embeddings, norms, biases, routers and (usually) the lm_head stay in
+    16-bit. Sources: transformers/integrations/bitsandbytes.py (``get_keys_to_not_convert`` keeps lm_head),
+    AutoGPTQ/AutoAWQ quantize only ``nn.Linear`` modules inside the decoder layers.
+    """
+
+    EMBEDDING = "embedding"
+    POSITION_EMBEDDING = "position_embedding"
+    LINEAR = "linear"
+    EXPERT_LINEAR = "expert_linear"
+    NORM = "norm"
+    BIAS = "bias"
+    ROUTER = "router"
+    LM_HEAD = "lm_head"
+    OTHER = "other"
+
+
+QUANTIZABLE_ROLES = frozenset({TensorRole.LINEAR, TensorRole.EXPERT_LINEAR})
+
+
+class TensorGroup(BaseModel):
+    """One weight tensor, repeated ``count`` times (once per layer that has it, per expert ...).
+
+    For 2-D weights ``shape`` is (out_features, in_features) as torch.nn.Linear stores it.
+    ``loaded`` is False for tensors that ship in the checkpoint but that inference engines skip by
+    default (DeepSeek-V3 multi-token-prediction layers).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    shape: tuple[int, ...]
+    count: int = 1
+    role: TensorRole
+    loaded: bool = True
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def total_numel(self) -> int:
+        return self.numel * self.count
+
+
+class MlaSpec(BaseModel):
+    """Multi-head latent attention (DeepSeek-V2/V3, arXiv:2405.04434 section 2.1)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kv_lora_rank: int = Field(gt=0)
+    q_lora_rank: int | None = Field(default=None, gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+
+    @property
+    def latent_dim(self) -> int:
+        """Per-token, per-layer width of the compressed KV that MLA-aware engines cache."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+class MoeSpec(BaseModel):
+    """Mixture-of-experts feed-forward layers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_experts: int = Field(gt=0)
+    experts_per_token: int = Field(gt=0)
+    expert_intermediate_size: int = Field(gt=0)
+    num_shared_experts: int = Field(default=0, ge=0)
+    shared_expert_intermediate_size: int = Field(default=0, ge=0)
+    num_moe_layers: int = Field(gt=0)
+    num_dense_layers: int = Field(default=0, ge=0)
+
+
+class QuantSpec(BaseModel):
+    """A checkpoint's quantization, from config.json's ``quantization_config`` or a requested dtype."""
+
+    model_config = ConfigDict(frozen=True)
+
+    method: Literal["gptq", "awq", "bnb_4bit", "bnb_8bit", "fp8", "mxfp4", "compressed_tensors"]
+    bits: int
+    group_size: int | None = None
+    """Weights per scale along the input dimension; None means one scale per output row (per channel)."""
+    fp8_block: tuple[int, int] | None = None
+    """FP8 block-wise scales (DeepSeek-V3: 128 x 128)."""
+    fp8_strategy: Literal["tensor", "channel", "block"] | None = None
+    bnb_double_quant: bool = False
+    quantize_lm_head: bool = False
+    modules_not_converted: tuple[str, ...] = ()
+    source: Literal["checkpoint", "requested"] = "checkpoint"
+
+
+class ModelSpec(BaseModel):
+    """Normalized architecture of a decoder-only language model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_type: str
+    architectures: tuple[str, ...] = ()
+    num_hidden_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0, description="query/key width per head")
+    v_head_dim: int = Field(gt=0, description="value width per head")
+    intermediate_size: int = Field(gt=0, description="FFN width of the dense layers")
+    ffn_gated: bool = Field(description="gated FFN (SwiGLU/GeGLU: 3 matrices) or plain (2 matrices)")
+    hidden_act: str = "silu"
+    mla: MlaSpec | None = None
+    moe: MoeSpec | None = None
+    layer_windows: tuple[int | None, ...] = Field(
+        description="per decoder layer: None for full attention, N for a sliding window of N tokens"
+    )
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int | None = None
+    native_dtype: str | None = None
+    quantization: QuantSpec | None = None
+    mtp_layers: int = 0
+    norm_kind: Literal["rms", "layer"] = "rms"
+    tensors: tuple[TensorGroup, ...]
+    notes: tuple[str, ...] = ()
+    vision_parameters: int = 0
+    """Parameters of a vision tower/projector in a multimodal checkpoint (not part of the text model)."""
+
+    # ---- attention layout -------------------------------------------------------------------------
+    @property
+    def attention_kind(self) -> Literal["MHA", "GQA", "MQA", "MLA"]:
+        if self.mla is not None:
+            return "MLA"
+        if self.num_key_value_heads == self.num_attention_heads:
+            return "MHA"
+        if self.num_key_value_heads == 1:
+            return "MQA"
+        return "GQA"
+
+    @property
+    def num_full_attention_layers(self) -> int:
+        return sum(1 for w in self.layer_windows if w is None)
+
+    @property
+    def sliding_windows(self) -> tuple[int, ...]:
+        return tuple(w for w in self.layer_windows if w is not None)
+
+    # ---- parameters -------------------------------------------------------------------------------
+    @cached_property
+    def parameters(self) -> int:
+        """Every parameter in the checkpoint's text model (tied embeddings once), MTP layers included."""
+        return sum(t.total_numel for t in self.tensors)
+
+    @cached_property
+    def loaded_parameters(self) -> int:
+        """Parameters an inference engine loads (without checkpoint-only extras such as MTP layers)."""
+        return sum(t.total_numel for t in self.tensors if t.loaded)
+
+    @cached_property
+    def active_parameters(self) -> int:
+        """Parameters used per token: shared weights plus ``experts_per_token`` of the routed experts."""
+        if self.moe is None:
+            return self.loaded_parameters
+        routed = sum(t.total_numel for t in self.tensors if t.loaded and t.role is TensorRole.EXPERT_LINEAR)
+        return self.loaded_parameters - routed + routed * self.moe.experts_per_token // self.moe.num_experts
+
+    def parameters_by_role(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.tensors:
+            out[t.role.value] = out.get(t.role.value, 0) + t.total_numel
+        return out
