@@ -31,8 +31,14 @@ def make_workload(batch: int, seq: int, new_tokens: int) -> Workload:
         return Workload(batch=batch, seq=seq, new_tokens=new_tokens)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "workload"
-        raise InputError(f"{field}: {err['msg'].removeprefix('Value error, ')}") from None
+        field = ".".join(str(p) for p in err["loc"])
+        ctx = err.get("ctx", {})
+        if err["type"] == "less_than_equal":
+            raise InputError(f"{field} {err['input']:,} is beyond what gpuplan accepts ({ctx['le']:,})",
+                             hint="check for a typo such as an extra zero") from None
+        if err["type"] == "greater_than_equal":
+            raise InputError(f"{field} must be at least {ctx['ge']}, got {err['input']}") from None
+        raise InputError(err["msg"].removeprefix("Value error, ")) from None
 
 
 def estimate(model: str | ResolvedModel | ModelSpec, *, dtype: str = "auto", kv_dtype: str = "auto",

@@ -93,7 +93,12 @@ def estimate(
             output.emit_json(results[0].model_dump() if len(results) == 1 else [r.model_dump() for r in results])
         else:
             out = output.stdout_console()
-            out.print(output.estimate_table(results[0]) if len(results) == 1 else output.sweep_table(results))
+            out.print(output.headline(results[0]))
+            if len(results) == 1:
+                out.print(output.workload_line(results[0]))
+                out.print(output.estimate_table(results[0]))
+            else:
+                out.print(output.sweep_table(results))
             out.print(output.assumptions_line(results[0]), style="dim")
         err = output.stderr_console()
         first = results[0]

@@ -47,11 +47,19 @@ def _human_params(n: int) -> str:
     return f"{n:,}"
 
 
+def headline(result: EstimateResult) -> str:
+    return (f"[bold]{result.model}[/bold] ({result.model_type}, {result.attention}, "
+            f"{_human_params(result.parameters)} parameters)")
+
+
+def workload_line(result: EstimateResult) -> str:
+    return (f"{result.dtype} weights · {result.kv_dtype} KV cache · batch {result.batch} x seq {result.seq:,} "
+            f"({result.prompt_tokens:,} prompt + {result.new_tokens:,} generated)")
+
+
 def estimate_table(result: EstimateResult) -> Table:
     """One estimate as a vertical breakdown: component, GiB, exact bytes, share of the total."""
-    title = (f"{result.model}  ·  {result.dtype} weights, {result.kv_dtype} KV  ·  batch {result.batch} x "
-             f"seq {result.seq:,} ({result.prompt_tokens:,} prompt + {result.new_tokens:,} new)")
-    table = Table(title=title, title_justify="left", show_edge=False)
+    table = Table(show_edge=False)
     table.add_column("per GPU")
     table.add_column("GiB", justify="right")
     table.add_column("bytes", justify="right")
@@ -73,10 +81,8 @@ def estimate_table(result: EstimateResult) -> Table:
 
 
 def sweep_table(results: Sequence[EstimateResult]) -> Table:
-    first = results[0]
-    table = Table(title=f"{first.model}  ·  {first.dtype} weights, {first.kv_dtype} KV  ·  GiB per GPU",
-                  title_justify="left", show_edge=False)
-    for col in ("batch", "seq", "weights", "KV cache", "activations", "overhead", "peak alloc.", "total"):
+    table = Table(show_edge=False, title="GiB per GPU", title_justify="left")
+    for col in ("batch", "seq", "weights", "KV cache", "activ.", "overhead", "peak", "total"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(fmt_int(r.batch), fmt_int(r.seq), fmt_gib(r.weights_bytes), fmt_gib(r.kv_cache_bytes),
@@ -86,7 +92,7 @@ def sweep_table(results: Sequence[EstimateResult]) -> Table:
 
 
 def assumptions_line(result: EstimateResult) -> str:
-    return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, compute in "
-            f"{result.compute_dtype}; model from {result.source}"
-            + (f" @ {result.revision}" if result.revision else "")
-            + f" ({result.model_type}, {result.attention}). GiB = 2^30 bytes.")
+    where = result.source + (f" @ {result.revision}" if result.revision else "")
+    return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, activations in "
+            f"{result.compute_dtype}; config from {where}. GiB = 2^30 bytes; peak allocated = what "
+            "torch.cuda.max_memory_allocated reads; total adds the CUDA context.")

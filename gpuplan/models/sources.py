@@ -210,26 +210,28 @@ def resolve_model(ref: str, *, revision: str | None = None, source: SourceName =
             return found
         if source == "catalog":
             raise _not_found(name, offline=True)
-    if offline and source == "auto" and "/" not in name:
-        raise _not_found(name, offline=True)
+    entry = load_catalog().get(name)
+    if entry is not None:  # an alias asked of the Hub means its full id
+        name = entry.id
+    if "/" not in name:
+        raise _not_found(name, offline=offline)
     return _load_hub(name, revision=revision, offline=offline, token=token, timeout_s=hub_timeout_s)
 
 
 def _not_found(name: str, *, offline: bool) -> ModelNotFoundError:
     suggestions = load_catalog().suggestions(name)
     hint = f"did you mean {', '.join(suggestions)}?" if suggestions else "`gpuplan models` lists the bundled ones"
-    where = "in the bundled catalog" if offline else "in the bundled catalog or on the Hub"
-    if offline:
+    if "/" not in name:
+        hint += "; Hub ids have the form owner/name"
+    elif offline:
         hint += "; without --offline gpuplan would also ask the Hub"
-    return ModelNotFoundError(f"model {name!r} is not {where}", hint=hint)
+    return ModelNotFoundError(f"model {name!r} is not in the bundled catalog", hint=hint)
 
 
 def _load_hub(name: str, *, revision: str | None, offline: bool, token: str | None,
               timeout_s: float | None) -> ResolvedModel:
     from gpuplan.models import hub  # huggingface_hub is imported only when the Hub is needed
 
-    if "/" not in name:
-        raise _not_found(name, offline=offline)
     try:
         fetched = hub.fetch_model(name, revision=revision, token=token, offline=offline, timeout_s=timeout_s)
     except HubUnavailableError as exc:

@@ -1,0 +1,165 @@
+"""The command line: exact output, exit codes, one clear line per bad input and never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gpuplan.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_quick_start_example_table():
+    result = run("estimate", "meta-llama/Llama-2-7b", "--dtype", "fp16", "--seq", "4096")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "meta-llama/Llama-2-7b (llama, MHA, 6.74B parameters)"
+    assert lines[1] == "fp16 weights · fp16 KV cache · batch 1 x seq 4,096 (4,095 prompt + 1 generated)"
+    table = "\n".join(lines[2:])
+    assert " parameters     │       │  6,738,415,616 │  6.74B" in table
+    assert " weights        │ 12.55 │ 13,476,831,232 │" in table
+    assert " KV cache       │  2.00 │  2,147,483,648 │" in table
+
+
+def test_json_output_contract():
+    result = run("estimate", "llama-2-7b", "--dtype", "fp16", "--seq", "4096", "--format", "json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    for key in ("schema_version", "parameters", "weights_bytes", "kv_cache_bytes", "activation_bytes",
+                "overhead_bytes", "peak_allocated_bytes", "total_bytes", "model", "source", "dtype", "batch",
+                "seq"):
+        assert key in data
+    assert data["peak_allocated_bytes"] == data["weights_bytes"] + data["kv_cache_bytes"] + data["activation_bytes"]
+    assert data["total_bytes"] == data["peak_allocated_bytes"] + data["overhead_bytes"]
+    assert data["source"] == "catalog"
+    assert all(isinstance(data[k], int) for k in data if k.endswith("_bytes"))
+
+
+def test_sweep_returns_one_object_per_combination():
+    result = run("estimate", "Qwen/Qwen2.5-7B-Instruct", "--dtype", "int4", "--kv-dtype", "fp8",
+                 "--batch", "1,8,32", "--seq", "2048,8192", "--format", "json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [(d["batch"], d["seq"]) for d in data] == [(b, s) for b in (1, 8, 32) for s in (2048, 8192)]
+    assert {d["kv_dtype"] for d in data} == {"fp8"}
+
+
+def test_sweep_table_has_a_row_per_combination():
+    result = run("estimate", "llama-2-7b-hf", "--batch", "1,8", "--seq", "1k,2k")
+    assert result.exit_code == 0
+    rows = [line for line in result.stdout.splitlines() if "│" in line]
+    assert len(rows) == 4
+
+
+def test_seq_beyond_context_warns_on_stderr():
+    result = run("estimate", "meta-llama/Llama-2-7b-hf", "--seq", "8192")
+    assert result.exit_code == 0
+    assert "exceeds the model's context length of 4096" in result.stderr
+
+
+def test_models_lists_and_filters():
+    result = run("models", "gemma", "--format", "json")
+    ids = [e["id"] for e in json.loads(result.stdout)]
+    assert ids and all("gemma" in i.lower() for i in ids)
+
+
+def test_schema_is_valid_json_schema():
+    result = run("schema")
+    schema = json.loads(result.stdout)
+    assert schema["type"] == "object"
+    assert "total_bytes" in schema["properties"]
+
+
+# ---- bad input: exit code, one clear message, no traceback -----------------------------------------
+
+BAD = [
+    (["estimate", "llama-2-7b", "--dtype", "fp64"], 2, "unknown --dtype 'fp64'"),
+    (["estimate", "llama-2-7b", "--kv-dtype", "int3"], 2, "unknown --kv-dtype 'int3'"),
+    (["estimate", "llama-2-7b", "--batch", "eight"], 2, "--batch expects whole numbers"),
+    (["estimate", "llama-2-7b", "--batch", "0"], 2, "--batch must be at least 1"),
+    (["estimate", "llama-2-7b", "--seq", "-5"], 2, "--seq expects whole numbers"),
+    (["estimate", "llama-2-7b", "--seq", "1,,2"], 2, "has an empty item"),
+    (["estimate", "llama-2-7b", "--batch", "99999999999"], 2, "batch"),
+    (["estimate", "llama-2-7b", "--seq", "16", "--new-tokens", "16"], 2, "must be smaller than seq"),
+    (["estimate", "llama-2-7b", "--attn", "magic"], 2, "unknown attention implementation"),
+    (["estimate", "llama-2-7b", "--engine", "tgi"], 2, "unknown engine"),
+    (["estimate", "no-such-model-anywhere"], 3, "is not in the bundled catalog"),
+    (["estimate", "lama-2-7b"], 3, "did you mean llama-2-7b"),
+    (["estimate", "./missing/config.json"], 3, "no such file or directory"),
+]
+
+
+@pytest.mark.parametrize("args,code,message", BAD, ids=[" ".join(b[0][1:]) for b in BAD])
+def test_bad_input(args, code, message):
+    result = run(*args)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+CONFIG_PROBLEMS = [
+    (b"", "is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00", "not a text file"),
+    (b'{"model_type": "llama", "hidden_size": 4096', "truncated"),
+    (b'{"model_type": "llama",, }', "not valid JSON"),
+    (b"[1, 2, 3]", "expected a JSON object"),
+    (b'{"hidden_size": 4096}', "no 'model_type' key"),
+    (b'{"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": -2, "num_attention_heads": 32,'
+     b' "intermediate_size": 11008, "vocab_size": 32000}', "'num_hidden_layers' must be at least 1, got -2"),
+    (b'{"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 0,'
+     b' "intermediate_size": 11008, "vocab_size": 32000}', "'num_attention_heads' must be at least 1, got 0"),
+    (b'{"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,'
+     b' "num_key_value_heads": 5, "intermediate_size": 11008, "vocab_size": 32000}', "cannot be grouped"),
+    (b'{"model_type": "llama", "hidden_size": "big", "num_hidden_layers": 32, "num_attention_heads": 32,'
+     b' "intermediate_size": 11008, "vocab_size": 32000}', "'hidden_size' must be a whole number"),
+    (b'{"model_type": "llama", "num_hidden_layers": 32}', "missing 'hidden_size'"),
+    (b'{"model_type": "t5", "d_model": 512}', "model_type 't5' is not supported"),
+]
+
+
+@pytest.mark.parametrize("content,message", CONFIG_PROBLEMS, ids=[m for _, m in CONFIG_PROBLEMS])
+def test_bad_config_files(write_config, content, message):
+    folder = write_config(content)
+    result = run("estimate", str(folder))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_folder_without_config(tmp_path):
+    result = run("estimate", str(tmp_path))
+    assert result.exit_code == 3
+    assert "neither config.json nor params.json" in result.stderr
+
+
+def test_debug_env_shows_the_traceback(write_config, monkeypatch):
+    folder = write_config(b"{")
+    monkeypatch.setenv("GPUPLAN_DEBUG", "1")
+    result = run("estimate", str(folder))
+    assert result.exit_code != 0
+    assert result.exception is not None
+
+
+def test_python_dash_m_and_exit_codes_in_a_real_process(write_config):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "gpuplan", "estimate", "gpt2", "--seq", "512", "--format", "json"],
+                        capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["parameters"] == 124_439_808
+    bad = subprocess.run([sys.executable, "-m", "gpuplan", "estimate", str(write_config(b"{"))],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("Error: ")
+    assert "Traceback" not in bad.stderr
+    assert bad.stdout == ""
