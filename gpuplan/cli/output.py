@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any
 
 from rich.console import Console
@@ -15,17 +14,12 @@ from gpuplan.results import EstimateResult
 from gpuplan.units import GiB
 
 
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-
-
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=False, emoji=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
 
 
 def emit_json(payload: Any) -> None:

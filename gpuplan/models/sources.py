@@ -122,7 +122,8 @@ def sentencepiece_vocab_size(path: Path) -> int | None:
             elif wire == 1:
                 pos += 8
             elif wire == 2:
-                pos += varint()
+                length = varint()  # read first: `pos += varint()` would add to the stale pos
+                pos += length
             elif wire == 5:
                 pos += 4
             else:
@@ -130,6 +131,8 @@ def sentencepiece_vocab_size(path: Path) -> int | None:
             if field == 1 and wire == 2:
                 count += 1
     except ValueError:
+        return None
+    if pos != len(data):
         return None
     return count or None
 
