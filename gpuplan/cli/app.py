@@ -145,6 +145,38 @@ def models(
 
 
 @app.command()
+def gpus(
+    filter_text: Annotated[str | None, typer.Argument(help="Show only GPUs whose name contains this text.")] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="Show the NVIDIA GPUs in this machine (NVML).")] = False,
+    output_format: FormatOpt = OutputFormat.table,
+) -> None:
+    """The GPU catalog: memory, bandwidth, bf16/fp8 TFLOPS, interconnect; or this machine's GPUs."""
+
+    def run() -> None:
+        from gpuplan.cli import output
+        from gpuplan.gpus.catalog import load_catalog
+
+        if probe:
+            from gpuplan.gpus.nvml import probe as nvml_probe
+
+            found = nvml_probe()
+            if output_format is OutputFormat.json:
+                output.emit_json(found.model_dump())
+            else:
+                output.stdout_console().print(output.probe_table(found))
+            return
+        needle = (filter_text or "").lower().replace(" ", "").replace("-", "")
+        entries = [g for g in load_catalog().gpus
+                   if not needle or any(needle in k for k in g.lookup_keys())]
+        if output_format is OutputFormat.json:
+            output.emit_json([g.model_dump() for g in entries])
+        else:
+            output.stdout_console().print(output.gpu_table(entries))
+
+    run_guarded(run)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of `estimate --format json` output."""
 

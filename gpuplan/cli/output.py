@@ -90,3 +90,36 @@ def assumptions_line(result: EstimateResult) -> str:
     return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, activations in "
             f"{result.compute_dtype}; config from {where}. GiB = 2^30 bytes; peak allocated = what "
             "torch.cuda.max_memory_allocated reads; total adds the CUDA context.")
+
+
+def _opt(value: float | None, fmt: str = "{:,.0f}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def gpu_table(gpus) -> Table:
+    table = Table(show_edge=False, title=f"{len(gpus)} GPUs (memory: marketed GB, and GiB as the driver reports "
+                                        "it; * = marketed size, no driver figure found)", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for col in ("GB", "GiB", "GB/s", "bf16 TF", "fp8 TF"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("interconnect", ratio=1)
+    table.add_column("/node", justify="right")
+    for g in gpus:
+        table.add_row(g.name, _opt(g.memory_gb, "{:g}"),
+                      f"{g.memory_gib:,.2f}" + ("" if g.memory_is_measured else "*"),
+                      _opt(g.bandwidth_gbps), _opt(g.bf16_tflops, "{:,.1f}"), _opt(g.fp8_tflops, "{:,.1f}"),
+                      g.interconnect, str(g.gpus_per_node))
+    return table
+
+
+def probe_table(found) -> Table:
+    table = Table(show_edge=False, title_justify="left",
+                  title=f"{found.device_count} NVIDIA GPU(s), driver {found.driver_version}, CUDA "
+                        f"{found.cuda_driver_version}")
+    for col, justify in (("#", "right"), ("name", "left"), ("catalog", "left"), ("total GiB", "right"),
+                         ("used GiB", "right"), ("free GiB", "right")):
+        table.add_column(col, justify=justify)
+    for d in found.devices:
+        table.add_row(str(d.index), d.name, d.catalog_name or "(not in catalog)", fmt_gib(d.memory_total_bytes),
+                      fmt_gib(d.memory_used_bytes), fmt_gib(d.memory_free_bytes))
+    return table
