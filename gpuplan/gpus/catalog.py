@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gpuplan.data_files import data_dir, find_data_dir
 from gpuplan.errors import InputError
 from gpuplan.units import GB, GiB, parse_size
 
@@ -253,15 +254,11 @@ class GpuCatalog:
 
 
 def data_path(filename: str = "gpus.yaml", *, package_dir: Path | None = None) -> Path:
-    """Path of a bundled data file: ``gpuplan/data/`` in a wheel, ``data/`` at the root of a checkout.
-
-    ``package_dir`` (the ``gpuplan`` package directory) is for tests; it defaults to this installation.
-    """
-    package_dir = package_dir if package_dir is not None else Path(__file__).resolve().parent.parent
-    # pyproject.toml force-includes data/ as gpuplan/data/ in the wheel; a checkout keeps it at the root.
-    for candidate in (package_dir / "data" / filename, package_dir.parent / "data" / filename):
-        if candidate.is_file():
-            return candidate
+    """Path of a bundled data file (see gpuplan/data_files.py); ``package_dir`` is for tests."""
+    folder = data_dir() if package_dir is None else find_data_dir(package_dir)
+    candidate = folder / filename
+    if candidate.is_file():
+        return candidate
     raise InputError(
         f"bundled data file {filename!r} not found next to the gpuplan package",
         hint="reinstall gpuplan; the installation is incomplete",
