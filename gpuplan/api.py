@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from gpuplan.calc.estimate import ENGINES, estimate_memory
 from gpuplan.calc.precision import resolve_precision
+from gpuplan.calc.weights import checkpoint_bytes, unloaded_bytes
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.transformers import ATTN_IMPLS
 from gpuplan.errors import InputError
@@ -59,7 +60,15 @@ def estimate(model: str | ResolvedModel | ModelSpec, *, dtype: str = "auto", kv_
     spec = resolved.spec
     workload = make_workload(batch, seq, new_tokens)
     precision = resolve_precision(spec, dtype, kv_dtype)
-    breakdown = estimate_memory(spec, workload, precision, engine=engine, attn=attn)  # type: ignore[arg-type]
+    notes = list(resolved.notices) + list(spec.notes)
+    weights_override = None
+    if resolved.safetensors_parameters and dtype == "auto":
+        stored = checkpoint_bytes(resolved.safetensors_parameters)
+        if stored is not None:
+            weights_override = stored - unloaded_bytes(spec, precision)
+            notes.append("weights: exact stored bytes from the checkpoint's safetensors headers")
+    breakdown = estimate_memory(spec, workload, precision, engine=engine, attn=attn,  # type: ignore[arg-type]
+                                weights_override=weights_override)
     warnings: list[str] = []
     if spec.max_position_embeddings and workload.seq > spec.max_position_embeddings:
         warnings.append(f"seq {workload.seq} exceeds the model's context length of "
@@ -89,6 +98,6 @@ def estimate(model: str | ResolvedModel | ModelSpec, *, dtype: str = "auto", kv_
         peak_allocated_bytes=breakdown.peak_allocated_bytes,
         total_bytes=breakdown.total_bytes,
         components=breakdown.components,
-        notes=list(resolved.notices) + list(spec.notes),
+        notes=notes,
         warnings=warnings,
     )

@@ -16,7 +16,7 @@ import pytest
 
 from gpuplan.errors import ConfigError, GatedRepoError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.hub import HubModel, fetch_model
-from tests.hubserver import FakeHub, safetensors_bytes
+from hubserver import FakeHub, safetensors_bytes
 
 TINY_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 128}
 TINY_WEIGHTS = safetensors_bytes(
@@ -438,3 +438,30 @@ def test_params_json_from_the_cache(hub: FakeHub, monkeypatch: pytest.MonkeyPatc
     model = fetch_model("meta/original")
 
     assert (model.filename, model.config, model.from_cache) == ("params.json", {"dim": 4096}, True)
+
+
+# --- through the resolver and the estimate -------------------------------------------------------
+
+
+def test_unbundled_id_is_fetched_and_weights_come_from_safetensors(hub: FakeHub) -> None:
+    import gpuplan
+    from gpuplan.models.sources import resolve_model
+
+    config = {**TINY_CONFIG, "num_attention_heads": 4, "intermediate_size": 128, "tie_word_embeddings": False,
+              "torch_dtype": "bfloat16"}
+    hub.add("acme/tiny-llama", {"config.json": config, "model.safetensors": TINY_WEIGHTS})
+    resolved = resolve_model("acme/tiny-llama")
+    assert resolved.source == "hub"
+    result = gpuplan.estimate(resolved, seq=16)
+    # exactly the stored bytes: two bf16 matrices and one fp32 vector
+    assert result.weights_bytes == 2 * 128 * 64 * 2 + 64 * 4
+    assert any("safetensors headers" in note for note in result.notes)
+
+
+def test_bundled_id_falls_back_to_the_catalog_when_the_hub_fails(hub: FakeHub) -> None:
+    from gpuplan.models.sources import resolve_model
+
+    hub.add("meta-llama/Llama-2-7b-hf", {"config.json": {}}, mode="error")
+    resolved = resolve_model("meta-llama/Llama-2-7b-hf", source="hub")
+    assert resolved.source == "catalog"
+    assert any("could not be reached" in n for n in resolved.notices)

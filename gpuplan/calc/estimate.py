@@ -32,8 +32,10 @@ class Breakdown(BaseModel):
 
 
 def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *,
-                    engine: Engine = "transformers", attn: AttnImpl = "sdpa") -> Breakdown:
-    weights = weights_bytes(spec, precision)
+                    engine: Engine = "transformers", attn: AttnImpl = "sdpa",
+                    weights_override: int | None = None) -> Breakdown:
+    """``weights_override``: exact weight bytes known from elsewhere (the checkpoint's safetensors headers)."""
+    weights = weights_bytes(spec, precision) if weights_override is None else weights_override
     mem = estimate_generate(spec, workload, precision, weights, attn)
     overhead = overhead_bytes()
     return Breakdown(

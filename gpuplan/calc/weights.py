@@ -111,3 +111,27 @@ def weights_bytes_by_role(spec: ModelSpec, precision: Precision) -> dict[str, in
         if t.loaded:
             out[t.role.value] = out.get(t.role.value, 0) + tensor_bytes(t, precision)
     return out
+
+
+# Bytes per element of each safetensors dtype (safetensors/src/tensor.rs, Dtype::size / bitsize).
+SAFETENSORS_DTYPE_BYTES = {
+    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1,
+}
+
+
+def checkpoint_bytes(parameters_by_dtype: dict[str, int]) -> int | None:
+    """Stored bytes of a checkpoint from its safetensors element counts per dtype; None when a dtype is
+    unknown (the caller falls back to the tensor layout)."""
+    total = 0
+    for dtype, count in parameters_by_dtype.items():
+        size = SAFETENSORS_DTYPE_BYTES.get(dtype.upper())
+        if size is None:
+            return None
+        total += size * count
+    return total
+
+
+def unloaded_bytes(spec: ModelSpec, precision: Precision) -> int:
+    """Bytes of tensors stored in the checkpoint that engines do not load (MTP layers)."""
+    return sum(tensor_bytes(t, precision) for t in spec.tensors if not t.loaded)
