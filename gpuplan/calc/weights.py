@@ -135,3 +135,17 @@ def checkpoint_bytes(parameters_by_dtype: dict[str, int]) -> int | None:
 def unloaded_bytes(spec: ModelSpec, precision: Precision) -> int:
     """Bytes of tensors stored in the checkpoint that engines do not load (MTP layers)."""
     return sum(tensor_bytes(t, precision) for t in spec.tensors if not t.loaded)
+
+
+def stored_elements(spec: ModelSpec) -> int:
+    """Elements the checkpoint stores, as the Hub's safetensors total counts them: parameters plus the
+    scale tensors of a pre-quantized FP8 block checkpoint (one fp32 ``weight_scale_inv`` per 128x128 block)."""
+    q = spec.quantization
+    extra = 0
+    if q is not None and q.method == "fp8" and q.fp8_block:
+        bo, bi = q.fp8_block
+        for t in spec.tensors:
+            if is_quantized(t, q):
+                *lead, out_f, in_f = t.shape
+                extra += _ceil_div(out_f, bo) * _ceil_div(in_f, bi) * math.prod(lead) * t.count
+    return spec.parameters + extra

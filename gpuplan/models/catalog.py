@@ -26,6 +26,10 @@ class CatalogEntry(BaseModel):
     parameters_source: str | None = None
     config_source: str | None = None
     published_size: str | None = None
+    vocab_size: int | None = None
+    """For Meta params.json entries, whose vocab_size is -1 (taken from the tokenizer)."""
+    context_length: int | None = None
+    """For configs that do not state their context length (Meta params.json)."""
 
     @property
     def path(self) -> Path:

@@ -115,7 +115,8 @@ def _llama_like(c: ConfigReader, model_type: str) -> ModelSpec:
         raise ConfigError(f"{c.label}: hidden_size {hidden} is not divisible by {heads} heads and no head_dim is given")
     head_dim = explicit_head_dim or hidden // heads
     intermediate = c.int("intermediate_size", default=None)
-    tied = c.bool("tie_word_embeddings", default=model_type.startswith("gemma"))
+    # Config classes whose tie_word_embeddings defaults to True: Gemma*, Starcoder2 (configuration_*.py).
+    tied = c.bool("tie_word_embeddings", default=model_type.startswith("gemma") or model_type == "starcoder2")
     notes: list[str] = []
 
     attn_bias_default = model_type in ("qwen2", "qwen2_moe", "gpt_oss", "starcoder2")
@@ -273,7 +274,9 @@ def _llama_like(c: ConfigReader, model_type: str) -> ModelSpec:
         lay.add("mtp.embed_tokens.weight", (vocab, hidden), R.EMBEDDING, mtp, loaded=False)
         lay.norm("mtp.enorm", hidden, mtp, loaded=False)
         lay.norm("mtp.hnorm", hidden, mtp, loaded=False)
-        lay.linear("mtp.eh_proj", hidden, 2 * hidden, mtp, loaded=False)
+        # eh_proj is kept in bf16 in the FP8 checkpoint: only then do the stored elements add up to the
+        # Hub's safetensors total (tests/test_params.py), so it is not a quantizable linear here.
+        lay.add("mtp.eh_proj.weight", (hidden, 2 * hidden), R.OTHER, mtp, loaded=False)
         decoder_layers("mtp.layer", 0 if moe else mtp, mtp if moe else 0, loaded=False)
         lay.norm("mtp.shared_head.norm", hidden, mtp, loaded=False)
         lay.add("mtp.shared_head.head.weight", (vocab, hidden), R.LM_HEAD, mtp, loaded=False)

@@ -163,7 +163,9 @@ def _load_catalog(name: str, *, notices: tuple[str, ...] = ()) -> ResolvedModel 
     if entry is None:
         return None
     raw = read_json_file(entry.path)
-    spec = parse_config(raw, label=f"{entry.id} (bundled {entry.file})")
+    spec = parse_config(raw, label=f"{entry.id} (bundled {entry.file})", tokenizer_vocab=entry.vocab_size)
+    if entry.context_length and spec.max_position_embeddings is None:
+        spec = spec.model_copy(update={"max_position_embeddings": entry.context_length})
     return ResolvedModel(id=entry.id, source="catalog", spec=spec, location=entry.file,
                          published_parameters=entry.parameters, notices=notices)
 
