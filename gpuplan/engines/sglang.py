@@ -1,0 +1,180 @@
+"""How SGLang sizes its KV cache pool at startup, per GPU.
+
+SGLang measures free memory twice, before and after loading the weights, and keeps a fixed fraction of the
+first measurement for everything that is not weights or KV cache (activations, CUDA graphs)::
+
+    rest_memory          = free_after_weights - free_before_weights x (1 - mem_fraction_static)
+    max_total_num_tokens = rest_memory // cell_size          (then rounded down to page_size)
+    cell_size            = kv_heads_per_rank x (head_dim + v_head_dim) x layers x kv_dtype_bytes
+                           (MLA: (kv_lora_rank + qk_rope_head_dim) x layers x kv_dtype_bytes)
+
+Sources, sgl-project/sglang (stored copies read: model_runner_kv_cache_mixin.py at 226149a,
+server_args.py as indexed in 2025):
+
+* ``python/sglang/srt/model_executor/model_runner_kv_cache_mixin.py`` ``profile_max_num_token``:
+  ``rest_memory = available_gpu_memory - total_gpu_memory * (1 - mem_fraction_static)`` where
+  ``available_gpu_memory`` is ``get_available_gpu_memory`` (free memory, the minimum over ranks) after the
+  weights are loaded and ``total_gpu_memory`` the same measurement taken by ``ModelRunner`` after
+  ``init_torch_distributed`` and before loading; ``get_cell_size_per_token`` gives the cell sizes above;
+  ``init_memory_pool`` rounds to ``page_size``.
+* ``python/sglang/srt/server_args.py`` ``ServerArgs._handle_gpu_memory_settings``: with ``gpu_mem`` the
+  device capacity in MB (nvidia-smi's total), ``chunked_prefill_size`` / ``cuda_graph_max_bs`` default to
+  2048/8 under 20 GB, 2048/(24 if tp < 4 else 80) under 35 GB, 4096/(32 or 160) under 60 GB, 8192/(256 or
+  512) under 160 GB, 16384/512 above; then ``reserved_mem = 512 + max(chunked_prefill_size, 2048) x 1.5 +
+  cuda_graph_max_bs x 2 + tp x pp / 8 x 1024`` MB, at least 10 GB (10240 MB) on GPUs over 60 GB, and
+  ``mem_fraction_static = round((gpu_mem - reserved_mem) / gpu_mem, 3)``. DP attention, speculative
+  decoding and multimodal models adjust it further (not modelled).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from gpuplan.calc.precision import DTYPE_BYTES, KV_DTYPES, Precision, normalize_dtype
+from gpuplan.engines.tp import parallel_layout, pp_layer_split
+from gpuplan.errors import InputError
+from gpuplan.models.spec import ModelSpec
+
+GiB = 1024**3
+MiB = 1024**2
+# Memory in use before the weights load: the CUDA context (plus NCCL at TP=1). vLLM 0.19.0's worker
+# snapshot on an H100 reads cuda_memory=0.51GiB at that point (llm-d-incubation/llm-d-planner
+# accuracy/results/v0.19.0/logs @ d3121e0, meta-llama-llama-3-1-8b--h100-80gb--tp1pp1dp1--16384.log); the
+# same torch/CUDA stack underlies SGLang. NCCL buffers for TP > 1 come on top and are not modelled.
+DEFAULT_INIT_OVERHEAD_BYTES = int(0.51 * GiB)
+
+
+class SglangBudget(BaseModel):
+    """SGLang's KV pool sizing on the most constrained GPU. Sizes in bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tp: int
+    pp: int
+    total_gpu_memory: int
+    mem_fraction_static: float
+    mem_fraction_from_default_rule: bool
+    chunked_prefill_size: int
+    cuda_graph_max_bs: int
+    free_before_weights: int
+    weights: int
+    free_after_weights: int
+    rest_memory: int
+    kv_dtype: str
+    cell_size: int
+    page_size: int
+    max_total_num_tokens: int
+    k_size: int
+    v_size: int
+    log_lines: tuple[str, ...]
+
+
+def default_chunk_and_graph(gpu_mem_mb: float, tp: int = 1) -> tuple[int, int]:
+    """(chunked_prefill_size, cuda_graph_max_bs) SGLang picks for a GPU of ``gpu_mem_mb`` MB (CUDA GPUs)."""
+    if gpu_mem_mb < 20 * 1024:
+        return 2048, 8
+    if gpu_mem_mb < 35 * 1024:
+        return 2048, 24 if tp < 4 else 80
+    if gpu_mem_mb < 60 * 1024:
+        return 4096, 32 if tp < 4 else 160
+    if gpu_mem_mb < 160 * 1024:
+        return 8192, 256 if tp < 4 else 512
+    return 16384, 512
+
+
+def default_mem_fraction_static(gpu_mem_mb: float, *, tp: int = 1, pp: int = 1,
+                                chunked_prefill_size: int | None = None,
+                                cuda_graph_max_bs: int | None = None) -> float:
+    """SGLang's default ``mem_fraction_static`` (server_args.py _handle_gpu_memory_settings)."""
+    chunk, graph_bs = default_chunk_and_graph(gpu_mem_mb, tp)
+    chunk = chunked_prefill_size if chunked_prefill_size is not None else chunk
+    graph_bs = cuda_graph_max_bs if cuda_graph_max_bs is not None else graph_bs
+    reserved = 512.0
+    reserved += max(chunk, 2048) * 1.5
+    reserved += graph_bs * 2
+    reserved += tp * pp / 8 * 1024
+    if gpu_mem_mb > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return round((gpu_mem_mb - reserved) / gpu_mem_mb, 3)
+
+
+def sglang_cell_size(spec: ModelSpec, kv_heads_per_rank: int, layers: int, kv_bytes: int) -> int:
+    """Bytes one token takes in the pool of one GPU (get_cell_size_per_token)."""
+    if spec.mla is not None:
+        return spec.mla.latent_dim * layers * kv_bytes
+    return kv_heads_per_rank * (spec.head_dim + spec.v_head_dim) * layers * kv_bytes
+
+
+def sglang_budget(
+    spec: ModelSpec,
+    precision: Precision,
+    gpu_memory_bytes: int,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    mem_fraction_static: float | None = None,
+    kv_cache_dtype: str | None = None,
+    page_size: int = 1,
+    device_capacity_bytes: int | None = None,
+    chunked_prefill_size: int | None = None,
+    cuda_graph_max_bs: int | None = None,
+    init_overhead_bytes: int = DEFAULT_INIT_OVERHEAD_BYTES,
+) -> SglangBudget:
+    """SGLang's ``max_total_num_tokens`` for ``spec`` on GPUs with ``gpu_memory_bytes`` total (as CUDA
+    reports it). ``device_capacity_bytes`` is nvidia-smi's total, which the default-fraction rule reads
+    (defaults to ``gpu_memory_bytes``)."""
+    if gpu_memory_bytes <= 0:
+        raise InputError("GPU memory must be positive")
+    if page_size < 1:
+        raise InputError(f"page_size must be at least 1, got {page_size}")
+    layout = parallel_layout(spec, precision, tp, pp)
+    capacity_mb = (device_capacity_bytes or gpu_memory_bytes) / MiB
+    chunk, graph_bs = default_chunk_and_graph(capacity_mb, tp)
+    chunk = chunked_prefill_size if chunked_prefill_size is not None else chunk
+    graph_bs = cuda_graph_max_bs if cuda_graph_max_bs is not None else graph_bs
+    from_rule = mem_fraction_static is None
+    fraction = (default_mem_fraction_static(capacity_mb, tp=tp, pp=pp, chunked_prefill_size=chunk,
+                                            cuda_graph_max_bs=graph_bs)
+                if mem_fraction_static is None else mem_fraction_static)
+    if not 0 < fraction < 1:
+        raise InputError(f"mem_fraction_static must be between 0 and 1, got {fraction}")
+
+    if kv_cache_dtype is None or kv_cache_dtype == "auto":
+        kv_dtype = precision.kv_dtype
+    else:
+        kv_dtype = normalize_dtype(kv_cache_dtype, allowed=KV_DTYPES, what="kv_cache_dtype")
+        if kv_dtype == "auto":
+            kv_dtype = precision.kv_dtype
+    kv_bytes = DTYPE_BYTES[kv_dtype]
+
+    split = pp_layer_split(spec.num_hidden_layers, pp)
+    free_before = gpu_memory_bytes - init_overhead_bytes
+    results = []
+    for stage in range(pp):
+        weights = layout.stage_weights_bytes[stage]
+        free_after = free_before - weights
+        rest = int(free_after - free_before * (1 - fraction))
+        cell = sglang_cell_size(spec, layout.kv_heads_per_rank, split[stage], kv_bytes)
+        tokens = max(0, rest) // cell // page_size * page_size
+        results.append((tokens, weights, free_after, rest, cell))
+    # Pipeline stages agree on the smallest pool (init_memory_pool all_reduce MIN).
+    tokens, weights, free_after, rest, cell = min(results, key=lambda r: r[0])
+    per_side = cell // 2 if spec.mla is None else cell
+    k_size = (tokens + page_size) * per_side
+    v_size = (tokens + page_size) * per_side if spec.mla is None else 0
+    logs = [f"Load weight end. mem usage={weights / GiB:.2f} GB. avail mem={free_after / GiB:.2f} GB."]
+    if tokens <= 0:
+        logs.append("Not enough memory. Please try to increase --mem-fraction-static. "
+                    f"Current value: mem_fraction_static={fraction}")
+    elif spec.mla is None:
+        logs.append(f"KV Cache is allocated. #tokens: {tokens}, K size: {k_size / GiB:.2f} GB, "
+                    f"V size: {v_size / GiB:.2f} GB")
+    else:
+        logs.append(f"KV Cache is allocated. #tokens: {tokens}, KV size: {k_size / GiB:.2f} GB")
+    return SglangBudget(
+        tp=tp, pp=pp, total_gpu_memory=gpu_memory_bytes, mem_fraction_static=fraction,
+        mem_fraction_from_default_rule=from_rule, chunked_prefill_size=chunk, cuda_graph_max_bs=graph_bs,
+        free_before_weights=free_before, weights=weights, free_after_weights=free_after, rest_memory=rest,
+        kv_dtype=kv_dtype, cell_size=cell, page_size=page_size, max_total_num_tokens=tokens, k_size=k_size,
+        v_size=v_size, log_lines=tuple(logs),
+    )

@@ -1,0 +1,486 @@
+"""vLLM and SGLang KV-cache budgets: unit checks, and a replay of the startup logs in
+tests/fixtures/serving_logs.yaml.
+
+Each replayable log case is run through gpuplan's model with the inputs the log states; anything the log
+does not state takes the engine's documented default (listed in ``_inputs``). The prediction is compared
+with what the engine printed: KV tokens, else GPU blocks, else the KV pool in GiB. Nothing here is fitted
+to a case. ``benchmarks/serving_report.py`` prints the same replay as the table in docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpuplan.calc.precision import resolve_precision
+from gpuplan.calc.weights import weights_bytes
+from gpuplan.engines.sglang import default_mem_fraction_static, sglang_budget, sglang_cell_size
+from gpuplan.engines.tp import (
+    kv_heads_per_rank,
+    parallel_layout,
+    pp_layer_split,
+    stage_spec,
+    valid_tp_sizes,
+    validate_parallel,
+    weights_per_gpu,
+)
+from gpuplan.engines.vllm import GiB, default_batch_limits, kv_page_size, vllm_budget
+from gpuplan.errors import InputError
+from gpuplan.models.catalog import load_catalog
+from gpuplan.models.sources import resolve_model
+
+FIXTURE = Path(__file__).parent / "fixtures" / "serving_logs.yaml"
+TOLERANCE = 0.05
+TARGET_SHARE = 0.90
+
+# ---- replay inputs that the fixture does not carry -------------------------------------------------
+
+# Bundled config to use for a log's model name. Instruction-tuned and base releases of one model share
+# the architecture fields that size memory (layers, heads, head_dim, vocabulary, sliding windows).
+CONFIG_FOR = {
+    "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "Llama2-7B": "meta-llama/Llama-2-7b-hf",
+    "Llama2-70B": "meta-llama/Llama-2-70b-hf",
+    "Qwen3-235B-A22B-FP8": "Qwen/Qwen3-235B-A22B-FP8",
+    "openai/gpt-oss-20b": "openai/gpt-oss-20b",
+    "google/gemma-2-9b-it": "google/gemma-2-9b",
+    "google/gemma-2-27b-it": "google/gemma-2-27b",
+    "google/gemma-3-27b-it": "google/gemma-3-27b-it",
+    "Qwen/Qwen1.5-MoE-A2.7B": "Qwen/Qwen1.5-MoE-A2.7B-Chat",
+    "Qwen/Qwen2.5-7B-Instruct": "Qwen/Qwen2.5-7B-Instruct",
+}
+
+# Cases left out, and why.
+NOT_REPLAYED = {
+    "vllm-llama32-11b-vision-h100-tp1-01": "config not bundled (Llama-3.2-11B-Vision)",
+    "vllm-qwen15-7b-gptq-rtx3090-tp1-01": "config not bundled (Qwen1.5-7B-Chat-GPTQ-Int4)",
+    "vllm-r1-distill-qwen-14b-rtx4090-tp2-01": "config not bundled (DeepSeek-R1-Distill-Qwen-14B)",
+    "vllm-qwen25-vl-72b-a100-40-4gpu-01": "config not bundled (Qwen2.5-VL-72B); parallel layout not stated",
+    "vllm-deepseek-coder-67b-t4-tp2-01": "config not bundled (deepseek-coder-6.7b-instruct)",
+    "vllm-bonito-v1-a10g-tp1-01": "config not bundled (bonito-v1); vLLM version and utilization not stated",
+    "vllm-gemma4-26b-a4b-a100-tp1-01": "config not bundled (Gemma-4-26B-A4B)",
+    "vllm-minimax-m2-mi300x-tp2-01": "config not bundled (MiniMax-M2); utilization and context not stated",
+    "vllm-gemma3-12b-h100-tp1-01": "config not bundled (only Gemma-3 1B, 4B and 27B are)",
+    "vllm-codellama-7b-h100-tp1-01": "config not bundled (CodeLlama-7b-hf)",
+}
+
+# Total memory as CUDA reports it (torch.cuda.mem_get_info), for logs that do not print it. It is below
+# nvidia-smi's total by a few hundred MiB.
+CUDA_TOTAL_GIB = {
+    # vLLM 0.19.0 on H100-80GB: total_memory=79.19GiB (llm-d-incubation/llm-d-planner
+    # accuracy/results/v0.19.0/logs @ d3121e0, llama-3-1-8b ... 16384.log; "Requested memory: 0.95 ...
+    # 75.23 GiB" in every log of that run).
+    "H100": 79.19,
+    # "GPU Type: A100 - 80GB ... GPU 3 has a total capacity of 79.15 GiB"
+    # (https://github.com/vllm-project/vllm/issues/8903).
+    "A100-80GB": 79.15,
+}
+GPU_TOTAL_KEY = {"H100": "H100", "H100-80GB": "H100", "H100-80G": "H100", "A100-80GB": "A100-80GB",
+                 # The gpt-oss post names only "Nvidia A100": its 13.72 GiB of weights plus 36.56 GiB of KV
+                 # exceed 0.65 x 40 GB, so it is the 80 GB part.
+                 "Nvidia A100": "A100-80GB"}
+
+# Cases the model does not reproduce within tolerance, with the reason (docs/serving.md discusses them).
+KNOWN_MISSES = {
+    "vllm-llama2-70b-a100-80-tp4-01": (
+        "Dec-2023 profiler (vllm PR #2031) charged total-minus-free memory after the profile run, 13 GiB per "
+        "GPU at TP=4 beyond weights and activations; the prediction matches the pre-fix count 31,615"),
+    "vllm-qwen3-235b-a22b-fp8-h100-tp4-01": (
+        "TP=4 with an LMCache connector on a mid-2025 vLLM: about 3.6 GiB per GPU of non-KV memory that "
+        "the model has no term for (multi-GPU communication buffers are not modelled)"),
+    "sglang-qwen3-235b-a22b-fp8-h100-tp4-01": (
+        "TP=4: about 1.6 GiB per GPU more in use after loading than the weights; multi-GPU communication "
+        "buffers are not modelled"),
+}
+
+
+def _siglip_tower_parameters(vision: dict, text_hidden: int) -> int:
+    """Parameters of a Gemma-3 vision tower and projector, from the checkpoint's vision_config.
+
+    transformers/models/siglip/modeling_siglip.py: SiglipVisionEmbeddings (Conv2d patch embedding with bias,
+    a position embedding per patch), per SiglipEncoderLayer two LayerNorms, q/k/v/out projections with bias
+    and fc1/fc2 with bias, a final post_layernorm; gemma3 Gemma3MultiModalProjector: an input projection
+    [vision_hidden, text_hidden] and an RMSNorm over vision_hidden. vLLM loads them with the text model.
+    """
+    h, i = vision["hidden_size"], vision["intermediate_size"]
+    patch, image = vision["patch_size"], vision["image_size"]
+    embeddings = 3 * patch * patch * h + h + (image // patch) ** 2 * h
+    layer = 2 * (2 * h) + 4 * (h * h + h) + (h * i + i) + (i * h + h)
+    return embeddings + vision["num_hidden_layers"] * layer + 2 * h + h * text_hidden + h
+
+
+@cache
+def _spec(config_id: str):
+    spec = resolve_model(config_id).spec
+    if spec.vision_parameters == 0:
+        entry = load_catalog().get(config_id)
+        raw = json.loads(entry.path.read_text()) if entry is not None else {}
+        vision = raw.get("vision_config")
+        if vision and vision.get("model_type") == "siglip_vision_model":
+            spec = spec.model_copy(update={"vision_parameters": _siglip_tower_parameters(
+                vision, spec.hidden_size)})
+    return spec
+
+
+def _load_cases() -> list[dict]:
+    return yaml.safe_load(FIXTURE.read_text())
+
+
+@dataclass(frozen=True)
+class Replay:
+    id: str
+    engine: str
+    model: str
+    config: str
+    gpu: str
+    tp: int
+    metric: str
+    logged: float
+    predicted: float
+    budget: object
+
+    @property
+    def error(self) -> float:
+        return (self.predicted - self.logged) / self.logged
+
+    @property
+    def within(self) -> bool:
+        return abs(self.error) <= TOLERANCE
+
+
+def _gpu_total_bytes(case: dict, util: float) -> int:
+    obs = case["observed"]
+    if obs.get("total_gpu_memory_gib"):
+        return int(obs["total_gpu_memory_gib"] * GiB)
+    if obs.get("requested_memory_gib"):
+        return int(obs["requested_memory_gib"] / util * GiB)
+    return int(CUDA_TOTAL_GIB[GPU_TOTAL_KEY[case["gpu"]]] * GiB)
+
+
+def _dtype(case: dict, spec) -> str:
+    quant = case.get("quantization")
+    if quant and spec.quantization is None:
+        return quant  # quantize on load (--quantization fp8 on a bf16 checkpoint)
+    return {None: "auto", "auto": "auto", "float16": "fp16", "bfloat16": "bf16",
+            "float32": "fp32"}[case.get("dtype")]
+
+
+def _version(case: dict) -> tuple[int, ...]:
+    v = case.get("engine_version")
+    return tuple(int(x) for x in v.split(".")) if v else ()
+
+
+def _inputs(case: dict) -> dict:
+    """Engine inputs for a case: what the log states, else the engine's default."""
+    spec = _spec(CONFIG_FOR[case["model"]])
+    util = case.get("gpu_memory_utilization") or 0.9  # vLLM CacheConfig default
+    precision = resolve_precision(spec, _dtype(case, spec), case.get("kv_cache_dtype") or "auto")
+    return {
+        "spec": spec,
+        "precision": precision,
+        "gpu_memory_bytes": _gpu_total_bytes(case, util),
+        "tp": case.get("tensor_parallel_size") or 1,  # single-GPU logs: TP=1 (fixture notes)
+        "pp": case.get("pipeline_parallel_size") or 1,
+        "util": util,
+        "max_model_len": case.get("max_model_len"),  # None: the model's own context length
+        "max_num_seqs": case.get("max_num_seqs"),
+        "max_num_batched_tokens": case.get("max_num_batched_tokens"),
+        "block_size": case.get("block_size") or 16,
+        "engine": "v0" if case.get("v1") is False else "v1",
+        # vLLM 0.19 samples top-k/top-p in place (Triton kernel); earlier releases sorted the vocabulary.
+        "sampler": "in_place" if _version(case) >= (0, 19) else "sort",
+    }
+
+
+def replay(case: dict) -> Replay:
+    inp = _inputs(case)
+    obs = case["observed"]
+    if case["engine"] == "sglang":
+        b = sglang_budget(inp["spec"], inp["precision"], inp["gpu_memory_bytes"], tp=inp["tp"], pp=inp["pp"],
+                          mem_fraction_static=case.get("mem_fraction_static"))
+        metric, logged, predicted = "tokens", obs["kv_cache_tokens"], b.max_total_num_tokens
+    else:
+        b = vllm_budget(inp["spec"], inp["precision"], inp["gpu_memory_bytes"], tp=inp["tp"], pp=inp["pp"],
+                        gpu_memory_utilization=inp["util"], max_model_len=inp["max_model_len"],
+                        max_num_seqs=inp["max_num_seqs"],
+                        max_num_batched_tokens=inp["max_num_batched_tokens"],
+                        block_size=inp["block_size"], engine=inp["engine"], gpu_name=case["gpu"],
+                        sampler=inp["sampler"])
+        if obs.get("kv_cache_tokens"):
+            metric, logged, predicted = "tokens", obs["kv_cache_tokens"], b.kv_cache_tokens
+        elif obs.get("gpu_blocks"):
+            metric, logged, predicted = "blocks", obs["gpu_blocks"], b.num_blocks
+        else:
+            metric, logged, predicted = "KV GiB", obs["available_kv_gib"], b.available_kv / GiB
+    return Replay(id=case["id"], engine=case["engine"], model=case["model"], config=CONFIG_FOR[case["model"]],
+                  gpu=f'{case["gpu"]} x{case["gpu_count"]}', tp=inp["tp"], metric=metric, logged=logged,
+                  predicted=predicted, budget=b)
+
+
+def replayable_cases() -> list[dict]:
+    return [c for c in _load_cases() if c["id"] not in NOT_REPLAYED]
+
+
+def replay_all() -> list[Replay]:
+    return [replay(c) for c in replayable_cases()]
+
+
+def format_table(results: list[Replay]) -> str:
+    def fmt(metric: str, x: float) -> str:
+        return f"{x:.2f}" if metric == "KV GiB" else f"{round(x):,}"
+
+    lines = ["| case | engine | GPU | TP | compared | logged | predicted | error | within 5% |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| `{r.id}` | {r.engine} | {r.gpu} | {r.tp} | {r.metric} | {fmt(r.metric, r.logged)} | "
+                     f"{fmt(r.metric, r.predicted)} | {r.error:+.1%} | {'yes' if r.within else 'no'} |")
+    single = [r for r in results if r.tp == 1]
+    lines += ["", f"Within 5%: {sum(r.within for r in results)} of {len(results)} replayed cases; "
+                  f"{sum(r.within for r in single)} of {len(single)} single-GPU cases. "
+                  f"Not replayed: {len(NOT_REPLAYED)} (listed below)."]
+    return "\n".join(lines)
+
+
+def logged_components(case: dict) -> dict[str, float]:
+    """Weights and activation peak (GiB) as the log prints them; V0 logs of late 2024 print the torch
+    peak including the weights."""
+    obs = case["observed"]
+    weights = obs.get("weights_gib") or obs.get("weights_gb")
+    activation = obs.get("activation_peak_gib")
+    if activation is None and obs.get("peak_torch_gib") and weights:
+        activation = obs["peak_torch_gib"] - weights
+    return {k: v for k, v in (("weights", weights), ("activation", activation)) if v is not None}
+
+
+# Weights the layout does not reproduce: vLLM loads gpt-oss-20b's MXFP4 experts on an A100 into 13.72 GiB,
+# 0.9 GiB over the checkpoint layout's 12.83 GiB; the kernel-side layout behind it is not modelled.
+WEIGHTS_NOT_MODELLED = {"vllm-gpt-oss-20b-a100-tp1-01"}
+
+
+def format_components(results: list[Replay]) -> str:
+    cases = {c["id"]: c for c in _load_cases()}
+    lines = ["| case | weights logged | weights predicted | activation logged | activation predicted |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        logged = logged_components(cases[r.id])
+        if r.engine != "vllm" or not logged:
+            continue
+        b = r.budget
+        w, a = logged.get("weights"), logged.get("activation")
+        shown = {k: "not printed" if v is None else f"{v:.2f}" for k, v in (("w", w), ("a", a))}
+        lines.append(f"| `{r.id}` | {shown['w']} | {b.weights / GiB:.2f} | {shown['a']} | "
+                     f"{b.activation_peak / GiB:.2f} |")
+    return "\n".join(lines)
+
+
+# ---- the replay -------------------------------------------------------------------------------------
+
+
+def test_components_match_the_logged_breakdown():
+    for r in replay_all():
+        logged = logged_components(next(c for c in _load_cases() if c["id"] == r.id))
+        if r.engine != "vllm":
+            continue
+        if "weights" in logged and r.id not in WEIGHTS_NOT_MODELLED:
+            assert abs(r.budget.weights / GiB - logged["weights"]) <= 0.01 * logged["weights"], r.id
+        if "activation" in logged:
+            assert abs(r.budget.activation_peak / GiB - logged["activation"]) <= 0.45, r.id
+
+
+def test_fixture_cases_are_all_accounted_for():
+    ids = {c["id"] for c in _load_cases()}
+    assert set(NOT_REPLAYED) <= ids
+    assert set(KNOWN_MISSES) <= ids - set(NOT_REPLAYED)
+    for case in replayable_cases():
+        assert case["model"] in CONFIG_FOR, case["id"]
+
+
+@pytest.mark.parametrize("case", replayable_cases(), ids=lambda c: c["id"])
+def test_replay_case_within_tolerance(case):
+    if case["id"] in KNOWN_MISSES:
+        pytest.xfail(KNOWN_MISSES[case["id"]])
+    r = replay(case)
+    assert r.within, f"{r.metric}: logged {r.logged}, predicted {r.predicted} ({r.error:+.1%})"
+
+
+def test_known_misses_still_miss():
+    # If one of these starts to match, the reason recorded for it is wrong: revisit it.
+    for case in replayable_cases():
+        if case["id"] in KNOWN_MISSES:
+            assert not replay(case).within, case["id"]
+
+
+def test_aggregate_share_within_tolerance():
+    results = replay_all()
+    single = [r for r in results if r.tp == 1]
+    assert len(results) == 17 and len(single) == 14
+    # Single-GPU cases: the budget rule, the profile-run activations and the KV layout are all modelled.
+    assert sum(r.within for r in single) / len(single) >= TARGET_SHARE
+    # All replayed cases, multi-GPU included (whose communication memory is not modelled): 14 of 17.
+    assert sum(r.within for r in results) >= 14
+
+
+# ---- vLLM unit checks -------------------------------------------------------------------------------
+
+LLAMA31_8B = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def _llama(dtype: str = "auto", kv: str = "auto"):
+    spec = _spec(LLAMA31_8B)
+    return spec, resolve_precision(spec, dtype, kv)
+
+
+def test_page_size_is_block_x_kv_heads_x_k_plus_v_x_bytes():
+    spec, _ = _llama()
+    # 16 tokens x 8 KV heads x (128 + 128) x 2 bytes = 64 KiB per layer; x 32 layers = 2 MiB per block.
+    assert kv_page_size(spec, 8, 2, 16) == 65_536
+    b = vllm_budget(spec, resolve_precision(spec), 80 * GiB, kv_cache_memory=4 * GiB)
+    assert b.num_blocks == 4 * GiB // (65_536 * 32) == 2048
+    assert b.kv_cache_tokens == 2048 * 16
+
+
+def test_mla_caches_one_latent_per_token_and_layer():
+    spec = _spec("deepseek-ai/DeepSeek-V3")
+    # kv_lora_rank 512 + qk_rope_head_dim 64 = 576 values, no K/V pair and no heads.
+    assert kv_page_size(spec, kv_heads_per_rank(spec, 8), 2, 16) == 16 * 576 * 2
+    assert sglang_cell_size(spec, 1, 61, 2) == 576 * 61 * 2
+
+
+def test_fp8_kv_halves_the_page_and_doubles_the_tokens():
+    spec, bf16 = _llama()
+    _, fp8 = _llama(kv="fp8")
+    a = vllm_budget(spec, bf16, 80 * GiB, kv_cache_memory=10 * GiB)
+    b = vllm_budget(spec, fp8, 80 * GiB, kv_cache_memory=10 * GiB)
+    assert b.page_size_per_layer * 2 == a.page_size_per_layer
+    assert b.kv_cache_tokens == 2 * a.kv_cache_tokens
+    c = vllm_budget(spec, bf16, 80 * GiB, kv_cache_memory=10 * GiB, kv_cache_dtype="fp8")
+    assert c.kv_cache_tokens == b.kv_cache_tokens
+
+
+def test_kv_cache_memory_override_skips_the_profile_budget():
+    spec, p = _llama()
+    b = vllm_budget(spec, p, 24 * GiB, kv_cache_memory=3 * GiB)
+    assert b.available_kv == 3 * GiB and b.kv_cache_memory_given
+
+
+def test_budget_arithmetic_and_log_lines():
+    spec, p = _llama()
+    b = vllm_budget(spec, p, int(79.19 * GiB), gpu_memory_utilization=0.95, max_model_len=16384,
+                    gpu_name="NVIDIA H100 80GB HBM3")
+    assert b.available_kv == b.requested - b.weights - b.activation_peak - b.non_torch
+    assert b.max_num_batched_tokens == 8192 and b.max_num_seqs == 1024
+    assert b.kv_cache_tokens == b.num_blocks * 16
+    assert f"GPU KV cache size: {b.kv_cache_tokens:,} tokens" in b.log_lines
+    concurrency = b.kv_cache_tokens / 16384
+    assert f"Maximum concurrency for 16,384 tokens per request: {concurrency:.2f}x" in b.log_lines
+    assert b.log_lines[0] == "Model loading took 14.99 GiB memory"  # logged by vLLM 0.19.0 for this model
+
+
+def test_default_batch_limits_follow_gpu_class():
+    assert default_batch_limits(80 * GiB, "NVIDIA H100 80GB HBM3") == (8192, 1024)
+    assert default_batch_limits(80 * GiB, "NVIDIA A100-SXM4-80GB") == (2048, 256)
+    assert default_batch_limits(80 * GiB, "H100", usage_context="llm") == (16384, 1024)
+    assert default_batch_limits(24 * GiB, "NVIDIA L4") == (2048, 256)
+    assert default_batch_limits(24 * GiB, engine="v0", max_model_len=20000) == (20000, 256)
+
+
+def test_request_that_does_not_fit_reports_the_longest_that_does():
+    spec, p = _llama()
+    b = vllm_budget(spec, p, 24 * GiB, kv_cache_memory=2 * GiB, max_model_len=131072)
+    assert not b.fits_one_request
+    # 2 GiB / (32 layers x 64 KiB per 16-token block) = 1024 blocks = 16,384 tokens.
+    assert b.max_model_len_that_fits == 16384
+    assert any("estimated maximum model length is 16384" in line for line in b.log_lines)
+
+
+def test_hybrid_sliding_window_model_is_grouped_like_vllm():
+    spec = _spec("google/gemma-3-27b-it")
+    b = vllm_budget(spec, resolve_precision(spec), int(79.19 * GiB), kv_cache_memory=19 * GiB,
+                    max_model_len=8192, gpu_name="H100")
+    # 10 full + 52 sliding layers: groups of 10 (1 full + 6 sliding), "Add 8 padding layers" in the log.
+    assert len(b.groups) == 7 and b.group_size == 10
+    assert b.kv_cache_tokens == b.num_blocks // 7 * 16
+    # A sliding group needs cdiv(min(1023 + 8192, 8192), 16) + 1 = 513 blocks per 8K request.
+    assert b.blocks_per_request == 512 + 6 * 513
+
+
+def test_v0_counts_blocks_over_all_layers():
+    spec, p = _llama()
+    b = vllm_budget(spec, p, int(23.58 * GiB), engine="v0", max_model_len=20000, kv_cache_memory=4 * GiB)
+    assert b.num_blocks == 4 * GiB // (65_536 * 32)
+    assert b.log_lines[2] == f"# GPU blocks: {b.num_blocks}"
+
+
+# ---- tensor / pipeline parallel -----------------------------------------------------------------------
+
+
+def test_tp_halves_what_it_shards_and_keeps_norms_whole():
+    spec, p = _llama()
+    full = weights_per_gpu(spec, p, tp=1)
+    half = weights_per_gpu(spec, p, tp=2)
+    norms = sum(t.total_numel for t in spec.tensors if t.role.value == "norm") * 2
+    assert half == (full - norms) // 2 + norms
+    assert full == weights_bytes(spec, p)
+
+
+def test_kv_heads_are_replicated_when_tp_exceeds_them():
+    spec = _spec("Qwen/Qwen3-235B-A22B-FP8")  # 4 KV heads
+    assert kv_heads_per_rank(spec, 2) == 2
+    assert kv_heads_per_rank(spec, 8) == 1
+    layout = parallel_layout(spec, resolve_precision(spec), tp=8)
+    k_proj = next(t for t in stage_spec(spec, 8, 1, 0).tensors if t.name.endswith("k_proj.weight"))
+    assert k_proj.shape == (128, 4096) and layout.kv_heads_per_rank == 1
+
+
+def test_vocab_is_padded_to_64_then_split():
+    spec = _spec("Qwen/Qwen1.5-MoE-A2.7B-Chat")  # vocab 151936 = 64 x 2374
+    layout = parallel_layout(spec, resolve_precision(spec), tp=4)
+    assert layout.padded_vocab == 151936
+
+
+def test_invalid_tp_names_the_valid_sizes():
+    spec, _ = _llama()
+    assert valid_tp_sizes(spec) == [1, 2, 4, 8, 16, 32]
+    with pytest.raises(InputError) as err:
+        validate_parallel(spec, 3)
+    assert "1, 2, 4, 8, 16, 32" in str(err.value)
+    odd = spec.model_copy(update={"num_attention_heads": 48})
+    with pytest.raises(InputError, match="KV heads"):
+        validate_parallel(odd, 12)  # 48 heads split 12 ways, but 8 KV heads and 12 do not divide
+    with pytest.raises(InputError):
+        vllm_budget(spec, resolve_precision(spec), 80 * GiB, tp=5)
+
+
+def test_pipeline_split_follows_vllm():
+    assert pp_layer_split(32, 2) == (16, 16)
+    assert pp_layer_split(61, 4) == (15, 16, 15, 15)  # remainder 1 <= pp - 2: a middle stage takes it
+    assert pp_layer_split(62, 4) == (15, 16, 16, 15)
+    assert pp_layer_split(63, 4) == (16, 16, 16, 15)  # remainder 3: the stages before the last
+    spec, p = _llama()
+    layout = parallel_layout(spec, p, tp=1, pp=2)
+    first, last = layout.stage_weights_bytes
+    assert first + last == weights_bytes(spec, p)  # untied: embedding on stage 0, lm_head on stage 1
+
+
+# ---- SGLang -------------------------------------------------------------------------------------------
+
+
+def test_sglang_default_mem_fraction_rule():
+    # H100 (81559 MiB), TP=1: reserved = 512 + 8192 x 1.5 + 256 x 2 + 1/8 x 1024 = 13440 MB.
+    assert default_mem_fraction_static(81559) == round((81559 - 13440) / 81559, 3)
+    # 24 GB card: 512 + 2048 x 1.5 + 24 x 2 + 128 = 3760 MB, no 10 GB floor under 60 GB.
+    assert default_mem_fraction_static(24576) == round((24576 - 3760) / 24576, 3)
+
+
+def test_sglang_pool_formula():
+    spec, p = _llama()
+    b = sglang_budget(spec, p, 80 * GiB, mem_fraction_static=0.9, init_overhead_bytes=0)
+    rest = (80 * GiB - b.weights) - 80 * GiB * 0.1
+    assert b.cell_size == 8 * 256 * 32 * 2
+    assert b.max_total_num_tokens == int(rest) // b.cell_size
+    assert b.log_lines[-1].startswith(f"KV Cache is allocated. #tokens: {b.max_total_num_tokens}, K size: ")
