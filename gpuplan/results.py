@@ -12,6 +12,27 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = "1.0"
 
 
+class ServingBudget(BaseModel):
+    """What a serving engine (vLLM, SGLang) does with the memory left after the weights, per GPU."""
+
+    model_config = ConfigDict(frozen=True)
+
+    engine: str = Field(description="vllm | sglang")
+    gpu_memory_bytes: int = Field(description="the total the engine budgets from (CUDA's total per GPU)")
+    memory_fraction: float = Field(description="--gpu-memory-utilization (vLLM) or --mem-fraction-static (SGLang)")
+    kv_cache_tokens: int = Field(description="tokens the KV cache holds (vLLM 'GPU KV cache size', SGLang "
+                                             "max_total_num_tokens)")
+    max_model_len: int
+    max_concurrency: float = Field(description="requests of max_model_len tokens that fit at once")
+    fits_one_request: bool = Field(description="one request of max_model_len fits (else the engine refuses "
+                                               "to start)")
+    max_model_len_that_fits: int = Field(description="the longest context that fits (vLLM --max-model-len auto)")
+    num_blocks: int | None = Field(default=None, description="vLLM '# GPU blocks'")
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    log_lines: list[str] = Field(default_factory=list, description="the startup lines the engine would print")
+
+
 class EstimateResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -31,7 +52,13 @@ class EstimateResult(BaseModel):
     seq: int = Field(description="tokens per sequence held in the KV cache: prompt + generated")
     prompt_tokens: int
     new_tokens: int
-    gpus: int = 1
+    gpus: int = Field(default=1, description="GPUs the model is spread over: tensor x pipeline parallel")
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    gpu: str | None = Field(default=None, description="GPU the fit is checked against, when one was named")
+    gpu_memory_bytes: int | None = Field(default=None, description="memory of that GPU, per GPU")
+    fits: bool | None = Field(default=None, description="the workload fits that GPU (null when no GPU was named)")
+    headroom_bytes: int | None = Field(default=None, description="GPU memory left after total_bytes, per GPU")
     parameters: int = Field(description="parameters in the checkpoint's text model (published count)")
     loaded_parameters: int = Field(description="parameters the engine loads (without MTP layers)")
     weights_bytes: int
@@ -41,5 +68,6 @@ class EstimateResult(BaseModel):
     peak_allocated_bytes: int = Field(description="weights + kv cache + activations: torch.cuda.max_memory_allocated")
     total_bytes: int = Field(description="peak_allocated + overhead: what the card must hold")
     components: dict[str, int] = Field(default_factory=dict, description="named parts of the activation peak")
+    serving: ServingBudget | None = Field(default=None, description="KV capacity under --engine vllm|sglang")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

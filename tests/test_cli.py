@@ -42,7 +42,8 @@ def test_json_output_contract():
     assert data["peak_allocated_bytes"] == data["weights_bytes"] + data["kv_cache_bytes"] + data["activation_bytes"]
     assert data["total_bytes"] == data["peak_allocated_bytes"] + data["overhead_bytes"]
     assert data["source"] == "catalog"
-    assert all(isinstance(data[k], int) for k in data if k.endswith("_bytes"))
+    assert all(isinstance(data[k], int) for k in data if k.endswith("_bytes") and not k.startswith(("gpu_", "headroom")))
+    assert data["fits"] is None and data["gpu"] is None  # no GPU named: nothing to fit against
 
 
 def test_sweep_returns_one_object_per_combination():
@@ -186,3 +187,48 @@ def test_gpus_probe_without_driver_is_one_clear_line():
     if result.exit_code == 2:
         assert result.stderr.startswith("Error: cannot probe GPUs")
         assert "Traceback" not in result.output
+
+
+# ---- GPUs and serving engines ---------------------------------------------------------------------
+
+
+def test_vllm_budget_on_l4():
+    result = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--engine", "vllm", "--gpu", "L4",
+                 "--gpu-memory-utilization", "0.9", "--max-model-len", "32768", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    serving = data["serving"]
+    assert serving["engine"] == "vllm" and serving["max_model_len"] == 32768
+    assert serving["kv_cache_tokens"] > 32768 and serving["fits_one_request"] is True
+    assert any(line.startswith("GPU KV cache size:") for line in serving["log_lines"])
+    assert data["peak_allocated_bytes"] == data["weights_bytes"] + data["kv_cache_bytes"] + data["activation_bytes"]
+
+
+def test_does_not_fit_exits_1_with_the_reason():
+    result = run("estimate", "meta-llama/Llama-2-13b-hf", "--dtype", "fp16", "--seq", "4096", "--gpu", "RTX 4090")
+    assert result.exit_code == 1
+    assert "does not fit" in result.stdout
+
+
+def test_fits_exits_0():
+    result = run("estimate", "meta-llama/Llama-2-7b", "--dtype", "fp16", "--seq", "4096", "--gpu", "rtx-4090")
+    assert result.exit_code == 0
+    assert "RTX-4090: fits" in result.stdout
+
+
+SERVING_BAD = [
+    (["--engine", "vllm"], "sizes its KV cache from the GPU's memory"),
+    (["--engine", "vllm", "--gpu", "H100", "--gpu-memory-utilization", "1.5"], "gpu_memory_utilization"),
+    (["--engine", "vllm", "--gpu", "H100", "-tp", "3"], "tensor parallel"),
+    (["--engine", "vllm", "--gpu", "H1000"], "did you mean"),
+    (["--gpu-memory", "lots"], "cannot read 'lots' as a memory size"),
+    (["-tp", "2"], "the transformers engine is estimated on one GPU"),
+]
+
+
+@pytest.mark.parametrize("args,message", SERVING_BAD, ids=[" ".join(a) for a, _ in SERVING_BAD])
+def test_bad_serving_input(args, message):
+    result = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output

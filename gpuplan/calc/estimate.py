@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict
 
 from gpuplan.calc.overhead import overhead_bytes
@@ -12,9 +10,6 @@ from gpuplan.calc.weights import weights_bytes
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.transformers import AttnImpl, estimate_generate
 from gpuplan.models.spec import ModelSpec
-
-Engine = Literal["transformers"]
-ENGINES: tuple[str, ...] = ("transformers",)
 
 
 class Breakdown(BaseModel):
@@ -32,7 +27,7 @@ class Breakdown(BaseModel):
 
 
 def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *,
-                    engine: Engine = "transformers", attn: AttnImpl = "sdpa",
+                    attn: AttnImpl = "sdpa",
                     weights_override: int | None = None) -> Breakdown:
     """``weights_override``: exact weight bytes known from elsewhere (the checkpoint's safetensors headers)."""
     weights = weights_bytes(spec, precision) if weights_override is None else weights_override

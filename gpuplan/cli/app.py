@@ -17,6 +17,7 @@ from gpuplan import __version__
 from gpuplan.cli.errors import run_guarded
 from gpuplan.cli.options import parse_int_list
 from gpuplan.cli.formats import OutputFormat
+from gpuplan.errors import EXIT_FINDING
 
 app = typer.Typer(
     name="gpuplan",
@@ -54,6 +55,25 @@ def _main(
     """gpuplan: GPU memory estimates for large language models."""
 
 
+# Serving-engine flags, named as vLLM and SGLang name them.
+GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU from the catalog (`gpuplan gpus`): H100, L4, RTX 4090...")]
+GpuMemoryOpt = Annotated[str | None, typer.Option(
+    "--gpu-memory", help="Memory per GPU, for a card not in the catalog or to override it: 79.2GiB, 24GB.")]
+TpOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="Tensor parallel GPUs (serving engines).")]
+PpOpt = Annotated[int, typer.Option("--pipeline-parallel-size", "-pp", help="Pipeline parallel stages.")]
+UtilOpt = Annotated[float | None, typer.Option(
+    "--gpu-memory-utilization", help="vLLM: fraction of GPU memory it may use (default 0.9).")]
+MaxLenOpt = Annotated[str | None, typer.Option(
+    "--max-model-len", help="Serving engines: context length per request (default: the model's).")]
+MaxSeqsOpt = Annotated[int | None, typer.Option("--max-num-seqs", help="vLLM: sequences per batch.")]
+MaxBatchedOpt = Annotated[int | None, typer.Option(
+    "--max-num-batched-tokens", help="vLLM: tokens per forward pass (sets the profile run's activations).")]
+BlockOpt = Annotated[int, typer.Option("--block-size", help="vLLM: tokens per KV cache block.")]
+KvMemOpt = Annotated[str | None, typer.Option("--kv-cache-memory", help="vLLM: fixed KV cache size, e.g. 40GiB.")]
+MemFracOpt = Annotated[float | None, typer.Option(
+    "--mem-fraction-static", help="SGLang: fraction for weights + KV cache (default: SGLang's rule).")]
+
+
 @app.command()
 def estimate(
     model: ModelArg,
@@ -61,15 +81,29 @@ def estimate(
         "--dtype", help="Weights: auto (the checkpoint's own), fp32, fp16, bf16, fp8, int8, int4, nf4.")] = "auto",
     kv_dtype: Annotated[str, typer.Option(
         "--kv-dtype", "--kv-cache-dtype", help="KV cache: auto (= compute dtype), fp16, bf16, fp8, fp32.")] = "auto",
-    batch: Annotated[str, typer.Option("--batch", "-b", help="Sequences at once; a list sweeps: 1,8,32.")] = "1",
-    seq: Annotated[str, typer.Option(
+    batch: Annotated[str, typer.Option(
+        "--batch", "-b", help="Sequences at once (serving: concurrent requests to fit); a list sweeps: 1,8,32.")] = "1",
+    seq: Annotated[str | None, typer.Option(
         "--seq", "-s", help="Tokens per sequence in the KV cache (prompt + generated); 4096, 4k, or a list: "
-                            "2k,8k.")] = "2048",
+                            "2k,8k. Default 2048 (serving engines: the model's context).",
+        show_default=False)] = None,
     new_tokens: Annotated[int, typer.Option(
         "--new-tokens", help="How many of the seq tokens are generated; the rest is the prompt.")] = 1,
-    engine: Annotated[str, typer.Option("--engine", help="Runtime whose memory use is modelled.")] = "transformers",
+    engine: Annotated[str, typer.Option(
+        "--engine", help="Runtime whose memory use is modelled: transformers, vllm, sglang.")] = "transformers",
     attn: Annotated[str, typer.Option(
         "--attn", help="transformers attention implementation: sdpa, eager, flash_attention_2.")] = "sdpa",
+    gpu: GpuOpt = None,
+    gpu_memory: GpuMemoryOpt = None,
+    tensor_parallel_size: TpOpt = 1,
+    pipeline_parallel_size: PpOpt = 1,
+    gpu_memory_utilization: UtilOpt = None,
+    max_model_len: MaxLenOpt = None,
+    max_num_seqs: MaxSeqsOpt = None,
+    max_num_batched_tokens: MaxBatchedOpt = None,
+    block_size: BlockOpt = 16,
+    kv_cache_memory: KvMemOpt = None,
+    mem_fraction_static: MemFracOpt = None,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
@@ -77,41 +111,35 @@ def estimate(
 ) -> None:
     """Estimate per-GPU memory: weights, KV cache, activations, overhead, peak and total."""
 
-    def run() -> None:
+    def run() -> int:
+        from gpuplan.api import SERVING_ENGINES, load_model
         from gpuplan.api import estimate as estimate_one
-        from gpuplan.api import load_model
         from gpuplan.cli import output
+        from gpuplan.errors import InputError
 
         batches = parse_int_list(batch, option="--batch")
-        seqs = parse_int_list(seq, option="--seq")
+        serving = engine in SERVING_ENGINES
+        if max_model_len is not None:
+            seqs: list[int | None] = list(parse_int_list(max_model_len, option="--max-model-len"))
+        elif seq is not None:
+            seqs = list(parse_int_list(seq, option="--seq"))
+        else:
+            seqs = [None]
         if new_tokens < 0:
-            from gpuplan.errors import InputError
-
             raise InputError(f"--new-tokens must be 0 or more, got {new_tokens}")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         results = [
             estimate_one(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=s, new_tokens=new_tokens,
-                         engine=engine, attn=attn)
+                         engine=engine, attn=attn, gpu=gpu, gpu_memory=gpu_memory,
+                         tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
+                         gpu_memory_utilization=gpu_memory_utilization,
+                         max_model_len=s if serving else None, max_num_seqs=max_num_seqs,
+                         max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
+                         kv_cache_memory=kv_cache_memory, mem_fraction_static=mem_fraction_static)
             for b, s in itertools.product(batches, seqs)
         ]
-        if output_format is OutputFormat.json:
-            output.emit_json(results[0].model_dump() if len(results) == 1 else [r.model_dump() for r in results])
-        else:
-            out = output.stdout_console()
-            out.print(output.headline(results[0]))
-            if len(results) == 1:
-                out.print(output.workload_line(results[0]))
-                out.print(output.estimate_table(results[0]))
-            else:
-                out.print(output.sweep_table(results))
-            out.print(output.assumptions_line(results[0]), style="dim")
-        err = output.stderr_console()
-        first = results[0]
-        for note in first.notes:
-            err.print(f"Note: {note}", style="yellow")
-        for warning in sorted({w for r in results for w in r.warnings}):
-            err.print(f"Warning: {warning}", style="yellow")
+        return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
 

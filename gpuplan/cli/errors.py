@@ -25,9 +25,11 @@ def format_error(exc: GpuplanError) -> str:
 
 
 def run_guarded(func: Callable[[], T]) -> T:
-    """Run the CLI; turn gpuplan errors into one message and their exit code (GPUPLAN_DEBUG=1 re-raises)."""
+    """Run a command; turn gpuplan errors into one message and their exit code (GPUPLAN_DEBUG=1 re-raises).
+
+    A command that returns a non-zero int exits with it (1: a finding such as "does not fit")."""
     try:
-        return func()
+        result = func()
     except GpuplanError as exc:
         if debug_enabled():
             raise
@@ -46,3 +48,6 @@ def run_guarded(func: Callable[[], T]) -> T:
         print(f"Error: internal error ({type(exc).__name__}: {exc}); please report it. "
               "Run with GPUPLAN_DEBUG=1 for the traceback.", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
+    if isinstance(result, int) and not isinstance(result, bool) and result:
+        sys.exit(result)
+    return result

@@ -47,6 +47,9 @@ def headline(result: EstimateResult) -> str:
 
 
 def workload_line(result: EstimateResult) -> str:
+    if result.serving is not None:
+        return (f"{result.dtype} weights · {result.kv_dtype} KV cache · max_model_len {result.seq:,} · "
+                f"{result.gpus} GPU(s)")
     return (f"{result.dtype} weights · {result.kv_dtype} KV cache · batch {result.batch} x seq {result.seq:,} "
             f"({result.prompt_tokens:,} prompt + {result.new_tokens:,} generated)")
 
@@ -76,17 +79,75 @@ def estimate_table(result: EstimateResult) -> Table:
 
 def sweep_table(results: Sequence[EstimateResult]) -> Table:
     table = Table(show_edge=False, title="GiB per GPU", title_justify="left")
+    with_fit = any(r.fits is not None for r in results)
     for col in ("batch", "seq", "weights", "KV cache", "activ.", "overhead", "peak", "total"):
         table.add_column(col, justify="right")
+    if with_fit:
+        table.add_column("fits")
     for r in results:
-        table.add_row(fmt_int(r.batch), fmt_int(r.seq), fmt_gib(r.weights_bytes), fmt_gib(r.kv_cache_bytes),
-                      fmt_gib(r.activation_bytes), fmt_gib(r.overhead_bytes), fmt_gib(r.peak_allocated_bytes),
-                      fmt_gib(r.total_bytes))
+        row = [fmt_int(r.batch), fmt_int(r.seq), fmt_gib(r.weights_bytes), fmt_gib(r.kv_cache_bytes),
+               fmt_gib(r.activation_bytes), fmt_gib(r.overhead_bytes), fmt_gib(r.peak_allocated_bytes),
+               fmt_gib(r.total_bytes)]
+        if with_fit:
+            row.append("yes" if r.fits else "[red]no[/red]")
+        table.add_row(*row)
     return table
+
+
+def fit_line(result: EstimateResult) -> str | None:
+    if result.fits is None or result.gpu_memory_bytes is None:
+        return None
+    verdict = "[green]fits[/green]" if result.fits else "[bold red]does not fit[/bold red]"
+    where = f"{result.gpus} x {result.gpu}" if result.gpus > 1 else result.gpu
+    return (f"{where}: {verdict} — {fmt_gib(result.total_bytes)} of {fmt_gib(result.gpu_memory_bytes)} GiB per "
+            f"GPU, headroom {fmt_gib(result.headroom_bytes or 0)} GiB")
+
+
+def serving_lines(result: EstimateResult) -> list[str]:
+    s = result.serving
+    if s is None:
+        return []
+    label = "gpu_memory_utilization" if s.engine == "vllm" else "mem_fraction_static"
+    lines = [f"{s.engine} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
+             f"{result.pipeline_parallel}): KV cache {s.kv_cache_tokens:,} tokens, {s.max_concurrency:.2f}x "
+             f"requests of {s.max_model_len:,} tokens; longest context that fits {s.max_model_len_that_fits:,}"]
+    lines += [f"  {line}" for line in s.log_lines]
+    return lines
+
+
+def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
+    """Print results as a table or JSON, notes and warnings on stderr. True when something does not fit."""
+    from gpuplan.cli.formats import OutputFormat
+
+    if fmt is OutputFormat.json:
+        emit_json(results[0].model_dump() if len(results) == 1 else [r.model_dump() for r in results])
+    else:
+        out = stdout_console()
+        first = results[0]
+        out.print(headline(first))
+        if len(results) == 1:
+            out.print(workload_line(first))
+            out.print(estimate_table(first))
+            for line in serving_lines(first):
+                out.print(line)
+            if (fit := fit_line(first)) is not None:
+                out.print(fit)
+        else:
+            out.print(sweep_table(results))
+        out.print(assumptions_line(first), style="dim")
+    err = stderr_console()
+    for note in results[0].notes:
+        err.print(f"Note: {note}", style="yellow")
+    for warning in sorted({w for r in results for w in r.warnings}):
+        err.print(f"Warning: {warning}", style="yellow")
+    return any(r.fits is False for r in results)
 
 
 def assumptions_line(result: EstimateResult) -> str:
     where = result.source + (f" @ {result.revision}" if result.revision else "")
+    if result.serving is not None:
+        return (f"Assumed: {result.engine} startup budget per GPU (see docs/serving.md); config from {where}. "
+                "GiB = 2^30 bytes.")
     return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, activations in "
             f"{result.compute_dtype}; config from {where}. GiB = 2^30 bytes; peak allocated = what "
             "torch.cuda.max_memory_allocated reads; total adds the CUDA context.")

@@ -97,6 +97,12 @@ class GpuSpec(BaseModel):
         min_length=1,
         description="Where the driver-reported figure appears (URL or repository + path), or 'marketed'.",
     )
+    cuda_total_bytes: int | None = Field(
+        default=None, gt=0,
+        description="Total as CUDA reports it (torch.cuda.mem_get_info()[1], vLLM's total_gpu_memory): "
+        "nvidia-smi's total less what the driver reserves. None when no such figure was found.",
+    )
+    cuda_total_bytes_source: str | None = None
     bandwidth_gbps: float | None = Field(default=None, gt=0, description="Peak memory bandwidth, GB/s.")
     bf16_tflops: float | None = Field(
         default=None, gt=0, description="Dense BF16 tensor throughput (FP32 accumulate), no sparsity."
@@ -125,6 +131,11 @@ class GpuSpec(BaseModel):
                 f"memory_bytes {self.memory_bytes} is more than 10% above the marketed {self.memory_gb} GB"
             )
         return self
+
+    @property
+    def usable_bytes(self) -> int:
+        """What a CUDA process can allocate from: the CUDA total where known, else the driver total."""
+        return self.cuda_total_bytes or self.memory_bytes
 
     @property
     def memory_gib(self) -> float:
