@@ -145,6 +145,49 @@ def estimate(
 
 
 @app.command()
+def plan(
+    model: ModelArg,
+    gpu: Annotated[list[str] | None, typer.Option(
+        "--gpu", help="GPU type(s) to plan for; repeat for several. Default: every GPU in the catalog.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="vllm, sglang, or transformers (one GPU).")] = "vllm",
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights: auto, fp32, fp16, bf16, fp8, int8, int4, nf4.")] = "auto",
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype", "--kv-cache-dtype", help="KV cache: auto, fp16, bf16, fp8.")] = "auto",
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Requests of --seq tokens that must fit at once.")] = 1,
+    seq: Annotated[str | None, typer.Option(
+        "--seq", "--max-model-len", "-s", help="Context per request (default: the model's).")] = None,
+    gpu_memory_utilization: UtilOpt = None,
+    max_num_seqs: MaxSeqsOpt = None,
+    max_num_batched_tokens: MaxBatchedOpt = None,
+    mem_fraction_static: MemFracOpt = None,
+    max_gpus: Annotated[int, typer.Option("--max-gpus", help="Largest deployment to consider.")] = 512,
+    top: Annotated[int, typer.Option("--top", help="Rows to show in the table (JSON has all).")] = 15,
+    revision: RevisionOpt = None,
+    source: SourceOpt = "auto",
+    offline: OfflineOpt = False,
+    output_format: FormatOpt = OutputFormat.table,
+) -> None:
+    """Which GPUs, how many, and how to split the model (tensor x pipeline parallel), cheapest first."""
+
+    def run() -> int:
+        from gpuplan.api import load_model, resolve_gpu
+        from gpuplan.cli import output
+        from gpuplan.planner import plan as make_plan
+        from gpuplan.units import parse_token_count
+
+        resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
+                              offline=offline or None)
+        gpus_wanted = [resolve_gpu(name) for name in gpu] if gpu else None
+        result = make_plan(resolved, gpus=gpus_wanted, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch,
+                           seq=parse_token_count(seq) if seq else None, max_gpus=max_gpus,
+                           gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                           max_num_batched_tokens=max_num_batched_tokens, mem_fraction_static=mem_fraction_static)
+        output.render_plan(result, output_format, top=top)
+        return 0 if result.best is not None else EXIT_FINDING
+
+    run_guarded(run)
+
+
+@app.command()
 def models(
     filter_text: Annotated[str | None, typer.Argument(help="Show only ids or aliases containing this text.")] = None,
     output_format: FormatOpt = OutputFormat.table,

@@ -184,3 +184,39 @@ def probe_table(found) -> Table:
         table.add_row(str(d.index), d.name, d.catalog_name or "(not in catalog)", fmt_gib(d.memory_total_bytes),
                       fmt_gib(d.memory_used_bytes), fmt_gib(d.memory_free_bytes))
     return table
+
+
+def render_plan(result, fmt, *, top: int = 15) -> None:
+    from gpuplan.cli.formats import OutputFormat
+
+    if fmt is OutputFormat.json:
+        emit_json(result.model_dump())
+    else:
+        out = stdout_console()
+        out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
+                  f"cache · {result.batch} x {result.seq:,}-token request(s)")
+        table = Table(show_edge=False, title="per GPU, GiB; best first", title_justify="left")
+        table.add_column("GPU", no_wrap=True)
+        for col in ("GPUs", "TPxPP", "weights", "KV", "total/mem", "KV tokens", "fits"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for o in result.options[:top]:
+            table.add_row(o.gpu, str(o.count), f"{o.tensor_parallel}x{o.pipeline_parallel}",
+                          f"{o.weights_bytes / GiB:,.1f}", f"{o.kv_cache_bytes / GiB:,.1f}",
+                          f"{o.total_bytes / GiB:,.1f}/{o.gpu_memory_bytes / GiB:,.1f}",
+                          f"{o.kv_cache_tokens:,}" if o.kv_cache_tokens is not None else "",
+                          "yes" if o.fits else "[red]no[/red]")
+        out.print(table)
+        if len(result.options) > top:
+            out.print(f"... {len(result.options) - top} more GPU types (--top, or --format json for all)", style="dim")
+        if result.best is not None:
+            b = result.best
+            split = f"TP {b.tensor_parallel} x PP {b.pipeline_parallel}"
+            out.print(f"Best: {b.count} x {b.gpu} ({split}, {b.nodes} node{'s' if b.nodes > 1 else ''}).")
+            for line in b.launch:
+                out.print(f"  {line}", soft_wrap=True)
+    err = stderr_console()
+    for note in result.notes:
+        err.print(f"Note: {note}", style="yellow")
+    if result.best is None:
+        err.print(f"Error: {result.model} does not fit on any GPU type tried. Try a smaller --dtype (int4, fp8), "
+                  "--kv-dtype fp8, a shorter --seq, or more --max-gpus.", style="red")

@@ -1,0 +1,210 @@
+"""The planner: for each GPU type, the fewest GPUs (and the tensor x pipeline split) that fit a workload.
+
+For serving engines (vLLM by default, SGLang) a deployment fits when the engine starts (one request of
+``max_model_len`` tokens fits the KV cache it allocates) and its KV cache holds ``batch`` such requests
+at once. Tensor parallelism stays inside a node (NVLink / PCIe peers; vLLM and SGLang docs: "tensor
+parallel within a node, pipeline parallel across nodes"); pipeline stages span nodes. For the
+transformers engine the model must fit one GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpuplan.errors import InputError
+from gpuplan.models.sources import ResolvedModel
+from gpuplan.results import SCHEMA_VERSION, EstimateResult
+
+# The largest deployment the planner searches: 64 nodes of 8 GPUs. Beyond that the answer is "use a
+# smaller precision or another GPU", not a bigger cluster.
+MAX_GPUS = 512
+
+
+class PlanOption(BaseModel):
+    """One way to deploy: a GPU type, how many, and how the model is split. Bytes are per GPU."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gpu: str
+    count: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    nodes: int
+    gpus_per_node: int
+    fits: bool
+    gpu_memory_bytes: int
+    headroom_bytes: int
+    parameters: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    peak_allocated_bytes: int
+    total_bytes: int
+    kv_cache_tokens: int | None = None
+    max_concurrency: float | None = None
+    max_model_len_that_fits: int | None = None
+    launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
+    reason: str | None = Field(default=None, description="why it does not fit, when it does not")
+
+
+class PlanResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: str = SCHEMA_VERSION
+    model: str
+    engine: str
+    dtype: str
+    kv_dtype: str
+    batch: int
+    seq: int
+    options: list[PlanOption] = Field(description="one per GPU type, best first: fitting options by the GPU "
+                                              "memory they provision, then by fewer GPUs")
+    best: PlanOption | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+def _candidates(valid_tp: list[int], gpus_per_node: int, num_layers: int, max_gpus: int):
+    """(tp, pp) pairs by GPU count, larger TP first.
+
+    Within one node any split the model allows. Across nodes whole nodes, each one tensor-parallel group
+    with pipeline stages over the nodes: vLLM's documented recipe for multi-node serving ("the tensor
+    parallel size is the number of GPUs in each node, and the pipeline parallel size the number of
+    nodes"), and how clusters are rented.
+    """
+    tps = [t for t in valid_tp if t <= gpus_per_node]
+    if not tps:
+        return []
+    pairs = {(tp, pp) for tp in tps for pp in range(1, num_layers + 1) if tp * pp <= min(gpus_per_node, max_gpus)}
+    node_tp = max(tps)
+    stages_per_node = gpus_per_node // node_tp
+    nodes = 2
+    while node_tp * stages_per_node * nodes <= max_gpus and stages_per_node * nodes <= num_layers:
+        pairs.add((node_tp, stages_per_node * nodes))
+        nodes += 1
+    return sorted(pairs, key=lambda p: (p[0] * p[1], -p[0]))
+
+
+def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reason: str | None) -> PlanOption:
+    count = result.tensor_parallel * result.pipeline_parallel
+    serving = result.serving
+    return PlanOption(
+        gpu=result.gpu or "", count=count, tensor_parallel=result.tensor_parallel,
+        pipeline_parallel=result.pipeline_parallel, nodes=-(-count // gpus_per_node), gpus_per_node=gpus_per_node,
+        fits=bool(result.fits), gpu_memory_bytes=result.gpu_memory_bytes or 0,
+        headroom_bytes=result.headroom_bytes or 0, parameters=result.parameters,
+        weights_bytes=result.weights_bytes, kv_cache_bytes=result.kv_cache_bytes,
+        activation_bytes=result.activation_bytes, overhead_bytes=result.overhead_bytes,
+        peak_allocated_bytes=result.peak_allocated_bytes, total_bytes=result.total_bytes,
+        kv_cache_tokens=serving.kv_cache_tokens if serving else None,
+        max_concurrency=serving.max_concurrency if serving else None,
+        max_model_len_that_fits=serving.max_model_len_that_fits if serving else None,
+        launch=launch, reason=reason,
+    )
+
+
+def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: str | None,
+                    kv_cache_dtype: str | None, gpu_memory_utilization: float | None) -> list[str]:
+    """The command lines that start this deployment, in the engine's own flags."""
+    tp, pp, seq = result.tensor_parallel, result.pipeline_parallel, result.seq
+    if result.engine == "vllm":
+        cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
+        if pp > 1:
+            cmd += f" --pipeline-parallel-size {pp}"
+        cmd += f" --max-model-len {seq}"
+        if dtype in ("fp16", "bf16", "fp32"):
+            cmd += " --dtype " + {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
+        if kv_cache_dtype == "fp8":
+            cmd += " --kv-cache-dtype fp8"
+        if gpu_memory_utilization is not None:
+            cmd += f" --gpu-memory-utilization {gpu_memory_utilization:g}"
+        if nodes == 1:
+            return [cmd]
+        # vLLM's multi-node serving runs on a Ray cluster (docs: "Distributed inference and serving").
+        return [
+            "ray start --head --port=6379                      # on the first node",
+            "ray start --address=<head-node-ip>:6379          # on each of the other "
+            f"{nodes - 1} node(s)",
+            cmd + " --distributed-executor-backend ray   # on the head node",
+        ]
+    cmd = f"python -m sglang.launch_server --model-path {model} --tp {tp}"
+    if pp > 1:
+        cmd += f" --pp-size {pp}"
+    cmd += f" --context-length {seq}"
+    if kv_cache_dtype == "fp8":
+        cmd += " --kv-cache-dtype fp8_e4m3"
+    if nodes == 1:
+        return [cmd]
+    # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").
+    return [f"{cmd} --nnodes {nodes} --node-rank <0..{nodes - 1}> --dist-init-addr <head-node-ip>:5000"]
+
+
+def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
+         kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = MAX_GPUS,
+         gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
+         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None) -> PlanResult:
+    """Rank GPU types by the fewest GPUs that fit; ``gpus`` are GpuSpecs (default: the whole catalog)."""
+    from gpuplan.api import estimate
+    from gpuplan.engines.tp import valid_tp_sizes
+    from gpuplan.gpus.catalog import load_catalog
+
+    if max_gpus < 1:
+        raise InputError(f"--max-gpus must be at least 1, got {max_gpus}")
+    spec = resolved.spec
+    candidates_gpus = gpus if gpus else list(load_catalog().gpus)
+    serving = engine in ("vllm", "sglang")
+    valid_tp = valid_tp_sizes(spec) if serving else [1]
+    options: list[PlanOption] = []
+    notes: list[str] = []
+    first: EstimateResult | None = None
+    for gpu in candidates_gpus:
+        per_node = gpu.gpus_per_node
+        pairs = _candidates(valid_tp, per_node, spec.num_hidden_layers, max_gpus) if serving else [(1, 1)]
+        chosen: EstimateResult | None = None
+        last: EstimateResult | None = None
+        for tp, pp in pairs:
+            kwargs: dict[str, Any] = {}
+            if serving:
+                kwargs = {"tensor_parallel": tp, "pipeline_parallel": pp, "max_model_len": seq,
+                          "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+                if engine == "vllm":
+                    kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+                else:
+                    kwargs["mem_fraction_static"] = mem_fraction_static
+            try:
+                result = estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
+                                  engine=engine, gpu=gpu, **kwargs)
+            except InputError:
+                continue  # e.g. a TP size the padded vocabulary does not divide
+            first = first or result
+            last = result
+            if result.fits:
+                chosen = result
+                break
+        if last is None:
+            continue
+        picked = chosen or last
+        nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
+        launch = launch_commands(resolved.id, picked, nodes=nodes, dtype=dtype, kv_cache_dtype=kv_dtype,
+                                 gpu_memory_utilization=gpu_memory_utilization) if chosen and serving else []
+        reason = None
+        if chosen is None:
+            reason = (f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
+                      if serving else "does not fit one GPU")
+        options.append(_option(picked, per_node, launch, reason))
+    if first is None:
+        raise InputError("no GPU could be evaluated for this model", hint="check --gpu and the parallel sizes")
+    # The catalog carries no prices: rank by the GPU memory a deployment provisions (bigger cards cost
+    # more), then by fewer GPUs, then by lower memory bandwidth (an older, cheaper generation).
+    # Marketed sizes, not driver totals: a card whose driver figure is unknown must not look cheaper.
+    marketed = {g.name: g.memory_gb for g in candidates_gpus}
+    bandwidth = {g.name: g.bandwidth_gbps or 0.0 for g in candidates_gpus}
+    options.sort(key=lambda o: (not o.fits, o.count * marketed.get(o.gpu, 0.0), o.count, bandwidth.get(o.gpu, 0.0),
+                                o.gpu))
+    best = options[0] if options and options[0].fits else None
+    if any("no CUDA-reported total" in n for n in first.notes):
+        notes.append("GPUs without a CUDA-reported total are budgeted from the driver total")
+    return PlanResult(model=resolved.id, engine=engine, dtype=first.dtype, kv_dtype=first.kv_dtype, batch=batch,
+                      seq=first.seq, options=options, best=best, notes=notes)
