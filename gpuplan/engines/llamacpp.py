@@ -1,0 +1,434 @@
+"""Memory of llama.cpp (llama-server, llama-cli) running a GGUF model on one CUDA GPU.
+
+llama.cpp allocates four kinds of buffers and logs each at load (``model buffer``, ``KV buffer``,
+``compute buffer``, ``output buffer``); this module computes each from the GGUF tensor table and the
+settings, following the code of ggml-org/llama.cpp at commit 0c1e570 (2026-10-01). Source lines are named
+beside each rule; the measurements that check them (H200, CUDA 13.0) are in tests/test_gguf.py.
+
+* **Weights.** ``--n-gpu-layers N`` offloads whole layers, counted over ``block_count + 1`` slots, the last
+  slot being the output layer (``output.weight``, ``output_norm``): the GPU gets the output layer and the
+  last ``N - 1`` repeating layers (src/llama-model.cpp, load_tensors: ``i_gpu_start = max(n_layer + 1 -
+  n_gpu_layers, 0)``; the output layer goes to the GPU first since PR #18148). The input layer
+  (``token_embd``) always stays in host memory ("there is very little benefit to offloading the input
+  layer", same function). A model without ``output.weight`` (tied embeddings) gets a copy of ``token_embd``
+  as its output layer on that layer's device (src/llama-model-loader.cpp, TENSOR_DUPLICATED).
+* **KV cache.** Per layer with KV, ``K: row_size(type_k, n_embd_k_gqa) x cells`` and the same for V
+  (src/llama-kv-cache.cpp); MLA models (DeepSeek) store K only. ``cells`` is the context padded to 256 (src/
+  llama-context.cpp: ``GGML_PAD(n_ctx, 256)``); with ``--parallel P`` and no ``--kv-unified`` the context is
+  split into P streams of ``pad(n_ctx / P, 256)`` cells -- the total is the same. Sliding-window layers keep
+  ``pad(min(n_ctx_seq, n_swa x (unified ? P : 1) + n_ubatch), 256)`` cells per stream unless ``--swa-full``
+  (src/llama-kv-cache-iswa.cpp). Each layer's cache sits on that layer's device (in host memory with
+  ``--no-kv-offload``).
+* **Compute buffer.** llama.cpp reserves the worst-case graph (``n_ubatch`` tokens, every output) and keeps
+  one buffer per device of its peak (src/llama-context.cpp, sched_reserve). On the GPU the peak is the larger
+  of the output step, ``n_ubatch x (n_vocab + n_embd) x 4`` bytes (f32 logits and their input), and the
+  attention step of a layer, which without flash attention holds the f32 scores and mask
+  ``n_ubatch x n_kv x (n_head + 1) x 4`` bytes. Layers or the output layer left in host memory have their
+  matrix products run on the GPU for batches of 32 tokens or more (ggml-cuda.cu, offload_op), which copies
+  that layer's weights into the compute buffer.
+* **Runtime.** The CUDA context, cuBLAS and ggml's CUDA pool, not in any logged buffer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpuplan.errors import InputError
+from gpuplan.models.gguf import GgmlType, GgufModel, ggml_type_by_name
+from gpuplan.units import MiB
+
+__all__ = [
+    "LlamaCppSettings",
+    "LlamaCppMemory",
+    "estimate_llamacpp",
+    "KV_CACHE_TYPES",
+    "LLAMACPP_CUDA_RUNTIME_BYTES",
+]
+
+FlashAttn = Literal["auto", "on", "off"]
+
+# --cache-type-k / --cache-type-v accept these (common/arg.cpp: kv_cache_types).
+KV_CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+# Defaults of common_params (common/common.h): n_batch 2048, n_ubatch 512.
+DEFAULT_N_BATCH = 2048
+DEFAULT_N_UBATCH = 512
+# llama-server with -np left at -1 (auto) uses 4 slots and a unified KV cache (tools/server/server.cpp).
+SERVER_AUTO_PARALLEL = 4
+# src/llama-context.cpp: cparams.n_ctx = GGML_PAD(cparams.n_ctx, 256); the SWA cache is padded the same way.
+CTX_PAD = 256
+# ggml-cuda.cu: ops of at least this many rows run on the GPU even when their weights are in host memory
+# (GGML_OP_OFFLOAD_MIN_BATCH, default 32).
+OP_OFFLOAD_MIN_BATCH = 32
+F32_BYTES = 4
+F16_BYTES = 2
+
+# GPU memory outside llama.cpp's logged buffers (CUDA context, cuBLAS handles and workspace, ggml's CUDA
+# pool): the "unaccounted" column of llama.cpp's memory breakdown, 595-598 MiB in every one of our 19
+# measurements on an H200 (driver 580.159.04, CUDA 13.0, llama.cpp 0c1e570), whatever the model, context or
+# batch size. Other GPUs, drivers and CUDA versions differ by tens to hundreds of MiB.
+LLAMACPP_CUDA_RUNTIME_BYTES = 597 * MiB
+
+# Tensors of llama.cpp's input and output layers (src/llama-arch.cpp: LLM_TENSOR_INFOS, LLM_TENSOR_LAYER_INPUT
+# and LLM_TENSOR_LAYER_OUTPUT, names from LLM_TENSOR_NAMES). Any other tensor outside ``blk.N`` (rope_freqs,
+# token_embd_norm) is created with the first repeating layer.
+_INPUT_TENSORS = frozenset(
+    {
+        "token_embd",
+        "position_embd",
+        "token_types",
+        "per_layer_token_embd",
+        "masked_embd_centroids",
+        "masked_embd_ordering",
+    }
+)
+_OUTPUT_TENSORS = frozenset(
+    {
+        "output",
+        "output_norm",
+        "cls",
+        "cls.output",
+        "cls.norm",
+        "dense_2",
+        "dense_3",
+        "dec.output_norm",
+        "enc.output_norm",
+        "altup_proj",
+        "altup_unembd_proj",
+        "output_res_score",
+    }
+)
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+class LlamaCppSettings(BaseModel):
+    """The llama.cpp flags that decide memory, with llama.cpp's own defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_gpu_layers: int | None = None
+    """``-ngl``: layers on the GPU out of ``block_count + 1`` (the output layer counts as one). None or a
+    negative number means all of them."""
+    ctx_size: int | None = Field(default=None, ge=0)
+    """``-c``: total context over all slots; None or 0 means the model's trained context (common/common.h)."""
+    n_batch: int = Field(default=DEFAULT_N_BATCH, ge=1)
+    n_ubatch: int = Field(default=DEFAULT_N_UBATCH, ge=1)
+    parallel: int | None = Field(default=1, ge=1)
+    """``-np``: sequences decoded at once. None means llama-server's auto: 4 slots sharing a unified cache."""
+    kv_unified: bool = False
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: FlashAttn = "auto"
+    swa_full: bool = False
+    kv_offload: bool = True
+    """False is ``--no-kv-offload``: every layer's cache stays in host memory."""
+    op_offload: bool = True
+    """False is ``--no-op-offload``: host layers compute on the CPU and copy nothing to the GPU."""
+
+
+class LlamaCppMemory(BaseModel):
+    """Bytes llama.cpp allocates on the GPU and in host memory for one model and settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gpu_weights_bytes: int
+    host_weights_bytes: int
+    gpu_kv_bytes: int
+    host_kv_bytes: int
+    gpu_compute_bytes: int
+    host_compute_bytes: int
+    host_output_bytes: int
+    runtime_bytes: int
+    gpu_total_bytes: int
+    host_total_bytes: int
+    n_ctx: int
+    """Cells of the KV cache over all streams (the context padded as llama.cpp pads it)."""
+    n_ctx_seq: int
+    """Context one sequence (one server slot) can use."""
+    n_seq: int
+    kv_unified: bool
+    n_ubatch: int
+    flash_attn: bool
+    layers_on_gpu: int
+    output_on_gpu: bool
+    kv_cells_swa: int | None
+    components: dict[str, int]
+    notes: tuple[str, ...] = ()
+
+
+def _pad(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _layer_of(name: str) -> int | None | Literal["input", "output"]:
+    match = _BLOCK.match(name)
+    if match:
+        return int(match[1])
+    stem = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
+    if stem in _INPUT_TENSORS:
+        return "input"
+    if stem in _OUTPUT_TENSORS:
+        return "output"
+    return None
+
+
+def _cache_type(name: str, flag: str) -> GgmlType:
+    key = name.strip().lower()
+    if key not in KV_CACHE_TYPES:
+        raise InputError(f"unknown {flag} {name!r}", hint=f"llama.cpp accepts: {', '.join(KV_CACHE_TYPES)}")
+    return ggml_type_by_name(key)
+
+
+def _row_bytes(kind: GgmlType, n: int) -> int:
+    """ggml_row_size: bytes of one row of n elements."""
+    if n % kind.block_size:
+        raise InputError(
+            f"a KV row of {n} values cannot be stored as {kind.name.lower()} (blocks of {kind.block_size})",
+            hint="use f16 for this model's cache",
+        )
+    return n // kind.block_size * kind.type_size
+
+
+def _per_layer(value: object, n: int, default: int) -> list[int]:
+    if isinstance(value, list):
+        return [int(v) for v in value[:n]]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * n
+    return [default] * n
+
+
+def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None) -> LlamaCppMemory:
+    """Bytes of each llama.cpp buffer for ``model`` under ``settings`` on one CUDA GPU."""
+    s = settings or LlamaCppSettings()
+    spec, hp = model.spec, model.hparams
+    notes: list[str] = []
+    n_layer_all = int(hp.get("block_count", spec.num_hidden_layers))
+    n_layer = spec.num_hidden_layers  # without MTP layers, which llama.cpp does not load for plain decoding
+
+    # ---- placement (src/llama-model.cpp, load_tensors) ----
+    ngl = n_layer_all + 1 if s.n_gpu_layers is None or s.n_gpu_layers < 0 else s.n_gpu_layers
+    i_gpu_start = max(n_layer_all + 1 - ngl, 0)
+    act_gpu_layers = min(ngl, n_layer_all + 1)
+
+    def on_gpu(il: int) -> bool:
+        return not (il < i_gpu_start or (il - i_gpu_start) >= act_gpu_layers)
+
+    output_on_gpu = on_gpu(n_layer_all)
+    layers_on_gpu = sum(1 for il in range(n_layer) if on_gpu(il))
+
+    gpu_w = host_w = 0
+    # Bytes of the matrices of each layer: what a GPU-run matrix product copies from host memory (norms and
+    # biases are not copied: the measured copies equal the matrices' bytes to the byte).
+    layer_w: dict[int, int] = {}
+    output_w = 0
+    for t in model.tensors:
+        where = _layer_of(t.name)
+        if isinstance(where, int) and where >= n_layer:
+            continue  # MTP layers: created with TENSOR_SKIP unless speculative decoding loads them
+        if where == "input":
+            host_w += t.nbytes
+            continue
+        il = n_layer_all if where == "output" else (0 if where is None else where)
+        if len(t.dims) >= 2:
+            if where == "output":
+                output_w += t.nbytes
+            else:
+                layer_w[il] = layer_w.get(il, 0) + t.nbytes
+        if on_gpu(il):
+            gpu_w += t.nbytes
+        else:
+            host_w += t.nbytes
+    embd = model.tensor("token_embd.weight")
+    if model.tensor("output.weight") is None and embd is not None:
+        output_w += embd.nbytes
+        if output_on_gpu:
+            gpu_w += embd.nbytes
+            notes.append(
+                "no output.weight: llama.cpp puts a copy of token_embd on the GPU as the output layer"
+            )
+
+    # ---- context and streams (src/llama-context.cpp) ----
+    ctx = s.ctx_size or spec.max_position_embeddings
+    if not ctx:
+        raise InputError("the model states no context length", hint="give the context size (-c / --ctx-size)")
+    trained = spec.max_position_embeddings
+    if trained and ctx > trained:
+        notes.append(f"a context of {ctx} tokens is longer than the {trained} the model was trained with")
+    n_batch = min(ctx, s.n_batch)
+    n_ubatch = min(n_batch, s.n_ubatch)
+    n_seq = SERVER_AUTO_PARALLEL if s.parallel is None else s.parallel
+    unified = s.kv_unified or s.parallel is None
+    n_ctx = _pad(ctx, CTX_PAD)
+    if unified:
+        n_ctx_seq, n_stream = n_ctx, 1
+    else:
+        n_ctx_seq = _pad(n_ctx // n_seq, CTX_PAD)
+        if n_ctx // n_seq == 0:
+            raise InputError(f"a context of {ctx} tokens cannot be split over {n_seq} sequences")
+        n_ctx, n_stream = n_ctx_seq * n_seq, n_seq
+
+    # ---- flash attention and cache types ----
+    type_k = _cache_type(s.cache_type_k, "--cache-type-k")
+    type_v = _cache_type(s.cache_type_v, "--cache-type-v")
+    v_quantized = type_v.block_size > 1
+    if s.flash_attn == "off" and v_quantized:
+        raise InputError(
+            "a quantized V cache needs flash attention",
+            hint="drop --flash-attn off, or use --cache-type-v f16 (llama.cpp refuses this too)",
+        )
+    flash = s.flash_attn != "off"
+    if s.flash_attn == "auto":
+        notes.append("flash attention 'auto' counted as enabled, as llama.cpp resolves it on CUDA GPUs")
+
+    # ---- KV cache (src/llama-kv-cache.cpp, src/llama-kv-cache-iswa.cpp) ----
+    head_kv = _per_layer(
+        hp.get("attention.head_count_kv", hp.get("attention.head_count")),
+        n_layer_all,
+        spec.num_key_value_heads,
+    )
+    key_len = int(hp.get("attention.key_length") or spec.head_dim)
+    val_len = int(hp.get("attention.value_length") or spec.v_head_dim)
+    key_len_swa = int(hp.get("attention.key_length_swa") or key_len)
+    val_len_swa = int(hp.get("attention.value_length_swa") or val_len)
+    is_mla = bool(hp.get("attention.key_length_mla")) and bool(hp.get("attention.value_length_mla"))
+    kv_layers = range(n_layer)
+    shared = hp.get("attention.shared_kv_layers")
+    if model.architecture == "gemma3n":
+        kv_layers = range(min(20, n_layer))  # src/models/gemma3n.cpp: n_layer_kv_from_start = 20
+    elif isinstance(shared, int) and shared > 0:
+        kv_layers = range(min(max(n_layer_all - shared, 0), n_layer))  # src/models/gemma4.cpp
+    windows = spec.layer_windows
+    n_swa = max((w for w in windows if w is not None), default=0)
+    cells_swa: int | None = None
+    if n_swa and not s.swa_full:
+        cells_swa = _pad(min(n_ctx_seq, n_swa * (n_seq if unified else 1) + n_ubatch), CTX_PAD)
+    v_trans_width = (
+        0
+        if flash
+        else max(
+            (head_kv[il] * (val_len_swa if windows[il] is not None else val_len) for il in kv_layers),
+            default=0,
+        )
+    )
+
+    gpu_kv = host_kv = 0
+    n_k_max = n_v_max = 0
+    for il in kv_layers:
+        if head_kv[il] == 0:
+            continue  # recurrent or attention-free layer in a hybrid model
+        sliding = windows[il] is not None if il < len(windows) else False
+        n_k = head_kv[il] * (key_len_swa if sliding else key_len)
+        n_v = head_kv[il] * (val_len_swa if sliding else val_len)
+        n_k_max, n_v_max = max(n_k_max, n_k), max(n_v_max, n_v)
+        cells = (cells_swa if sliding and cells_swa is not None else n_ctx_seq) * n_stream
+        size = _row_bytes(type_k, n_k) * cells
+        if not is_mla:
+            # Without flash attention V is stored transposed, padded to the widest layer
+            # ([TAG_V_CACHE_VARIABLE] in src/llama-kv-cache.cpp).
+            size += _row_bytes(type_v, v_trans_width or n_v) * cells
+        if s.kv_offload and on_gpu(il):
+            gpu_kv += size
+        else:
+            host_kv += size
+    if is_mla:
+        notes.append("MLA model: llama.cpp caches the compressed K only (the V cache is a view of it)")
+
+    # ---- compute buffers (src/llama-context.cpp: sched_reserve; measured in tests/test_gguf.py) ----
+    n_embd = spec.hidden_size
+    n_head = spec.num_attention_heads
+    n_vocab = spec.vocab_size
+    n_kv = n_ctx_seq if any(w is None for w in windows) or cells_swa is None else cells_swa
+    ub = n_ubatch
+    offload_ops = s.op_offload and ub >= OP_OFFLOAD_MIN_BATCH
+    # Output step: f32 logits for every token of the ubatch plus the normed hidden states they come from.
+    out_step = ub * (n_vocab + n_embd) * F32_BYTES
+    if not output_on_gpu:
+        out_step = out_step + output_w if offload_ops else 0
+    # Attention step of one layer: residual, norm, q and the f32 scores and mask (no FA) or the f16 mask (FA).
+    per_tok = 4 * n_embd + n_k_max + n_v_max
+    if flash:
+        attn_step = ub * (n_kv * F16_BYTES + per_tok * F32_BYTES)
+    else:
+        attn_step = ub * F32_BYTES * (n_kv * (n_head + 1) + per_tok)
+    moe = spec.moe
+    if moe is not None:
+        ffn_step = (
+            ub
+            * F32_BYTES
+            * (
+                3 * moe.experts_per_token * moe.expert_intermediate_size
+                + moe.experts_per_token * n_embd
+                + moe.num_experts
+                + 2 * n_embd
+            )
+        )
+    else:
+        ffn_step = ub * F32_BYTES * (3 * spec.intermediate_size + 2 * n_embd)
+    layer_step = max(attn_step, ffn_step)
+    host_layers = [il for il in range(n_layer) if not on_gpu(il)]
+    weight_copy = max((layer_w.get(il, 0) for il in host_layers), default=0) if offload_ops else 0
+    if layers_on_gpu == 0 and not offload_ops:
+        layer_step = 0
+    else:
+        layer_step += weight_copy
+    gpu_compute = max(out_step, layer_step)
+    if weight_copy:
+        notes.append(
+            f"{len(host_layers)} layer(s) in host memory: their matrix products run on the GPU for"
+            " prompt batches, which copies one layer's weights into the compute buffer"
+        )
+    # Host side (CUDA_Host): the token embeddings gathered on the CPU and the mask (f16 with FA, f32 without).
+    host_compute = ub * (2 * n_embd * F32_BYTES + n_kv * (F16_BYTES if flash else F32_BYTES))
+    if not flash:
+        host_compute += ub * 2 * n_k_max * F32_BYTES
+    # Logits kept on the host: one row per sequence at reserve time (src/llama-context.cpp, output_reserve).
+    host_output = n_seq * n_vocab * F32_BYTES
+
+    uses_gpu = gpu_w > 0 or gpu_kv > 0 or gpu_compute > 0
+    runtime = LLAMACPP_CUDA_RUNTIME_BYTES if uses_gpu else 0
+    gpu_total = gpu_w + gpu_kv + gpu_compute + runtime
+    host_total = host_w + host_kv + host_compute + host_output
+    if n_ctx != ctx:
+        notes.append(
+            f"a context of {ctx} tokens takes {n_ctx} cache cells (padded to multiples of {CTX_PAD})"
+        )
+    components = {
+        "weights_gpu": gpu_w,
+        "weights_host": host_w,
+        "kv_gpu": gpu_kv,
+        "kv_host": host_kv,
+        "compute_output_step": out_step,
+        "compute_attention_step": attn_step,
+        "compute_ffn_step": ffn_step,
+        "compute_weight_copy": weight_copy,
+        "compute_gpu": gpu_compute,
+        "compute_host": host_compute,
+        "output_host": host_output,
+        "runtime": runtime,
+    }
+    return LlamaCppMemory(
+        gpu_weights_bytes=gpu_w,
+        host_weights_bytes=host_w,
+        gpu_kv_bytes=gpu_kv,
+        host_kv_bytes=host_kv,
+        gpu_compute_bytes=gpu_compute,
+        host_compute_bytes=host_compute,
+        host_output_bytes=host_output,
+        runtime_bytes=runtime,
+        gpu_total_bytes=gpu_total,
+        host_total_bytes=host_total,
+        n_ctx=n_ctx,
+        n_ctx_seq=n_ctx_seq,
+        n_seq=n_seq,
+        kv_unified=unified,
+        n_ubatch=n_ubatch,
+        flash_attn=flash,
+        layers_on_gpu=layers_on_gpu,
+        output_on_gpu=output_on_gpu,
+        kv_cells_swa=cells_swa,
+        components=components,
+        notes=tuple(notes),
+    )
