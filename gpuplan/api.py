@@ -20,10 +20,18 @@ from gpuplan.engines.transformers import ATTN_IMPLS
 from gpuplan.errors import InputError
 from gpuplan.models.sources import ResolvedModel, SourceName, resolve_model
 from gpuplan.models.spec import ModelSpec
-from gpuplan.results import EstimateResult, ServingBudget
+from gpuplan.results import EstimateResult, LlamaCppRun, ServingBudget
 
-ENGINES: tuple[str, ...] = ("transformers", "vllm", "sglang")
+ENGINES: tuple[str, ...] = ("transformers", "vllm", "sglang", "llama.cpp")
 SERVING_ENGINES = ("vllm", "sglang")
+LLAMACPP = "llama.cpp"
+# estimate()'s llama.cpp keywords with llama.cpp's own defaults (common/common.h: n_batch 2048, n_ubatch
+# 512; llama-cli decodes one sequence): any other value with another engine is a mistake worth naming.
+LLAMACPP_DEFAULTS: dict[str, Any] = {
+    "n_gpu_layers": None, "ctx_size": None, "ubatch_size": 512, "batch_size": 2048, "parallel": 1,
+    "kv_unified": False, "cache_type_k": "f16", "cache_type_v": "f16", "flash_attn": "auto",
+    "swa_full": False, "kv_offload": True, "op_offload": True,
+}
 
 
 def load_model(model: str, *, revision: str | None = None, source: SourceName = "auto",
@@ -47,13 +55,32 @@ def make_workload(batch: int, seq: int, new_tokens: int) -> Workload:
         raise InputError(err["msg"].removeprefix("Value error, ")) from None
 
 
-def _as_resolved(model: str | ResolvedModel | ModelSpec, *, revision: str | None, source: SourceName,
+def _as_resolved(model: Any, *, revision: str | None, source: SourceName,
                  offline: bool | None) -> ResolvedModel:
     if isinstance(model, str):
         return resolve_model(model, revision=revision, source=source, offline=offline)
     if isinstance(model, ModelSpec):
         return ResolvedModel(id=model.model_type, source="local", spec=model)
-    return model
+    if isinstance(model, ResolvedModel):
+        return model
+    from gpuplan.models.gguf import GgufModel
+
+    if isinstance(model, GgufModel):
+        return ResolvedModel(id=model.path, source="local", spec=model.spec, location=model.files[0].path,
+                             gguf=model)
+    raise InputError(f"cannot estimate a {type(model).__name__}",
+                     hint="pass a model name or path, a ResolvedModel, a ModelSpec or a GgufModel")
+
+
+def _gguf_of(resolved: ResolvedModel) -> Any:
+    """The GgufModel behind a resolved model, re-read from its file when only the path was kept."""
+    if resolved.gguf is not None:
+        return resolved.gguf
+    if resolved.source == "local" and resolved.location and resolved.location.lower().endswith(".gguf"):
+        from gpuplan.models.gguf import load_gguf_model
+
+        return load_gguf_model(resolved.location)
+    return None
 
 
 def resolve_gpu(gpu: Any = None, gpu_memory: str | int | None = None):
@@ -70,25 +97,49 @@ def resolve_gpu(gpu: Any = None, gpu_memory: str | int | None = None):
     return base
 
 
-def estimate(model: str | ResolvedModel | ModelSpec, *, dtype: str = "auto", kv_dtype: str = "auto",
-             batch: int = 1, seq: int | None = None, new_tokens: int = 1, engine: str = "transformers",
+def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto", kv_dtype: str = "auto",
+             batch: int = 1, seq: int | None = None, new_tokens: int = 0, engine: str | None = None,
              attn: str = "sdpa", gpu: Any = None, gpu_memory: str | int | None = None,
              tensor_parallel: int = 1, pipeline_parallel: int = 1,
              gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
              max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None, block_size: int = 16,
              kv_cache_memory: str | int | None = None, mem_fraction_static: float | None = None,
+             n_gpu_layers: int | str | None = None, ctx_size: int | None = None, ubatch_size: int = 512,
+             batch_size: int = 2048, parallel: int | str = 1, kv_unified: bool = False,
+             cache_type_k: str = "f16", cache_type_v: str = "f16", flash_attn: str = "auto",
+             swa_full: bool = False, kv_offload: bool = True, op_offload: bool = True,
              revision: str | None = None, source: SourceName = "auto",
              offline: bool | None = None) -> EstimateResult:
     """Estimate per-GPU memory for one workload.
 
-    ``engine="transformers"`` (the default) models Hugging Face ``generate()`` of ``batch`` sequences of
-    ``seq`` tokens. ``engine="vllm"`` / ``"sglang"`` model the serving engine's startup budget on ``gpu``
-    (a catalog name) or ``gpu_memory`` (e.g. "79.2GiB"): the KV cache it allocates and how many requests of
-    ``max_model_len`` tokens fit.
+    ``engine="transformers"`` models Hugging Face ``generate()`` of ``batch`` sequences of ``seq`` tokens.
+    ``engine="vllm"`` / ``"sglang"`` model the serving engine's startup budget on ``gpu`` (a catalog name)
+    or ``gpu_memory`` (e.g. "79.2GiB"): the KV cache it allocates and how many requests of
+    ``max_model_len`` tokens fit. ``engine="llama.cpp"`` models llama.cpp's buffers for a GGUF file, with
+    its flags as keywords: ``n_gpu_layers`` (-ngl; None or "all": every layer), ``ctx_size`` (-c; None:
+    ``seq``, else the model's context), ``ubatch_size`` (-ub), ``batch_size`` (-b), ``parallel`` (-np; an
+    int or "auto"), ``kv_unified``, ``cache_type_k`` / ``cache_type_v`` (-ctk / -ctv), ``flash_attn``
+    (auto | on | off), ``swa_full``, ``kv_offload`` (False: --no-kv-offload), ``op_offload`` (False:
+    --no-op-offload). ``engine=None`` picks llama.cpp for a GGUF model and transformers otherwise.
     """
     resolved = _as_resolved(model, revision=revision, source=source, offline=offline)
+    if engine is None:
+        engine = LLAMACPP if resolved.gguf is not None else "transformers"
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}", hint=f"use one of: {', '.join(ENGINES)}")
+    llama_args = {"n_gpu_layers": n_gpu_layers, "ctx_size": ctx_size, "ubatch_size": ubatch_size,
+                  "batch_size": batch_size, "parallel": parallel, "kv_unified": kv_unified,
+                  "cache_type_k": cache_type_k, "cache_type_v": cache_type_v, "flash_attn": flash_attn,
+                  "swa_full": swa_full, "kv_offload": kv_offload, "op_offload": op_offload}
+    if engine == LLAMACPP:
+        return _llamacpp_estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq, attn=attn,
+                                  gpu_spec=resolve_gpu(gpu, gpu_memory), tp=tensor_parallel,
+                                  pp=pipeline_parallel, **llama_args)
+    changed = [k for k, v in llama_args.items() if v != LLAMACPP_DEFAULTS[k]]
+    if changed:
+        verb = "applies" if len(changed) == 1 else "apply"
+        raise InputError(f"{', '.join(changed)} {verb} to the llama.cpp engine only, not {engine}",
+                         hint="use engine='llama.cpp' with a GGUF model")
     if attn not in ATTN_IMPLS:
         raise InputError(f"unknown attention implementation {attn!r}", hint=f"use one of: {', '.join(ATTN_IMPLS)}")
     for name, value in (("tensor_parallel", tensor_parallel), ("pipeline_parallel", pipeline_parallel)):
@@ -98,6 +149,9 @@ def estimate(model: str | ResolvedModel | ModelSpec, *, dtype: str = "auto", kv_
     precision = resolve_precision(spec, dtype, kv_dtype)
     gpu_spec = resolve_gpu(gpu, gpu_memory)
     notes = list(resolved.notices) + list(spec.notes)
+    if resolved.gguf is not None:
+        notes.append(f"a GGUF file under --engine {engine}: its weights are counted as {precision.weights}, "
+                     "dequantized; --engine llama.cpp counts them as stored")
     if engine in SERVING_ENGINES:
         return _serving_estimate(resolved, precision, engine, gpu_spec, notes, batch=batch, seq=seq,
                                  tp=tensor_parallel, pp=pipeline_parallel,
@@ -135,6 +189,108 @@ def estimate(model: str | ResolvedModel | ModelSpec, *, dtype: str = "auto", kv_
         peak_allocated_bytes=breakdown.peak_allocated_bytes, total_bytes=breakdown.total_bytes,
         components=breakdown.components, notes=notes, warnings=warnings, **fit,
     )
+
+
+def _llamacpp_estimate(resolved: ResolvedModel, *, dtype: str, kv_dtype: str, batch: int, seq: int | None,
+                       attn: str, gpu_spec: Any, tp: int, pp: int, n_gpu_layers: int | str | None,
+                       ctx_size: int | None, ubatch_size: int, batch_size: int, parallel: int | str,
+                       kv_unified: bool, cache_type_k: str, cache_type_v: str, flash_attn: str, swa_full: bool,
+                       kv_offload: bool, op_offload: bool) -> EstimateResult:
+    from gpuplan.engines.llamacpp import LlamaCppSettings, estimate_llamacpp
+
+    gguf = _gguf_of(resolved)
+    if gguf is None:
+        raise InputError("--engine llama.cpp reads a .gguf file",
+                         hint="pass the path of a GGUF model (llama.cpp's convert_hf_to_gguf.py writes one)")
+    if dtype != "auto":
+        raise InputError(f"--dtype {dtype}: llama.cpp runs the GGUF file's own types",
+                         hint="quantize the file with llama-quantize, or leave --dtype at auto")
+    if kv_dtype != "auto":
+        raise InputError(f"--kv-dtype {kv_dtype}: llama.cpp sets its cache types with --cache-type-k/-v",
+                         hint="for example -ctk q8_0 -ctv q8_0")
+    if attn != "sdpa":
+        raise InputError("--attn is the transformers engine's; llama.cpp takes --flash-attn auto|on|off")
+    if tp * pp != 1:
+        raise InputError("the llama.cpp engine is estimated on one GPU",
+                         hint="its split over several GPUs (--tensor-split) is not modelled")
+    if batch != 1:
+        raise InputError(f"batch {batch}: llama.cpp decodes --parallel sequences at once",
+                         hint="give --parallel (-np) instead of --batch")
+    ngl = _gpu_layers(n_gpu_layers)
+    if isinstance(parallel, str):
+        if parallel.strip().lower() != "auto":
+            raise InputError(f"--parallel expects a number or auto, got {parallel!r}")
+        n_parallel: int | None = None
+    else:
+        n_parallel = parallel
+    cache_type_k, cache_type_v = cache_type_k.strip().lower(), cache_type_v.strip().lower()
+    flash_attn = flash_attn.strip().lower()
+    if flash_attn not in ("auto", "on", "off"):
+        raise InputError(f"--flash-attn expects auto, on or off, got {flash_attn!r}")
+    try:
+        settings = LlamaCppSettings(
+            n_gpu_layers=ngl, ctx_size=ctx_size if ctx_size is not None else seq, n_batch=batch_size,
+            n_ubatch=ubatch_size, parallel=n_parallel, kv_unified=kv_unified, cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v, flash_attn=flash_attn, swa_full=swa_full, kv_offload=kv_offload,
+            op_offload=op_offload)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = {"n_batch": "--batch-size", "n_ubatch": "--ubatch-size", "ctx_size": "--ctx-size",
+                 "parallel": "--parallel"}.get(str(err["loc"][0]), str(err["loc"][0]))
+        raise InputError(f"{field}: {err['msg']}, got {err['input']!r}") from None
+    mem = estimate_llamacpp(gguf, settings)
+    spec = gguf.spec
+    notes = list(resolved.notices) + list(spec.notes) + list(mem.notes)
+    layers_total = spec.num_hidden_layers
+    if mem.host_weights_bytes and (mem.layers_on_gpu < layers_total or not mem.output_on_gpu):
+        notes.append("host weights are read from the memory-mapped file (llama.cpp's default --mmap): they "
+                     "use page cache rather than allocated RAM")
+    peak = mem.gpu_weights_bytes + mem.gpu_kv_bytes + mem.gpu_compute_bytes
+    total = mem.gpu_total_bytes
+    fit: dict[str, Any] = {}
+    if gpu_spec is not None:
+        capacity = gpu_spec.usable_bytes
+        fit = {"gpu": gpu_spec.name, "gpu_memory_bytes": capacity, "fits": total <= capacity,
+               "headroom_bytes": capacity - total}
+    kv_type = cache_type_k if cache_type_k == cache_type_v else f"{cache_type_k}/{cache_type_v}"
+    by_type = gguf.bytes_by_type()
+    run = LlamaCppRun(
+        file=gguf.files[0].path, file_type=gguf.file_type, n_gpu_layers=ngl,
+        layers=layers_total, layers_on_gpu=mem.layers_on_gpu, output_on_gpu=mem.output_on_gpu,
+        n_ctx=mem.n_ctx, n_ctx_seq=mem.n_ctx_seq, n_seq=mem.n_seq, kv_unified=mem.kv_unified,
+        n_ubatch=mem.n_ubatch, flash_attn=mem.flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+        kv_offload=kv_offload, kv_cells_swa=mem.kv_cells_swa)
+    return EstimateResult(
+        model=resolved.id, source=resolved.source, revision=resolved.revision, commit=resolved.commit,
+        model_type=spec.model_type, attention=spec.attention_kind, engine=LLAMACPP,
+        attn_implementation="flash_attn" if mem.flash_attn else "no_flash_attn",
+        # ggml keeps activations in f32 between ops (engines/llamacpp.py counts the compute buffer so).
+        dtype=gguf.file_type or next(iter(by_type), "unknown"), compute_dtype="fp32", kv_dtype=kv_type,
+        batch=mem.n_seq, seq=mem.n_ctx_seq, prompt_tokens=mem.n_ctx_seq, new_tokens=0,
+        parameters=spec.parameters, loaded_parameters=spec.loaded_parameters,
+        weights_bytes=mem.gpu_weights_bytes, kv_cache_bytes=mem.gpu_kv_bytes,
+        activation_bytes=mem.gpu_compute_bytes, overhead_bytes=mem.runtime_bytes,
+        peak_allocated_bytes=peak, total_bytes=total, host_bytes=mem.host_total_bytes,
+        components={**mem.components, "host_total": mem.host_total_bytes, "gpu_total": total},
+        llamacpp=run, notes=notes, **fit,
+    )
+
+
+def _gpu_layers(value: int | str | None) -> int | None:
+    """-ngl as llama.cpp reads it: a number (negative: all), or all; None when every layer goes."""
+    if value is None or isinstance(value, int):
+        return None if value is not None and value < 0 else value
+    text = value.strip().lower()
+    if text == "all":
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        hint = "give a number of layers or all"
+        if text == "auto":
+            hint += " (llama.cpp's --fit, which picks -ngl from free memory, is not modelled)"
+        raise InputError(f"--n-gpu-layers expects a number or all, got {value!r}", hint=hint) from None
+    return None if number < 0 else number
 
 
 def _common(resolved: ResolvedModel, precision: Precision, engine: str, attn: str) -> dict[str, Any]:

@@ -32,14 +32,21 @@ def test_llama2_7b_fp16_weights_are_two_bytes_per_parameter():
 def test_llama2_7b_kv_cache_is_2_gib_at_4096_tokens():
     # 2 (K and V) x 32 layers x 32 heads x 128 dims x 2 bytes = 512 KiB per token (vLLM docs, "KV cache
     # per token", and the common 0.5 MB/token figure for Llama-2-7B); x 4096 tokens = 2 GiB.
-    r = gpuplan.estimate(LLAMA2_7B, dtype="fp16", seq=4096)
+    # new_tokens=0: a forward over all 4096 tokens, whose K/V the cache then holds.
+    r = gpuplan.estimate(LLAMA2_7B, dtype="fp16", seq=4096, new_tokens=0)
     assert r.kv_cache_bytes == 2 * GiB
 
 
 def test_llama2_70b_gqa_kv_is_320_kib_per_token():
     # GQA with 8 KV heads: 2 x 80 layers x 8 heads x 128 dims x 2 bytes = 327,680 bytes per token.
-    r = gpuplan.estimate(LLAMA2_70B, dtype="fp16", seq=1000, batch=3)
+    r = gpuplan.estimate(LLAMA2_70B, dtype="fp16", seq=1000, batch=3, new_tokens=0)
     assert r.kv_cache_bytes == 327_680 * 1000 * 3
+
+
+def test_generate_caches_all_but_the_last_generated_token():
+    # generate() returns the last sampled token without running it through the model again.
+    r = gpuplan.estimate(LLAMA2_70B, dtype="fp16", seq=1000, new_tokens=16)
+    assert r.kv_cache_bytes == 327_680 * 999
 
 
 def test_fp8_kv_is_exactly_half():
@@ -49,26 +56,32 @@ def test_fp8_kv_is_exactly_half():
 
 
 def test_sliding_window_caps_the_cache():
-    # Mistral-7B-v0.1 slides a 4096-token window on every layer: beyond it the cache stops growing.
-    at_window = gpuplan.estimate(MISTRAL_7B, dtype="bf16", seq=4096)
-    beyond = gpuplan.estimate(MISTRAL_7B, dtype="bf16", seq=16384)
-    assert beyond.kv_cache_bytes == at_window.kv_cache_bytes
+    # Mistral-7B-v0.1 slides a 4096-token window on every layer: once decoding has started, the cache
+    # stops growing beyond it (transformers' DynamicSlidingWindowLayer).
+    longer = gpuplan.estimate(MISTRAL_7B, dtype="bf16", seq=8192, new_tokens=16)
+    longest = gpuplan.estimate(MISTRAL_7B, dtype="bf16", seq=16384, new_tokens=16)
+    assert longer.kv_cache_bytes == longest.kv_cache_bytes == 32 * 8 * 256 * 2 * 4096
+
+
+def test_sliding_layers_hold_the_whole_prompt_until_the_first_decode_step():
+    # The sliding layer keeps a view into the full prompt's K/V, so its storage stays allocated.
+    prefill_only = gpuplan.estimate(MISTRAL_7B, dtype="bf16", seq=16384, new_tokens=0)
+    assert prefill_only.kv_cache_bytes == 32 * 8 * 256 * 2 * 16384
 
 
 def test_gemma3_mixes_sliding_and_full_layers():
     # gemma-3-1b: 26 layers, every 6th global; 512-token window; 1 KV head of 256 dims.
     spec = GEMMA3_1B.spec
     assert spec.num_full_attention_layers == 4
-    per_token_full = 2 * 1 * 256 * 2
-    r = gpuplan.estimate(GEMMA3_1B, dtype="bf16", seq=8192)
-    sliding_layers = 22
-    kept = 511  # transformers keeps window - 1 past tokens for sliding layers
-    assert r.kv_cache_bytes == per_token_full * (4 * 8192 + sliding_layers * kept)
+    per_token = 2 * 1 * 256 * 2
+    r = gpuplan.estimate(GEMMA3_1B, dtype="bf16", seq=8192, new_tokens=16)
+    # full layers hold seq - 1 tokens; after a decode step a sliding layer holds a tensor of the window
+    assert r.kv_cache_bytes == per_token * (4 * 8191 + 22 * 512)
 
 
 def test_mla_cache_in_transformers_is_per_head():
     # transformers' DeepSeek-V3 caches K (128 nope + 64 rope) and V (128) for each of 128 heads.
-    r = gpuplan.estimate(DEEPSEEK_R1, dtype="bf16", seq=100)
+    r = gpuplan.estimate(DEEPSEEK_R1, dtype="bf16", seq=100, new_tokens=0)
     assert r.kv_cache_bytes == 61 * 128 * (192 + 128) * 2 * 100
 
 
@@ -157,8 +170,8 @@ def test_components_add_up(model, batch, seq):
 def test_eager_attention_needs_more_than_sdpa_for_long_prompts():
     sdpa = gpuplan.estimate(LLAMA2_7B, dtype="fp16", seq=4096, batch=4, attn="sdpa")
     eager = gpuplan.estimate(LLAMA2_7B, dtype="fp16", seq=4096, batch=4, attn="eager")
-    # eager materializes [batch, heads, q, k] scores: 4 x 32 x 4095^2 x 2 bytes is 4 GiB on its own
-    assert eager.activation_bytes - sdpa.activation_bytes > 4 * GiB
+    # eager materializes [batch, heads, q, k] scores: 4 x 32 x 4095^2 x 8 bytes is 16 GiB on its own
+    assert eager.activation_bytes - sdpa.activation_bytes > 15 * GiB
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -18,7 +18,7 @@ class Workload(BaseModel):
 
     batch: int = Field(default=1, ge=1, le=MAX_BATCH)
     seq: int = Field(default=2048, ge=1, le=MAX_SEQ)
-    new_tokens: int = Field(default=1, ge=0)
+    new_tokens: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _prompt_not_empty(self) -> Workload:

@@ -31,11 +31,11 @@ app = typer.Typer(
 # Options shared by every command that takes a model (declared once, as huggingface_hub's CLI does).
 ModelArg = Annotated[str, typer.Argument(
     help="Hugging Face id (meta-llama/Llama-2-7b-hf), bundled alias (llama-2-7b), id@revision, "
-         "or a local folder / config.json.", show_default=False)]
+         "modelscope:owner/name, or a local folder / config.json / .gguf file.", show_default=False)]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.")]
 SourceOpt = Annotated[str, typer.Option(
     "--source", help="Where to read the config: auto (local path, bundled catalog, then the Hub), local, "
-                     "catalog or hub.")]
+                     "catalog, hub or modelscope (also: modelscope:owner/name).")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never use the network (also HF_HUB_OFFLINE=1): bundled catalog and Hub cache only.")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="table for people, json for scripts.")]
@@ -73,6 +73,49 @@ KvMemOpt = Annotated[str | None, typer.Option("--kv-cache-memory", help="vLLM: f
 MemFracOpt = Annotated[float | None, typer.Option(
     "--mem-fraction-static", help="SGLang: fraction for weights + KV cache (default: SGLang's rule).")]
 
+# llama.cpp flags, named as llama.cpp names them (common/arg.cpp); -b is --batch here, so --batch-size has
+# no short form.
+NglOpt = Annotated[str | None, typer.Option(
+    "--n-gpu-layers", "-ngl", help="llama.cpp: layers on the GPU, the output layer counting as one; a number "
+                                   "or all (default all).", show_default=False)]
+CtxOpt = Annotated[str | None, typer.Option(
+    "--ctx-size", "-c", help="llama.cpp: context over all sequences; 0 = the model's (default: --seq, else the "
+                             "model's); a list sweeps.", show_default=False)]
+UbatchOpt = Annotated[int | None, typer.Option(
+    "--ubatch-size", "-ub", help="llama.cpp: physical batch, tokens per graph (default 512).", show_default=False)]
+NbatchOpt = Annotated[int | None, typer.Option(
+    "--batch-size", help="llama.cpp: logical batch (default 2048).", show_default=False)]
+ParallelOpt = Annotated[str | None, typer.Option(
+    "--parallel", "-np", help="llama.cpp: sequences at once, a number or auto (llama-server's 4 slots sharing "
+                              "a unified cache); default 1.", show_default=False)]
+KvUnifiedOpt = Annotated[bool | None, typer.Option(
+    "--kv-unified/--no-kv-unified", help="llama.cpp: one KV cache shared by all sequences.", show_default=False)]
+CacheKOpt = Annotated[str | None, typer.Option(
+    "--cache-type-k", "-ctk", help="llama.cpp: K cache type: f16 (default), bf16, f32, q8_0, q4_0, q4_1, "
+                                   "iq4_nl, q5_0, q5_1.", show_default=False)]
+CacheVOpt = Annotated[str | None, typer.Option(
+    "--cache-type-v", "-ctv", help="llama.cpp: V cache type, as --cache-type-k.", show_default=False)]
+FlashOpt = Annotated[str | None, typer.Option(
+    "--flash-attn", "-fa", help="llama.cpp: flash attention auto (default), on or off.", show_default=False)]
+SwaFullOpt = Annotated[bool, typer.Option("--swa-full", help="llama.cpp: full-size cache for sliding-window layers.")]
+NoKvOffloadOpt = Annotated[bool, typer.Option(
+    "--no-kv-offload", help="llama.cpp: keep the KV cache in host memory.")]
+NoOpOffloadOpt = Annotated[bool, typer.Option(
+    "--no-op-offload", help="llama.cpp: compute host layers on the CPU (no weight copies to the GPU).")]
+
+
+def _int_or(text: str, *, option: str, word: str) -> int | str:
+    """A whole number, or ``word`` (auto, all)."""
+    from gpuplan.errors import InputError
+
+    value = text.strip().lower()
+    if value == word:
+        return word
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"{option} expects a whole number or {word}, got {text!r}") from None
+
 
 @app.command()
 def estimate(
@@ -88,9 +131,11 @@ def estimate(
                             "2k,8k. Default 2048 (serving engines: the model's context).",
         show_default=False)] = None,
     new_tokens: Annotated[int, typer.Option(
-        "--new-tokens", help="How many of the seq tokens are generated; the rest is the prompt.")] = 1,
-    engine: Annotated[str, typer.Option(
-        "--engine", help="Runtime whose memory use is modelled: transformers, vllm, sglang.")] = "transformers",
+        "--new-tokens", help="How many of the seq tokens are generated; the rest is the prompt. 0: one "
+                             "forward pass over all seq tokens.")] = 0,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Runtime whose memory use is modelled: transformers, vllm, sglang, llama.cpp. Default: "
+                         "llama.cpp for a .gguf file, else transformers.", show_default=False)] = None,
     attn: Annotated[str, typer.Option(
         "--attn", help="transformers attention implementation: sdpa, eager, flash_attention_2.")] = "sdpa",
     gpu: GpuOpt = None,
@@ -104,6 +149,18 @@ def estimate(
     block_size: BlockOpt = 16,
     kv_cache_memory: KvMemOpt = None,
     mem_fraction_static: MemFracOpt = None,
+    n_gpu_layers: NglOpt = None,
+    ctx_size: CtxOpt = None,
+    ubatch_size: UbatchOpt = None,
+    batch_size: NbatchOpt = None,
+    parallel: ParallelOpt = None,
+    kv_unified: KvUnifiedOpt = None,
+    cache_type_k: CacheKOpt = None,
+    cache_type_v: CacheVOpt = None,
+    flash_attn: FlashOpt = None,
+    swa_full: SwaFullOpt = False,
+    no_kv_offload: NoKvOffloadOpt = False,
+    no_op_offload: NoOpOffloadOpt = False,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
@@ -112,33 +169,82 @@ def estimate(
     """Estimate per-GPU memory: weights, KV cache, activations, overhead, peak and total."""
 
     def run() -> int:
-        from gpuplan.api import SERVING_ENGINES, load_model
+        from gpuplan.api import LLAMACPP, SERVING_ENGINES, load_model
         from gpuplan.api import estimate as estimate_one
         from gpuplan.cli import output
         from gpuplan.errors import InputError
 
+        # Every llama.cpp flag given, with the keyword estimate() takes it as.
+        llama: dict[str, tuple[str, object]] = {}
+        if n_gpu_layers is not None:
+            llama["--n-gpu-layers"] = ("n_gpu_layers", _int_or(n_gpu_layers, option="--n-gpu-layers", word="all"))
+        if ubatch_size is not None:
+            llama["--ubatch-size"] = ("ubatch_size", ubatch_size)
+        if batch_size is not None:
+            llama["--batch-size"] = ("batch_size", batch_size)
+        if parallel is not None:
+            llama["--parallel"] = ("parallel", _int_or(parallel, option="--parallel", word="auto"))
+        if kv_unified is not None:
+            llama["--kv-unified" if kv_unified else "--no-kv-unified"] = ("kv_unified", kv_unified)
+        if cache_type_k is not None:
+            llama["--cache-type-k"] = ("cache_type_k", cache_type_k)
+        if cache_type_v is not None:
+            llama["--cache-type-v"] = ("cache_type_v", cache_type_v)
+        if flash_attn is not None:
+            llama["--flash-attn"] = ("flash_attn", flash_attn)
+        if swa_full:
+            llama["--swa-full"] = ("swa_full", True)
+        if no_kv_offload:
+            llama["--no-kv-offload"] = ("kv_offload", False)
+        if no_op_offload:
+            llama["--no-op-offload"] = ("op_offload", False)
+        ctx_values = parse_int_list(ctx_size, option="--ctx-size", minimum=0) if ctx_size is not None else None
+        flags = list(llama) + (["--ctx-size"] if ctx_size is not None else [])
+
+        def check_engine(name: str) -> None:
+            if flags and name != LLAMACPP:
+                what = "is a llama.cpp flag" if len(flags) == 1 else "are llama.cpp flags"
+                raise InputError(f"{', '.join(flags)} {what}, used only with --engine llama.cpp (not {name})",
+                                 hint="pass a .gguf file with --engine llama.cpp, or drop the flag")
+
+        if engine is not None:
+            check_engine(engine)
         batches = parse_int_list(batch, option="--batch")
-        serving = engine in SERVING_ENGINES
-        if max_model_len is not None:
-            seqs: list[int | None] = list(parse_int_list(max_model_len, option="--max-model-len"))
-        elif seq is not None:
-            seqs = list(parse_int_list(seq, option="--seq"))
-        else:
-            seqs = [None]
         if new_tokens < 0:
             raise InputError(f"--new-tokens must be 0 or more, got {new_tokens}")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
-        results = [
-            estimate_one(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=s, new_tokens=new_tokens,
-                         engine=engine, attn=attn, gpu=gpu, gpu_memory=gpu_memory,
-                         tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
-                         gpu_memory_utilization=gpu_memory_utilization,
-                         max_model_len=s if serving else None, max_num_seqs=max_num_seqs,
-                         max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-                         kv_cache_memory=kv_cache_memory, mem_fraction_static=mem_fraction_static)
-            for b, s in itertools.product(batches, seqs)
-        ]
+        engine_name = engine or (LLAMACPP if resolved.gguf is not None else "transformers")
+        check_engine(engine_name)
+        serving = engine_name in SERVING_ENGINES
+        if engine_name == LLAMACPP:
+            if max_model_len is not None:
+                raise InputError("--max-model-len is a serving engine's; llama.cpp takes --ctx-size (-c)")
+            if ctx_values is not None and seq is not None:
+                raise InputError("give --ctx-size or --seq, not both",
+                                 hint="with llama.cpp --seq stands for --ctx-size")
+            if ctx_values is None and seq is not None:
+                ctx_values = parse_int_list(seq, option="--seq")
+            seqs: list[int | None] = list(ctx_values) if ctx_values is not None else [None]
+        elif max_model_len is not None:
+            seqs = list(parse_int_list(max_model_len, option="--max-model-len"))
+        elif seq is not None:
+            seqs = list(parse_int_list(seq, option="--seq"))
+        else:
+            seqs = [None]
+        keywords = dict(llama.values())
+        results = []
+        for b, s in itertools.product(batches, seqs):
+            per_run = {**keywords, "ctx_size": s} if engine_name == LLAMACPP else {}
+            results.append(estimate_one(
+                resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=None if per_run else s,
+                new_tokens=new_tokens,
+                engine=engine_name, attn=attn, gpu=gpu, gpu_memory=gpu_memory,
+                tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=s if serving else None, max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
+                kv_cache_memory=kv_cache_memory, mem_fraction_static=mem_fraction_static, **per_run))
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)

@@ -2,13 +2,14 @@
 
 The peak torch allocation (``torch.cuda.max_memory_allocated``) is the larger of two moments:
 
-* **prefill**: weights + the prompt's KV cache + the transient tensors of one decoder layer's forward over
-  the whole prompt + the hidden states that stay alive across layers + the last position's logits;
-* **decode**: weights + the KV cache near its final length + the copy ``torch.cat`` makes when the
-  dynamic cache grows (transformers/cache_utils.py, DynamicLayer.update) + one token's activations.
+* **prefill**, in the last decoder layer: weights + every layer's K/V for the whole prompt + the hidden
+  states the forward loop keeps alive + the largest transient of that layer (its MLP, or its attention);
+* **decode**: weights + the cache near its final length + the copy ``torch.cat`` makes when the dynamic
+  cache grows (transformers/cache_utils.py, DynamicLayer.update).
 
-Each transient is named below with the line of transformers or torch it comes from. Sizes are for
-``T = batch x prompt`` token rows; ``e`` is the compute dtype's bytes.
+Every term below names the line of transformers (5.x) or torch that allocates it. They were checked
+against memory measured on an H200 (tests/fixtures/measurements/, docs/accuracy.md): the prefill is the
+peak in every measured case. ``T = batch x prompt`` token rows; ``e`` is the compute dtype's bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from gpuplan.calc.kv_cache import kv_layout
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.workload import Workload
 from gpuplan.models.spec import ModelSpec
@@ -25,8 +25,21 @@ from gpuplan.models.spec import ModelSpec
 AttnImpl = Literal["sdpa", "eager", "flash_attention_2"]
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
 
-FP32_BYTES = 4
-INT64_BYTES = 8
+FP32 = 4
+BOOL = 1
+
+# Families whose attention goes through transformers' shared ``eager_attention_forward`` (modeling_llama.py
+# and copies): scores = matmul(q, k^T) * scaling (+ mask), then softmax(dtype=float32).to(dtype).
+_GPT2_STYLE = {"gpt2"}
+# Families that keep their MoE routing weights in float32 (the sigmoid scores of DeepSeek-V2/V3 times
+# routed_scaling_factor, modeling_deepseek_v3.py); the others cast them to the compute dtype
+# (modeling_qwen2_moe.py, modeling_mixtral.py: routing_weights.to(hidden_states.dtype)).
+_FP32_ROUTING = {"deepseek_v2", "deepseek_v3"}
+_OWN_ATTENTION = {"falcon"}
+# Families whose decoder loop keeps the embedding output alive next to the layer input (the model's
+# forward binds ``inputs_embeds`` and never releases it before the loop ends: modeling_llama.py
+# LlamaModel.forward and the models generated from it).
+_PLAIN_FFN_COMPOSITE_ACTIVATIONS = {"gelu_new", "gelu_fast"}
 
 
 class TransformersMemory(BaseModel):
@@ -43,86 +56,181 @@ class TransformersMemory(BaseModel):
     components: dict[str, int]
 
 
-def _sliding_kept(window: int) -> int:
-    """Tokens a sliding-window layer keeps in transformers' DynamicSlidingWindowLayer: the last
-    ``window - 1`` (cache_utils.py: the next token's query sees window - 1 past tokens plus itself)."""
-    return window - 1
+def _kv_bytes_per_token(spec: ModelSpec, kv_bytes: int) -> int:
+    """K and V of one token in one layer. For MLA, transformers 5 caches the compressed latent as the
+    "key" (kv_lora_rank) and the shared rotary key as the "value" (qk_rope_head_dim), one head each
+    (modeling_deepseek_v3.py; measured: keys [b, 1, t, 512], values [b, 1, t, 64] for DeepSeek-V3)."""
+    if spec.mla is not None:
+        return spec.mla.latent_dim * kv_bytes
+    return spec.num_key_value_heads * (spec.head_dim + spec.v_head_dim) * kv_bytes
 
 
-def kv_cache_layout(spec: ModelSpec, precision: Precision):
-    # transformers' DeepSeek-V2/V3 attention caches full per-head K and V, not the MLA latent.
-    return kv_layout(spec, precision.kv_bytes, mla_latent=False, window_tokens=_sliding_kept)
+def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, decoded: bool) -> int:
+    """Bytes a DynamicCache holds for ``tokens`` tokens per sequence.
+
+    Sliding-window layers (DynamicSlidingWindowLayer.update) return the full K/V and keep a slice of it as
+    their state: the slice is a view, so the full tensor's storage stays allocated until the next update.
+    After the prompt alone (``decoded=False``) every layer therefore holds the whole prompt; after a decode
+    step a sliding layer holds a fresh tensor of ``window`` tokens (``window - 1`` kept plus the new one).
+    """
+    per_token = _kv_bytes_per_token(spec, kv_bytes)
+    total = 0
+    for window in spec.layer_windows:
+        kept = tokens if window is None or not decoded else min(tokens, window)
+        total += kept * per_token
+    return batch * total
 
 
-def _layer_prefill_transient(spec: ModelSpec, batch: int, prompt: int, e: int, attn: AttnImpl) -> dict[str, int]:
-    """Largest temporary allocation inside one decoder layer during prefill, by sub-block."""
-    t = batch * prompt
-    h, heads, kv_heads = spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads
-    d, dv = spec.head_dim, spec.v_head_dim
-    q_bytes = t * heads * d * e
-    kv_new = t * kv_heads * (d + dv) * e
-    # RMSNorm/LayerNorm upcast: hidden.to(float32), then the fp32 product (modeling_llama.py LlamaRMSNorm).
-    norm = 2 * t * h * FP32_BYTES
-    # Rotary embedding on q and k (modeling_llama.py apply_rotary_pos_emb): q*cos, rotate_half(q) and
-    # its product with sin exist together before the sum.
-    rope = 3 * q_bytes
-    if attn == "eager":
-        # eager_attention_forward: repeat_kv expands K/V to every head, QK^T scores in the compute
-        # dtype, then softmax(dtype=float32).to(dtype): scores + fp32 probabilities + cast copy.
-        repeated = t * heads * (d + dv) * e if kv_heads != heads else 0
-        scores = batch * heads * prompt * prompt * (2 * e + FP32_BYTES if e < FP32_BYTES else 2 * FP32_BYTES)
-        attention = q_bytes + kv_new + repeated + scores
-    else:
-        # SDPA flash / memory-efficient kernels keep scores on-chip; output [T, heads*dv] plus the fp32
-        # logsumexp per query row (torch/nn/functional.py scaled_dot_product_attention).
-        attention = q_bytes + kv_new + t * heads * dv * e + batch * heads * prompt * FP32_BYTES
+def _eager_score_bytes(spec: ModelSpec, compute_dtype: str) -> int:
+    """Bytes per element of the [batch, heads, q, k] score matrix at eager attention's peak."""
+    e = FP32 if compute_dtype == "fp32" else 2
+    if spec.model_type in _GPT2_STYLE:
+        # modeling_gpt2.py eager_attention_forward: matmul scores and softmax in the compute dtype.
+        return 2 * e
+    if e == 2 and spec.model_type not in _OWN_ATTENTION:
+        # softmax(scores, dtype=float32): ATen fuses the upcast only for float16 input ("half_to_float",
+        # aten/src/ATen/native/SoftMax.cpp); bfloat16 is first copied to float32. Peak: masked scores (e) +
+        # fp32 copy (4) + fp32 probabilities (4) for bf16; scores (2) + fp32 probabilities (4) + the
+        # .to(float16) result (2) for fp16.
+        return 10 if compute_dtype == "bf16" else 8
+    # fp32 (no conversion): masked scores + probabilities; falcon keeps scores, scores + mask and the
+    # softmax in the compute dtype (modeling_falcon.py FalconAttention.forward).
+    return 8 if e == FP32 else 6 + e
+
+
+def _mlp_transient(spec: ModelSpec, t: int, e: int) -> dict[str, int]:
+    h = spec.hidden_size
+    if spec.moe is not None and spec.moe.num_moe_layers:
+        moe = spec.moe
+        samples = t * moe.experts_per_token
+        width = moe.expert_intermediate_size
+        w = FP32 if spec.model_type in _FP32_ROUTING else e
+        # grouped_mm_experts_forward (transformers/integrations/moe.py): the token rows gathered in expert
+        # order [S, h] and the down projection's output [S, h] stay bound while the output is weighted by
+        # the routing weights ([S, h] in their dtype) and put back in token order ([S, h] again), with
+        # S = tokens x experts_per_token. Earlier in the block the gate/up output [S, 2I] and the activated
+        # product [S, I] are the largest.
+        routed = max(samples * h * (2 * e + 2 * w), samples * (h + 4 * width) * e)
+        shared = 0
+        if moe.shared_expert_intermediate_size:
+            # The shared expert runs after the routed ones, whose output [T, h] is held meanwhile.
+            shared = 3 * t * moe.shared_expert_intermediate_size * e + t * h * e
+        dense = 3 * t * spec.intermediate_size * e if moe.num_dense_layers else 0
+        return {"mlp": max(routed, shared, dense)}
+    width = spec.intermediate_size
     if spec.ffn_gated:
-        # act(gate_proj(x)) * up_proj(x): activated gate, up and their product coexist.
-        width = spec.moe.expert_intermediate_size if spec.moe else spec.intermediate_size
-        width = max(width, spec.intermediate_size if spec.moe is None or spec.moe.num_dense_layers else 0)
-        mlp = 3 * t * width * e
-    else:
-        mlp = 2 * t * spec.intermediate_size * e
-    return {"norm_upcast": norm, "rotary": rope, "attention": attention, "mlp": mlp}
+        if spec.model_type in ("phi3", "chatglm"):
+            # Fused gate_up_proj [T, 2I] stays alive while act(gate) * up is formed (modeling_phi3.py).
+            return {"mlp": 4 * t * width * e}
+        # act_fn(gate_proj(x)) * up_proj(x): the activated gate, up and their product (modeling_llama.py).
+        return {"mlp": 3 * t * width * e}
+    if spec.hidden_act in _PLAIN_FFN_COMPOSITE_ACTIVATIONS:
+        # NewGELUActivation is written in Python (activations.py): fc output, 0.5*x and two temporaries of
+        # the tanh chain exist together.
+        return {"mlp": 4 * t * width * e}
+    # fc1 output and its activation (one fused kernel: relu, gelu, gelu_pytorch_tanh).
+    return {"mlp": 2 * t * width * e}
+
+
+def _attention_transient(spec: ModelSpec, batch: int, prompt: int, compute_dtype: str, attn: AttnImpl,
+                         masked: bool) -> dict[str, int]:
+    e = FP32 if compute_dtype == "fp32" else 2
+    t = batch * prompt
+    heads, kv_heads = spec.num_attention_heads, spec.num_key_value_heads
+    d, dv = spec.head_dim, spec.v_head_dim
+    q = t * heads * d * e
+    # apply_rotary_pos_emb: q*cos, rotate_half(q) (a cat of two halves) and its product with sin.
+    rope = 3 * q
+    scores = batch * heads * prompt * prompt
+    grouped = kv_heads != heads
+    expanded_kv = t * heads * (d + dv) * e if grouped else 0
+    if attn == "eager":
+        # repeat_kv expands K/V to every head before the matmul (eager_attention_forward).
+        return {"attention": q + expanded_kv + scores * _eager_score_bytes(spec, compute_dtype)}
+    fp32_grouped = e == FP32 and grouped and not masked
+    if fp32_grouped or spec.model_type in _OWN_ATTENTION and grouped:
+        # Without a kernel that takes this input (flash needs 16-bit; the memory-efficient kernel has no
+        # enable_gqa; falcon passes a 1-head K/V to be broadcast), torch runs the math SDPA
+        # (aten/src/ATen/native/transformers/attention.cpp): float32 scores, float32 probabilities and
+        # the boolean "all -inf" mask of _safe_softmax, with float32 copies of q and of K/V per head.
+        return {"attention": scores * (2 * FP32 + BOOL) + t * heads * (d + d + dv) * FP32 + rope}
+    # Flash / memory-efficient kernels keep the scores on chip: the output and a logsumexp per row.
+    # With a mask transformers passes K/V expanded per head (repeat_kv when enable_gqa is not possible).
+    out = t * heads * dv * e + batch * heads * prompt * FP32
+    return {"attention": q + rope + out + (expanded_kv if masked else 0)}
+
+
+def _stream_tensors(spec: ModelSpec) -> int:
+    """[T, hidden] tensors alive across the last layer's MLP: the embedding output (held by the model's
+    forward), the layer input (held by the loop), the residual and the normed input of the block. GPT-2's
+    block also keeps its attention output bound to a name (``attn_output``, modeling_gpt2.py GPT2Block)."""
+    count = 4 if spec.num_hidden_layers > 1 else 3
+    return count + 1 if spec.model_type in _GPT2_STYLE else count
 
 
 def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int,
                       attn: AttnImpl = "sdpa") -> TransformersMemory:
     e = precision.compute_bytes
     batch, prompt = workload.batch, workload.prompt_tokens
-    layout = kv_cache_layout(spec, precision)
-    kv_final = layout.bytes_for(batch, workload.seq)
-    kv_prompt = layout.bytes_for(batch, prompt)
+    kv = precision.kv_bytes
+    decoded = workload.new_tokens >= 2
+    cached_tokens = workload.seq - 1 if workload.new_tokens >= 1 else workload.seq
+    kv_final = cache_bytes(spec, batch, cached_tokens, kv, decoded=decoded)
+    kv_prompt = cache_bytes(spec, batch, prompt, kv, decoded=False)
     h = spec.hidden_size
     t = batch * prompt
 
-    transient = _layer_prefill_transient(spec, batch, prompt, e, attn)
+    # A boolean [batch, 1, q, kv] mask exists for the whole forward when some layer cannot use a plain
+    # causal kernel: sliding windows shorter than the prompt (masking_utils.py sliding_window_mask), or
+    # eager attention, which adds a 4-D float mask in the compute dtype (masking_utils.py eager_mask).
+    sliding_active = any(w is not None and w < prompt for w in spec.layer_windows)
+    full_layers = any(w is None or w >= prompt for w in spec.layer_windows)
+    if attn == "eager":
+        mask = batch * prompt * prompt * e
+    elif sliding_active:
+        mask = batch * prompt * prompt * BOOL
+    else:
+        mask = 0
+    attention = max(
+        _attention_transient(spec, batch, prompt, precision.compute_dtype, attn, masked=kind)["attention"]
+        for kind in ((False,) if not sliding_active else (True, False) if full_layers else (True,))
+    )
+    mlp = _mlp_transient(spec, t, e)["mlp"]
+    if attn == "eager":
+        # The decoder layer binds the attention probabilities it gets back (``hidden_states, _ =
+        # self.self_attn(...)`` in modeling_llama.py; ``attn_output, self_attn_weights`` in modeling_gpt2.py):
+        # the [batch, heads, q, k] tensor in the compute dtype lives on through the layer's MLP.
+        mlp += batch * spec.num_attention_heads * prompt * prompt * e
+    transient = {"attention": attention, "mlp": mlp}
     layer_peak = max(transient.values())
-    # Residual stream: the layer input (kept as the residual) and the running hidden states.
-    residual = 2 * t * h * e
-    # Eager attention builds a 4-D additive causal mask [batch, 1, q, kv] in the compute dtype once per
-    # forward (transformers/masking_utils.py eager_mask); SDPA without padding passes is_causal instead.
-    mask = batch * prompt * prompt * e if attn == "eager" else 0
-    # generate() keeps logits of the last position only (logits_to_keep=1) and copies them to fp32
+    stream = _stream_tensors(spec) * t * h * e
+    # generate() keeps the logits of the last position only (logits_to_keep=1) and copies them to fp32
     # (generation/utils.py: outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32)).
-    logits = batch * spec.vocab_size * (e + FP32_BYTES)
-    prefill_peak = weights_bytes + kv_prompt + residual + mask + layer_peak + logits
+    logits = batch * spec.vocab_size * (e + FP32)
+    prefill_peak = weights_bytes + kv_prompt + stream + mask + layer_peak + logits
 
-    # Decode: the last step holds the cache at seq - 1 tokens and concatenates one layer's K (then V)
-    # into a new tensor while the old one is alive.
-    largest_layer_kv = 0
-    if workload.new_tokens > 1:
-        per_layer_full = max(1, len(spec.layer_windows))
-        largest_layer_kv = kv_final // per_layer_full // 2
-    decode_peak = weights_bytes + kv_final + largest_layer_kv + logits
+    # Decode: the cache at its final length, plus one layer's K (then V) being concatenated into a new
+    # tensor while the old one is still referenced.
+    growth = 0
+    if decoded:
+        growth = batch * cached_tokens * spec.num_key_value_heads * max(spec.head_dim, spec.v_head_dim) * kv
+    moe_gather = 0
+    moe = spec.moe
+    if decoded and moe is not None and moe.num_moe_layers and batch * moe.experts_per_token <= moe.num_experts:
+        # With a handful of token rows (a decode step), the experts run as batched matmuls over weights
+        # gathered per selected expert (batched_mm_experts_forward: gate_up_proj[expert_ids] and
+        # down_proj[expert_ids]): 3 x I x hidden per selected (token, expert) pair, in the weights' dtype.
+        moe_gather = batch * moe.experts_per_token * 3 * moe.expert_intermediate_size * h * e
+    decode_peak = weights_bytes + kv_final + growth + logits + moe_gather
     peak = max(prefill_peak, decode_peak)
     components = {
         **{f"prefill_{k}": v for k, v in transient.items()},
-        "residual_stream": residual,
-        "causal_mask": mask,
+        "hidden_states": stream,
+        "attention_mask": mask,
         "logits": logits,
         "kv_prompt": kv_prompt,
-        "kv_growth_copy": largest_layer_kv,
+        "kv_growth_copy": growth,
+        "decode_moe_expert_gather": moe_gather,
     }
     return TransformersMemory(
         weights_bytes=weights_bytes,
