@@ -79,10 +79,11 @@ def test_gemma3_mixes_sliding_and_full_layers():
     assert r.kv_cache_bytes == per_token * (4 * 8191 + 22 * 512)
 
 
-def test_mla_cache_in_transformers_is_per_head():
-    # transformers' DeepSeek-V3 caches K (128 nope + 64 rope) and V (128) for each of 128 heads.
+def test_mla_cache_in_transformers_is_the_latent():
+    # transformers 5 caches DeepSeek-V3's compressed latent (kv_lora_rank 512) and rotary key (64) per
+    # token and layer, one head (measured: keys [b, 1, t, 512], values [b, 1, t, 64]).
     r = gpuplan.estimate(DEEPSEEK_R1, dtype="bf16", seq=100, new_tokens=0)
-    assert r.kv_cache_bytes == 61 * 128 * (192 + 128) * 2 * 100
+    assert r.kv_cache_bytes == 61 * (512 + 64) * 2 * 100
 
 
 def test_deepseek_fp8_checkpoint_weights_are_one_byte_plus_block_scales():

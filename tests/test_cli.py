@@ -24,7 +24,7 @@ def test_quick_start_example_table():
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "meta-llama/Llama-2-7b (llama, MHA, 6.74B parameters)"
-    assert lines[1] == "fp16 weights · fp16 KV cache · batch 1 x seq 4,096 (4,095 prompt + 1 generated)"
+    assert lines[1] == "fp16 weights · fp16 KV cache · batch 1 x seq 4,096 (4,096 prompt + 0 generated)"
     table = "\n".join(lines[2:])
     assert " parameters     │       │  6,738,415,616 │  6.74B" in table
     assert " weights        │ 12.55 │ 13,476,831,232 │" in table
