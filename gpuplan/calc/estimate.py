@@ -32,7 +32,7 @@ def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *
     """``weights_override``: exact weight bytes known from elsewhere (the checkpoint's safetensors headers)."""
     weights = weights_bytes(spec, precision) if weights_override is None else weights_override
     mem = estimate_generate(spec, workload, precision, weights, attn)
-    overhead = overhead_bytes()
+    overhead = overhead_bytes(mem.largest_transient_bytes)
     return Breakdown(
         weights_bytes=mem.weights_bytes,
         kv_cache_bytes=mem.kv_cache_bytes,
@@ -40,5 +40,5 @@ def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *
         overhead_bytes=overhead,
         peak_allocated_bytes=mem.peak_allocated_bytes,
         total_bytes=mem.peak_allocated_bytes + overhead,
-        components=mem.components,
+        components={**mem.components, "allocator_slack": mem.largest_transient_bytes},
     )

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.workload import Workload
 from gpuplan.models.spec import ModelSpec
@@ -27,6 +28,9 @@ ATTN_IMPLS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
 
 FP32 = 4
 BOOL = 1
+# A DynamicSlidingWindowLayer also holds its window as a 0-d int64 tensor (_sliding_window_tensor): not
+# K/V data, left out of kv_cache_bytes (8 bytes a layer).
+SLIDING_WINDOW_SCALAR_BYTES = 8
 
 # Families whose attention goes through transformers' shared ``eager_attention_forward`` (modeling_llama.py
 # and copies): scores = matmul(q, k^T) * scaling (+ mask), then softmax(dtype=float32).to(dtype).
@@ -53,6 +57,8 @@ class TransformersMemory(BaseModel):
     decode_peak_bytes: int
     peak_allocated_bytes: int
     activation_bytes: int
+    largest_transient_bytes: int
+    """The largest single temporary tensor: what a caching allocator may keep reserved but unusable."""
     components: dict[str, int]
 
 
@@ -160,6 +166,26 @@ def _attention_transient(spec: ModelSpec, batch: int, prompt: int, compute_dtype
     return {"attention": q + rope + out + (expanded_kv if masked else 0)}
 
 
+def _largest_tensor(spec: ModelSpec, batch: int, prompt: int, compute_dtype: str, attn: AttnImpl,
+                    sliding_active: bool) -> int:
+    """Size of the largest single temporary tensor of the prefill (the blocks above, one tensor each)."""
+    e = FP32 if compute_dtype == "fp32" else 2
+    t = batch * prompt
+    scores = batch * spec.num_attention_heads * prompt * prompt
+    sizes = [t * spec.hidden_size * FP32]  # a norm's float32 upcast
+    if spec.moe is not None and spec.moe.num_moe_layers:
+        samples = t * spec.moe.experts_per_token
+        w = FP32 if spec.model_type in _FP32_ROUTING else e
+        sizes += [samples * spec.hidden_size * w, samples * 2 * spec.moe.expert_intermediate_size * e]
+    sizes.append(t * spec.intermediate_size * e * (2 if spec.model_type in ("phi3", "chatglm") else 1))
+    if attn == "eager":
+        upcast = spec.model_type not in _GPT2_STYLE | _OWN_ATTENTION
+        sizes.append(scores * (FP32 if upcast else e))
+    elif e == FP32 and spec.num_key_value_heads != spec.num_attention_heads and not sliding_active:
+        sizes.append(scores * FP32)
+    return max(sizes)
+
+
 def _stream_tensors(spec: ModelSpec) -> int:
     """[T, hidden] tensors alive across the last layer's MLP: the embedding output (held by the model's
     forward), the layer input (held by the loop), the residual and the normed input of the block. GPT-2's
@@ -207,7 +233,8 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
     # generate() keeps the logits of the last position only (logits_to_keep=1) and copies them to fp32
     # (generation/utils.py: outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32)).
     logits = batch * spec.vocab_size * (e + FP32)
-    prefill_peak = weights_bytes + kv_prompt + stream + mask + layer_peak + logits
+    workspace = CUBLAS_WORKSPACE_BYTES
+    prefill_peak = weights_bytes + kv_prompt + stream + mask + layer_peak + logits + workspace
 
     # Decode: the cache at its final length, plus one layer's K (then V) being concatenated into a new
     # tensor while the old one is still referenced.
@@ -221,13 +248,15 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
         # gathered per selected expert (batched_mm_experts_forward: gate_up_proj[expert_ids] and
         # down_proj[expert_ids]): 3 x I x hidden per selected (token, expert) pair, in the weights' dtype.
         moe_gather = batch * moe.experts_per_token * 3 * moe.expert_intermediate_size * h * e
-    decode_peak = weights_bytes + kv_final + growth + logits + moe_gather
+    decode_peak = weights_bytes + kv_final + growth + logits + moe_gather + workspace
+    largest = _largest_tensor(spec, batch, prompt, precision.compute_dtype, attn, sliding_active)
     peak = max(prefill_peak, decode_peak)
     components = {
         **{f"prefill_{k}": v for k, v in transient.items()},
         "hidden_states": stream,
         "attention_mask": mask,
         "logits": logits,
+        "cublas_workspace": workspace,
         "kv_prompt": kv_prompt,
         "kv_growth_copy": growth,
         "decode_moe_expert_gather": moe_gather,
@@ -239,5 +268,6 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
         decode_peak_bytes=decode_peak,
         peak_allocated_bytes=peak,
         activation_bytes=peak - weights_bytes - kv_final,
+        largest_transient_bytes=largest,
         components=components,
     )
