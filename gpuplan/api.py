@@ -259,7 +259,9 @@ def _llamacpp_estimate(resolved: ResolvedModel, *, dtype: str, kv_dtype: str, ba
         layers=layers_total, layers_on_gpu=mem.layers_on_gpu, output_on_gpu=mem.output_on_gpu,
         n_ctx=mem.n_ctx, n_ctx_seq=mem.n_ctx_seq, n_seq=mem.n_seq, kv_unified=mem.kv_unified,
         n_ubatch=mem.n_ubatch, flash_attn=mem.flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-        kv_offload=kv_offload, kv_cells_swa=mem.kv_cells_swa)
+        kv_offload=kv_offload, kv_cells_swa=mem.kv_cells_swa, host_bytes=mem.host_total_bytes,
+        host_weights_bytes=mem.host_weights_bytes, host_kv_bytes=mem.host_kv_bytes,
+        host_compute_bytes=mem.host_compute_bytes, host_output_bytes=mem.host_output_bytes)
     return EstimateResult(
         model=resolved.id, source=resolved.source, revision=resolved.revision, commit=resolved.commit,
         model_type=spec.model_type, attention=spec.attention_kind, engine=LLAMACPP,
@@ -270,8 +272,8 @@ def _llamacpp_estimate(resolved: ResolvedModel, *, dtype: str, kv_dtype: str, ba
         parameters=spec.parameters, loaded_parameters=spec.loaded_parameters,
         weights_bytes=mem.gpu_weights_bytes, kv_cache_bytes=mem.gpu_kv_bytes,
         activation_bytes=mem.gpu_compute_bytes, overhead_bytes=mem.runtime_bytes,
-        peak_allocated_bytes=peak, total_bytes=total, host_bytes=mem.host_total_bytes,
-        components={**mem.components, "host_total": mem.host_total_bytes, "gpu_total": total},
+        peak_allocated_bytes=peak, total_bytes=total,
+        components=dict(mem.components),
         llamacpp=run, notes=notes, **fit,
     )
 

@@ -33,12 +33,41 @@ class ServingBudget(BaseModel):
     log_lines: list[str] = Field(default_factory=list, description="the startup lines the engine would print")
 
 
+class LlamaCppRun(BaseModel):
+    """How llama.cpp lays out a GGUF model under the given flags (docs/gguf.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str = Field(description="the .gguf file read (the first part of a split model)")
+    file_type: str | None = Field(default=None, description="general.file_type of the GGUF: Q4_K_M, Q8_0 ...")
+    n_gpu_layers: int | None = Field(description="--n-gpu-layers as given; null means every layer")
+    layers: int = Field(description="repeating layers llama.cpp loads (block_count without MTP layers)")
+    layers_on_gpu: int = Field(description="repeating layers whose weights are on the GPU")
+    output_on_gpu: bool = Field(description="the output layer (output.weight, output_norm) is on the GPU")
+    n_ctx: int = Field(description="KV cache cells over all sequences: the context padded to 256")
+    n_ctx_seq: int = Field(description="context one sequence (server slot) can use")
+    n_seq: int = Field(description="sequences decoded at once (--parallel)")
+    kv_unified: bool
+    n_ubatch: int = Field(description="tokens of the worst-case graph llama.cpp reserves (--ubatch-size)")
+    flash_attn: bool
+    cache_type_k: str
+    cache_type_v: str
+    kv_offload: bool = Field(description="false with --no-kv-offload: the KV cache stays in host memory")
+    kv_cells_swa: int | None = Field(default=None, description="cells per sequence of sliding-window layers")
+    host_bytes: int = Field(description="host (CPU) memory beside the GPU: the sum of the four host_* below")
+    host_weights_bytes: int = Field(description="weights left in host memory (token_embd always is); "
+                                                "memory-mapped from the file by default")
+    host_kv_bytes: int = Field(description="KV cache of the layers in host memory (all with --no-kv-offload)")
+    host_compute_bytes: int = Field(description="llama.cpp's host compute buffer (CUDA_Host)")
+    host_output_bytes: int = Field(description="the logits kept in host memory")
+
+
 class EstimateResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     schema_version: str = SCHEMA_VERSION
     model: str = Field(description="model id or path as resolved")
-    source: str = Field(description="local | catalog | hub | hub-cache")
+    source: str = Field(description="local | catalog | hub | hub-cache | modelscope | modelscope-cache")
     revision: str | None = None
     commit: str | None = None
     model_type: str
@@ -67,7 +96,12 @@ class EstimateResult(BaseModel):
     overhead_bytes: int
     peak_allocated_bytes: int = Field(description="weights + kv cache + activations: torch.cuda.max_memory_allocated")
     total_bytes: int = Field(description="peak_allocated + overhead: what the card must hold")
-    components: dict[str, int] = Field(default_factory=dict, description="named parts of the activation peak")
+    components: dict[str, int] = Field(
+        default_factory=dict,
+        description="named parts of the estimate: of the activation peak (transformers), of every GPU and host "
+                    "buffer (llama.cpp)")
     serving: ServingBudget | None = Field(default=None, description="KV capacity under --engine vllm|sglang")
+    llamacpp: LlamaCppRun | None = Field(
+        default=None, description="layer placement and cache layout under --engine llama.cpp")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

@@ -128,7 +128,8 @@ def estimate(
         "--batch", "-b", help="Sequences at once (serving: concurrent requests to fit); a list sweeps: 1,8,32.")] = "1",
     seq: Annotated[str | None, typer.Option(
         "--seq", "-s", help="Tokens per sequence in the KV cache (prompt + generated); 4096, 4k, or a list: "
-                            "2k,8k. Default 2048 (serving engines: the model's context).",
+                            "2k,8k. Default 2048 (serving engines: the model's context; llama.cpp: "
+                            "--ctx-size).",
         show_default=False)] = None,
     new_tokens: Annotated[int, typer.Option(
         "--new-tokens", help="How many of the seq tokens are generated; the rest is the prompt. 0: one "

@@ -47,6 +47,12 @@ def headline(result: EstimateResult) -> str:
 
 
 def workload_line(result: EstimateResult) -> str:
+    if result.llamacpp is not None:
+        run = result.llamacpp
+        seqs = f"{run.n_seq} sequences of {run.n_ctx_seq:,}" if run.n_seq > 1 else "1 sequence"
+        output = " + output layer" if run.output_on_gpu else ""
+        return (f"{result.dtype} weights · {result.kv_dtype} KV cache · ctx-size {run.n_ctx:,} ({seqs}) · "
+                f"{run.layers_on_gpu}/{run.layers} layers{output} on the GPU")
     if result.serving is not None:
         return (f"{result.dtype} weights · {result.kv_dtype} KV cache · max_model_len {result.seq:,} · "
                 f"{result.gpus} GPU(s)")
@@ -63,18 +69,30 @@ def estimate_table(result: EstimateResult) -> Table:
     table.add_column("share", justify="right")
     total = result.total_bytes or 1
     table.add_row("parameters", "", fmt_int(result.parameters), _human_params(result.parameters))
+    llamacpp = result.llamacpp is not None
     for label, value in (
         ("weights", result.weights_bytes),
         ("KV cache", result.kv_cache_bytes),
-        ("activations", result.activation_bytes),
-        ("overhead", result.overhead_bytes),
+        ("compute buffer" if llamacpp else "activations", result.activation_bytes),
+        ("CUDA runtime" if llamacpp else "overhead", result.overhead_bytes),
     ):
         table.add_row(label, fmt_gib(value), fmt_int(value), f"{100 * value / total:.1f}%")
     table.add_section()
     table.add_row("peak allocated", fmt_gib(result.peak_allocated_bytes), fmt_int(result.peak_allocated_bytes), "")
     table.add_row("[bold]total[/bold]", f"[bold]{fmt_gib(result.total_bytes)}[/bold]",
                   f"[bold]{fmt_int(result.total_bytes)}[/bold]", "100.0%")
+    if partly_on_host(result) and result.llamacpp is not None:
+        host = result.llamacpp.host_bytes
+        table.add_row("host (CPU RAM)", fmt_gib(host), fmt_int(host), "")
     return table
+
+
+def partly_on_host(result: EstimateResult) -> bool:
+    """llama.cpp keeps layers, the output layer or the KV cache in host memory."""
+    run = result.llamacpp
+    if run is None:
+        return False
+    return run.layers_on_gpu < run.layers or not run.output_on_gpu or run.host_kv_bytes > 0
 
 
 def sweep_table(results: Sequence[EstimateResult]) -> Table:
@@ -145,6 +163,9 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
 
 def assumptions_line(result: EstimateResult) -> str:
     where = result.source + (f" @ {result.revision}" if result.revision else "")
+    if result.llamacpp is not None:
+        return (f"Assumed: llama.cpp buffers on one CUDA GPU (see docs/gguf.md); weights as stored in the GGUF "
+                f"file ({where}); CUDA runtime as measured on an H200. GiB = 2^30 bytes.")
     if result.serving is not None:
         return (f"Assumed: {result.engine} startup budget per GPU (see docs/serving.md); config from {where}. "
                 "GiB = 2^30 bytes.")

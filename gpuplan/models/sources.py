@@ -1,12 +1,17 @@
 """Where a model's config comes from, tried in a fixed order.
 
 1. **local**: an existing directory holding config.json (or Meta's params.json), or a path to such a file;
-2. **catalog**: the bundled catalog (data/models/), by exact Hub id or short alias: offline and instant;
-3. **hub**: the Hugging Face Hub (or the mirror in HF_ENDPOINT) through huggingface_hub, for ids the
-   catalog does not hold, or for any id when ``source="hub"`` or a revision is asked for. When the Hub
-   cannot be reached and the catalog holds the id, the bundled copy is used with a notice.
+   a ``.gguf`` file, or a directory holding one and no config; the safetensors headers beside a config
+   give the exact stored bytes;
+2. **modelscope**: ``modelscope:owner/name[@rev]`` (or ``source="modelscope"``) reads config.json from
+   ModelScope (MODELSCOPE_ENDPOINT, MODELSCOPE_API_TOKEN, MODELSCOPE_CACHE);
+3. **catalog**: the bundled catalog (data/models/), by exact Hub id or short alias: offline and instant;
+4. **hub**: the Hugging Face Hub (or the mirror in HF_ENDPOINT) through huggingface_hub, for ids the
+   catalog does not hold, or for any id when ``source="hub"`` or a revision is asked for.
 
-``offline`` (``--offline`` or HF_HUB_OFFLINE=1) never touches the network: the Hub cache still answers.
+When the Hub or ModelScope cannot be reached and the catalog holds the id, the bundled copy is used with
+a notice. ``offline`` (``--offline`` or HF_HUB_OFFLINE=1) never touches the network: the Hub cache and
+the ModelScope cache still answer.
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpuplan.errors import ConfigError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.catalog import load_catalog
 from gpuplan.models.families import config_to_spec, meta_params_to_spec
 from gpuplan.models.spec import ModelSpec
 
-SourceName = Literal["auto", "local", "catalog", "hub"]
-SOURCES: tuple[str, ...] = ("auto", "local", "catalog", "hub")
+SourceName = Literal["auto", "local", "catalog", "hub", "modelscope"]
+SOURCES: tuple[str, ...] = ("auto", "local", "catalog", "hub", "modelscope")
+MODELSCOPE_PREFIX = "modelscope:"
 
 # Configs are small: Llama-3.1-405B's config.json is under 1 KiB and the largest seen (multimodal with
 # vision configs) are tens of KiB. Refusing files above 16 MiB keeps a wrong path (a weights file)
@@ -38,7 +44,7 @@ class ResolvedModel(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    source: Literal["local", "catalog", "hub", "hub-cache"]
+    source: Literal["local", "catalog", "hub", "hub-cache", "modelscope", "modelscope-cache"]
     spec: ModelSpec
     revision: str | None = None
     commit: str | None = None
@@ -46,6 +52,9 @@ class ResolvedModel(BaseModel):
     published_parameters: int | None = None
     safetensors_parameters: dict[str, int] | None = None
     notices: tuple[str, ...] = ()
+    gguf: Any = Field(default=None, exclude=True, repr=False)
+    """The GgufModel (gpuplan.models.gguf) when the model is a GGUF file: what --engine llama.cpp reads.
+    Typed loosely so that the GGUF reader is imported only for GGUF files."""
 
 
 def is_truthy_env(name: str) -> bool:
@@ -145,8 +154,13 @@ def _load_local(path: Path) -> ResolvedModel:
                 config_file = path / name
                 break
         else:
+            if any(p.is_file() for p in path.glob("*.gguf")):
+                return _load_gguf(path)
             raise ModelNotFoundError(f"{path} holds neither config.json nor params.json",
-                                     hint="point gpuplan at a Hugging Face model folder or its config.json")
+                                     hint="point gpuplan at a Hugging Face model folder, its config.json or "
+                                          "a .gguf file")
+    elif path.suffix.lower() == ".gguf":
+        return _load_gguf(path)
     else:
         config_file = path
     raw = read_json_file(config_file)
@@ -155,7 +169,41 @@ def _load_local(path: Path) -> ResolvedModel:
     if config_file.name == "params.json" and tokenizer.is_file():
         tokenizer_vocab = sentencepiece_vocab_size(tokenizer)
     spec = parse_config(raw, label=str(config_file), tokenizer_vocab=tokenizer_vocab)
-    return ResolvedModel(id=str(path), source="local", spec=spec, location=str(config_file))
+    stored, notices = _local_weights(config_file.parent)
+    return ResolvedModel(id=str(path), source="local", spec=spec, location=str(config_file),
+                         safetensors_parameters=stored, notices=notices)
+
+
+# PyTorch pickle checkpoints: never opened, since unpickling runs arbitrary code
+# (https://docs.python.org/3/library/pickle.html, "Warning: The pickle module is not secure").
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _local_weights(folder: Path) -> tuple[dict[str, int] | None, tuple[str, ...]]:
+    """Elements per dtype of the safetensors checkpoint beside a config (headers only), with notices."""
+    has_index = (folder / "model.safetensors.index.json").is_file()
+    if has_index or any(p.is_file() for p in folder.glob("*.safetensors")):
+        from gpuplan.models.safetensors_local import summarize_safetensors
+
+        try:
+            summary = summarize_safetensors(folder)
+        except (ConfigError, ModelNotFoundError) as exc:
+            return None, (f"the safetensors headers could not be read ({exc.message}): the weights are "
+                          "counted from the config",)
+        return dict(summary.elements_by_dtype), ()
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        shown = ", ".join(pickles[:3]) + (" ..." if len(pickles) > 3 else "")
+        return None, (f"{folder} holds PyTorch pickle weights ({shown}), which gpuplan never opens (loading "
+                      "a pickle runs code): the weights are counted from the config",)
+    return None, ()
+
+
+def _load_gguf(path: Path) -> ResolvedModel:
+    from gpuplan.models.gguf import load_gguf_model  # the GGUF reader is needed for GGUF files only
+
+    model = load_gguf_model(path)
+    return ResolvedModel(id=str(path), source="local", spec=model.spec, location=model.files[0].path, gguf=model)
 
 
 def _load_catalog(name: str, *, notices: tuple[str, ...] = ()) -> ResolvedModel | None:
@@ -171,8 +219,8 @@ def _load_catalog(name: str, *, notices: tuple[str, ...] = ()) -> ResolvedModel 
 
 
 def looks_like_path(ref: str) -> bool:
-    return ref.startswith((".", "/", "~")) or ref.endswith(".json") or os.sep in ref.replace("/", "", 1) \
-        or Path(ref).expanduser().exists()
+    return ref.startswith((".", "/", "~")) or ref.endswith((".json", ".gguf")) \
+        or os.sep in ref.replace("/", "", 1) or Path(ref).expanduser().exists()
 
 
 def split_revision(ref: str, revision: str | None) -> tuple[str, str | None]:
@@ -190,7 +238,8 @@ def split_revision(ref: str, revision: str | None) -> tuple[str, str | None]:
 def resolve_model(ref: str, *, revision: str | None = None, source: SourceName = "auto",
                   offline: bool | None = None, token: str | None = None,
                   hub_timeout_s: float | None = None) -> ResolvedModel:
-    """Locate ``ref`` (a path, a bundled id or alias, or a Hub id) and parse its config."""
+    """Locate ``ref`` (a path, ``modelscope:owner/name``, a bundled id or alias, or a Hub id) and parse
+    its config."""
     ref = ref.strip()
     if not ref:
         raise InputError("the model name is empty", hint="give a Hugging Face id, an alias or a path")
@@ -199,16 +248,25 @@ def resolve_model(ref: str, *, revision: str | None = None, source: SourceName =
     if offline is None:
         offline = is_truthy_env("HF_HUB_OFFLINE")
 
+    if ref.lower().startswith(MODELSCOPE_PREFIX):
+        if source not in ("auto", "modelscope"):
+            raise InputError(f"{ref!r} names a ModelScope model but --source says {source!r}",
+                             hint="drop --source, or drop the modelscope: prefix")
+        ref, source = ref[len(MODELSCOPE_PREFIX):].strip(), "modelscope"
+        if not ref:
+            raise InputError("modelscope: names no model", hint="write modelscope:owner/name")
     if source in ("auto", "local") and looks_like_path(ref):
         path = Path(ref).expanduser()
         if path.exists():
             return _load_local(path)
-        if source == "local" or ref.startswith((".", "/", "~")) or ref.endswith(".json"):
+        if source == "local" or ref.startswith((".", "/", "~")) or ref.endswith((".json", ".gguf")):
             raise ModelNotFoundError(f"no such file or directory: {ref}")
     if source == "local":
         raise ModelNotFoundError(f"no such file or directory: {ref}")
 
     name, revision = split_revision(ref, revision)
+    if source == "modelscope":
+        return _load_modelscope(name, revision=revision, offline=offline, timeout_s=hub_timeout_s)
     if source == "catalog" or (source == "auto" and revision is None):
         found = _load_catalog(name)
         if found is not None:
@@ -231,6 +289,36 @@ def _not_found(name: str, *, offline: bool) -> ModelNotFoundError:
     elif offline:
         hint += "; without --offline gpuplan would also ask the Hub"
     return ModelNotFoundError(f"model {name!r} is not in the bundled catalog", hint=hint)
+
+
+def _load_modelscope(name: str, *, revision: str | None, offline: bool,
+                     timeout_s: float | None) -> ResolvedModel:
+    from gpuplan.models.modelscope import fetch_modelscope_config  # plain HTTP, only when asked for
+
+    try:
+        config, info = fetch_modelscope_config(name, revision=revision, offline=offline, timeout_s=timeout_s)
+    except HubUnavailableError as exc:
+        entry = load_catalog().get(name)
+        # Only the same id: a catalog alias or Hugging Face id is not a ModelScope id.
+        if entry is None or entry.id.lower() != name.lower():
+            raise
+        notice = f"ModelScope could not be reached ({exc.message}): using the bundled copy of {entry.id}"
+        if revision:
+            notice += f", which may differ from revision {revision}"
+        found = _load_catalog(name, notices=(notice,))
+        assert found is not None
+        return found
+    spec = parse_config(config, label=f"{info.repo_id} (ModelScope)")
+    entry = load_catalog().get(info.repo_id)
+    same = entry is not None and entry.id.lower() == info.repo_id.lower()
+    return ResolvedModel(
+        id=info.repo_id,
+        source="modelscope-cache" if info.from_cache else "modelscope",
+        spec=spec,
+        revision=revision,
+        location=info.url,
+        published_parameters=entry.parameters if same and entry is not None else None,
+    )
 
 
 def _load_hub(name: str, *, revision: str | None, offline: bool, token: str | None,
