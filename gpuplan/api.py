@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import ValidationError
@@ -109,8 +110,11 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
              cache_type_k: str = "f16", cache_type_v: str = "f16", flash_attn: str = "auto",
              swa_full: bool = False, kv_offload: bool = True, op_offload: bool = True,
              revision: str | None = None, source: SourceName = "auto",
-             offline: bool | None = None) -> EstimateResult:
+             offline: bool | None = None, expandable_segments: bool | None = None) -> EstimateResult:
     """Estimate per-GPU memory for one workload.
+
+    ``expandable_segments`` (transformers engine): whether PyTorch's allocator grows segments in place
+    (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True); None reads that variable in this process.
 
     ``engine="transformers"`` models Hugging Face ``generate()`` of ``batch`` sequences of ``seq`` tokens.
     ``engine="vllm"`` / ``"sglang"`` model the serving engine's startup budget on ``gpu`` (a catalog name)
@@ -169,8 +173,10 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
         if stored is not None:
             weights_override = stored - unloaded_bytes(spec, precision)
             notes.append("weights: exact stored bytes from the checkpoint's safetensors headers")
+    if expandable_segments is None:
+        expandable_segments = "expandable_segments:true" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").lower()
     breakdown = estimate_memory(spec, workload, precision, attn=attn,  # type: ignore[arg-type]
-                                weights_override=weights_override)
+                                weights_override=weights_override, expandable_segments=expandable_segments)
     warnings: list[str] = []
     if spec.max_position_embeddings and workload.seq > spec.max_position_embeddings:
         warnings.append(f"seq {workload.seq} exceeds the model's context length of "

@@ -81,3 +81,30 @@ def test_non_torch_constant_is_the_measured_median():
 def test_device_used_is_within_10_percent_for_most_cases(comparisons):
     errors = [c.device_used.error for c in comparisons]
     assert sum(abs(e) <= 0.10 for e in errors) / len(errors) >= 0.90
+
+
+# ---- the allocator: default vs expandable segments (gpuplan verify, each case in a fresh process) ------
+
+ALLOCATOR = load_measurements(FIXTURE.parent / "verify-allocator-h200.jsonl")
+
+
+def _re_estimate(entry, expandable):
+    import gpuplan
+
+    e = entry["estimate"]
+    return gpuplan.estimate(e["model"], dtype=e["dtype"], batch=e["batch"], seq=e["seq"],
+                            new_tokens=e["new_tokens"], attn=e["attn_implementation"],
+                            expandable_segments=expandable)
+
+
+@pytest.mark.parametrize("entry", ALLOCATOR, ids=[f"{e['allocator']}-{e['case_id']}" for e in ALLOCATOR])
+def test_verify_runs_match_the_replayed_estimate(entry):
+    expandable = entry["allocator"].startswith("expandable")
+    estimate = _re_estimate(entry, expandable)
+    measured = entry["peak_allocated"]["measured_bytes"]
+    assert abs(estimate.peak_allocated_bytes - measured) / measured <= 0.05
+    if expandable:
+        # With expandable segments the allocator keeps almost nothing stranded: the device total is the
+        # torch peak plus the non-torch memory, within 3%.
+        used = entry["device_used"]["measured_bytes"]
+        assert abs(estimate.total_bytes - used) / used <= 0.03

@@ -232,3 +232,22 @@ def test_bad_serving_input(args, message):
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_verify_without_torch_or_cuda_says_how_to_get_them():
+    import importlib.util
+
+    result = run("verify", "gpt2", "--random-weights", "--seq", "128")
+    if importlib.util.find_spec("torch") is None:
+        assert result.exit_code == 2
+        assert "gpuplan verify needs torch" in result.stderr and "pip install 'gpuplan[verify]'" in result.stderr
+    else:  # a machine with torch: either a CUDA GPU measures, or the missing GPU is reported
+        assert result.exit_code in (0, 1, 2)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("tolerance", ["abc", "0", "150%"])
+def test_verify_rejects_bad_tolerance(tolerance):
+    result = run("verify", "gpt2", "--tolerance", tolerance)
+    assert result.exit_code == 2
+    assert "--tolerance" in result.stderr

@@ -162,6 +162,11 @@ def estimate(
     swa_full: SwaFullOpt = False,
     no_kv_offload: NoKvOffloadOpt = False,
     no_op_offload: NoOpOffloadOpt = False,
+    expandable_segments: Annotated[bool | None, typer.Option(
+        "--expandable-segments/--no-expandable-segments",
+        help="transformers: PyTorch's allocator grows segments in place (PYTORCH_CUDA_ALLOC_CONF="
+             "expandable_segments:True), which removes most allocator slack. Default: read that variable.",
+        show_default=False)] = None,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
@@ -245,7 +250,8 @@ def estimate(
                 gpu_memory_utilization=gpu_memory_utilization,
                 max_model_len=s if serving else None, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-                kv_cache_memory=kv_cache_memory, mem_fraction_static=mem_fraction_static, **per_run))
+                kv_cache_memory=kv_cache_memory, mem_fraction_static=mem_fraction_static,
+                expandable_segments=expandable_segments, **per_run))
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
@@ -292,6 +298,70 @@ def plan(
         return 0 if result.best is not None else EXIT_FINDING
 
     run_guarded(run)
+
+
+@app.command()
+def verify(
+    model: ModelArg,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16 (auto: the checkpoint's).")] = "auto",
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Sequences at once.")] = 1,
+    seq: Annotated[str, typer.Option("--seq", "-s", help="Tokens per sequence: prompt + generated.")] = "2048",
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated (greedy, forced to full length).")] = 16,
+    attn: Annotated[str, typer.Option("--attn", help="sdpa, eager or flash_attention_2.")] = "sdpa",
+    random_weights: Annotated[bool, typer.Option(
+        "--random-weights", help="Build the model from its config with random weights on the GPU: no download; "
+                                 "the memory is the same.")] = False,
+    tolerance: Annotated[str, typer.Option(
+        "--tolerance", help="Largest |error| of the peak before the exit code is 1, e.g. 5% or 0.05.")] = "5%",
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs to spread the model over (1 for now).")] = 1,
+    revision: RevisionOpt = None,
+    source: SourceOpt = "auto",
+    offline: OfflineOpt = False,
+    output_format: FormatOpt = OutputFormat.table,
+) -> None:
+    """Load the model on a CUDA GPU, run generate(), and compare real peak memory with the estimate."""
+
+    def run() -> int:
+        from gpuplan.api import estimate as estimate_one
+        from gpuplan.api import load_model
+        from gpuplan.cli import output
+        from gpuplan.errors import InputError
+        from gpuplan.units import parse_token_count
+        from gpuplan.verify.runner import measure
+
+        limit = _parse_tolerance(tolerance)
+        if gpus != 1:
+            raise InputError("gpuplan verify measures on one GPU so far", hint="drop --gpus or use --gpus 1")
+        resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
+                              offline=offline or None)
+        est = estimate_one(resolved, dtype=dtype, batch=batch, seq=parse_token_count(seq), new_tokens=new_tokens,
+                           attn=attn, engine="transformers")
+        if est.compute_dtype != est.dtype:
+            raise InputError(f"gpuplan verify builds {est.dtype} weights only through their checkpoint",
+                             hint="use --dtype fp32, fp16 or bf16")
+        err = output.stderr_console()
+        with err.status("gpuplan verify") as status:
+            comparison = measure(resolved, est, random_weights=random_weights,
+                                 progress=lambda message: status.update(message))
+        output.render_verify(comparison, output_format, tolerance=limit)
+        if comparison.oom or abs(comparison.error) > limit:
+            return EXIT_FINDING
+        return 0
+
+    run_guarded(run)
+
+
+def _parse_tolerance(text: str) -> float:
+    from gpuplan.errors import InputError
+
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise InputError(f"cannot read --tolerance {text!r}", hint="for example 5% or 0.05") from None
+    if not 0 < value < 1:
+        raise InputError(f"--tolerance must be between 0 and 100%, got {text!r}")
+    return value
 
 
 @app.command()

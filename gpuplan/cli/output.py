@@ -241,3 +241,38 @@ def render_plan(result, fmt, *, top: int = 15) -> None:
     if result.best is None:
         err.print(f"Error: {result.model} does not fit on any GPU type tried. Try a smaller --dtype (int4, fp8), "
                   "--kv-dtype fp8, a shorter --seq, or more --max-gpus.", style="red")
+
+
+def render_verify(comparison, fmt, *, tolerance: float) -> None:
+    from gpuplan.cli.formats import OutputFormat
+
+    if fmt is OutputFormat.json:
+        payload = comparison.model_dump()
+        payload["tolerance"] = tolerance
+        payload["within_tolerance"] = not comparison.oom and abs(comparison.error) <= tolerance
+        emit_json(payload)
+        return
+    out = stdout_console()
+    est = comparison.estimate
+    out.print(headline(est))
+    out.print(workload_line(est))
+    if comparison.oom:
+        at = fmt_gib(comparison.oom_allocated_bytes or 0)
+        phase = {"prefill": "running the prompt", "generate": "generating"}.get(comparison.oom_phase or "",
+                                                                            comparison.oom_phase)
+        out.print(f"[bold red]out of memory[/bold red] at {at} GiB while {phase or 'starting'}; the "
+                  f"estimate was {fmt_gib(est.total_bytes)} GiB in all ({fmt_gib(est.peak_allocated_bytes)} GiB of "
+                  "torch allocations): the workload does not fit this GPU.")
+        return
+    table = Table(show_edge=False)
+    for col, justify in (("component", "left"), ("estimate GiB", "right"), ("measured GiB", "right"),
+                         ("error", "right")):
+        table.add_column(col, justify=justify)
+    for label, c in (("weights", comparison.weights), ("KV cache (after generation)", comparison.kv_cache),
+                     ("peak allocated (torch)", comparison.peak_allocated),
+                     ("peak reserved (allocator)", comparison.peak_reserved),
+                     ("device used (NVML)", comparison.device_used)):
+        table.add_row(label, fmt_gib(c.estimated_bytes), fmt_gib(c.measured_bytes), f"{c.error:+.2%}")
+    out.print(table)
+    verdict = "within" if abs(comparison.error) <= tolerance else "[bold red]outside[/bold red]"
+    out.print(f"Peak allocated is {verdict} the tolerance of {tolerance:.1%} ({comparison.error:+.2%}).")

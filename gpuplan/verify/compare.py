@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpuplan.data_files import PACKAGE_DIR
 from gpuplan.engines.transformers import SLIDING_WINDOW_SCALAR_BYTES
@@ -46,6 +46,8 @@ class CaseComparison(BaseModel):
     prompt_tokens: int
     new_tokens: int
     oom: bool = False
+    oom_phase: str | None = None
+    oom_allocated_bytes: int | None = Field(default=None, description="torch allocations when memory ran out")
     estimate: EstimateResult
     weights: ComponentComparison | None = None
     kv_cache: ComponentComparison | None = None
@@ -88,7 +90,8 @@ def compare(row: dict[str, Any], estimate: EstimateResult | None = None) -> Case
         "new_tokens": row["new_tokens"], "estimate": est,
     }
     if row.get("oom"):
-        return CaseComparison(**common, oom=True)
+        return CaseComparison(**common, oom=True, oom_phase=row.get("oom_phase"),
+                              oom_allocated_bytes=row.get("oom_max_allocated") or row.get("oom_allocated"))
     before = row["allocated_before_build"]
     workspace = row["context"]["allocated_after_warmup"]
     rebase = before - workspace  # what earlier cases left allocated beyond the workspace

@@ -531,3 +531,49 @@ def _finish_oom(result: dict[str, Any], failure: dict[str, Any]) -> dict[str, An
     result.update(failure)
     _clear_cuda()
     return result
+
+
+def load_model(
+    location: str,
+    dtype: str = "bf16",
+    attn_implementation: str = "sdpa",
+    device: str = "cuda",
+) -> tuple[Any, dict[str, Any]]:
+    """Load real weights from a local folder or the Hugging Face cache (never the network) onto ``device``.
+
+    Returns ``(model, info)`` with the same keys as :func:`build_model`.
+    """
+    torch = _torch()
+    from transformers import AutoModelForCausalLM
+
+    _clear_cuda()
+    allocated_before = int(torch.cuda.memory_allocated())
+    started = time.perf_counter()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch_dtype(dtype), attn_implementation=attn_implementation, device_map=device,
+            local_files_only=True,
+        )
+    except TypeError:
+        # transformers < 4.56 names the argument torch_dtype.
+        model = AutoModelForCausalLM.from_pretrained(
+            location, torch_dtype=torch_dtype(dtype), attn_implementation=attn_implementation, device_map=device,
+            local_files_only=True,
+        )
+    model.eval()
+    model.requires_grad_(False)
+    torch.cuda.synchronize()
+    load_seconds = time.perf_counter() - started
+    _clear_cuda()
+    info: dict[str, Any] = {
+        "model_class": type(model).__name__,
+        "model_type": getattr(model.config, "model_type", None),
+        "allocated_before_build": allocated_before,
+        "weights_allocated": int(torch.cuda.memory_allocated()),
+        "weights_reserved": int(torch.cuda.memory_reserved()),
+        "build_seconds": round(load_seconds, 3),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "max_position_embeddings": max_positions(model.config),
+    }
+    info.update(parameter_summary(model))
+    return model, info
