@@ -86,6 +86,8 @@ def _gguf_of(resolved: ResolvedModel) -> Any:
 
 def resolve_gpu(gpu: Any = None, gpu_memory: str | int | None = None):
     """A GpuSpec from a catalog name (or a GpuSpec), optionally with its memory overridden; None if neither."""
+    if gpu is None and gpu_memory is None:
+        return None  # the GPU catalog is loaded only when a GPU is named
     from gpuplan.gpus.catalog import GpuSpec, custom_gpu, load_catalog
 
     base = None
