@@ -37,7 +37,8 @@ class KvLayout(BaseModel):
         return self.bytes_per_token_full + sum(b for _, b in self.sliding)
 
 
-def per_layer_token_bytes(spec: ModelSpec, kv_dtype_bytes: int, *, mla_latent: bool, kv_heads: int | None = None) -> int:
+def per_layer_token_bytes(spec: ModelSpec, kv_dtype_bytes: int, *, mla_latent: bool,
+                          kv_heads: int | None = None) -> int:
     """Bytes one token occupies in one attention layer's cache."""
     if spec.mla is not None and mla_latent:
         return spec.mla.latent_dim * kv_dtype_bytes

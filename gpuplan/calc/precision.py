@@ -118,7 +118,7 @@ def _requested_quant(weights: str) -> QuantSpec:
 
 def _scheme_label(quant: QuantSpec) -> str:
     return {
-        "gptq": f"int4-gptq" if quant.bits == 4 else f"int{quant.bits}-gptq",
+        "gptq": "int4-gptq" if quant.bits == 4 else f"int{quant.bits}-gptq",
         "awq": f"int{quant.bits}-awq",
         "bnb_4bit": "nf4",
         "bnb_8bit": "int8",

@@ -614,11 +614,11 @@ def meta_params_to_spec(raw: dict[str, Any], *, label: str, tokenizer_vocab: int
 # ------------------------------------------------------------------------------------------------
 
 _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
-    **{t: _llama_like for t in (
+    **dict.fromkeys((
         "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
         "gemma3_text", "olmo", "olmo2", "olmoe", "granite", "deepseek_v2", "deepseek_v3", "gpt_oss",
         "starcoder2", "yi", "internlm2", "cohere", "ministral", "mistral3_text", "smollm3", "exaone",
-    )},
+    ), _llama_like),
     "phi3": _phi3,
     "gpt2": _gpt2,
     "gpt_bigcode": _gpt_bigcode,

@@ -110,7 +110,7 @@ def fetch_model(
     _validate_repo_id(repo_id)
     endpoint = _endpoint()
     cache_dir = _cache_dir()
-    timeout = _timeout(timeout_s)
+    timeout = request_timeout(timeout_s)
     token = token or None
     if offline is None:
         offline = _env_offline()
@@ -181,7 +181,8 @@ def _env_offline() -> bool:
     return value.strip().upper() in _TRUE_VALUES
 
 
-def _timeout(timeout_s: float | None) -> float:
+def request_timeout(timeout_s: float | None) -> float:
+    """Seconds each HTTP request may take: ``timeout_s``, else GPUPLAN_HUB_TIMEOUT, else 10 s."""
     if timeout_s is None:
         raw = os.environ.get(TIMEOUT_ENV, "").strip()
         if not raw:

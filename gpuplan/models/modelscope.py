@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -37,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from gpuplan.errors import ConfigError, GatedRepoError, HubUnavailableError, InputError, ModelNotFoundError
+from gpuplan.models.hub import TIMEOUT_ENV, request_timeout
 
 __all__ = ["ModelScopeInfo", "fetch_modelscope_config", "DEFAULT_ENDPOINT", "DEFAULT_REVISION"]
 
@@ -48,8 +48,6 @@ ENDPOINT_ENV = "MODELSCOPE_ENDPOINT"
 DOMAIN_ENV = "MODELSCOPE_DOMAIN"
 TOKEN_ENV = "MODELSCOPE_API_TOKEN"
 CACHE_ENV = "MODELSCOPE_CACHE"
-TIMEOUT_ENV = "GPUPLAN_HUB_TIMEOUT"
-DEFAULT_TIMEOUT_S = 10.0
 # Configs are small (see gpuplan.models.sources.MAX_CONFIG_BYTES): more than this is not a config.json.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
@@ -95,7 +93,7 @@ def fetch_modelscope_config(
     if not revision:
         raise InputError("the revision is empty")
     endpoint = _endpoint()
-    timeout = _timeout(timeout_s)
+    timeout = request_timeout(timeout_s)
     token = token or os.environ.get(TOKEN_ENV) or None
     if offline is None:
         offline = (os.environ.get("HF_HUB_OFFLINE") or "").strip().upper() in _TRUE_VALUES
@@ -150,23 +148,6 @@ def _endpoint() -> str:
             domain = f"https://{domain}"
         return domain.rstrip("/")
     return DEFAULT_ENDPOINT
-
-
-def _timeout(timeout_s: float | None) -> float:
-    if timeout_s is None:
-        raw = os.environ.get(TIMEOUT_ENV, "").strip()
-        if not raw:
-            return DEFAULT_TIMEOUT_S
-        try:
-            timeout_s = float(raw)
-        except ValueError:
-            raise InputError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
-        source = TIMEOUT_ENV
-    else:
-        source = "the Hub timeout"
-    if not math.isfinite(timeout_s) or timeout_s <= 0:
-        raise InputError(f"{source} must be a positive number of seconds, got {timeout_s!r}")
-    return float(timeout_s)
 
 
 def _cache_root() -> Path:

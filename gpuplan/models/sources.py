@@ -298,16 +298,8 @@ def _load_modelscope(name: str, *, revision: str | None, offline: bool,
     try:
         config, info = fetch_modelscope_config(name, revision=revision, offline=offline, timeout_s=timeout_s)
     except HubUnavailableError as exc:
-        entry = load_catalog().get(name)
         # Only the same id: a catalog alias or Hugging Face id is not a ModelScope id.
-        if entry is None or entry.id.lower() != name.lower():
-            raise
-        notice = f"ModelScope could not be reached ({exc.message}): using the bundled copy of {entry.id}"
-        if revision:
-            notice += f", which may differ from revision {revision}"
-        found = _load_catalog(name, notices=(notice,))
-        assert found is not None
-        return found
+        return _bundled_instead(name, "ModelScope", exc, revision, same_id_only=True)
     spec = parse_config(config, label=f"{info.repo_id} (ModelScope)")
     entry = load_catalog().get(info.repo_id)
     same = entry is not None and entry.id.lower() == info.repo_id.lower()
@@ -321,6 +313,20 @@ def _load_modelscope(name: str, *, revision: str | None, offline: bool,
     )
 
 
+def _bundled_instead(name: str, service: str, exc: HubUnavailableError, revision: str | None, *,
+                     same_id_only: bool = False) -> ResolvedModel:
+    """The bundled copy of ``name`` with a notice when ``service`` is unreachable; re-raise without one."""
+    entry = load_catalog().get(name)
+    if entry is None or (same_id_only and entry.id.lower() != name.lower()):
+        raise exc
+    notice = f"{service} could not be reached ({exc.message}): using the bundled copy of {entry.id}"
+    if revision:
+        notice += f", which may differ from revision {revision}"
+    found = _load_catalog(name, notices=(notice,))
+    assert found is not None
+    return found
+
+
 def _load_hub(name: str, *, revision: str | None, offline: bool, token: str | None,
               timeout_s: float | None) -> ResolvedModel:
     from gpuplan.models import hub  # huggingface_hub is imported only when the Hub is needed
@@ -328,15 +334,7 @@ def _load_hub(name: str, *, revision: str | None, offline: bool, token: str | No
     try:
         fetched = hub.fetch_model(name, revision=revision, token=token, offline=offline, timeout_s=timeout_s)
     except HubUnavailableError as exc:
-        entry = load_catalog().get(name)
-        if entry is None:
-            raise
-        notice = f"the Hub could not be reached ({exc.message}): using the bundled copy of {entry.id}"
-        if revision:
-            notice += f", which may differ from revision {revision}"
-        found = _load_catalog(name, notices=(notice,))
-        assert found is not None
-        return found
+        return _bundled_instead(name, "the Hub", exc, revision)
     tokenizer_vocab = None
     spec = parse_config(fetched.config, label=f"{name} ({fetched.filename})", tokenizer_vocab=tokenizer_vocab)
     entry = load_catalog().get(name)

@@ -76,9 +76,9 @@ def measure(resolved: ResolvedModel, estimate: EstimateResult, *, random_weights
             progress: Callable[[str], None] = lambda message: None) -> CaseComparison:
     """Build or load the model, run generate() as the estimate describes, and compare component-wise."""
     check_environment()
-    from gpuplan.verify import measure as m
-
     import torch
+
+    from gpuplan.verify import measure as m
 
     progress("starting CUDA")
     context = m.init_cuda()
