@@ -12,7 +12,7 @@ import pytest
 
 from gpuplan.errors import ConfigError, GatedRepoError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.modelscope import DEFAULT_ENDPOINT, fetch_modelscope_config
-from tests.modelscope_server import FakeModelScope
+from modelscope_server import FakeModelScope
 
 CONFIG = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 128}
 

@@ -18,8 +18,8 @@ from gpuplan.errors import HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.catalog import load_catalog
 from gpuplan.models.sources import resolve_model
 from gpuplan.units import MiB
-from tests.modelscope_server import FakeModelScope
-from tests.test_gguf import TINY, llama3_8b, llama_like
+from modelscope_server import FakeModelScope
+from test_gguf import TINY, llama3_8b, llama_like
 
 runner = CliRunner()
 
