@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpuplan.data_files import PACKAGE_DIR
+from gpuplan.data_files import data_dir
 from gpuplan.engines.transformers import SLIDING_WINDOW_SCALAR_BYTES
 from gpuplan.models.sources import parse_config, read_json_file
 from gpuplan.models.spec import ModelSpec
@@ -60,10 +60,15 @@ class CaseComparison(BaseModel):
         return self.peak_allocated.error if self.peak_allocated else 0.0
 
 
-def measured_config(row: dict[str, Any], repo: Path | None = None) -> dict[str, Any]:
-    """The config a case was measured with: its file plus the recorded overrides (None removes a key)."""
-    root = repo or PACKAGE_DIR.parent
-    raw = read_json_file(root / row["config_file"])
+def measured_config(row: dict[str, Any]) -> dict[str, Any]:
+    """The config a case was measured with: its file plus the recorded overrides (None removes a key).
+
+    ``config_file`` is recorded relative to the repository ("data/models/..."); the bundled data directory
+    holds the same files in a checkout and in an installed wheel."""
+    relative = Path(row["config_file"])
+    if relative.parts and relative.parts[0] == "data":
+        relative = Path(*relative.parts[1:])
+    raw = read_json_file(data_dir() / relative)
     for key, value in (row.get("config_overrides") or {}).items():
         if value is None:
             raw.pop(key, None)
