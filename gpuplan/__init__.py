@@ -5,6 +5,9 @@ The public API (documented in docs/api.md)::
     import gpuplan
     result = gpuplan.estimate("meta-llama/Llama-2-7b-hf", dtype="fp16", batch=8, seq=4096)
     result.total_bytes
+    gpuplan.plan("meta-llama/Llama-3.1-70B-Instruct", gpus=["H100", "A100-80GB"], seq=32768).best
+    gpuplan.check("gpuplan.yaml").passed
+    gpuplan.sweep("llama-3.1-8b", seq="1k..128k", batch=[1, 8], gpu="H100").points
 """
 
 from __future__ import annotations
@@ -13,14 +16,38 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"estimate", "load_model", "make_workload"}
-__all__ = sorted(_API | {"__version__"})
+# name -> module that defines it; imported on first use so `gpuplan --help` does not pay for the calculator.
+_API = {"estimate": "gpuplan.api", "load_model": "gpuplan.api", "make_workload": "gpuplan.api",
+        "check": "gpuplan.planfile", "sweep": "gpuplan.sweep"}
+__all__ = sorted({*_API, "plan", "__version__"})
+
+
+def plan(model: Any, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
+         kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = 512,
+         gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
+         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None,
+         revision: str | None = None, source: str = "auto", offline: bool | None = None) -> Any:
+    """Rank GPU types by the fewest GPUs that fit (a :class:`gpuplan.planner.PlanResult`, best first).
+
+    ``model`` is a name or path (as for :func:`estimate`) or a loaded model; ``gpus`` are catalog names
+    or GpuSpecs (default: the whole catalog). ``seq`` is the context per request and ``batch`` the
+    requests that must fit at once.
+    """
+    from gpuplan.api import _as_resolved, resolve_gpu
+    from gpuplan.planner import plan as make_plan
+
+    resolved = _as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
+    specs = [resolve_gpu(g) for g in ([gpus] if isinstance(gpus, str) else gpus)] if gpus else None
+    return make_plan(resolved, gpus=specs, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
+                     max_gpus=max_gpus, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                     max_num_batched_tokens=max_num_batched_tokens, mem_fraction_static=mem_fraction_static)
 
 
 def __getattr__(name: str) -> Any:
-    # The facade is imported on first use so `gpuplan --help` does not pay for the calculator.
     if name in _API:
-        from gpuplan import api
+        import importlib
 
-        return getattr(api, name)
+        module = importlib.import_module(_API[name])
+        # gpuplan.sweep is a callable module (importing it makes it this package's attribute anyway).
+        return module if name == "sweep" else getattr(module, name)
     raise AttributeError(f"module 'gpuplan' has no attribute {name!r}")

@@ -105,3 +105,121 @@ class EstimateResult(BaseModel):
         default=None, description="layer placement and cache layout under --engine llama.cpp")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+
+
+class DeploymentCheck(BaseModel):
+    """One deployment of a plan file, checked (``gpuplan check``). Bytes are per GPU."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="the deployment's name in the plan file")
+    line: int | None = Field(default=None, description="line of the deployment in the plan file (1-based)")
+    passed: bool = Field(description="every requirement of the deployment holds")
+    reasons: list[str] = Field(default_factory=list, description="why it failed; empty when it passed")
+    model: str = Field(description="model id or path as resolved")
+    engine: str
+    gpu: str = Field(description="GPU the deployment runs on")
+    gpus: int = Field(description="GPUs: tensor x pipeline parallel")
+    tensor_parallel: int
+    pipeline_parallel: int
+    gpu_memory_bytes: int = Field(description="memory of one GPU that a CUDA process can allocate from")
+    total_bytes: int = Field(description="the estimate's total per GPU")
+    free_bytes: int = Field(description="gpu_memory_bytes - total_bytes (negative: over by that much)")
+    required_free_bytes: int = Field(description="the deployment's headroom in bytes (0 when none was asked)")
+    max_model_len: int | None = Field(default=None, description="serving engines: context per request checked")
+    max_concurrency: float | None = Field(
+        default=None, description="serving engines: requests of max_model_len tokens the KV cache holds at once")
+    min_concurrency: float | None = Field(
+        default=None, description="serving engines: the concurrency the deployment requires")
+    max_model_len_that_fits: int | None = Field(
+        default=None, description="serving engines: the longest context one request can have")
+    estimate: EstimateResult = Field(description="the full estimate behind the verdict")
+
+
+class CheckResult(BaseModel):
+    """``gpuplan check``: every deployment of a plan file against its GPUs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: str = SCHEMA_VERSION
+    file: str | None = Field(default=None, description="the plan file as given (null for a dict)")
+    passed: bool = Field(description="every deployment passed (exit code 0; else 1)")
+    failed: list[str] = Field(default_factory=list, description="names of the deployments that failed")
+    deployments: list[DeploymentCheck] = Field(description="in the plan file's order")
+
+
+class SweepGpu(BaseModel):
+    """A GPU a sweep is measured against."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    memory_bytes: int = Field(description="memory of one GPU that a CUDA process can allocate from")
+
+
+class SweepPoint(BaseModel):
+    """One point of a sweep grid. Bytes are per GPU."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dtype: str = Field(description="weights as stored on the GPU (the requested --dtype, resolved)")
+    kv_dtype: str
+    gpu: str | None = Field(default=None, description="GPU of this point (null when no GPU was named)")
+    batch: int = Field(description="sequences at once (serving engines: concurrent requests; llama.cpp: "
+                                   "--parallel)")
+    seq: int = Field(description="tokens per sequence (serving engines: max_model_len; llama.cpp: per slot)")
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    peak_allocated_bytes: int
+    total_bytes: int
+    gpu_memory_bytes: int | None = None
+    fits: bool | None = Field(default=None, description="fits the GPU (null when no GPU was named)")
+    headroom_bytes: int | None = Field(default=None, description="gpu_memory_bytes - total_bytes")
+    kv_cache_tokens: int | None = Field(default=None, description="serving engines: tokens the KV cache holds")
+    max_concurrency: float | None = Field(
+        default=None, description="serving engines: requests of seq tokens that fit at once")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class SweepResult(BaseModel):
+    """``gpuplan sweep``: a grid of estimates over dtypes, GPUs, batch sizes and context lengths."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: str = SCHEMA_VERSION
+    model: str
+    model_type: str
+    parameters: int
+    engine: str
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    dtypes: list[str] = Field(description="weight dtypes swept, resolved")
+    kv_dtypes: list[str] = Field(description="KV cache dtypes swept, resolved")
+    batches: list[int]
+    seqs: list[int]
+    gpus: list[SweepGpu] = Field(default_factory=list, description="GPUs every point is checked against")
+    points: list[SweepPoint] = Field(description="one per dtype x kv_dtype x GPU x batch x seq, in that order")
+    notes: list[str] = Field(default_factory=list)
+
+
+#: The commands whose --format json output is a stable contract, by ``gpuplan schema --output`` name.
+OUTPUTS = ("estimate", "plan", "check", "sweep")
+
+
+def output_model(name: str) -> type[BaseModel]:
+    """The model behind a command's JSON output (the plan's lives with the planner)."""
+    if name == "plan":
+        from gpuplan.planner import PlanResult
+
+        return PlanResult
+    models: dict[str, type[BaseModel]] = {"estimate": EstimateResult, "check": CheckResult, "sweep": SweepResult}
+    if name not in models:
+        raise ValueError(f"unknown output {name!r}; one of {', '.join(OUTPUTS)}")
+    return models[name]
+
+
+def output_schema(name: str) -> dict:
+    """The JSON Schema of a command's --format json output."""
+    return output_model(name).model_json_schema()

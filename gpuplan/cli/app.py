@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from enum import Enum
 
 # pydantic looks up third-party plugins through importlib.metadata entry points the first time a model
 # class is built: about 20 ms, more than the whole estimate. The CLI defines no plugin use; a user who
@@ -14,6 +15,7 @@ from typing import Annotated
 import typer
 
 from gpuplan import __version__
+from gpuplan.cli import check_cmd, sweep_cmd
 from gpuplan.cli.errors import run_guarded
 from gpuplan.cli.options import parse_int_list
 from gpuplan.cli.formats import OutputFormat
@@ -424,17 +426,31 @@ def gpus(
     run_guarded(run)
 
 
+class SchemaOutput(str, Enum):
+    estimate = "estimate"
+    plan = "plan"
+    check = "check"
+    sweep = "sweep"
+
+
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of `estimate --format json` output."""
+def schema(
+    output_name: Annotated[SchemaOutput, typer.Option(
+        "--output", "-o", help="Whose --format json output: estimate, plan, check or sweep.")] = SchemaOutput.estimate,
+) -> None:
+    """Print the JSON Schema of a command's --format json output (docs/json.md describes every field)."""
 
     def run() -> None:
         from gpuplan.cli import output
-        from gpuplan.results import EstimateResult
+        from gpuplan.results import output_schema
 
-        output.emit_json(EstimateResult.model_json_schema())
+        output.emit_json(output_schema(output_name.value))
 
     run_guarded(run)
+
+
+app.command("check")(check_cmd.check)
+app.command("sweep")(sweep_cmd.sweep)
 
 
 def main() -> None:

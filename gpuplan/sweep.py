@@ -1,0 +1,356 @@
+"""Sweeps: one model estimated over a grid of dtypes, GPUs, batch sizes and context lengths.
+
+``gpuplan.sweep()`` returns a :class:`~gpuplan.results.SweepResult` (flat points, one per combination);
+``gpuplan sweep`` renders it as a table, CSV, JSON or a chart. Grid values are lists or text in the CLI's
+syntax: ``"1,8,32"``, ``"4k,8k"`` or a doubling range ``"1k..128k"`` (1k, 2k, 4k, ... 128k).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import types
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from gpuplan.errors import InputError
+from gpuplan.results import SweepGpu, SweepPoint, SweepResult
+
+# The serving engines size their KV cache from the GPU; llama.cpp decodes --parallel sequences.
+_SERVING = ("vllm", "sglang")
+_LLAMACPP = "llama.cpp"
+# A doubling range that is mistyped ("1..1m" by mistake for "1k..1m") is still small: 2^20 has 21 steps.
+# A grid beyond this many points is almost surely a typo in a list, and would take minutes.
+MAX_POINTS = 20_000
+
+CSV_COLUMNS = ("dtype", "kv_dtype", "gpu", "batch", "seq", "weights_bytes", "kv_cache_bytes", "activation_bytes",
+               "overhead_bytes", "peak_allocated_bytes", "total_bytes", "gpu_memory_bytes", "fits",
+               "headroom_bytes", "kv_cache_tokens", "max_concurrency")
+
+
+def parse_grid(value: str | int | Iterable[int | str], *, option: str, minimum: int = 1) -> list[int]:
+    """A grid axis: ``"1,8,32"``, ``"4k,8k"``, ``"1k..128k"`` (doubling, the end included), or a list.
+
+    Items of a comma list may themselves be ranges (``"1k..8k,12k"``); duplicates are dropped, order kept.
+    """
+    from gpuplan.units import parse_token_count
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        items: list[int | str] = [value]
+    elif isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    else:
+        items = list(value)
+    values: list[int] = []
+    for item in items:
+        for number in _expand(item, option=option, parse=parse_token_count):
+            if number < minimum:
+                raise InputError(f"{option} must be at least {minimum}, got {number}")
+            if number not in values:
+                values.append(number)
+    if not values:
+        raise InputError(f"{option} is empty", hint="for example 1,8,32 or 1k..128k")
+    return values
+
+
+def _expand(item: int | str, *, option: str, parse: Callable[[str], int]) -> list[int]:
+    if isinstance(item, bool) or not isinstance(item, (int, str)):
+        raise InputError(f"{option} expects whole numbers, got {item!r}")
+    if isinstance(item, int):
+        return [item]
+    if not item:
+        raise InputError(f"{option} has an empty item", hint="write values like 1,8,32 or 1k..128k")
+    if ".." not in item:
+        try:
+            return [parse(item)]
+        except InputError:
+            raise InputError(f"{option} expects whole numbers or a range, got {item!r}",
+                             hint="for example 1,8,32 or 1k..128k") from None
+    start_text, _, end_text = item.partition("..")
+    try:
+        start, end = parse(start_text), parse(end_text)
+    except InputError:
+        raise InputError(f"cannot read the range {item!r} of {option}", hint="for example 1k..128k") from None
+    if start < 1:
+        raise InputError(f"the range {item!r} of {option} must start at 1 or more")
+    if end < start:
+        raise InputError(f"the range {item!r} of {option} ends before it starts")
+    out = [start]
+    while out[-1] * 2 <= end:
+        out.append(out[-1] * 2)
+    if out[-1] != end:
+        out.append(end)
+    return out
+
+
+def parse_names(value: str | Iterable[str] | None, *, default: str) -> list[str]:
+    """``"fp16,int4"`` or ``["fp16", "int4"]`` -> ``["fp16", "int4"]``; None -> ``[default]``."""
+    if value is None:
+        return [default]
+    parts = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
+    names = list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    return names or [default]
+
+
+def sweep(model: Any, *, seq: str | int | Iterable[int | str] | None = None,
+          batch: str | int | Iterable[int | str] = 1, dtype: str | Iterable[str] | None = None,
+          kv_dtype: str | Iterable[str] | None = None, gpu: str | Any | Iterable[str | Any] | None = None,
+          engine: str | None = None, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+          gpu_memory_utilization: float | None = None, mem_fraction_static: float | None = None,
+          attn: str = "sdpa", new_tokens: int = 0, revision: str | None = None, source: str = "auto",
+          offline: bool | None = None,
+          progress: Callable[[int, int], None] | None = None) -> SweepResult:
+    """Estimate ``model`` at every combination of ``dtype`` x ``kv_dtype`` x ``gpu`` x ``batch`` x ``seq``.
+
+    ``seq`` defaults to 1k doubling up to the model's context length (32k when the config gives none).
+    ``gpu`` is one GPU or several (catalog names or GpuSpecs); every point says whether it fits each.
+    Under ``engine="vllm"`` / ``"sglang"`` ``seq`` is max_model_len and ``batch`` the concurrent
+    requests that must fit; under ``engine="llama.cpp"`` ``batch`` is --parallel and each sequence gets
+    ``seq`` tokens (--ctx-size = batch x seq). ``progress(done, total)`` is called after each point.
+    """
+    from gpuplan.api import LLAMACPP, _as_resolved, resolve_gpu
+    from gpuplan.api import estimate as estimate_one
+
+    resolved = _as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
+    engine_name = engine or (LLAMACPP if resolved.gguf is not None else "transformers")
+    if seq is None:
+        context = resolved.spec.max_position_embeddings or 32768
+        seqs = parse_grid(f"1k..{max(context, 1024)}", option="--seq")
+    else:
+        seqs = parse_grid(seq, option="--seq")
+    batches = parse_grid(batch, option="--batch")
+    dtypes = parse_names(dtype, default="auto")
+    kv_dtypes = parse_names(kv_dtype, default="auto")
+    if gpu is None:
+        gpu_items: list[Any] = []
+    elif isinstance(gpu, str) or not isinstance(gpu, Iterable):
+        gpu_items = [gpu]
+    else:
+        gpu_items = list(gpu)
+    gpu_specs = []
+    for item in gpu_items:
+        spec = resolve_gpu(item)
+        if spec is not None and spec.name not in {g.name for g in gpu_specs}:
+            gpu_specs.append(spec)
+    gpu_axis: list[Any] = gpu_specs or [None]
+    total = len(dtypes) * len(kv_dtypes) * len(gpu_axis) * len(batches) * len(seqs)
+    if total > MAX_POINTS:
+        raise InputError(f"the sweep has {total:,} points, more than {MAX_POINTS:,}",
+                         hint="use fewer values, or a range such as 1k..128k (doubling)")
+    serving = engine_name in _SERVING
+    points: list[SweepPoint] = []
+    notes: list[str] = []
+    seen_precisions: dict[tuple[str, str], tuple[str, str]] = {}
+    done = 0
+    for d in dtypes:
+        for kv in kv_dtypes:
+            pair_points: list[SweepPoint] = []
+            for g in gpu_axis:
+                for b in batches:
+                    for s in seqs:
+                        kwargs: dict[str, Any] = {}
+                        if serving:
+                            kwargs = {"max_model_len": s, "gpu_memory_utilization": gpu_memory_utilization,
+                                      "mem_fraction_static": mem_fraction_static}
+                            run_batch, run_seq = b, s
+                        elif engine_name == LLAMACPP:
+                            kwargs = {"ctx_size": b * s, "parallel": b}
+                            run_batch, run_seq = 1, None
+                        else:
+                            run_batch, run_seq = b, s
+                        try:
+                            r = estimate_one(resolved, dtype=d, kv_dtype=kv, batch=run_batch, seq=run_seq,
+                                             new_tokens=new_tokens, engine=engine_name, attn=attn, gpu=g,
+                                             tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+                                             **kwargs)
+                        except InputError as exc:
+                            where = f"dtype {d}, kv_dtype {kv}, " if len(dtypes) * len(kv_dtypes) > 1 else ""
+                            exc.message = f"at {where}batch {b}, seq {s:,}: {exc.message}"
+                            exc.args = (exc.message,)
+                            raise
+                        pair_points.append(_point(r))
+                        if done == 0:
+                            notes.extend(r.notes)
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+            first = pair_points[0]
+            key = (first.dtype, first.kv_dtype)
+            if key in seen_precisions:
+                notes.append(f"dtype {d} with kv_dtype {kv} is {key[0]} / {key[1]}, already swept: left out")
+                continue
+            seen_precisions[key] = (d, kv)
+            points.extend(pair_points)
+    return SweepResult(
+        model=resolved.id, model_type=resolved.spec.model_type, parameters=resolved.spec.parameters,
+        engine=engine_name, tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+        dtypes=list(dict.fromkeys(p.dtype for p in points)), kv_dtypes=list(dict.fromkeys(p.kv_dtype for p in points)),
+        batches=batches, seqs=_result_seqs(points, seqs), gpus=[SweepGpu(name=g.name, memory_bytes=g.usable_bytes)
+                                                              for g in gpu_specs],
+        points=points, notes=list(dict.fromkeys(notes)))
+
+
+def _result_seqs(points: Sequence[SweepPoint], requested: list[int]) -> list[int]:
+    # llama.cpp pads its context; the points carry what each slot really gets.
+    return list(dict.fromkeys(p.seq for p in points)) if points else requested
+
+
+def _point(r: Any) -> SweepPoint:
+    serving = r.serving
+    return SweepPoint(
+        dtype=r.dtype, kv_dtype=r.kv_dtype, gpu=r.gpu, batch=r.batch, seq=r.seq,
+        weights_bytes=r.weights_bytes, kv_cache_bytes=r.kv_cache_bytes, activation_bytes=r.activation_bytes,
+        overhead_bytes=r.overhead_bytes, peak_allocated_bytes=r.peak_allocated_bytes, total_bytes=r.total_bytes,
+        gpu_memory_bytes=r.gpu_memory_bytes, fits=r.fits, headroom_bytes=r.headroom_bytes,
+        kv_cache_tokens=serving.kv_cache_tokens if serving else None,
+        max_concurrency=serving.max_concurrency if serving else None, warnings=list(r.warnings))
+
+
+def to_csv(result: SweepResult) -> str:
+    """The points as CSV: one row each, bytes as integers, empty cells for nulls."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for p in result.points:
+        row = p.model_dump()
+        writer.writerow(["" if row[c] is None else str(row[c]).lower() if isinstance(row[c], bool) else row[c]
+                         for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+# ---- charts ----------------------------------------------------------------------------------------
+
+# (field, label, colour): the colour-blind-safe palette of Okabe & Ito ("Color Universal Design", 2002),
+# with grey for the overhead.
+COMPONENTS = (
+    ("weights_bytes", "weights", "#0072B2"),
+    ("kv_cache_bytes", "KV cache", "#E69F00"),
+    ("activation_bytes", "activations", "#009E73"),
+    ("overhead_bytes", "overhead", "#999999"),
+)
+_LINE_STYLES = (("#D55E00", "--"), ("#CC79A7", "-."), ("#000000", ":"), ("#56B4E9", "--"), ("#F0E442", "-."))
+
+
+def token_label(n: int) -> str:
+    """4096 -> '4k', 131072 -> '128k', 1048576 -> '1m', 3000 -> '3000'."""
+    for div, suffix in ((1024**2, "m"), (1024, "k")):
+        if n >= div and n % div == 0:
+            return f"{n // div}{suffix}"
+    return f"{n:,}"
+
+
+def panels(result: SweepResult) -> list[tuple[str, list[SweepPoint], list[SweepGpu]]]:
+    """The chart's panels: one per precision pair (per GPU for serving engines, whose KV cache depends on
+    it) and batch, each with its points in seq order and the GPUs whose capacity it shows."""
+    serving = result.engine in _SERVING
+    several = len({(p.dtype, p.kv_dtype) for p in result.points}) > 1
+    groups: dict[tuple[Any, ...], list[SweepPoint]] = {}
+    for p in result.points:
+        groups.setdefault((p.dtype, p.kv_dtype, p.gpu if serving else None, p.batch), []).append(p)
+    out = []
+    for (dt, kv, gpu, batch), pts in groups.items():
+        seen: dict[int, SweepPoint] = {}
+        for p in pts:
+            seen.setdefault(p.seq, p)  # non-serving points repeat per GPU with the same bytes
+        title = f"batch {batch}" if result.engine != _LLAMACPP else f"parallel {batch}"
+        if several:
+            title += f" · {dt} weights, {kv} KV"
+        gpus = [g for g in result.gpus if g.name == gpu] if serving else list(result.gpus)
+        if serving and gpu:
+            title += f" · {gpu}"
+        out.append((title, [seen[s] for s in sorted(seen)], gpus))
+    return out
+
+
+def save_plot(result: SweepResult, path: str | Any) -> None:
+    """Draw the sweep: per panel, memory components stacked per context length, GPU capacities as lines.
+
+    Needs matplotlib (``pip install 'gpuplan[plot]'``); the format follows the file's suffix.
+    """
+    from gpuplan.errors import InputError, MissingDependencyError
+    from gpuplan.units import GiB
+
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        raise MissingDependencyError("--plot needs matplotlib",
+                                     hint="pip install 'gpuplan[plot]'") from None
+    groups = panels(result)
+    batches = list(dict.fromkeys(p.batch for p in result.points))
+    ncols = min(len(batches), 4) if len(groups) > 1 else 1
+    nrows = -(-len(groups) // ncols)
+    fig = Figure(figsize=(4.6 * ncols + 0.6, 3.9 * nrows + 1.0), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    serving = result.engine in _SERVING
+    xlabel = "max_model_len (tokens)" if serving else "context length (tokens per sequence)"
+    line_style = {g.name: _LINE_STYLES[i % len(_LINE_STYLES)] for i, g in enumerate(result.gpus)}
+    tops = [max([p.total_bytes / GiB for p in pts] + [g.memory_bytes / GiB for g in gpus]) for _, pts, gpus in groups]
+    if ncols == len(batches) and not serving:
+        # A column is one batch size: one scale down it compares the dtypes (or GPUs) at a glance.
+        tops = [max(tops[i::ncols]) for i in range(ncols)] * nrows
+    handles: dict[str, Any] = {}
+    for index, (title, pts, gpus) in enumerate(groups):
+        ax = axes[index // ncols][index % ncols]
+        xs = list(range(len(pts)))
+        bottom = [0.0] * len(pts)
+        for field, label, colour in COMPONENTS:
+            values = [getattr(p, field) / GiB for p in pts]
+            handles[label] = ax.bar(xs, values, bottom=bottom, color=colour, width=0.72, edgecolor="white",
+                                    linewidth=0.4)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        top = tops[index]
+        if serving:
+            # The stack is the engine's fixed budget; what changes with max_model_len is how many requests fit.
+            for x, p, height in zip(xs, pts, bottom, strict=True):
+                if p.max_concurrency is not None:
+                    ax.text(x, height + top * 0.01, f"{p.max_concurrency:,.1f}x", ha="center", va="bottom",
+                            fontsize=8, color="#000000" if p.fits else "#D55E00",
+                            fontweight="normal" if p.fits else "bold",
+                            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        for g in gpus:
+            colour, style = line_style[g.name]
+            capacity = g.memory_bytes / GiB
+            handles[f"{g.name} ({capacity:,.1f} GiB)"] = ax.axhline(capacity, color=colour, linestyle=style,
+                                                                   linewidth=1.6)
+        ax.set_xticks(xs, [token_label(p.seq) for p in pts])
+        if len(pts) > 10:
+            ax.tick_params(axis="x", labelrotation=45)
+        ax.set_ylim(0, top * 1.1 if top > 0 else 1)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("GiB per GPU")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    for index in range(len(groups), nrows * ncols):
+        axes[index // ncols][index % ncols].set_visible(False)
+    labels = list(handles)
+    fig.legend([handles[k] for k in labels], labels, loc="outside lower center", ncols=min(len(labels), 4),
+               frameon=False)
+    split = f", TP {result.tensor_parallel} x PP {result.pipeline_parallel}" if serving else ""
+    precision = "" if len({(p.dtype, p.kv_dtype) for p in result.points}) > 1 else \
+        f" · {result.points[0].dtype} weights, {result.points[0].kv_dtype} KV cache"
+    heading = f"{result.model} · {result.engine}{split}{precision}"
+    if serving:
+        heading += ("\nabove each bar: requests of max_model_len tokens that fit at once (bold red: fewer than the "
+                    "batch)")
+    fig.suptitle(heading, fontsize=12)
+    try:
+        fig.savefig(path, dpi=130)
+    except ValueError as exc:  # an unknown suffix
+        raise InputError(f"cannot write the plot {path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"cannot write the plot {path}: {exc.strerror or exc}") from None
+
+
+class _CallableModule(types.ModuleType):
+    """``gpuplan.sweep(...)`` is the function even after ``import gpuplan.sweep`` makes the attribute this
+    module: Python sets a package's attribute to a submodule when it is imported."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SweepResult:
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
