@@ -90,3 +90,16 @@ def test_deepseek_mtp_layer_is_in_the_checkpoint_but_not_loaded():
     # DeepSeek-V3 technical report (arXiv:2412.19437): 671B main model + 14B MTP module = 685B.
     assert round(spec.loaded_parameters / 1e9) == 671
     assert round((spec.parameters - spec.loaded_parameters) / 1e9) == 13
+
+
+@pytest.mark.parametrize("model_id,expected", [
+    # Hub safetensors totals of the multimodal checkpoints (Gemma3ForConditionalGeneration: text model,
+    # SigLIP tower and projector), as recorded in a public registry script that copies the Hub API's
+    # safetensors.total (kvfit scripts/build_registry.py) and in tests that load the model and sum numel().
+    ("google/gemma-3-4b-it", 4_300_079_472),
+    ("google/gemma-3-27b-it", 27_432_406_640),
+])
+def test_multimodal_checkpoints_count_their_vision_tower(model_id, expected):
+    spec = spec_of(model_id)
+    assert spec.parameters == expected
+    assert spec.vision_parameters > 0

@@ -225,6 +225,11 @@ def stage_spec(spec: ModelSpec, tp: int, pp: int, stage: int) -> ModelSpec:
             if count == 0:
                 continue
             t = t.model_copy(update={"count": count})
+        elif t.name == "vision_tower":
+            # A multimodal checkpoint's vision tower loads on the first stage, sharded like the text layers.
+            if first:
+                tensors.append(t.model_copy(update={"shape": (_ceil_div(t.shape[0], tp),)}))
+            continue
         elif t.role in (TensorRole.EMBEDDING, TensorRole.POSITION_EMBEDDING):
             if not first:
                 if last and t.role is TensorRole.EMBEDDING and not has_lm_head and pp > 1:
@@ -244,11 +249,7 @@ def parallel_layout(spec: ModelSpec, precision: Precision, tp: int = 1, pp: int 
     stage_bytes = []
     for stage in range(pp):
         sspec = stage_spec(spec, tp, pp, stage)
-        extra = 0
-        if stage == 0 and spec.vision_parameters:
-            # A multimodal checkpoint's vision tower loads on the first stage, sharded like the text layers.
-            extra = _ceil_div(spec.vision_parameters, tp) * precision.compute_bytes
-        stage_bytes.append(weights_bytes(sspec, precision) + extra)
+        stage_bytes.append(weights_bytes(sspec, precision))
     largest = max(range(pp), key=lambda i: stage_bytes[i])
     return ParallelLayout(
         tp=tp, pp=pp, stage_layers=split, largest_stage=largest,

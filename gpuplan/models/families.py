@@ -682,10 +682,18 @@ def config_to_spec(raw: dict[str, Any], *, label: str = "config.json") -> ModelS
                 inner[key] = raw[key]
         inner = _apply_text_defaults(inner)
         spec = config_to_spec(inner, label=f"{label} (text_config)")
-        return spec.model_copy(update={
-            "notes": spec.notes + ("multimodal checkpoint: the text model is estimated; the vision tower and "
-                                   "projector are not counted, and image tokens count as sequence",),
-        })
+        from gpuplan.models.vision import vision_parameters
+
+        vision = vision_parameters(model_type, raw, spec.hidden_size)
+        if vision is None:
+            note = ("multimodal checkpoint: the text model is estimated; the vision tower and projector are not "
+                    "counted, and image tokens count as sequence")
+            return spec.model_copy(update={"notes": spec.notes + (note,)})
+        tower = TensorGroup(name="vision_tower", shape=(vision,), role=R.OTHER)
+        note = (f"multimodal checkpoint: the vision tower and projector ({vision:,} parameters) are counted in the "
+                "weights; their activations are not modelled, and image tokens count as sequence")
+        return spec.model_copy(update={"tensors": spec.tensors + (tower,), "vision_parameters": vision,
+                                       "notes": spec.notes + (note,)})
     parser = _FAMILIES.get(model_type)
     if parser is None:
         if all(k in raw for k in ("hidden_size", "num_attention_heads", "num_hidden_layers",
