@@ -268,6 +268,26 @@ def parameter_summary(model: Any) -> dict[str, Any]:
     }
 
 
+def _with_dtype(factory: Any, *args: Any, dtype: str, **kwargs: Any) -> Any:
+    """Call a transformers factory with the dtype under the name this version takes."""
+    try:
+        return factory(*args, dtype=torch_dtype(dtype), **kwargs)
+    except TypeError:
+        # transformers < 4.56 names the argument torch_dtype.
+        return factory(*args, torch_dtype=torch_dtype(dtype), **kwargs)
+
+
+def _ready(model: Any, started: float) -> float:
+    """Put a built or loaded model in inference mode; the seconds since ``started``, CUDA synchronized."""
+    # from_config leaves the model in training mode: dropout would then add masks to every forward.
+    model.eval()
+    model.requires_grad_(False)
+    _torch().cuda.synchronize()
+    seconds = time.perf_counter() - started
+    _clear_cuda()
+    return seconds
+
+
 def build_model(
     config_dict: dict[str, Any],
     dtype: str = "bf16",
@@ -290,21 +310,9 @@ def build_model(
     torch.manual_seed(seed)
     started = time.perf_counter()
     with torch.device(device):
-        try:
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=torch_dtype(dtype), attn_implementation=attn_implementation
-            )
-        except TypeError:
-            # transformers < 4.56 names the argument torch_dtype.
-            model = AutoModelForCausalLM.from_config(
-                config, torch_dtype=torch_dtype(dtype), attn_implementation=attn_implementation
-            )
-    # from_config leaves the model in training mode: dropout would then add masks to every forward.
-    model.eval()
-    model.requires_grad_(False)
-    torch.cuda.synchronize()
-    build_seconds = time.perf_counter() - started
-    _clear_cuda()
+        model = _with_dtype(AutoModelForCausalLM.from_config, config, dtype=dtype,
+                            attn_implementation=attn_implementation)
+    build_seconds = _ready(model, started)
     info: dict[str, Any] = {
         "model_class": type(model).__name__,
         "config_class": type(config).__name__,
@@ -549,22 +557,9 @@ def load_model(
     _clear_cuda()
     allocated_before = int(torch.cuda.memory_allocated())
     started = time.perf_counter()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch_dtype(dtype), attn_implementation=attn_implementation, device_map=device,
-            local_files_only=True,
-        )
-    except TypeError:
-        # transformers < 4.56 names the argument torch_dtype.
-        model = AutoModelForCausalLM.from_pretrained(
-            location, torch_dtype=torch_dtype(dtype), attn_implementation=attn_implementation, device_map=device,
-            local_files_only=True,
-        )
-    model.eval()
-    model.requires_grad_(False)
-    torch.cuda.synchronize()
-    load_seconds = time.perf_counter() - started
-    _clear_cuda()
+    model = _with_dtype(AutoModelForCausalLM.from_pretrained, location, dtype=dtype,
+                        attn_implementation=attn_implementation, device_map=device, local_files_only=True)
+    load_seconds = _ready(model, started)
     info: dict[str, Any] = {
         "model_class": type(model).__name__,
         "model_type": getattr(model.config, "model_type", None),
