@@ -53,8 +53,8 @@ def _fixture(path: Path) -> dict:
 # The bundled data
 
 
-def test_catalog_has_at_least_45_gpus() -> None:
-    assert len(CATALOG) >= 45
+def test_catalog_has_at_least_55_gpus() -> None:
+    assert len(CATALOG) >= 55
     assert len(set(CATALOG.names())) == len(CATALOG)
 
 
@@ -127,9 +127,67 @@ def test_the_well_known_driver_figures() -> None:
     assert CATALOG.resolve("T4").memory_bytes == 15360 * MiB
 
 
+# Cards added for the inference fleets people run beyond the big SXM parts; each must say where its
+# figures come from.
+ADDED_CARDS = ["A30", "MI210", "RTX 3090 Ti", "7900 XTX", "L20", "RTX 4000 Ada", "RTX 5000 Ada", "A2", "A16"]
+
+
+@pytest.mark.parametrize("typed", ADDED_CARDS)
+def test_added_cards_carry_their_sources(typed: str) -> None:
+    gpu = CATALOG.resolve(typed)
+    assert gpu.source.startswith("https://"), gpu.source
+    has_figures = any(v is not None for v in (gpu.bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops))
+    if has_figures:
+        assert gpu.spec_refs, f"{gpu.name} gives throughput figures without saying where they were read"
+        assert all(ref.startswith("https://") for ref in gpu.spec_refs), gpu.spec_refs
+
+
+@pytest.mark.parametrize("gpu", CATALOG.gpus, ids=lambda g: g.name)
+def test_cuda_totals_are_sourced_and_below_the_driver_total(gpu: GpuSpec) -> None:
+    if gpu.cuda_total_bytes is None:
+        assert gpu.cuda_total_bytes_source is None
+        return
+    assert (gpu.cuda_total_bytes_source or "").strip()
+    if gpu.memory_is_measured:
+        # CUDA sees the driver total less what the driver reserves, never more.
+        assert gpu.cuda_total_bytes <= gpu.memory_bytes
+
+
+def test_driver_figures_of_the_added_and_updated_cards() -> None:
+    # Each figure is quoted in the entry's memory_bytes_source.
+    assert CATALOG.resolve("MI210").memory_bytes == 65520 * MiB == 67092480 * 1024
+    assert CATALOG.resolve("7900 XTX").memory_bytes == 24560 * MiB
+    assert CATALOG.resolve("RTX 3090 Ti").memory_bytes == 24564 * MiB
+    assert CATALOG.resolve("A40").memory_bytes == 46068 * MiB
+    assert CATALOG.resolve("RTX A6000").memory_bytes == 46068 * MiB
+    assert CATALOG.resolve("V100 SXM2 16GB").memory_bytes == 16384 * MiB
+    assert CATALOG.resolve("GH200").memory_bytes == 97871 * MiB
+    assert CATALOG.resolve("A40").cuda_total_bytes == 47608692736
+    assert CATALOG.resolve("RTX A6000").cuda_total_bytes == 47834660864
+
+
+def test_the_added_datacenter_cards() -> None:
+    a30 = CATALOG.resolve("A30")
+    assert a30.memory_gb == 24 and a30.bandwidth_gbps == 933 and a30.bf16_tflops == 165
+    mi210 = CATALOG.resolve("MI210")
+    assert mi210.vendor == "amd" and mi210.memory_gb == 64
+    assert mi210.bandwidth_gbps == 1600 and mi210.bf16_tflops == 181
+    # Ampere and CDNA 2 have no FP8 tensor cores.
+    for name in ("A30", "MI210", "A2", "A16"):
+        assert CATALOG.resolve(name).fp8_tflops is None, name
+    # The A16 board carries four GPUs; the entry describes one of them.
+    assert CATALOG.resolve("A16").memory_gb == 16
+
+
+def test_match_device_tells_the_3090_ti_from_the_3090() -> None:
+    assert CATALOG.match_device("NVIDIA GeForce RTX 3090 Ti", 24564 * MiB).name == "RTX-3090-Ti"
+    assert CATALOG.match_device("NVIDIA GeForce RTX 3090", 24576 * MiB).name == "RTX-3090"
+    assert CATALOG.match_device("NVIDIA GH200 480GB", 97871 * MiB).name == "GH200-96GB"
+
+
 def test_enough_entries_carry_a_driver_reported_figure() -> None:
     measured = [gpu.name for gpu in CATALOG if gpu.memory_is_measured]
-    assert len(measured) >= 20, measured
+    assert len(measured) >= 25, measured
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,6 +225,22 @@ def test_enough_entries_carry_a_driver_reported_figure() -> None:
         ("Gaudi 3", "Gaudi3"),
         ("RTX 3080", "RTX-3080-10GB"),
         ("RTX 3080 12GB", "RTX-3080-12GB"),
+        ("A30", "A30-24GB"),
+        ("NVIDIA A30", "A30-24GB"),
+        ("mi210", "MI210"),
+        ("AMD Instinct MI210", "MI210"),
+        ("RTX 3090 Ti", "RTX-3090-Ti"),
+        ("NVIDIA GeForce RTX 3090 Ti", "RTX-3090-Ti"),
+        ("RTX 3090", "RTX-3090"),
+        ("7900 XTX", "RX-7900-XTX"),
+        ("AMD Radeon RX 7900 XTX", "RX-7900-XTX"),
+        ("L20", "L20"),
+        ("RTX 4000 Ada", "RTX-4000-Ada"),
+        ("NVIDIA RTX 4000 Ada Generation", "RTX-4000-Ada"),
+        ("RTX 5000 Ada Generation", "RTX-5000-Ada"),
+        ("A2", "A2-16GB"),
+        ("A16", "A16"),
+        ("NVIDIA GH200 480GB", "GH200-96GB"),
     ],
 )
 def test_resolve(typed: str, expected: str) -> None:
