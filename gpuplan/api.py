@@ -389,3 +389,86 @@ def _serving_estimate(resolved: ResolvedModel, precision: Precision, engine: str
         weights_bytes=weights, kv_cache_bytes=kv_bytes, activation_bytes=activation, overhead_bytes=overhead,
         peak_allocated_bytes=peak, total_bytes=total, serving=serving, notes=notes, warnings=warnings,
     )
+
+
+def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full", precision: str = "bf16",
+          optimizer: str = "adamw", lora_rank: int | None = None, lora_targets: list[str] | str | None = None,
+          grad_checkpointing: bool = False, batch: int = 1, seq: int = 2048, grad_accumulation: int = 1,
+          zero: int = 0, fsdp: bool = False, gpus: int = 1, offload_optimizer: bool = False, gpu: Any = None,
+          gpu_memory: str | int | None = None, revision: str | None = None, source: SourceName = "auto",
+          offline: bool | None = None, expandable_segments: bool | None = None) -> Any:
+    """Memory of one training step of a causal LM with transformers (+ peft for LoRA / QLoRA), per GPU.
+
+    ``method``: full | lora | qlora. ``precision``: bf16 | fp16 | fp32 | mixed (fp32 master weights with bf16
+    autocast). ``optimizer``: adamw | adamw-8bit | adafactor | sgd | sgd-momentum. ``lora_targets``: module
+    names (q_proj, v_proj ...) or None for every linear projection of the blocks (peft "all-linear").
+    ``batch`` is the micro-batch per GPU; ``zero`` (DeepSpeed stage) or ``fsdp`` shard over ``gpus``.
+    Returns a :class:`gpuplan.results.TrainResult`; docs/training.md has the formulas.
+    """
+    from gpuplan.calc.overhead import NON_TORCH_BYTES
+    from gpuplan.calc.training import METHODS, OPTIMIZERS, PRECISIONS, TrainingSetup, estimate_training
+    from gpuplan.results import TrainResult
+
+    for name, value, allowed in (("method", method, METHODS), ("precision", precision, PRECISIONS),
+                                 ("optimizer", optimizer, OPTIMIZERS)):
+        if value not in allowed:
+            raise InputError(f"unknown --{name} {value!r}", hint=f"use one of: {', '.join(allowed)}")
+    if method == "full" and (lora_rank is not None or lora_targets):
+        raise InputError("--lora-rank and --lora-targets apply to --method lora or qlora")
+    targets: tuple[str, ...] | None = None
+    if lora_targets:
+        items = lora_targets.split(",") if isinstance(lora_targets, str) else list(lora_targets)
+        cleaned = tuple(t.strip() for t in items if t.strip())
+        if cleaned and cleaned != ("all-linear",):
+            targets = cleaned
+    resolved = _as_resolved(model, revision=revision, source=source, offline=offline)
+    if resolved.gguf is not None:
+        raise InputError("gpuplan train models Hugging Face checkpoints, not GGUF files",
+                         hint="pass the model's Hugging Face id or config.json")
+    spec = resolved.spec
+    try:
+        setup = TrainingSetup(method=method, precision=precision, optimizer=optimizer,  # type: ignore[arg-type]
+                              lora_rank=16 if lora_rank is None else lora_rank, lora_targets=targets,
+                              grad_checkpointing=grad_checkpointing, batch=batch, seq=seq,
+                              grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
+                              offload_optimizer=offload_optimizer)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    mem = estimate_training(spec, setup)
+    if expandable_segments is None:
+        expandable_segments = "expandable_segments:true" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").lower()
+    slack = 0 if expandable_segments else mem.largest_transient_bytes
+    overhead = NON_TORCH_BYTES + slack
+    total = mem.peak_allocated_bytes + overhead
+    warnings: list[str] = []
+    if spec.max_position_embeddings and seq > spec.max_position_embeddings:
+        warnings.append(f"seq {seq} exceeds the model's context length of {spec.max_position_embeddings} tokens")
+    notes = list(resolved.notices) + list(mem.notes)
+    if spec.moe is not None:
+        notes.append("mixture-of-experts: activations are modelled as for the dense layers; expert routing "
+                     "buffers are not measured")
+    if precision == "fp32" and spec.attention_kind in ("GQA", "MQA"):
+        notes.append("fp32 with grouped-query attention runs torch's math SDPA, whose [batch, heads, seq, seq] "
+                     "scores are not in this estimate")
+    gpu_spec = resolve_gpu(gpu, gpu_memory)
+    fit: dict[str, Any] = {}
+    if gpu_spec is not None:
+        capacity = gpu_spec.usable_bytes
+        fit = {"gpu": gpu_spec.name, "gpu_memory_bytes": capacity, "fits": total <= capacity,
+               "headroom_bytes": capacity - total}
+    return TrainResult(
+        model=resolved.id, source=resolved.source, revision=resolved.revision, commit=resolved.commit,
+        model_type=spec.model_type, method=method, precision=precision, optimizer=optimizer,
+        lora_rank=setup.lora_rank if method != "full" else None,
+        lora_targets=list(targets) if targets is not None else None, grad_checkpointing=grad_checkpointing,
+        batch=batch, seq=seq, grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
+        offload_optimizer=offload_optimizer, parameters=spec.loaded_parameters,
+        trainable_parameters=mem.trainable_parameters, weights_bytes=mem.weights_bytes,
+        gradient_bytes=mem.gradient_bytes, optimizer_bytes=mem.optimizer_bytes,
+        activation_bytes=mem.activation_bytes, step_temporary_bytes=mem.step_temporary_bytes,
+        forward_peak_bytes=mem.forward_peak_bytes, backward_peak_bytes=mem.backward_peak_bytes,
+        step_peak_bytes=mem.step_peak_bytes, peak_phase=mem.peak_phase,
+        peak_allocated_bytes=mem.peak_allocated_bytes, overhead_bytes=overhead, total_bytes=total,
+        components={**mem.components, "allocator_slack": slack, "non_torch": NON_TORCH_BYTES},
+        notes=notes, warnings=warnings, **fit)

@@ -223,3 +223,55 @@ def output_model(name: str) -> type[BaseModel]:
 def output_schema(name: str) -> dict:
     """The JSON Schema of a command's --format json output."""
     return output_model(name).model_json_schema()
+
+
+class TrainResult(BaseModel):
+    """``gpuplan train``: memory of one training step (forward, backward, optimizer step), per GPU.
+
+    ``batch`` is the micro-batch per GPU; bytes are integers. docs/training.md gives every formula.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: str = SCHEMA_VERSION
+    model: str = Field(description="model id or path as resolved")
+    source: str
+    revision: str | None = None
+    commit: str | None = None
+    model_type: str
+    method: str = Field(description="full | lora | qlora")
+    precision: str = Field(description="bf16 | fp16 | fp32 | mixed (fp32 master weights, bf16 autocast)")
+    optimizer: str = Field(description="adamw | adamw-8bit | adafactor | sgd | sgd-momentum")
+    lora_rank: int | None = Field(default=None, description="LoRA rank (lora, qlora)")
+    lora_targets: list[str] | None = Field(
+        default=None, description="adapted modules; null: every linear projection of the blocks (all-linear)")
+    grad_checkpointing: bool
+    batch: int = Field(description="micro-batch per GPU")
+    seq: int = Field(description="tokens per sequence")
+    grad_accumulation: int
+    zero: int = Field(description="DeepSpeed ZeRO stage (0: none)")
+    fsdp: bool = Field(description="FSDP FULL_SHARD")
+    gpus: int = Field(description="data-parallel GPUs")
+    offload_optimizer: bool
+    gpu: str | None = Field(default=None, description="GPU the fit is checked against, when one was named")
+    gpu_memory_bytes: int | None = Field(default=None, description="memory of that GPU, per GPU")
+    fits: bool | None = Field(default=None, description="the step fits that GPU (null when no GPU was named)")
+    headroom_bytes: int | None = Field(default=None, description="GPU memory left after total_bytes, per GPU")
+    parameters: int = Field(description="parameters of the model")
+    trainable_parameters: int = Field(description="parameters that receive gradients (LoRA: the adapters)")
+    weights_bytes: int = Field(description="model weights (and LoRA adapters) on this GPU")
+    gradient_bytes: int = Field(description="gradients on this GPU")
+    optimizer_bytes: int = Field(description="optimizer states on this GPU (ZeRO: with fp32 master weights)")
+    activation_bytes: int = Field(description="what the peak holds beyond weights, gradients and states: saved "
+                                              "activations, logits and loss, temporaries")
+    step_temporary_bytes: int = Field(description="memory optimizer.step() allocates and frees again")
+    forward_peak_bytes: int
+    backward_peak_bytes: int
+    step_peak_bytes: int
+    peak_phase: str = Field(description="forward | backward | optimizer step: where the peak is")
+    peak_allocated_bytes: int = Field(description="torch.cuda.max_memory_allocated of the step")
+    overhead_bytes: int = Field(description="CUDA context, libraries and allocator slack")
+    total_bytes: int = Field(description="peak_allocated + overhead: what the card must hold")
+    components: dict[str, int] = Field(default_factory=dict, description="named parts of the estimate")
+    notes: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)

@@ -75,6 +75,19 @@ KvMemOpt = Annotated[str | None, typer.Option("--kv-cache-memory", help="vLLM: f
 MemFracOpt = Annotated[float | None, typer.Option(
     "--mem-fraction-static", help="SGLang: fraction for weights + KV cache (default: SGLang's rule).")]
 
+# Training flags (gpuplan train, gpuplan verify --train).
+TrainMethodOpt = Annotated[str, typer.Option("--method", help="full, lora or qlora (4-bit NF4 base).")]
+TrainPrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="bf16, fp16, fp32, or mixed (fp32 master weights, bf16 autocast).")]
+TrainOptimizerOpt = Annotated[str, typer.Option(
+    "--optimizer", help="adamw, adamw-8bit (bitsandbytes), adafactor, sgd or sgd-momentum.")]
+LoraRankOpt = Annotated[int | None, typer.Option("--lora-rank", help="LoRA rank r (default 16).", show_default=False)]
+LoraTargetsOpt = Annotated[str | None, typer.Option(
+    "--lora-targets", help="Comma-separated modules to adapt (q_proj,v_proj). Default: every linear projection "
+                           "of the blocks, as peft's all-linear.", show_default=False)]
+GradCkptOpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute each layer in the backward pass.")]
+GradAccOpt = Annotated[int, typer.Option("--grad-accumulation", help="Micro-batches per optimizer step.")]
+
 # llama.cpp flags, named as llama.cpp names them (common/arg.cpp); -b is --batch here, so --batch-size has
 # no short form.
 NglOpt = Annotated[str | None, typer.Option(
@@ -316,12 +329,23 @@ def verify(
     tolerance: Annotated[str, typer.Option(
         "--tolerance", help="Largest |error| of the peak before the exit code is 1, e.g. 5% or 0.05.")] = "5%",
     gpus: Annotated[int, typer.Option("--gpus", help="GPUs to spread the model over (1 for now).")] = 1,
+    train_step: Annotated[bool, typer.Option(
+        "--train", help="Measure a training step (forward with labels, backward, optimizer step) instead of "
+                        "generate(); takes the training flags below.")] = False,
+    method: TrainMethodOpt = "full",
+    precision: TrainPrecisionOpt = "bf16",
+    optimizer: TrainOptimizerOpt = "adamw",
+    lora_rank: LoraRankOpt = None,
+    lora_targets: LoraTargetsOpt = None,
+    grad_checkpointing: GradCkptOpt = False,
+    grad_accumulation: GradAccOpt = 1,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
     output_format: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Load the model on a CUDA GPU, run generate(), and compare real peak memory with the estimate."""
+    """Load the model on a CUDA GPU, run generate() (or one training step with --train), and compare real peak
+    memory with the estimate."""
 
     def run() -> int:
         from gpuplan.api import estimate as estimate_one
@@ -336,6 +360,12 @@ def verify(
             raise InputError("gpuplan verify measures on one GPU so far", hint="drop --gpus or use --gpus 1")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
+        if train_step:
+            return _verify_train(resolved, method=method, precision=precision, optimizer=optimizer,
+                                 lora_rank=lora_rank, lora_targets=lora_targets,
+                                 grad_checkpointing=grad_checkpointing, batch=batch, seq=parse_token_count(seq),
+                                 grad_accumulation=grad_accumulation, random_weights=random_weights, limit=limit,
+                                 output_format=output_format)
         est = estimate_one(resolved, dtype=dtype, batch=batch, seq=parse_token_count(seq), new_tokens=new_tokens,
                            attn=attn, engine="transformers")
         if est.compute_dtype != est.dtype:
@@ -349,6 +379,76 @@ def verify(
         if comparison.oom or abs(comparison.error) > limit:
             return EXIT_FINDING
         return 0
+
+    run_guarded(run)
+
+
+def _verify_train(resolved, *, method: str, precision: str, optimizer: str, lora_rank: int | None,
+                  lora_targets: str | None, grad_checkpointing: bool, batch: int, seq: int,
+                  grad_accumulation: int, random_weights: bool, limit: float, output_format: OutputFormat) -> int:
+    from gpuplan.api import train as train_estimate
+    from gpuplan.cli import output
+    from gpuplan.verify.train_measure import measure_training
+
+    est = train_estimate(resolved, method=method, precision=precision, optimizer=optimizer, lora_rank=lora_rank,
+                         lora_targets=lora_targets, grad_checkpointing=grad_checkpointing, batch=batch, seq=seq,
+                         grad_accumulation=grad_accumulation)
+    err = output.stderr_console()
+    with err.status("gpuplan verify --train") as status:
+        comparison = measure_training(resolved, est, random_weights=random_weights,
+                                      progress=lambda message: status.update(message))
+    output.render_train_verify(comparison, output_format, tolerance=limit)
+    if comparison["oom"] or abs(comparison["error"]) > limit:
+        return EXIT_FINDING
+    return 0
+
+
+@app.command()
+def train(
+    model: ModelArg,
+    method: TrainMethodOpt = "full",
+    precision: TrainPrecisionOpt = "bf16",
+    optimizer: TrainOptimizerOpt = "adamw",
+    lora_rank: LoraRankOpt = None,
+    lora_targets: LoraTargetsOpt = None,
+    grad_checkpointing: GradCkptOpt = False,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Micro-batch per GPU (sequences per forward).")] = 1,
+    seq: Annotated[str, typer.Option("--seq", "-s", help="Tokens per sequence.")] = "2048",
+    grad_accumulation: GradAccOpt = 1,
+    zero: Annotated[int, typer.Option("--zero", help="DeepSpeed ZeRO stage 0, 1, 2 or 3 (needs --gpus 2+).")] = 0,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="PyTorch FSDP FULL_SHARD over --gpus.")] = False,
+    gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel GPUs.")] = 1,
+    offload_optimizer: Annotated[bool, typer.Option(
+        "--offload-optimizer", help="ZeRO / FSDP: optimizer states (and master weights) in host memory.")] = False,
+    gpu: GpuOpt = None,
+    gpu_memory: GpuMemoryOpt = None,
+    expandable_segments: Annotated[bool | None, typer.Option(
+        "--expandable-segments/--no-expandable-segments",
+        help="PyTorch's allocator grows segments in place (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True): "
+             "no allocator slack is added. Default: read that variable.", show_default=False)] = None,
+    revision: RevisionOpt = None,
+    source: SourceOpt = "auto",
+    offline: OfflineOpt = False,
+    output_format: FormatOpt = OutputFormat.table,
+) -> None:
+    """Training / fine-tuning memory per GPU: weights, gradients, optimizer states, activations, peak."""
+
+    def run() -> int:
+        from gpuplan.api import load_model
+        from gpuplan.api import train as train_estimate
+        from gpuplan.cli import output
+        from gpuplan.units import parse_token_count
+
+        resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
+                              offline=offline or None)
+        result = train_estimate(resolved, method=method, precision=precision, optimizer=optimizer,
+                                lora_rank=lora_rank, lora_targets=lora_targets,
+                                grad_checkpointing=grad_checkpointing, batch=batch, seq=parse_token_count(seq),
+                                grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
+                                offload_optimizer=offload_optimizer, gpu=gpu, gpu_memory=gpu_memory,
+                                expandable_segments=expandable_segments)
+        output.render_train(result, output_format)
+        return EXIT_FINDING if result.fits is False else 0
 
     run_guarded(run)
 

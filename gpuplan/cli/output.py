@@ -276,3 +276,92 @@ def render_verify(comparison, fmt, *, tolerance: float) -> None:
     out.print(table)
     verdict = "within" if abs(comparison.error) <= tolerance else "[bold red]outside[/bold red]"
     out.print(f"Peak allocated is {verdict} the tolerance of {tolerance:.1%} ({comparison.error:+.2%}).")
+
+
+def train_table(result) -> Table:
+    table = Table(show_edge=False)
+    table.add_column("component")
+    table.add_column("GiB", justify="right")
+    for label, value in (("weights", result.weights_bytes), ("gradients", result.gradient_bytes),
+                         ("optimizer states", result.optimizer_bytes),
+                         ("activations at the peak", result.activation_bytes),
+                         ("optimizer step temporaries", result.step_temporary_bytes)):
+        table.add_row(label, fmt_gib(value))
+    table.add_row("forward peak", fmt_gib(result.forward_peak_bytes))
+    table.add_row("backward peak", fmt_gib(result.backward_peak_bytes))
+    table.add_row("optimizer step peak", fmt_gib(result.step_peak_bytes))
+    table.add_row(f"[bold]peak allocated[/bold] ({result.peak_phase})",
+                  f"[bold]{fmt_gib(result.peak_allocated_bytes)}[/bold]")
+    table.add_row("overhead (CUDA context, allocator slack)", fmt_gib(result.overhead_bytes))
+    table.add_row("[bold]total per GPU[/bold]", f"[bold]{fmt_gib(result.total_bytes)}[/bold]")
+    return table
+
+
+def train_setup_line(result) -> str:
+    parts = [result.method, result.precision, result.optimizer]
+    if result.method != "full":
+        targets = ",".join(result.lora_targets) if result.lora_targets else "all-linear"
+        parts.append(f"rank {result.lora_rank} on {targets}")
+    if result.grad_checkpointing:
+        parts.append("gradient checkpointing")
+    parts.append(f"micro-batch {result.batch} x seq {result.seq:,}")
+    if result.grad_accumulation > 1:
+        parts.append(f"{result.grad_accumulation} accumulation steps")
+    if result.zero:
+        parts.append(f"ZeRO-{result.zero} over {result.gpus} GPUs")
+    elif result.fsdp:
+        parts.append(f"FSDP over {result.gpus} GPUs")
+    elif result.gpus > 1:
+        parts.append(f"DDP over {result.gpus} GPUs")
+    if result.offload_optimizer:
+        parts.append("optimizer offloaded")
+    return " · ".join(parts)
+
+
+def render_train(result, fmt) -> None:
+    from gpuplan.cli.formats import OutputFormat
+
+    if fmt is OutputFormat.json:
+        emit_json(result.model_dump())
+        return
+    out = stdout_console()
+    out.print(f"[bold]{result.model}[/bold] ({result.model_type}, {_human_params(result.parameters)} parameters, "
+              f"{_human_params(result.trainable_parameters)} trainable)")
+    out.print(train_setup_line(result))
+    out.print(train_table(result))
+    if result.fits is not None:
+        verdict = "[green]fits[/green]" if result.fits else "[bold red]does not fit[/bold red]"
+        out.print(f"{verdict} on {result.gpu} ({fmt_gib(result.gpu_memory_bytes or 0)} GiB usable, headroom "
+                  f"{fmt_gib(result.headroom_bytes or 0)} GiB)")
+    err = stderr_console()
+    for note in result.notes:
+        err.print(f"Note: {note}", style="yellow")
+    for warning in result.warnings:
+        err.print(f"Warning: {warning}", style="yellow")
+
+
+def render_train_verify(comparison: dict, fmt, *, tolerance: float) -> None:
+    from gpuplan.cli.formats import OutputFormat
+
+    within = not comparison["oom"] and abs(comparison["error"]) <= tolerance
+    if fmt is OutputFormat.json:
+        emit_json({**comparison, "tolerance": tolerance, "within_tolerance": within})
+        return
+    out = stdout_console()
+    est = comparison["estimate"]
+    out.print(f"[bold]{est['model']}[/bold] ({est['model_type']}): one training step")
+    if comparison["oom"]:
+        out.print(f"[bold red]out of memory[/bold red] at {fmt_gib(comparison.get('oom_allocated_bytes') or 0)} GiB; "
+                  f"the estimate was {fmt_gib(est['peak_allocated_bytes'])} GiB of torch allocations.")
+        return
+    table = Table(show_edge=False)
+    for col, justify in (("component", "left"), ("estimate GiB", "right"), ("measured GiB", "right"),
+                         ("error", "right")):
+        table.add_column(col, justify=justify)
+    for row in comparison["components"]:
+        measured = row["measured_bytes"]
+        error = (row["estimated_bytes"] - measured) / measured if measured else 0.0
+        table.add_row(row["component"], fmt_gib(row["estimated_bytes"]), fmt_gib(measured), f"{error:+.2%}")
+    out.print(table)
+    verdict = "within" if within else "[bold red]outside[/bold red]"
+    out.print(f"Peak allocated is {verdict} the tolerance of {tolerance:.1%} ({comparison['error']:+.2%}).")

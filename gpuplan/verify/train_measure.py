@@ -82,12 +82,13 @@ def param_dtype(precision: str) -> str:
 
 def build_train_model(config_dict: dict[str, Any], method: str, precision: str, *, lora_rank: int = 16,
                       lora_alpha: int | None = None, lora_targets: str | list[str] = "all-linear",
-                      attn_implementation: str = "sdpa", device: str = "cuda",
-                      seed: int = 0) -> tuple[Any, dict[str, Any]]:
+                      attn_implementation: str = "sdpa", device: str = "cuda", seed: int = 0,
+                      location: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Build the model to train: all weights trainable (full), or frozen with LoRA adapters (peft).
 
-    QLoRA loads the base through bitsandbytes (NF4, double quantization, bf16 compute), which needs real weights
-    on disk or quantization on load; with random weights it quantizes the random base on the GPU.
+    With ``location`` the real weights are loaded from that folder or the Hugging Face cache (never the
+    network); without, random weights of the same shapes are built on the device. QLoRA loads the base through
+    bitsandbytes (NF4, double quantization, bf16 compute).
     """
     torch = _torch()
     from transformers import AutoModelForCausalLM
@@ -108,10 +109,17 @@ def build_train_model(config_dict: dict[str, Any], method: str, precision: str, 
             raise RuntimeError("QLoRA needs bitsandbytes, which is not installed")
         from transformers import BitsAndBytesConfig
 
-        kwargs["dtype"] = torch.bfloat16
+        compute = torch.float16 if precision == "fp16" else torch.bfloat16
+        kwargs["dtype"] = compute
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        model = _quantize_nf4(AutoModelForCausalLM.from_config(config, **kwargs), quant, device)
+                                   bnb_4bit_compute_dtype=compute)
+        if location is not None:
+            model = AutoModelForCausalLM.from_pretrained(location, quantization_config=quant, device_map=device,
+                                                         local_files_only=True, **kwargs)
+        else:
+            model = _quantize_nf4(AutoModelForCausalLM.from_config(config, **kwargs), quant, device)
+    elif location is not None:
+        model = AutoModelForCausalLM.from_pretrained(location, device_map=device, local_files_only=True, **kwargs)
     else:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, **kwargs)
@@ -192,13 +200,16 @@ def make_optimizer(name: str, params: list[Any]) -> Any:
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def _state_bytes(optimizer: Any) -> int:
+def _state_bytes(optimizer: Any, device: str) -> int:
+    """Bytes of the optimizer's state tensors on the training device (each storage once)."""
     torch = _torch()
+    kind = torch.device(device).type
     seen: set[int] = set()
     total = 0
     for state in optimizer.state.values():
         for value in state.values():
-            if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+            # AdamW's step counters are CPU scalars on a CUDA run; on a CPU run they are counted too.
+            if isinstance(value, torch.Tensor) and value.device.type == kind and (kind != "cpu" or value.dim()):
                 pointer = value.untyped_storage().data_ptr()
                 if pointer not in seen:
                     seen.add(pointer)
@@ -279,7 +290,7 @@ def run_train_case(model: Any, *, precision: str, optimizer_name: str = "adamw",
                 phases["peak_allocated"] = max(fwd_peak, bwd_peak, phases["peak_step"])
             else:
                 phases["peak_allocated"] = None
-            phases["optimizer_state_bytes"] = _state_bytes(optimizer)
+            phases["optimizer_state_bytes"] = _state_bytes(optimizer, device)
             result["step1" if step == 0 and not last else "measured"] = phases
         result["peak_reserved"] = _peak_reserved(device)
         measured = result["measured"]
@@ -295,3 +306,112 @@ def run_train_case(model: Any, *, precision: str, optimizer_name: str = "adamw",
     clear(device)
     result["allocated_after_case"] = _allocated(device)
     return result
+
+
+# ---- gpuplan verify --train ------------------------------------------------------------------------
+
+def compare_training(row: dict[str, Any], estimate: dict[str, Any]) -> dict[str, Any]:
+    """Estimate (a TrainResult as a dict) against one measured step (a row as run_train_case records it, with
+    the build's and init_cuda's figures). Pure: no torch.
+
+    Measured figures are taken relative to the process's state before the model was built, plus the cuBLAS
+    workspace every process allocates on its first matmul, so that they compare with a fresh process.
+    """
+    common = {"case_id": row.get("case_id"), "estimate": estimate, "oom": bool(row.get("oom"))}
+    if row.get("oom"):
+        return {**common, "error": 0.0, "components": [], "oom_phase": row.get("oom_phase"),
+                "oom_allocated_bytes": row.get("oom_max_allocated") or row.get("oom_allocated")}
+    workspace = (row.get("context") or {}).get("allocated_after_warmup", 0)
+    before = row["allocated_before_build"]
+    # A fresh process has one cuBLAS workspace before the model is built and gets the backward thread's during
+    # the first step; a process that trained before already holds that second one.
+    leftover = before - workspace
+    rebase = leftover - workspace if workspace and leftover >= workspace else leftover
+    measured = row.get("measured", row)
+    slack = estimate.get("components", {}).get("allocator_slack", 0)
+    rows = [
+        ("weights", estimate["weights_bytes"], row["weights_allocated"] - before),
+        ("gradients", estimate["gradient_bytes"], row["grad_bytes"]),
+        ("optimizer states", estimate["optimizer_bytes"], row["optimizer_state_bytes"]),
+        ("forward peak", estimate["forward_peak_bytes"], measured["peak_forward"] - rebase),
+        ("backward peak", estimate["backward_peak_bytes"], measured["peak_backward"] - rebase),
+        ("optimizer step peak", estimate["step_peak_bytes"], measured["peak_step"] - rebase),
+        ("peak allocated (torch)", estimate["peak_allocated_bytes"], row["peak_allocated"] - rebase),
+        ("peak reserved (allocator)", estimate["peak_allocated_bytes"] + slack, row["peak_reserved"] - rebase),
+    ]
+    components = [{"component": name, "estimated_bytes": int(est), "measured_bytes": int(meas)}
+                  for name, est, meas in rows]
+    peak_measured = row["peak_allocated"] - rebase
+    error = (estimate["peak_allocated_bytes"] - peak_measured) / peak_measured if peak_measured else 0.0
+    return {**common, "error": error, "components": components}
+
+
+def measure_training(resolved: Any, estimate: Any, *, random_weights: bool,
+                     progress: Any = lambda message: None) -> dict[str, Any]:
+    """Build or load the model, run two training steps as ``estimate`` (a TrainResult) describes, compare."""
+    import importlib.util
+
+    from gpuplan.errors import InputError, MissingDependencyError, ModelNotFoundError
+    from gpuplan.verify import runner
+
+    runner.check_environment()
+    if estimate.gpus != 1 or estimate.zero or estimate.fsdp:
+        raise InputError("gpuplan verify --train measures one GPU", hint="drop --zero, --fsdp and --gpus")
+    if estimate.method != "full" and importlib.util.find_spec("peft") is None:
+        raise MissingDependencyError("LoRA needs peft", hint="pip install peft")
+    if estimate.method == "qlora" and not has_bitsandbytes():
+        raise MissingDependencyError("QLoRA needs bitsandbytes", hint="pip install bitsandbytes")
+    if estimate.optimizer == "adamw-8bit" and not has_bitsandbytes():
+        raise MissingDependencyError("the 8-bit AdamW is bitsandbytes'", hint="pip install bitsandbytes")
+    torch = _torch()
+    progress("starting CUDA")
+    context = m.init_cuda()
+    versions = m.environment()
+    config = runner.raw_config(resolved)
+    location = None
+    if not random_weights:
+        location = runner._weights_location(resolved)
+        if location is None:
+            raise ModelNotFoundError(
+                f"the weights of {resolved.id} are not on disk or in the Hugging Face cache",
+                hint="pass --random-weights to measure with random weights of the same shapes (the memory is "
+                     "the same), or download the model first")
+    targets: Any = estimate.lora_targets or "all-linear"
+    progress("building the model" + (" with random weights" if random_weights else f" from {location}"))
+    case_id = (f"{resolved.id}|{estimate.method}|{estimate.precision}|{estimate.optimizer}|b{estimate.batch}|"
+               f"s{estimate.seq}|gc{int(estimate.grad_checkpointing)}|ga{estimate.grad_accumulation}")
+    try:
+        model, info = build_train_model(config, estimate.method, estimate.precision,
+                                        lora_rank=estimate.lora_rank or 16, lora_targets=targets,
+                                        location=location)
+    except torch.OutOfMemoryError:
+        row = {"case_id": case_id, "oom": True, "oom_phase": "loading the weights",
+               "oom_max_allocated": int(torch.cuda.max_memory_allocated())}
+        return compare_training(row, estimate.model_dump())
+    progress(f"running two training steps: micro-batch {estimate.batch} x {estimate.seq} tokens")
+    result = run_train_case(model, precision=estimate.precision, optimizer_name=estimate.optimizer,
+                            batch=estimate.batch, seq=estimate.seq, grad_checkpointing=estimate.grad_checkpointing,
+                            grad_accumulation=estimate.grad_accumulation)
+    del model
+    clear("cuda")
+    row = {"case_id": case_id, "context": context, "versions": versions, **info, **result}
+    return compare_training(row, estimate.model_dump())
+
+
+def estimate_for_row(row: dict[str, Any]) -> Any:
+    """gpuplan's TrainResult for the case a recorded row measured (tests and the accuracy report replay
+    tests/fixtures/measurements/training-h200.jsonl through it)."""
+    from gpuplan.api import train
+    from gpuplan.models.sources import parse_config
+    from gpuplan.verify.compare import measured_config
+
+    spec = parse_config(measured_config(row), label=row["model_id"])
+    lora = row["method"] != "full"
+    return train(spec, method=row["method"], precision=row["precision"], optimizer=row["optimizer"],
+                 lora_rank=row["lora_rank"] if lora else None, grad_checkpointing=row["grad_checkpointing"],
+                 batch=row["batch"], seq=row["seq"], grad_accumulation=row["grad_accumulation"])
+
+
+def replay(row: dict[str, Any]) -> dict[str, Any]:
+    """One recorded row against the current estimate."""
+    return compare_training(row, estimate_for_row(row).model_dump())

@@ -1,0 +1,166 @@
+"""Measure the peak GPU memory of training steps over a matrix of models, methods, precisions and shapes.
+
+Each case appends one JSON line to ``--out`` (flushed at once, so a run cut short keeps what it measured). The
+lines become ``tests/fixtures/measurements/training-h200.jsonl``, which gpuplan's training estimate is checked
+against (tests/test_training.py, docs/accuracy.md).
+
+    python3 benchmarks/calibrate_training.py --out $OUT/training-h200.jsonl --time-budget-s 300
+
+Needs torch, transformers, peft and a CUDA GPU (``--device cpu`` runs the same code with tiny shapes and
+records no memory, to check the harness). It imports gpuplan/verify/measure.py and train_measure.py only,
+which need none of gpuplan's own dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gpuplan.verify import measure as m  # noqa: E402
+from gpuplan.verify import train_measure as tm  # noqa: E402
+
+SHAPES = [(2, 512), (4, 2048)]
+# (method, precision): full fine-tuning in bf16 and in mixed precision (fp32 master weights, bf16 autocast),
+# LoRA on a bf16 base.
+METHODS = [("full", "bf16"), ("lora", "bf16"), ("full", "mixed")]
+
+
+@dataclass
+class Group:
+    model_id: str
+    config_file: str
+    max_seq: int
+    methods: list[tuple[str, str]] = field(default_factory=lambda: list(METHODS))
+    # (optimizer, batch, seq, checkpointing, accumulation) cases run once on the first (full, bf16) build.
+    extras: list[tuple[str, int, int, bool, int]] = field(default_factory=list)
+
+
+# Cheapest first: small weights and vocabularies before large ones.
+MATRIX = [
+    Group("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", 2048),
+    Group("openai-community/gpt2-medium", "openai-community--gpt2-medium.json", 1024),
+    Group("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", 2048,
+          extras=[("sgd", 2, 512, False, 1), ("sgd-momentum", 2, 512, False, 1), ("adafactor", 2, 512, False, 1),
+                  ("adamw", 2, 512, False, 2)]),
+    Group("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", 2048),
+    Group("facebook/opt-1.3b", "facebook--opt-1.3b.json", 2048),
+    Group("google/gemma-2-2b-it", "google--gemma-2-2b-it.json", 2048),
+]
+
+
+def case_id(model_id: str, method: str, precision: str, optimizer: str, batch: int, seq: int, ckpt: bool,
+            accumulation: int, rank: int) -> str:
+    lora = f"|r{rank}" if method != "full" else ""
+    return (f"{model_id}|{method}|{precision}|{optimizer}|b{batch}|s{seq}|gc{int(ckpt)}|ga{accumulation}{lora}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--errors", default=None)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--time-budget-s", type=float, default=300.0)
+    parser.add_argument("--models", default=None, help="comma-separated model ids (default: the whole matrix)")
+    parser.add_argument("--tiny", action="store_true", help="one decoder layer and short sequences (harness check)")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--run-label", default="sweep")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    cuda = args.device.startswith("cuda")
+    context = m.init_cuda() if cuda else {}
+    versions = m.environment() if cuda else {}
+    for package in ("transformers", "peft"):
+        try:
+            versions[package] = __import__(package).__version__
+        except ImportError:
+            versions[package] = None
+    versions["bitsandbytes"] = tm.has_bitsandbytes()
+    out = open(args.out, "a", encoding="utf-8")
+    errors = open(args.errors or os.devnull, "a", encoding="utf-8")
+    wanted = set(args.models.split(",")) if args.models else None
+    shapes = [(1, 32), (2, 64)] if args.tiny else SHAPES
+    overrides = {"num_hidden_layers": 1} if args.tiny else {}
+
+    def left() -> float:
+        return args.time_budget_s - (time.perf_counter() - started)
+
+    def record(row: dict[str, Any]) -> None:
+        out.write(json.dumps(row, sort_keys=True) + "\n")
+        out.flush()
+
+    cases = 0
+    for group in MATRIX:
+        if wanted and group.model_id not in wanted:
+            continue
+        config_path = REPO / "data" / "models" / group.config_file
+        if not config_path.exists():
+            continue
+        raw = json.loads(config_path.read_text())
+        raw.update(overrides)
+        for index, (method, precision) in enumerate(group.methods):
+            if left() < 15:
+                print(f"time budget reached before {group.model_id} {method} {precision}", flush=True)
+                return 0
+            try:
+                model, info = tm.build_train_model(raw, method, precision, lora_rank=args.lora_rank,
+                                                   device=args.device)
+            except Exception as error:  # a build that fails is recorded, the sweep goes on
+                errors.write(json.dumps({"model_id": group.model_id, "method": method, "precision": precision,
+                                         "phase": "build", "error": repr(error)[:500],
+                                         "traceback": traceback.format_exc()[-2000:]}) + "\n")
+                errors.flush()
+                tm.clear(args.device)
+                continue
+            grid = [("adamw", b, min(s, group.max_seq), ckpt, 1) for ckpt in (False, True) for b, s in shapes]
+            if index == 0 and not args.tiny:
+                grid += group.extras
+            for optimizer, batch, seq, ckpt, accumulation in grid:
+                if left() < 8:
+                    print("time budget reached", flush=True)
+                    del model
+                    return 0
+                cid = case_id(group.model_id, method, precision, optimizer, batch, seq, ckpt, accumulation,
+                              args.lora_rank)
+                try:
+                    result = tm.run_train_case(model, precision=precision, optimizer_name=optimizer, batch=batch,
+                                               seq=seq, grad_checkpointing=ckpt, grad_accumulation=accumulation,
+                                               device=args.device)
+                except Exception as error:
+                    errors.write(json.dumps({"case_id": cid, "phase": "run", "error": repr(error)[:500],
+                                             "traceback": traceback.format_exc()[-2000:]}) + "\n")
+                    errors.flush()
+                    tm.clear(args.device)
+                    continue
+                row = {"case_id": cid, "run": args.run_label, "model_id": group.model_id,
+                       "config_file": f"data/models/{group.config_file}", "config_overrides": overrides,
+                       "method": method, "lora_rank": args.lora_rank if method != "full" else None,
+                       "lora_alpha": 2 * args.lora_rank if method != "full" else None,
+                       "lora_targets": "all-linear" if method != "full" else None,
+                       "context": context, "versions": versions, **info, **result}
+                record(row)
+                cases += 1
+                peak = result.get("peak_allocated")
+                print(f"{cid}: peak {peak / 2**30 if peak else 0:.2f} GiB in {result['seconds']}s "
+                      f"({left():.0f}s left)", flush=True)
+            del model
+            tm.clear(args.device)
+    print(f"{cases} cases in {time.perf_counter() - started:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

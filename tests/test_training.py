@@ -1,0 +1,258 @@
+"""Training memory (gpuplan train, gpuplan verify --train): the H200 measurements replayed, and the formulas.
+
+The measurements are tests/fixtures/measurements/training-h200.jsonl (README beside it); docs/training.md
+has the formulas and their sources. No torch needed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gpuplan.api import load_model, train
+from gpuplan.calc.training import (
+    BNB_OPTIMIZER_BLOCK,
+    TrainingSetup,
+    estimate_training,
+    largest_module_parameters,
+    lora_parameters,
+    optimizer_state_bytes,
+    trainable_parameters,
+)
+from gpuplan.cli.app import app
+from gpuplan.errors import InputError
+from gpuplan.verify.train_measure import compare_training, estimate_for_row, replay
+
+FIXTURE = Path(__file__).parent / "fixtures" / "measurements" / "training-h200.jsonl"
+ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+GiB = 2**30
+
+
+def _id(row: dict) -> str:
+    return row["case_id"]
+
+
+@pytest.fixture(scope="module")
+def replayed() -> list[dict]:
+    return [replay(row) for row in ROWS]
+
+
+# ---- the recorded measurements -----------------------------------------------------------------------
+
+def test_fixture_covers_the_calibration_matrix():
+    assert len(ROWS) >= 70
+    assert len({r["model_type"] for r in ROWS}) >= 4
+    assert {r["method"] for r in ROWS} == {"full", "lora"}
+    assert {r["precision"] for r in ROWS} == {"bf16", "mixed"}
+    assert {r["grad_checkpointing"] for r in ROWS} == {True, False}
+    assert {r["optimizer"] for r in ROWS} >= {"adamw", "sgd", "sgd-momentum", "adafactor"}
+    assert all(not r["oom"] for r in ROWS)
+    assert {r["versions"]["gpu_name"] for r in ROWS} == {"NVIDIA H200"}
+
+
+def test_peak_accuracy_targets(replayed):
+    errors = [abs(c["error"]) for c in replayed]
+    within_10 = sum(e <= 0.10 for e in errors) / len(errors)
+    assert within_10 >= 0.90
+    assert statistics.median(errors) <= 0.05
+    # Tighter than the targets: every case within 5%, so that a drift in any term shows up here.
+    worst = max(replayed, key=lambda c: abs(c["error"]))
+    assert abs(worst["error"]) <= 0.05, worst["case_id"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_id)
+def test_each_phase_and_state(row):
+    comparison = replay(row)
+    parts = {c["component"]: c for c in comparison["components"]}
+    # Gradients and optimizer states are exact tensor sizes.
+    for name in ("gradients", "optimizer states"):
+        assert parts[name]["estimated_bytes"] == parts[name]["measured_bytes"], name
+    for name in ("weights", "forward peak", "backward peak", "optimizer step peak"):
+        est, meas = parts[name]["estimated_bytes"], parts[name]["measured_bytes"]
+        assert abs(est - meas) / meas <= 0.05, (name, est / GiB, meas / GiB)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r["method"] == "lora"], ids=_id)
+def test_lora_trainable_parameters_match_peft(row):
+    # peft_trainable is peft's own count (get_nb_trainable_parameters) from the device run, target_modules
+    # "all-linear", rank 16.
+    assert estimate_for_row(row).trainable_parameters == row["peft_trainable"]
+
+
+def test_the_peak_phase_moves_with_the_workload(replayed):
+    by_id = {c["case_id"]: c for c in replayed}
+    small = by_id["meta-llama/Llama-3.2-1B|full|bf16|adamw|b2|s512|gc0|ga1"]["estimate"]
+    large = by_id["meta-llama/Llama-3.2-1B|full|bf16|adamw|b4|s2048|gc0|ga1"]["estimate"]
+    assert small["peak_phase"] == "optimizer step"
+    assert large["peak_phase"] == "backward"
+
+
+def test_compare_training_reports_an_oom_row():
+    est = estimate_for_row(ROWS[0]).model_dump()
+    out = compare_training({"case_id": "x", "oom": True, "oom_max_allocated": 5}, est)
+    assert out["oom"] and out["oom_allocated_bytes"] == 5 and out["components"] == []
+
+
+# ---- the formulas ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama8b():
+    return load_model("meta-llama/Llama-3.1-8B", offline=True).spec
+
+
+def test_adamw_keeps_two_states_in_the_parameter_dtype(llama8b):
+    p = llama8b.loaded_parameters
+    assert optimizer_state_bytes(llama8b, TrainingSetup(precision="bf16")) == 2 * 2 * p
+    assert optimizer_state_bytes(llama8b, TrainingSetup(precision="mixed")) == 2 * 4 * p
+    assert optimizer_state_bytes(llama8b, TrainingSetup(optimizer="sgd-momentum")) == 2 * p
+    assert optimizer_state_bytes(llama8b, TrainingSetup(optimizer="sgd")) == 0
+
+
+def test_eight_bit_adam_is_about_two_bytes_per_parameter(llama8b):
+    per_param = optimizer_state_bytes(llama8b, TrainingSetup(optimizer="adamw-8bit")) / llama8b.loaded_parameters
+    # Two uint8 states plus two fp32 absmax per 256-element block: 2 + 8/256 bytes, and fp32 states for the
+    # tensors under 4096 elements (the norms).
+    assert 2 + 8 / BNB_OPTIMIZER_BLOCK <= per_param < 2.04
+
+
+def test_adafactor_states_are_factored(llama8b):
+    adam = optimizer_state_bytes(llama8b, TrainingSetup(precision="mixed"))
+    factored = optimizer_state_bytes(llama8b, TrainingSetup(optimizer="adafactor"))
+    assert factored < adam / 1000
+
+
+def test_zero_follows_deepspeeds_estimators(llama8b):
+    p = llama8b.loaded_parameters
+    n = 8
+
+    def states(**kw) -> int:
+        r = estimate_training(llama8b, TrainingSetup(gpus=n, **kw))
+        return r.weights_bytes + r.gradient_bytes + r.optimizer_bytes
+
+    # stage_1_and_2.py: gpu_mem = 2 * total_params + int(18 * total_params / total_gpus)
+    assert states(zero=2) == pytest.approx(2 * p + 18 * p / n, abs=16)
+    # stage3.py: largest_layer_memory + int(18 * total_params / total_gpus); the 4 x largest layer is a
+    # buffer that shows up in the phase peaks rather than in the states.
+    assert states(zero=3) == pytest.approx(18 * p / n, abs=16)
+    ll = largest_module_parameters(llama8b)
+    r3 = estimate_training(llama8b, TrainingSetup(gpus=n, zero=3))
+    assert r3.components["sharding_forward_buffers"] == 4 * ll
+    # offloaded optimizer: 2P on the GPU (stage 2)
+    assert states(zero=2, offload_optimizer=True) == 2 * p
+
+
+def test_zero3_divides_model_states_by_the_gpu_count(llama8b):
+    s2 = estimate_training(llama8b, TrainingSetup(gpus=2, zero=3))
+    s8 = estimate_training(llama8b, TrainingSetup(gpus=8, zero=3))
+    assert s8.optimizer_bytes == pytest.approx(s2.optimizer_bytes / 4, rel=1e-6)
+    assert s8.weights_bytes == pytest.approx(s2.weights_bytes / 4, rel=1e-6)
+    fsdp2 = estimate_training(llama8b, TrainingSetup(gpus=2, fsdp=True))
+    fsdp8 = estimate_training(llama8b, TrainingSetup(gpus=8, fsdp=True))
+    assert fsdp8.optimizer_bytes == pytest.approx(fsdp2.optimizer_bytes / 4, rel=1e-6)
+
+
+def test_qlora_below_lora_below_full(llama8b):
+    peaks = {m: estimate_training(llama8b, TrainingSetup(method=m, batch=1, seq=1024)).peak_allocated_bytes
+             for m in ("full", "lora", "qlora")}
+    assert peaks["qlora"] < peaks["lora"] < peaks["full"]
+
+
+def test_lora_parameter_count_and_targets():
+    llama2 = load_model("meta-llama/Llama-2-7b-hf", offline=True).spec
+    # r x (in + out) per adapted weight: q_proj and v_proj are 4096 x 4096 in 32 layers.
+    assert lora_parameters(llama2, 8, ("q_proj", "v_proj")) == 32 * 2 * 8 * (4096 + 4096)
+    with pytest.raises(InputError):
+        lora_parameters(llama2, 8, ("nope",))
+    full = trainable_parameters(llama2, TrainingSetup())
+    assert full == llama2.loaded_parameters
+
+
+def test_checkpointing_and_accumulation(llama8b):
+    base = TrainingSetup(batch=4, seq=4096)
+    plain = estimate_training(llama8b, base)
+    ckpt = estimate_training(llama8b, base.model_copy(update={"grad_checkpointing": True}))
+    assert ckpt.peak_allocated_bytes < plain.peak_allocated_bytes
+    acc = estimate_training(llama8b, base.model_copy(update={"grad_accumulation": 4}))
+    assert acc.forward_peak_bytes - plain.forward_peak_bytes == plain.gradient_bytes
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "lora", "lora_rank": 0}, "--lora-rank must be positive"),
+    ({"zero": 2}, "needs --gpus 2 or more"),
+    ({"fsdp": True}, "needs --gpus 2 or more"),
+    ({"method": "qlora", "precision": "fp32"}, "QLoRA computes in 16-bit"),
+    ({"optimizer": "lion"}, "unknown --optimizer"),
+    ({"method": "dora"}, "unknown --method"),
+    ({"precision": "fp8"}, "unknown --precision"),
+    ({"lora_rank": 8}, "apply to --method lora or qlora"),
+    ({"offload_optimizer": True}, "--offload-optimizer"),
+    ({"zero": 2, "fsdp": True, "gpus": 4}, "not both"),
+])
+def test_bad_input_is_an_input_error(kwargs, message):
+    with pytest.raises(InputError, match=message.replace("-", r"\-").replace("+", r"\+")):
+        train("meta-llama/Llama-3.2-1B", offline=True, **kwargs)
+
+
+# ---- the command line --------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def test_cli_train_json_contract():
+    result = runner.invoke(app, ["train", "meta-llama/Llama-3.2-1B", "--method", "lora", "--batch", "4",
+                                 "--seq", "2048", "--gpu", "H100", "--format", "json", "--offline"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for key in ("schema_version", "weights_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes",
+                "peak_allocated_bytes", "total_bytes", "trainable_parameters", "method", "precision", "optimizer",
+                "lora_rank", "grad_checkpointing", "batch", "seq", "grad_accumulation", "zero", "gpus"):
+        assert key in data, key
+    for key in ("weights_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes", "peak_allocated_bytes",
+                "total_bytes", "trainable_parameters"):
+        assert isinstance(data[key], int)
+    assert data["trainable_parameters"] == 11_272_192  # peft's count in the fixture (Llama-3.2-1B, r=16)
+    assert data["fits"] is True
+
+
+def test_cli_train_table_and_does_not_fit_exit_code():
+    result = runner.invoke(app, ["train", "meta-llama/Llama-3.1-70B", "--precision", "mixed", "--gpu", "H100",
+                                 "--offline"])
+    assert result.exit_code == 1, result.output
+    assert "does not fit" in result.stdout and "optimizer states" in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["--method", "lora", "--lora-rank", "-1"],
+    ["--zero", "3"],
+    ["--method", "qlora", "--precision", "fp32"],
+    ["--optimizer", "lion"],
+])
+def test_cli_train_bad_input_exits_2(args):
+    result = runner.invoke(app, ["train", "meta-llama/Llama-3.2-1B", "--offline", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_verify_train_without_torch():
+    import importlib.util
+
+    result = runner.invoke(app, ["verify", "Qwen/Qwen3-0.6B", "--train", "--method", "lora", "--random-weights",
+                                 "--seq", "512", "--offline"])
+    if importlib.util.find_spec("torch") is None:
+        assert result.exit_code == 2
+        assert "gpuplan verify needs torch" in result.stderr
+    else:
+        assert result.exit_code in (0, 1, 2)
+    assert "Traceback" not in result.output
+
+
+def test_the_cli_does_not_import_the_training_model_until_asked():
+    code = "import sys, gpuplan.cli.app; print('gpuplan.calc.training' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
