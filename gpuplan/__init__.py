@@ -8,6 +8,7 @@ The public API (documented in docs/api.md)::
     gpuplan.plan("meta-llama/Llama-3.1-70B-Instruct", gpus=["H100", "A100-80GB"], seq=32768).best
     gpuplan.check("gpuplan.yaml").passed
     gpuplan.sweep("llama-3.1-8b", seq="1k..128k", batch=[1, 8], gpu="H100").points
+    gpuplan.train("Qwen/Qwen2.5-7B", method="qlora", grad_checkpointing=True, batch=8, seq=4096).total_bytes
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first use so `gpuplan --help` does not pay for the calculator.
 _API = {"estimate": "gpuplan.api", "load_model": "gpuplan.api", "make_workload": "gpuplan.api",
-        "check": "gpuplan.planfile", "sweep": "gpuplan.sweep"}
+        "train": "gpuplan.api", "check": "gpuplan.planfile", "sweep": "gpuplan.sweep"}
 __all__ = sorted({*_API, "plan", "__version__"})
 
 

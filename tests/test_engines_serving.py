@@ -41,7 +41,10 @@ TARGET_SHARE = 0.90
 # ---- replay inputs that the fixture does not carry -------------------------------------------------
 
 # Bundled config to use for a log's model name. Instruction-tuned and base releases of one model share
-# the architecture fields that size memory (layers, heads, head_dim, vocabulary, sliding windows).
+# the architecture fields that size memory (layers, heads, head_dim, vocabulary, sliding windows). A
+# compressed-tensors FP8-dynamic checkpoint (RedHatAI ...-fp8-dynamic) is its BF16 model with the decoder
+# layers' linear weights stored as FP8, one scale per output channel, and the embedding and lm_head left in
+# BF16: the BF16 config quantized to FP8 on load (the case's quantization "fp8") has the same layout.
 CONFIG_FOR = {
     "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B-Instruct",
     "Llama2-7B": "meta-llama/Llama-2-7b-hf",
@@ -53,20 +56,34 @@ CONFIG_FOR = {
     "google/gemma-3-27b-it": "google/gemma-3-27b-it",
     "Qwen/Qwen1.5-MoE-A2.7B": "Qwen/Qwen1.5-MoE-A2.7B-Chat",
     "Qwen/Qwen2.5-7B-Instruct": "Qwen/Qwen2.5-7B-Instruct",
+    "codellama/CodeLlama-7b-hf": "codellama/CodeLlama-7b-hf",
+    "google/gemma-2-2b-it": "google/gemma-2-2b-it",
+    "google/gemma-3-4b-it": "google/gemma-3-4b-it",
+    "Qwen/Qwen3-14B": "Qwen/Qwen3-14B",
+    "RedHatAI/Qwen2.5-7B-Instruct-fp8-dynamic": "Qwen/Qwen2.5-7B-Instruct",
+    "RedHatAI/Llama-3.3-70B-Instruct-fp8-dynamic": "meta-llama/Llama-3.3-70B-Instruct",
 }
 
-# Cases left out, and why.
+# Cases left out, and why. "No verbatim copy found": the model's config.json was searched for in public code
+# and packages and not found, and configs are never rewritten from memory.
 NOT_REPLAYED = {
-    "vllm-llama32-11b-vision-h100-tp1-01": "config not bundled (Llama-3.2-11B-Vision)",
-    "vllm-qwen15-7b-gptq-rtx3090-tp1-01": "config not bundled (Qwen1.5-7B-Chat-GPTQ-Int4)",
-    "vllm-r1-distill-qwen-14b-rtx4090-tp2-01": "config not bundled (DeepSeek-R1-Distill-Qwen-14B)",
+    "vllm-llama32-11b-vision-h100-tp1-01": (
+        "config not bundled (Llama-3.2-11B-Vision: no verbatim copy found); its 36.63 GiB activation peak is "
+        "multimodal encoder profiling, which is not modelled"),
+    "vllm-qwen15-7b-gptq-rtx3090-tp1-01": "config not bundled (Qwen1.5-7B-Chat-GPTQ-Int4: no verbatim copy found)",
+    "vllm-r1-distill-qwen-14b-rtx4090-tp2-01": (
+        "config not bundled (DeepSeek-R1-Distill-Qwen-14B: no verbatim copy found)"),
     "vllm-qwen25-vl-72b-a100-40-4gpu-01": "config not bundled (Qwen2.5-VL-72B); parallel layout not stated",
-    "vllm-deepseek-coder-67b-t4-tp2-01": "config not bundled (deepseek-coder-6.7b-instruct)",
+    "vllm-deepseek-coder-67b-t4-tp2-01": (
+        "config not bundled (deepseek-coder-6.7b-instruct: no verbatim copy found)"),
     "vllm-bonito-v1-a10g-tp1-01": "config not bundled (bonito-v1); vLLM version and utilization not stated",
-    "vllm-gemma4-26b-a4b-a100-tp1-01": "config not bundled (Gemma-4-26B-A4B)",
+    "vllm-gemma4-26b-a4b-a100-tp1-01": (
+        "config not bundled: a verbatim copy ships in the aiconfigurator-core 0.12.0 wheel, but gpuplan has no "
+        "gemma4 parser (a dense MLP beside a 128-expert MoE block, 512-wide global heads with K = V)"),
     "vllm-minimax-m2-mi300x-tp2-01": "config not bundled (MiniMax-M2); utilization and context not stated",
-    "vllm-gemma3-12b-h100-tp1-01": "config not bundled (only Gemma-3 1B, 4B and 27B are)",
-    "vllm-codellama-7b-h100-tp1-01": "config not bundled (CodeLlama-7b-hf)",
+    "vllm-gemma3-12b-h100-tp1-01": (
+        "config not bundled (gemma-3-12b-it: no verbatim copy found with a citable repository; only Gemma-3 "
+        "1B, 4B and 27B are bundled)"),
 }
 
 # Total memory as CUDA reports it (torch.cuda.mem_get_info), for logs that do not print it. It is below
@@ -96,6 +113,9 @@ KNOWN_MISSES = {
     "sglang-qwen3-235b-a22b-fp8-h100-tp4-01": (
         "TP=4: about 1.6 GiB per GPU more in use after loading than the weights; multi-GPU communication "
         "buffers are not modelled"),
+    "vllm-llama33-70b-fp8dyn-h100-tp2-01": (
+        "TP=2: the log's non-torch increase is 2.1 GiB per GPU against the 0.25 GiB modelled (communication "
+        "buffers); weights and activations match within 0.1 GiB, the missing 1.85 GiB is 5% of a 37 GiB pool"),
 }
 
 
@@ -192,8 +212,10 @@ def _inputs(case: dict) -> dict:
         "max_num_batched_tokens": case.get("max_num_batched_tokens"),
         "block_size": case.get("block_size") or 16,
         "engine": "v0" if case.get("v1") is False else "v1",
-        # vLLM 0.19 samples top-k/top-p in place (Triton kernel); earlier releases sorted the vocabulary.
-        "sampler": "in_place" if _version(case) >= (0, 19) else "sort",
+        # From 0.17.0 vLLM masks top-k/top-p in place with a Triton kernel for batches of 8 or more
+        # (vllm/v1/sample/ops/topk_topp_sampler.py apply_top_k_top_p in the 0.17.0 wheel, PR #33538; the
+        # 0.16.0 wheel has no topk_topp_triton.py); earlier releases sorted the vocabulary.
+        "sampler": "in_place" if _version(case) >= (0, 17) else "sort",
     }
 
 
@@ -257,9 +279,22 @@ def logged_components(case: dict) -> dict[str, float]:
     return {k: v for k, v in (("weights", weights), ("activation", activation)) if v is not None}
 
 
-# Weights the layout does not reproduce: vLLM loads gpt-oss-20b's MXFP4 experts on an A100 into 13.72 GiB,
-# 0.9 GiB over the checkpoint layout's 12.83 GiB; the kernel-side layout behind it is not modelled.
-WEIGHTS_NOT_MODELLED = {"vllm-gpt-oss-20b-a100-tp1-01"}
+# Weights the layout does not reproduce, and why:
+WEIGHTS_NOT_MODELLED = {
+    # vLLM loads gpt-oss-20b's MXFP4 experts into 13.72 GiB on an A100 (0.9 GiB over the checkpoint layout's
+    # 12.83 GiB) and 7.01 GiB per GPU at TP=2 on H100s (0.58 over 6.43); the kernel-side layout is not modelled.
+    "vllm-gpt-oss-20b-a100-tp1-01", "vllm-gpt-oss-20b-h100-tp2-01",
+    # Gemma-3 builds two rotary caches, a local one and a global one whose linear scaling makes vLLM size it
+    # max_position_embeddings x factor (131072 x 8) rows (vLLM 0.19.0 rotary_embedding/linear_scaling_rope.py
+    # _compute_cos_sin_cache, `max_len = self.max_position_embeddings * scaling_factor`): 0.5 GiB more than the
+    # single unscaled cache gpuplan counts for gemma-3-4b (head_dim 256); the spec carries no rope scaling.
+    "vllm-gemma3-4b-h100-tp1-01",
+}
+
+# Activation peaks the model does not reproduce: before 0.17 vLLM's dummy sampler sorted the vocabulary, and the
+# logged 5.64 GiB for Qwen3-14B (1024 sequences x 151,936 entries) is about 38 bytes per entry against the 28
+# that the modelled sort path keeps alive; the difference is not traced.
+ACTIVATION_NOT_MODELLED = {"vllm-qwen3-14b-h100-tp1-v0150", "vllm-qwen3-14b-h100-tp1-v0160"}
 
 
 def format_components(results: list[Replay]) -> str:
@@ -288,7 +323,7 @@ def test_components_match_the_logged_breakdown():
             continue
         if "weights" in logged and r.id not in WEIGHTS_NOT_MODELLED:
             assert abs(r.budget.weights / GiB - logged["weights"]) <= 0.01 * logged["weights"], r.id
-        if "activation" in logged:
+        if "activation" in logged and r.id not in ACTIVATION_NOT_MODELLED:
             assert abs(r.budget.activation_peak / GiB - logged["activation"]) <= 0.45, r.id
 
 
@@ -315,14 +350,21 @@ def test_known_misses_still_miss():
             assert not replay(case).within, case["id"]
 
 
+def test_sampler_follows_the_vllm_release():
+    cases = {c["id"]: c for c in _load_cases()}
+    assert _inputs(cases["vllm-qwen3-14b-h100-tp1-v0160"])["sampler"] == "sort"
+    assert _inputs(cases["vllm-qwen3-14b-h100-tp1-v0170"])["sampler"] == "in_place"
+
+
 def test_aggregate_share_within_tolerance():
     results = replay_all()
     single = [r for r in results if r.tp == 1]
-    assert len(results) == 17 and len(single) == 14
+    assert len(results) == 28 and len(single) == 22
     # Single-GPU cases: the budget rule, the profile-run activations and the KV layout are all modelled.
     assert sum(r.within for r in single) / len(single) >= TARGET_SHARE
-    # All replayed cases, multi-GPU included (whose communication memory is not modelled): 14 of 17.
-    assert sum(r.within for r in results) >= 14
+    # All replayed cases, multi-GPU included: 24 of 28 (86%), short of TARGET_SHARE. Four of the six
+    # multi-GPU cases miss; communication memory at tp > 1 is not modelled (docs/serving.md).
+    assert sum(r.within for r in results) >= 24
 
 
 # ---- vLLM unit checks -------------------------------------------------------------------------------

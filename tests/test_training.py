@@ -256,3 +256,23 @@ def test_the_cli_does_not_import_the_training_model_until_asked():
     code = "import sys, gpuplan.cli.app; print('gpuplan.calc.training' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---- held out: `gpuplan verify --train` on the H200 for models and shapes the calibration never saw ----
+
+HELD_OUT = [json.loads(line) for line in (FIXTURE.parent / "training-heldout-h200.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
+@pytest.mark.parametrize("entry", HELD_OUT, ids=[e["case_id"] for e in HELD_OUT])
+def test_held_out_training_runs_replay_within_tolerance(entry):
+    import gpuplan
+
+    e = entry["estimate"]
+    replay = gpuplan.train(e["model"], method=e["method"], precision=e["precision"], optimizer=e["optimizer"],
+                           batch=e["batch"], seq=e["seq"], grad_checkpointing=e["grad_checkpointing"],
+                           grad_accumulation=e["grad_accumulation"])
+    measured = next(c["measured_bytes"] for c in entry["components"] if c["component"] == "peak allocated (torch)")
+    assert entry["exit_code"] == 0 and entry["within_tolerance"]
+    assert replay.peak_allocated_bytes == e["peak_allocated_bytes"]
+    assert abs(replay.peak_allocated_bytes - measured) / measured <= 0.05
