@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Build each model's validator on first use, not at import: a command uses one or two of these outputs,
+# and building all of them up front costs more than the whole estimate (pydantic defer_build).
+_CONFIG = ConfigDict(frozen=True, defer_build=True)
+
 # Bump the major part when a field is removed or changes meaning, the minor part when one is added.
 SCHEMA_VERSION = "1.0"
 
@@ -15,7 +19,7 @@ SCHEMA_VERSION = "1.0"
 class ServingBudget(BaseModel):
     """What a serving engine (vLLM, SGLang) does with the memory left after the weights, per GPU."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     engine: str = Field(description="vllm | sglang")
     gpu_memory_bytes: int = Field(description="the total the engine budgets from (CUDA's total per GPU)")
@@ -36,7 +40,7 @@ class ServingBudget(BaseModel):
 class LlamaCppRun(BaseModel):
     """How llama.cpp lays out a GGUF model under the given flags (docs/gguf.md)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     file: str = Field(description="the .gguf file read (the first part of a split model)")
     file_type: str | None = Field(default=None, description="general.file_type of the GGUF: Q4_K_M, Q8_0 ...")
@@ -63,7 +67,7 @@ class LlamaCppRun(BaseModel):
 
 
 class EstimateResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     schema_version: str = SCHEMA_VERSION
     model: str = Field(description="model id or path as resolved")
@@ -110,7 +114,7 @@ class EstimateResult(BaseModel):
 class DeploymentCheck(BaseModel):
     """One deployment of a plan file, checked (``gpuplan check``). Bytes are per GPU."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     name: str = Field(description="the deployment's name in the plan file")
     line: int | None = Field(default=None, description="line of the deployment in the plan file (1-based)")
@@ -139,7 +143,7 @@ class DeploymentCheck(BaseModel):
 class CheckResult(BaseModel):
     """``gpuplan check``: every deployment of a plan file against its GPUs."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     schema_version: str = SCHEMA_VERSION
     file: str | None = Field(default=None, description="the plan file as given (null for a dict)")
@@ -151,7 +155,7 @@ class CheckResult(BaseModel):
 class SweepGpu(BaseModel):
     """A GPU a sweep is measured against."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     name: str
     memory_bytes: int = Field(description="memory of one GPU that a CUDA process can allocate from")
@@ -160,7 +164,7 @@ class SweepGpu(BaseModel):
 class SweepPoint(BaseModel):
     """One point of a sweep grid. Bytes are per GPU."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     dtype: str = Field(description="weights as stored on the GPU (the requested --dtype, resolved)")
     kv_dtype: str
@@ -186,7 +190,7 @@ class SweepPoint(BaseModel):
 class SweepResult(BaseModel):
     """``gpuplan sweep``: a grid of estimates over dtypes, GPUs, batch sizes and context lengths."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     schema_version: str = SCHEMA_VERSION
     model: str
@@ -231,7 +235,7 @@ class TrainResult(BaseModel):
     ``batch`` is the micro-batch per GPU; bytes are integers. docs/training.md gives every formula.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _CONFIG
 
     schema_version: str = SCHEMA_VERSION
     model: str = Field(description="model id or path as resolved")
