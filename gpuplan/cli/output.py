@@ -171,7 +171,7 @@ def assumptions_line(result: EstimateResult) -> str:
                 "GiB = 2^30 bytes.")
     return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, activations in "
             f"{result.compute_dtype}; config from {where}. GiB = 2^30 bytes; peak allocated = what "
-            "torch.cuda.max_memory_allocated reads; total adds the CUDA context.")
+            "torch.cuda.max_memory_allocated reads; total adds the CUDA context, libraries and allocator slack.")
 
 
 def _opt(value: float | None, fmt: str = "{:,.0f}") -> str:
