@@ -18,8 +18,8 @@ import typer
 from gpuplan import __version__
 from gpuplan.cli import check_cmd, sweep_cmd
 from gpuplan.cli.errors import run_guarded
-from gpuplan.cli.options import parse_int_list
 from gpuplan.cli.formats import OutputFormat
+from gpuplan.cli.options import parse_int_list
 from gpuplan.errors import EXIT_FINDING
 
 app = typer.Typer(
@@ -59,7 +59,8 @@ def _main(
 
 
 # Serving-engine flags, named as vLLM and SGLang name them.
-GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU from the catalog (`gpuplan gpus`): H100, L4, RTX 4090...")]
+GpuOpt = Annotated[str | None, typer.Option(
+    "--gpu", help="GPU from the catalog (`gpuplan gpus`): H100, L4, RTX 4090...")]
 GpuMemoryOpt = Annotated[str | None, typer.Option(
     "--gpu-memory", help="Memory per GPU, for a card not in the catalog or to override it: 79.2GiB, 24GB.")]
 TpOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="Tensor parallel GPUs (serving engines).")]
@@ -279,8 +280,10 @@ def plan(
     gpu: Annotated[list[str] | None, typer.Option(
         "--gpu", help="GPU type(s) to plan for; repeat for several. Default: every GPU in the catalog.")] = None,
     engine: Annotated[str, typer.Option("--engine", help="vllm, sglang, or transformers (one GPU).")] = "vllm",
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights: auto, fp32, fp16, bf16, fp8, int8, int4, nf4.")] = "auto",
-    kv_dtype: Annotated[str, typer.Option("--kv-dtype", "--kv-cache-dtype", help="KV cache: auto, fp16, bf16, fp8.")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Weights: auto, fp32, fp16, bf16, fp8, int8, int4, nf4.")] = "auto",
+    kv_dtype: Annotated[str, typer.Option(
+        "--kv-dtype", "--kv-cache-dtype", help="KV cache: auto, fp16, bf16, fp8.")] = "auto",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Requests of --seq tokens that must fit at once.")] = 1,
     seq: Annotated[str | None, typer.Option(
         "--seq", "--max-model-len", "-s", help="Context per request (default: the model's).")] = None,
@@ -322,7 +325,8 @@ def verify(
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16 (auto: the checkpoint's).")] = "auto",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Sequences at once.")] = 1,
     seq: Annotated[str, typer.Option("--seq", "-s", help="Tokens per sequence: prompt + generated.")] = "2048",
-    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated (greedy, forced to full length).")] = 16,
+    new_tokens: Annotated[int, typer.Option(
+        "--new-tokens", help="Tokens generated (greedy, forced to full length).")] = 16,
     attn: Annotated[str, typer.Option("--attn", help="sdpa, eager or flash_attention_2.")] = "sdpa",
     random_weights: Annotated[bool, typer.Option(
         "--random-weights", help="Build the model from its config with random weights on the GPU: no download; "
