@@ -46,6 +46,8 @@ class PlanOption(BaseModel):
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None
     max_model_len_that_fits: int | None = None
+    expert_parallel: bool = Field(default=False, description="MoE experts spread whole over the tensor-parallel "
+                                                            "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
     launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
     reason: str | None = Field(default=None, description="why it does not fit, when it does not")
 
@@ -87,7 +89,17 @@ def _candidates(valid_tp: list[int], gpus_per_node: int, num_layers: int, max_gp
     return sorted(pairs, key=lambda p: (p[0] * p[1], -p[0]))
 
 
-def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reason: str | None) -> PlanOption:
+def expert_parallel_fits(spec: Any, tp: int) -> bool:
+    """Whether the MoE experts can be spread whole over ``tp`` GPUs instead of slicing every expert.
+
+    Each GPU then holds num_experts / tp whole experts: the same bytes as tensor-parallel experts, so the
+    memory estimate does not change; only the launch line does (vLLM docs, "Expert Parallel Deployment";
+    SGLang --ep-size). gpuplan proposes it when the experts divide evenly."""
+    return spec.moe is not None and tp > 1 and spec.moe.num_experts % tp == 0
+
+
+def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reason: str | None,
+            expert_parallel: bool = False) -> PlanOption:
     count = result.tensor_parallel * result.pipeline_parallel
     serving = result.serving
     return PlanOption(
@@ -101,12 +113,13 @@ def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reaso
         kv_cache_tokens=serving.kv_cache_tokens if serving else None,
         max_concurrency=serving.max_concurrency if serving else None,
         max_model_len_that_fits=serving.max_model_len_that_fits if serving else None,
-        launch=launch, reason=reason,
+        expert_parallel=expert_parallel, launch=launch, reason=reason,
     )
 
 
 def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: str | None,
-                    kv_cache_dtype: str | None, gpu_memory_utilization: float | None) -> list[str]:
+                    kv_cache_dtype: str | None, gpu_memory_utilization: float | None,
+                    expert_parallel: bool = False) -> list[str]:
     """The command lines that start this deployment, in the engine's own flags."""
     tp, pp, seq = result.tensor_parallel, result.pipeline_parallel, result.seq
     if result.engine == "vllm":
@@ -120,6 +133,8 @@ def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: st
             cmd += " --kv-cache-dtype fp8"
         if gpu_memory_utilization is not None:
             cmd += f" --gpu-memory-utilization {gpu_memory_utilization:g}"
+        if expert_parallel:
+            cmd += " --enable-expert-parallel"
         if nodes == 1:
             return [cmd]
         # vLLM's multi-node serving runs on a Ray cluster (docs: "Distributed inference and serving").
@@ -135,6 +150,8 @@ def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: st
     cmd += f" --context-length {seq}"
     if kv_cache_dtype == "fp8":
         cmd += " --kv-cache-dtype fp8_e4m3"
+    if expert_parallel:
+        cmd += f" --ep-size {tp}"
     if nodes == 1:
         return [cmd]
     # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").
@@ -187,13 +204,15 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
             continue
         picked = chosen or last
         nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
+        ep = serving and expert_parallel_fits(spec, picked.tensor_parallel)
         launch = launch_commands(resolved.id, picked, nodes=nodes, dtype=dtype, kv_cache_dtype=kv_dtype,
-                                 gpu_memory_utilization=gpu_memory_utilization) if chosen and serving else []
+                                 gpu_memory_utilization=gpu_memory_utilization,
+                                 expert_parallel=ep) if chosen and serving else []
         reason = None
         if chosen is None:
             reason = (f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
                       if serving else "does not fit one GPU")
-        options.append(_option(picked, per_node, launch, reason))
+        options.append(_option(picked, per_node, launch, reason, expert_parallel=ep))
     if first is None:
         raise InputError("no GPU could be evaluated for this model", hint="check --gpu and the parallel sizes")
     # The catalog carries no prices: rank by the GPU memory a deployment provisions (bigger cards cost

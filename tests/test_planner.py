@@ -88,3 +88,18 @@ def test_sglang_launch_line():
                   seq=8192)
     assert result.best.launch[0].startswith("python -m sglang.launch_server --model-path "
                                             "meta-llama/Llama-3.1-8B-Instruct --tp 1")
+
+
+def test_moe_over_several_gpus_uses_expert_parallel():
+    # Mixtral-8x7B: 8 experts over TP 2 -> 4 whole experts per GPU (vLLM --enable-expert-parallel).
+    result = plan(resolve_model("mistralai/Mixtral-8x7B-v0.1"), gpus=[resolve_gpu("A100-80GB")], dtype="fp16",
+                  seq=4096)
+    best = result.best
+    assert best.count == 2 and best.expert_parallel
+    assert "--enable-expert-parallel" in best.launch[0]
+
+
+def test_dense_models_do_not_get_expert_parallel():
+    result = plan(resolve_model("meta-llama/Llama-2-70b-hf"), gpus=[resolve_gpu("A100-80GB")], dtype="fp16", seq=4096)
+    assert not result.best.expert_parallel
+    assert "--enable-expert-parallel" not in result.best.launch[0]
