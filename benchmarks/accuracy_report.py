@@ -75,7 +75,8 @@ def render(rows: list[dict], cases: list[CaseComparison]) -> str:
         _summary_row("(weights + KV) x 1.2", rule_of_thumb_errors(measured), "max_memory_allocated (a rule "
                      "of thumb, for contrast)"),
         "",
-        f"Targets for the peak: at least 95% of cases within 5% (here {sum(abs(e) <= 0.05 for e in peak) / len(peak):.1%}),"
+        "Targets for the peak: at least 95% of cases within 5% "
+        f"(here {sum(abs(e) <= 0.05 for e in peak) / len(peak):.1%}),"
         f" median |error| at most 2% (here {statistics.median(abs(e) for e in peak):.2%}), no case under-estimated "
         f"by more than 5% (lowest here {min(peak):+.2%}).",
         "",
@@ -170,7 +171,8 @@ def allocator_section() -> list[str]:
             est -= e["estimate"]["components"].get("allocator_slack", 0)
         used = e["device_used"]["measured_bytes"]
         out.append(f"| {'expandable' if expandable else 'default'} | {_case(e['case_id'])} | "
-                   f"{e['peak_allocated']['measured_bytes'] / GiB:,.2f} | {e['peak_reserved']['measured_bytes'] / GiB:,.2f} | "
+                   f"{e['peak_allocated']['measured_bytes'] / GiB:,.2f} | "
+                   f"{e['peak_reserved']['measured_bytes'] / GiB:,.2f} | "
                    f"{used / GiB:,.2f} | {est / GiB:,.2f} | {(est - used) / used:+.1%} |")
     out += [
         "",
