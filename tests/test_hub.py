@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hubserver import FakeHub, safetensors_bytes
 
 from gpuplan.errors import ConfigError, GatedRepoError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.hub import HubModel, fetch_model
-from hubserver import FakeHub, safetensors_bytes
 
 TINY_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 128}
 TINY_WEIGHTS = safetensors_bytes(

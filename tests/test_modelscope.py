@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from modelscope_server import FakeModelScope
 
 from gpuplan.errors import ConfigError, GatedRepoError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.modelscope import DEFAULT_ENDPOINT, fetch_modelscope_config
-from modelscope_server import FakeModelScope
 
 CONFIG = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 128}
 

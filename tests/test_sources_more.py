@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from modelscope_server import FakeModelScope
+from test_gguf import TINY, llama3_8b, llama_like
 from typer.testing import CliRunner
 
 import gpuplan
@@ -18,8 +20,6 @@ from gpuplan.errors import HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.catalog import load_catalog
 from gpuplan.models.sources import resolve_model
 from gpuplan.units import MiB
-from modelscope_server import FakeModelScope
-from test_gguf import TINY, llama3_8b, llama_like
 
 runner = CliRunner()
 
