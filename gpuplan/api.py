@@ -368,8 +368,9 @@ def _serving_estimate(resolved: ResolvedModel, precision: Precision, engine: str
             max_model_len_that_fits=tokens, log_lines=list(s.log_lines))
         weights, kv_bytes, kv_dtype = s.weights, s.k_size + s.v_size, s.kv_dtype
         overhead = s.total_gpu_memory - s.free_before_weights
-        # SGLang keeps (1 - mem_fraction_static) of the memory for activations and CUDA graphs.
-        activation = max(0, int(s.free_before_weights * (1 - s.mem_fraction_static)))
+        # SGLang sizes its KV pool to leave the rest of the GPU, about (1 - mem_fraction_static) of it, for
+        # activations and CUDA graphs: the whole card is spoken for by design.
+        activation = max(0, capacity - overhead - weights - kv_bytes)
     peak = weights + kv_bytes + activation
     total = peak + overhead
     fits = serving.fits_one_request and serving.kv_cache_tokens >= batch * model_len if batch > 1 \
