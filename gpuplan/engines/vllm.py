@@ -63,6 +63,12 @@ DEFAULT_BLOCK_SIZE = 16
 # forward increase memory", llm-d-incubation/llm-d-planner accuracy/results/v0.19.0/logs @ d3121e0). V0
 # logs of 2024-2025 show 0.16-0.43 GiB (tests/fixtures/serving_logs.yaml). Not derived from the config.
 DEFAULT_NON_TORCH_BYTES = GiB // 4
+# With tensor parallelism the workers also hold communication buffers (NCCL, vLLM's custom all-reduce),
+# which memory_profiling counts as non-torch memory since vllm-project/vllm#2031 ("Fix peak memory
+# profiling": 31,615 -> 20,865 blocks for Llama-2-70B at TP=4). vLLM 0.19.0 printed 2.07, 2.10 and 2.21 GiB
+# at TP=2 and TP=4 on H100 (tests/fixtures/serving_logs.yaml); gpuplan uses their median. Also a measurement,
+# not derived from the config: NVLink topology, NCCL version and vLLM version move it.
+TENSOR_PARALLEL_NON_TORCH_BYTES = round(2.10 * GiB)
 # vllm/model_executor/layers/fused_moe/fused_moe.py fused_experts_impl: M = min(num_tokens, CHUNK_SIZE),
 # VLLM_FUSED_MOE_CHUNK_SIZE defaults to 32768 (vllm/envs.py).
 FUSED_MOE_CHUNK = 32768
@@ -323,7 +329,10 @@ def vllm_budget(
 
     total = gpu_memory_bytes
     requested = int(total * gpu_memory_utilization)
-    non_torch = DEFAULT_NON_TORCH_BYTES if non_torch_bytes is None else non_torch_bytes
+    if non_torch_bytes is not None:
+        non_torch = non_torch_bytes
+    else:
+        non_torch = TENSOR_PARALLEL_NON_TORCH_BYTES if tp > 1 else DEFAULT_NON_TORCH_BYTES
     rope = _rope_cache_bytes(spec, e)
 
     hybrid = engine == "v1" and hybrid_kv_cache_manager
