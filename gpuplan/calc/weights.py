@@ -105,14 +105,6 @@ def weights_bytes(spec: ModelSpec, precision: Precision, *, loaded_only: bool = 
     return sum(tensor_bytes(t, precision) for t in spec.tensors if t.loaded or not loaded_only)
 
 
-def weights_bytes_by_role(spec: ModelSpec, precision: Precision) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in spec.tensors:
-        if t.loaded:
-            out[t.role.value] = out.get(t.role.value, 0) + tensor_bytes(t, precision)
-    return out
-
-
 # Bytes per element of each safetensors dtype (safetensors/src/tensor.rs, Dtype::size / bitsize).
 SAFETENSORS_DTYPE_BYTES = {
     "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
