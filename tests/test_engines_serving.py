@@ -3,8 +3,9 @@ tests/fixtures/serving_logs.yaml.
 
 Each replayable log case is run through gpuplan's model with the inputs the log states; anything the log
 does not state takes the engine's documented default (listed in ``_inputs``). The prediction is compared
-with what the engine printed: KV tokens, else GPU blocks, else the KV pool in GiB. Nothing here is fitted
-to a case. ``benchmarks/serving_report.py`` prints the same replay as the table in docs/serving.md.
+with what the engine printed: KV tokens, else GPU blocks, else the KV pool in GiB, else (report tables that
+print only the components) the pool those components leave. Nothing here is fitted to a case.
+``benchmarks/serving_report.py`` prints the same replay as the table in docs/serving.md.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ TARGET_SHARE = 0.90
 # the architecture fields that size memory (layers, heads, head_dim, vocabulary, sliding windows). A
 # compressed-tensors FP8-dynamic checkpoint (RedHatAI ...-fp8-dynamic) is its BF16 model with the decoder
 # layers' linear weights stored as FP8, one scale per output channel, and the embedding and lm_head left in
-# BF16: the BF16 config quantized to FP8 on load (the case's quantization "fp8") has the same layout.
+# BF16: the BF16 config quantized to FP8 on load (the case's quantization "fp8") has the same layout. A
+# compressed-tensors W8A8 INT8 checkpoint (RedHatAI ...-quantized.w8a8) stores the same layers as INT8 with one
+# scale per output channel: one byte per weight plus a per-row scale, as the BF16 config quantized to int8.
 CONFIG_FOR = {
     "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B-Instruct",
     "Llama2-7B": "meta-llama/Llama-2-7b-hf",
@@ -62,6 +65,8 @@ CONFIG_FOR = {
     "Qwen/Qwen3-14B": "Qwen/Qwen3-14B",
     "RedHatAI/Qwen2.5-7B-Instruct-fp8-dynamic": "Qwen/Qwen2.5-7B-Instruct",
     "RedHatAI/Llama-3.3-70B-Instruct-fp8-dynamic": "meta-llama/Llama-3.3-70B-Instruct",
+    "RedHatAI/Qwen2.5-7B-Instruct-quantized.w8a8": "Qwen/Qwen2.5-7B-Instruct",
+    "Qwen/Qwen3-8B": "Qwen/Qwen3-8B",
 }
 
 # Cases left out, and why. "No verbatim copy found": the model's config.json was searched for in public code
@@ -157,6 +162,7 @@ class Replay:
     config: str
     gpu: str
     tp: int
+    pp: int
     metric: str
     logged: float
     predicted: float
@@ -169,6 +175,10 @@ class Replay:
     @property
     def within(self) -> bool:
         return abs(self.error) <= TOLERANCE
+
+    @property
+    def single_gpu(self) -> bool:
+        return self.tp == 1 and self.pp == 1
 
 
 def _gpu_total_bytes(case: dict, util: float) -> int:
@@ -235,11 +245,25 @@ def replay(case: dict) -> Replay:
             metric, logged, predicted = "tokens", obs["kv_cache_tokens"], b.kv_cache_tokens
         elif obs.get("gpu_blocks"):
             metric, logged, predicted = "blocks", obs["gpu_blocks"], b.num_blocks
-        else:
+        elif obs.get("available_kv_gib"):
             metric, logged, predicted = "KV GiB", obs["available_kv_gib"], b.available_kv / GiB
+        else:
+            metric, logged, predicted = DERIVED_KV, derived_kv_gib(case), b.available_kv / GiB
     return Replay(id=case["id"], engine=case["engine"], model=case["model"], config=CONFIG_FOR[case["model"]],
-                  gpu=f'{case["gpu"]} x{case["gpu_count"]}', tp=inp["tp"], metric=metric, logged=logged,
+                  gpu=f'{case["gpu"]} x{case["gpu_count"]}', tp=inp["tp"], pp=inp["pp"], metric=metric,
+                  logged=logged,
                   predicted=predicted, budget=b)
+
+
+# Report tables that print a run's weights, activation peak and non-torch memory but not its KV pool: vLLM's
+# pool is requested memory minus their sum (gpu_worker.py determine_available_memory; every 0.19.0 log prints
+# "Total non KV cache memory" as that sum). Derived from printed values, each rounded to 0.01 GiB.
+DERIVED_KV = "KV GiB (derived)"
+
+
+def derived_kv_gib(case: dict) -> float:
+    obs = case["observed"]
+    return obs["requested_memory_gib"] - (obs["weights_gib"] + obs["activation_peak_gib"] + obs["non_torch_gib"])
 
 
 def replayable_cases() -> list[dict]:
@@ -252,16 +276,19 @@ def replay_all() -> list[Replay]:
 
 def format_table(results: list[Replay]) -> str:
     def fmt(metric: str, x: float) -> str:
-        return f"{x:.2f}" if metric == "KV GiB" else f"{round(x):,}"
+        return f"{x:.2f}" if metric.startswith("KV GiB") else f"{round(x):,}"
 
-    lines = ["| case | engine | GPU | TP | compared | logged | predicted | error | within 5% |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | engine | GPU | TP | PP | compared | logged | predicted | error | within 5% |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| `{r.id}` | {r.engine} | {r.gpu} | {r.tp} | {r.metric} | {fmt(r.metric, r.logged)} | "
-                     f"{fmt(r.metric, r.predicted)} | {r.error:+.1%} | {'yes' if r.within else 'no'} |")
-    single = [r for r in results if r.tp == 1]
+        lines.append(f"| `{r.id}` | {r.engine} | {r.gpu} | {r.tp} | {r.pp} | {r.metric} | "
+                     f"{fmt(r.metric, r.logged)} | {fmt(r.metric, r.predicted)} | {r.error:+.1%} | "
+                     f"{'yes' if r.within else 'no'} |")
+    single = [r for r in results if r.single_gpu]
+    multi = [r for r in results if not r.single_gpu]
     lines += ["", f"Within 5%: {sum(r.within for r in results)} of {len(results)} replayed cases; "
-                  f"{sum(r.within for r in single)} of {len(single)} single-GPU cases. "
+                  f"{sum(r.within for r in single)} of {len(single)} single-GPU cases, "
+                  f"{sum(r.within for r in multi)} of {len(multi)} multi-GPU cases (TP or PP). "
                   f"Not replayed: {len(NOT_REPLAYED)} (listed below)."]
     return "\n".join(lines)
 
@@ -280,8 +307,10 @@ def logged_components(case: dict) -> dict[str, float]:
 # Weights the layout does not reproduce, and why:
 WEIGHTS_NOT_MODELLED = {
     # vLLM loads gpt-oss-20b's MXFP4 experts into 13.72 GiB on an A100 (0.9 GiB over the checkpoint layout's
-    # 12.83 GiB) and 7.01 GiB per GPU at TP=2 on H100s (0.58 over 6.43); the kernel-side layout is not modelled.
-    "vllm-gpt-oss-20b-a100-tp1-01", "vllm-gpt-oss-20b-h100-tp2-01",
+    # 12.83 GiB), 13.64 GiB on an H100 (0.81 over) and 7.01 GiB per GPU at TP=2 on H100s (0.58 over 6.43); the
+    # kernel-side layout is not modelled.
+    "vllm-gpt-oss-20b-a100-tp1-01", "vllm-gpt-oss-20b-h100-tp1-01", "vllm-gpt-oss-20b-h100-tp2-01",
+    "vllm-gpt-oss-20b-h100-tp2-gmu095",
     # Gemma-3 builds two rotary caches, a local one and a global one whose linear scaling makes vLLM size it
     # max_position_embeddings x factor (131072 x 8) rows (vLLM 0.19.0 rotary_embedding/linear_scaling_rope.py
     # _compute_cos_sin_cache, `max_len = self.max_position_embeddings * scaling_factor`): 0.5 GiB more than the
@@ -293,6 +322,11 @@ WEIGHTS_NOT_MODELLED = {
 # logged 5.64 GiB for Qwen3-14B (1024 sequences x 151,936 entries) is about 38 bytes per entry against the 28
 # that the modelled sort path keeps alive; the difference is not traced.
 ACTIVATION_NOT_MODELLED = {"vllm-qwen3-14b-h100-tp1-v0150", "vllm-qwen3-14b-h100-tp1-v0160"}
+
+# Pipeline-parallel report rows print the first stage, which runs the forward pass alone (1.10, 1.05 and 0.96
+# GiB); gpuplan reports the stage that limits the pool, the last, whose dummy sampler pass over the vocabulary
+# sets its peak. The two figures are not the same stage's, so the activation is not compared.
+FIRST_STAGE_ONLY = {"vllm-llama31-8b-h100-pp2-01", "vllm-llama31-8b-h100-pp4-01", "vllm-qwen3-8b-h100-pp3-01"}
 
 
 def format_components(results: list[Replay]) -> str:
@@ -321,7 +355,7 @@ def test_components_match_the_logged_breakdown():
             continue
         if "weights" in logged and r.id not in WEIGHTS_NOT_MODELLED:
             assert abs(r.budget.weights / GiB - logged["weights"]) <= 0.01 * logged["weights"], r.id
-        if "activation" in logged and r.id not in ACTIVATION_NOT_MODELLED:
+        if "activation" in logged and r.id not in ACTIVATION_NOT_MODELLED | FIRST_STAGE_ONLY:
             assert abs(r.budget.activation_peak / GiB - logged["activation"]) <= 0.45, r.id
 
 
@@ -356,13 +390,15 @@ def test_sampler_follows_the_vllm_release():
 
 def test_aggregate_share_within_tolerance():
     results = replay_all()
-    single = [r for r in results if r.tp == 1]
-    assert len(results) == 28 and len(single) == 22
+    single = [r for r in results if r.single_gpu]
+    multi = [r for r in results if not r.single_gpu]
+    assert len(results) == 48 and len(single) == 34 and len(multi) == 14
     # Single-GPU cases: the budget rule, the profile-run activations and the KV layout are all modelled.
     assert sum(r.within for r in single) / len(single) >= TARGET_SHARE
-    # All replayed cases, multi-GPU included: 25 of 28 (89%), just short of TARGET_SHARE. Three of the six
-    # multi-GPU cases miss: a 2023 vLLM, an LMCache connector, SGLang at TP=4 (docs/serving.md).
-    assert sum(r.within for r in results) >= 25
+    # All replayed cases: 45 of 48 (94%). Three of the 14 multi-GPU cases miss: a 2023 vLLM, an LMCache
+    # connector, SGLang at TP=4 (docs/serving.md); the eleven vLLM 0.19.0 H100 TP/PP cases are within 2%.
+    assert sum(r.within for r in results) / len(results) >= TARGET_SHARE
+    assert sum(r.within for r in multi) == 11
 
 
 def test_tensor_parallel_non_torch_memory_is_the_logged_median():
@@ -373,7 +409,8 @@ def test_tensor_parallel_non_torch_memory_is_the_logged_median():
     logged = [c["observed"]["non_torch_gib"] for c in _load_cases()
               if c["engine"] == "vllm" and (c.get("tensor_parallel_size") or 1) > 1
               and c.get("engine_version") == "0.19.0" and c["observed"].get("non_torch_gib")]
-    assert len(logged) == 3
+    # 2.06-2.21 GiB per GPU at TP=2 and TP=4 on H100: four run logs and four rows of the report's TP table.
+    assert len(logged) == 8
     assert TENSOR_PARALLEL_NON_TORCH_BYTES == round(median(logged) * GiB)
 
 

@@ -65,10 +65,10 @@ DEFAULT_BLOCK_SIZE = 16
 DEFAULT_NON_TORCH_BYTES = GiB // 4
 # With tensor parallelism the workers also hold communication buffers (NCCL, vLLM's custom all-reduce),
 # which memory_profiling counts as non-torch memory since vllm-project/vllm#2031 ("Fix peak memory
-# profiling": 31,615 -> 20,865 blocks for Llama-2-70B at TP=4). vLLM 0.19.0 printed 2.07, 2.10 and 2.21 GiB
-# at TP=2 and TP=4 on H100 (tests/fixtures/serving_logs.yaml); gpuplan uses their median. Also a measurement,
-# not derived from the config: NVLink topology, NCCL version and vLLM version move it.
-TENSOR_PARALLEL_NON_TORCH_BYTES = round(2.10 * GiB)
+# profiling": 31,615 -> 20,865 blocks for Llama-2-70B at TP=4). vLLM 0.19.0 printed 2.06 to 2.21 GiB per GPU
+# at TP=2 and TP=4 on H100 in eight runs (tests/fixtures/serving_logs.yaml); gpuplan uses their median. Also
+# a measurement, not derived from the config: NVLink topology, NCCL version and vLLM version move it.
+TENSOR_PARALLEL_NON_TORCH_BYTES = round(2.085 * GiB)
 # vllm/model_executor/layers/fused_moe/fused_moe.py fused_experts_impl: M = min(num_tokens, CHUNK_SIZE),
 # VLLM_FUSED_MOE_CHUNK_SIZE defaults to 32768 (vllm/envs.py).
 FUSED_MOE_CHUNK = 32768
