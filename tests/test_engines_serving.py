@@ -111,8 +111,8 @@ GPU_TOTAL_KEY = {"H100": "H100", "H100-80GB": "H100", "H100-80G": "H100", "A100-
 KNOWN_MISSES = {
     "vllm-llama2-70b-a100-80-tp4-01": (
         "Dec-2023 vLLM on A100 (vllm PR #2031, the fix that started counting communication memory): the "
-        "non-torch memory it charged at TP=4 was about 13 GiB per GPU, against the 2.1 GiB that vLLM 0.19 "
-        "prints on H100 and gpuplan uses"),
+        "non-torch memory it charged at TP=4 was about 13 GiB per GPU, against the 2.06-2.21 GiB that vLLM 0.19 "
+        "prints on H100"),
     "vllm-qwen3-235b-a22b-fp8-h100-tp4-01": (
         "TP=4 with an LMCache connector on a mid-2025 vLLM: about 1.5 GiB per GPU of non-KV memory beyond "
         "the modelled communication buffers"),
