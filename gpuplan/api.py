@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpuplan.calc.estimate import estimate_memory
+from gpuplan.calc.estimate import estimate_memory, estimate_memory_split
 from gpuplan.calc.precision import Precision, resolve_precision
 from gpuplan.calc.weights import checkpoint_bytes, unloaded_bytes
 from gpuplan.calc.workload import Workload
@@ -21,7 +21,7 @@ from gpuplan.engines.transformers import ATTN_IMPLS
 from gpuplan.errors import InputError
 from gpuplan.models.sources import ResolvedModel, SourceName, resolve_model
 from gpuplan.models.spec import ModelSpec
-from gpuplan.results import EstimateResult, LlamaCppRun, ServingBudget
+from gpuplan.results import EstimateResult, GpuMemory, LlamaCppRun, ServingBudget
 
 ENGINES: tuple[str, ...] = ("transformers", "vllm", "sglang", "llama.cpp")
 SERVING_ENGINES = ("vllm", "sglang")
@@ -165,9 +165,10 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
                                  max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                                  block_size=block_size, kv_cache_memory=kv_cache_memory,
                                  mem_fraction_static=mem_fraction_static)
-    if tensor_parallel * pipeline_parallel != 1:
-        raise InputError("the transformers engine is estimated on one GPU",
-                         hint="use --engine vllm or sglang for tensor / pipeline parallel serving")
+    if tensor_parallel != 1:
+        raise InputError("transformers does not shard layers over GPUs (no tensor parallelism in generate())",
+                         hint="use --pipeline-parallel-size N to spread whole layers over N GPUs as "
+                              "device_map='auto' does, or --engine vllm / sglang for tensor parallel serving")
     workload = make_workload(batch, seq if seq is not None else 2048, new_tokens)
     weights_override = None
     if resolved.safetensors_parameters and dtype == "auto":
@@ -177,8 +178,22 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
             notes.append("weights: exact stored bytes from the checkpoint's safetensors headers")
     if expandable_segments is None:
         expandable_segments = "expandable_segments:true" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").lower()
-    breakdown = estimate_memory(spec, workload, precision, attn=attn,  # type: ignore[arg-type]
-                                weights_override=weights_override, expandable_segments=expandable_segments)
+    per_gpu = None
+    if pipeline_parallel > 1:
+        shares = estimate_memory_split(spec, workload, precision, pipeline_parallel, attn=attn,  # type: ignore[arg-type]
+                                       capacity_bytes=gpu_spec.usable_bytes if gpu_spec is not None else None,
+                                       expandable_segments=expandable_segments)
+        per_gpu = [GpuMemory(index=i, first_layer=b.components["first_layer"] if "first_layer" in b.components
+                             else 0, layers=b.components.get("layers", 0), weights_bytes=b.weights_bytes,
+                             kv_cache_bytes=b.kv_cache_bytes, activation_bytes=b.activation_bytes,
+                             peak_allocated_bytes=b.peak_allocated_bytes, total_bytes=b.total_bytes)
+                   for i, b in enumerate(shares)]
+        breakdown = max(shares, key=lambda b: b.total_bytes)
+        notes.append(f"spread over {pipeline_parallel} GPUs as device_map='auto' places whole layers "
+                     "(transformers' balanced split); figures are the most loaded GPU's, per_gpu has each one")
+    else:
+        breakdown = estimate_memory(spec, workload, precision, attn=attn,  # type: ignore[arg-type]
+                                    weights_override=weights_override, expandable_segments=expandable_segments)
     warnings: list[str] = []
     if spec.max_position_embeddings and workload.seq > spec.max_position_embeddings:
         warnings.append(f"seq {workload.seq} exceeds the model's context length of "
@@ -195,7 +210,8 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
         weights_bytes=breakdown.weights_bytes, kv_cache_bytes=breakdown.kv_cache_bytes,
         activation_bytes=breakdown.activation_bytes, overhead_bytes=breakdown.overhead_bytes,
         peak_allocated_bytes=breakdown.peak_allocated_bytes, total_bytes=breakdown.total_bytes,
-        components=breakdown.components, notes=notes, warnings=warnings, **fit,
+        components=breakdown.components, notes=notes, warnings=warnings, per_gpu=per_gpu,
+        gpus=pipeline_parallel, pipeline_parallel=pipeline_parallel, **fit,
     )
 
 

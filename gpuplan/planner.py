@@ -178,7 +178,11 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
     first: EstimateResult | None = None
     for gpu in candidates_gpus:
         per_node = gpu.gpus_per_node
-        pairs = _candidates(valid_tp, per_node, spec.num_hidden_layers, max_gpus) if serving else [(1, 1)]
+        if serving:
+            pairs = _candidates(valid_tp, per_node, spec.num_hidden_layers, max_gpus)
+        else:
+            # transformers: whole layers over the GPUs of one node (device_map="auto"), no tensor parallelism
+            pairs = [(1, n) for n in range(1, min(per_node, max_gpus, spec.num_hidden_layers) + 1)]
         chosen: EstimateResult | None = None
         last: EstimateResult | None = None
         for tp, pp in pairs:
@@ -190,6 +194,8 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
                     kwargs["gpu_memory_utilization"] = gpu_memory_utilization
                 else:
                     kwargs["mem_fraction_static"] = mem_fraction_static
+            else:
+                kwargs = {"pipeline_parallel": pp}
             try:
                 result = estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
                                   engine=engine, gpu=gpu, **kwargs)
@@ -210,8 +216,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
                                  expert_parallel=ep) if chosen and serving else []
         reason = None
         if chosen is None:
-            reason = (f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
-                      if serving else "does not fit one GPU")
+            reason = f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
         options.append(_option(picked, per_node, launch, reason, expert_parallel=ep))
     if first is None:
         raise InputError("no GPU could be evaluated for this model", hint="check --gpu and the parallel sizes")

@@ -66,6 +66,21 @@ class LlamaCppRun(BaseModel):
     host_output_bytes: int = Field(description="the logits kept in host memory")
 
 
+class GpuMemory(BaseModel):
+    """One GPU's share when transformers spreads the model over several GPUs (device_map="auto")."""
+
+    model_config = _CONFIG
+
+    index: int
+    first_layer: int = Field(description="first decoder layer on this GPU")
+    layers: int = Field(description="decoder layers on this GPU")
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    peak_allocated_bytes: int
+    total_bytes: int
+
+
 class EstimateResult(BaseModel):
     model_config = _CONFIG
 
@@ -105,6 +120,9 @@ class EstimateResult(BaseModel):
         description="named parts of the estimate: of the activation peak (transformers), of every GPU and host "
                     "buffer (llama.cpp)")
     serving: ServingBudget | None = Field(default=None, description="KV capacity under --engine vllm|sglang")
+    per_gpu: list[GpuMemory] | None = Field(
+        default=None, description="transformers over several GPUs (device_map): each GPU's share; the top-level "
+                                  "byte fields are the most loaded GPU's")
     llamacpp: LlamaCppRun | None = Field(
         default=None, description="layer placement and cache layout under --engine llama.cpp")
     notes: list[str] = Field(default_factory=list)

@@ -182,3 +182,36 @@ def test_eager_attention_needs_more_than_sdpa_for_long_prompts():
 def test_bad_workloads_are_input_errors(kwargs):
     with pytest.raises(InputError):
         gpuplan.estimate(LLAMA2_7B, **kwargs)
+
+
+# ---- transformers over several GPUs (device_map="auto") ----------------------------------------------
+
+
+@pytest.mark.parametrize("model,gpus", [(LLAMA2_7B, 2), (LLAMA2_70B, 4), (GEMMA3_1B, 3), (DEEPSEEK_R1, 8)])
+def test_split_covers_every_layer_once_and_keeps_the_weights(model, gpus):
+    from gpuplan.calc.precision import resolve_precision
+    from gpuplan.engines.device_map import balanced_split
+
+    spec = model.spec
+    shares = balanced_split(spec, resolve_precision(spec, "bf16"), gpus)
+    assert sum(s.layers for s in shares) == spec.num_hidden_layers
+    starts = [s.first_layer for s in shares if s.layers]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert sum(s.weights_bytes for s in shares) == weights_bytes(spec, resolve_precision(spec, "bf16"))
+    # The embedding sits on the first GPU that holds anything: accelerate keeps room for the largest
+    # remaining module free on GPU 0, so a small model with a large vocabulary can leave GPU 0 empty.
+    holders = [s for s in shares if s.holds_embedding]
+    assert len(holders) == 1 and holders[0].index == min(s.index for s in shares if s.weights_bytes)
+
+
+def test_split_kv_adds_up_and_the_largest_gpu_is_reported():
+    single = gpuplan.estimate(LLAMA2_7B, dtype="fp16", batch=8, seq=4096)
+    split = gpuplan.estimate(LLAMA2_7B, dtype="fp16", batch=8, seq=4096, pipeline_parallel=2)
+    assert sum(g.kv_cache_bytes for g in split.per_gpu) == single.kv_cache_bytes
+    assert split.total_bytes == max(g.total_bytes for g in split.per_gpu)
+    assert split.gpus == 2 and split.total_bytes < single.total_bytes
+
+
+def test_transformers_has_no_tensor_parallelism():
+    with pytest.raises(InputError, match="pipeline-parallel-size"):
+        gpuplan.estimate(LLAMA2_7B, tensor_parallel=2)

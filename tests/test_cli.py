@@ -223,7 +223,7 @@ SERVING_BAD = [
     (["--engine", "vllm", "--gpu", "H100", "-tp", "3"], "tensor parallel"),
     (["--engine", "vllm", "--gpu", "H1000"], "did you mean"),
     (["--gpu-memory", "lots"], "cannot read 'lots' as a memory size"),
-    (["-tp", "2"], "the transformers engine is estimated on one GPU"),
+    (["-tp", "2"], "transformers does not shard layers over GPUs"),
 ]
 
 

@@ -244,7 +244,7 @@ def test_unknown_model_names_the_deployment_and_keeps_exit_3(tmp_path):
 
 def test_estimate_errors_name_the_deployment(tmp_path):
     path = write(tmp_path, "deployments:\n  - {name: tp, model: llama-2-7b, gpu: L4, gpus: 2}\n")
-    with pytest.raises(InputError, match=r":2: deployment 'tp': the transformers engine is estimated on one GPU"):
+    with pytest.raises(InputError, match=r":2: deployment 'tp': transformers does not shard layers over GPUs"):
         check(path)
 
 

@@ -64,7 +64,9 @@ GpuOpt = Annotated[str | None, typer.Option(
 GpuMemoryOpt = Annotated[str | None, typer.Option(
     "--gpu-memory", help="Memory per GPU, for a card not in the catalog or to override it: 79.2GiB, 24GB.")]
 TpOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="Tensor parallel GPUs (serving engines).")]
-PpOpt = Annotated[int, typer.Option("--pipeline-parallel-size", "-pp", help="Pipeline parallel stages.")]
+PpOpt = Annotated[int, typer.Option(
+    "--pipeline-parallel-size", "-pp",
+    help="Pipeline parallel stages; with transformers, GPUs that device_map='auto' spreads whole layers over.")]
 UtilOpt = Annotated[float | None, typer.Option(
     "--gpu-memory-utilization", help="vLLM: fraction of GPU memory it may use (default 0.9).")]
 MaxLenOpt = Annotated[str | None, typer.Option(

@@ -146,6 +146,8 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
         if len(results) == 1:
             out.print(workload_line(first))
             out.print(estimate_table(first))
+            if first.per_gpu:
+                out.print(per_gpu_table(first))
             for line in serving_lines(first):
                 out.print(line)
             if (fit := fit_line(first)) is not None:
@@ -365,3 +367,15 @@ def render_train_verify(comparison: dict, fmt, *, tolerance: float) -> None:
     out.print(table)
     verdict = "within" if within else "[bold red]outside[/bold red]"
     out.print(f"Peak allocated is {verdict} the tolerance of {tolerance:.1%} ({comparison['error']:+.2%}).")
+
+
+def per_gpu_table(result: EstimateResult) -> Table:
+    table = Table(show_edge=False, title=f"{len(result.per_gpu or [])} GPUs, whole layers each (device_map='auto'); "
+                                         "GiB", title_justify="left")
+    for col in ("GPU", "layers", "weights", "KV cache", "activations", "peak", "total"):
+        table.add_column(col, justify="right")
+    for g in result.per_gpu or []:
+        span = f"{g.first_layer}-{g.first_layer + g.layers - 1}" if g.layers else "-"
+        table.add_row(str(g.index), span, fmt_gib(g.weights_bytes), fmt_gib(g.kv_cache_bytes),
+                      fmt_gib(g.activation_bytes), fmt_gib(g.peak_allocated_bytes), fmt_gib(g.total_bytes))
+    return table

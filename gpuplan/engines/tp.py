@@ -192,7 +192,7 @@ def _shard_tensor(t: TensorGroup, spec: ModelSpec, tp: int) -> TensorGroup:
     return t
 
 
-def _layer_share(t: TensorGroup, spec: ModelSpec, layers: range) -> int:
+def layer_share(t: TensorGroup, spec: ModelSpec, layers: range) -> int:
     """How many copies of a per-layer tensor group fall on the decoder layers ``layers``."""
     total = spec.num_hidden_layers
     moe = spec.moe
@@ -221,7 +221,7 @@ def stage_spec(spec: ModelSpec, tp: int, pp: int, stage: int) -> ModelSpec:
         if not t.loaded:
             continue
         if t.name.startswith(("layers.", "h.")):
-            count = _layer_share(t, spec, layers)
+            count = layer_share(t, spec, layers)
             if count == 0:
                 continue
             t = t.model_copy(update={"count": count})

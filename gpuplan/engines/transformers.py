@@ -195,7 +195,11 @@ def _stream_tensors(spec: ModelSpec) -> int:
 
 
 def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int,
-                      attn: AttnImpl = "sdpa") -> TransformersMemory:
+                      attn: AttnImpl = "sdpa", *, holds_embedding: bool = True,
+                      holds_lm_head: bool = True) -> TransformersMemory:
+    """One GPU's memory for generate(). With the model split over GPUs (device_map), ``spec`` holds the
+    decoder layers of this GPU; the embedding output stays on the GPU that holds the embedding, the
+    logits on the one that holds the lm_head."""
     e = precision.compute_bytes
     batch, prompt = workload.batch, workload.prompt_tokens
     kv = precision.kv_bytes
@@ -229,10 +233,10 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
         mlp += batch * spec.num_attention_heads * prompt * prompt * e
     transient = {"attention": attention, "mlp": mlp}
     layer_peak = max(transient.values())
-    stream = _stream_tensors(spec) * t * h * e
+    stream = (_stream_tensors(spec) - (0 if holds_embedding else 1)) * t * h * e
     # generate() keeps the logits of the last position only (logits_to_keep=1) and copies them to fp32
     # (generation/utils.py: outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32)).
-    logits = batch * spec.vocab_size * (e + FP32)
+    logits = batch * spec.vocab_size * (e + FP32) if holds_lm_head else 0
     workspace = CUBLAS_WORKSPACE_BYTES
     prefill_peak = weights_bytes + kv_prompt + stream + mask + layer_peak + logits + workspace
 
