@@ -41,6 +41,15 @@ def normalize_dtype(name: str, *, allowed: tuple[str, ...] = WEIGHT_DTYPES, what
     return norm
 
 
+def engine_kv_dtype(precision: Precision, kv_cache_dtype: str | None) -> KvDtype:
+    """The KV-cache dtype a serving engine stores: its --kv-cache-dtype, where ``auto`` (or unset)
+    keeps the precision's own KV dtype, as vLLM's and SGLang's ``--kv-cache-dtype auto`` do."""
+    if kv_cache_dtype is None:
+        return precision.kv_dtype
+    requested = normalize_dtype(kv_cache_dtype, allowed=KV_DTYPES, what="kv_cache_dtype")
+    return precision.kv_dtype if requested == "auto" else requested  # type: ignore[return-value]
+
+
 class Precision(BaseModel):
     """Resolved storage of weights, KV cache and activations."""
 

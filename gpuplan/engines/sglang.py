@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from gpuplan.calc.precision import DTYPE_BYTES, KV_DTYPES, Precision, normalize_dtype
+from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.engines.tp import parallel_layout, pp_layer_split
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
@@ -139,12 +139,7 @@ def sglang_budget(
     if not 0 < fraction < 1:
         raise InputError(f"mem_fraction_static must be between 0 and 1, got {fraction}")
 
-    if kv_cache_dtype is None or kv_cache_dtype == "auto":
-        kv_dtype = precision.kv_dtype
-    else:
-        kv_dtype = normalize_dtype(kv_cache_dtype, allowed=KV_DTYPES, what="kv_cache_dtype")
-        if kv_dtype == "auto":
-            kv_dtype = precision.kv_dtype
+    kv_dtype = engine_kv_dtype(precision, kv_cache_dtype)
     kv_bytes = DTYPE_BYTES[kv_dtype]
 
     split = pp_layer_split(spec.num_hidden_layers, pp)

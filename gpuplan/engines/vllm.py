@@ -51,7 +51,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from gpuplan.calc.precision import DTYPE_BYTES, KV_DTYPES, Precision, normalize_dtype
+from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec, TensorRole
@@ -318,12 +318,7 @@ def vllm_budget(
     sample_rows = min(seqs, batched)
 
     e = precision.compute_bytes
-    if kv_cache_dtype is None or kv_cache_dtype == "auto":
-        kv_dtype = precision.kv_dtype
-    else:
-        kv_dtype = normalize_dtype(kv_cache_dtype, allowed=KV_DTYPES, what="kv_cache_dtype")
-        if kv_dtype == "auto":
-            kv_dtype = precision.kv_dtype
+    kv_dtype = engine_kv_dtype(precision, kv_cache_dtype)
     kv_bytes = DTYPE_BYTES[kv_dtype]
     page = kv_page_size(spec, layout.kv_heads_per_rank, kv_bytes, block_size)
 
