@@ -266,6 +266,12 @@ def render_verify(comparison, fmt, *, tolerance: float) -> None:
                   f"estimate was {fmt_gib(est.total_bytes)} GiB in all ({fmt_gib(est.peak_allocated_bytes)} GiB of "
                   "torch allocations): the workload does not fit this GPU.")
         return
+    if comparison.per_gpu:
+        out.print(split_verify_table(comparison))
+        verdict = "within" if abs(comparison.error) <= tolerance else "[bold red]outside[/bold red]"
+        out.print(f"Peak allocated of the GPU farthest off is {verdict} the tolerance of {tolerance:.1%} "
+                  f"({comparison.error:+.2%}).")
+        return
     table = Table(show_edge=False)
     for col, justify in (("component", "left"), ("estimate GiB", "right"), ("measured GiB", "right"),
                          ("error", "right")):
@@ -278,6 +284,24 @@ def render_verify(comparison, fmt, *, tolerance: float) -> None:
     out.print(table)
     verdict = "within" if abs(comparison.error) <= tolerance else "[bold red]outside[/bold red]"
     out.print(f"Peak allocated is {verdict} the tolerance of {tolerance:.1%} ({comparison.error:+.2%}).")
+
+
+def split_verify_table(comparison) -> Table:
+    """One row per GPU of a model spread with device_map: estimate / measured GiB and the peak's error."""
+    table = Table(show_edge=False)
+    for col in ("GPU", "layers est/meas", "weights GiB", "KV cache GiB", "peak allocated GiB", "error",
+                "device used GiB"):
+        table.add_column(col, justify="left" if col == "GPU" else "right")
+
+    def pair(c) -> str:
+        return f"{fmt_gib(c.estimated_bytes)} / {fmt_gib(c.measured_bytes)}" if c is not None else "-"
+
+    for g in comparison.per_gpu:
+        table.add_row(str(g.index), f"{g.estimated_layers} / {g.measured_layers}", pair(g.weights),
+                      pair(g.kv_cache), pair(g.peak_allocated), f"{g.peak_allocated.error:+.2%}",
+                      pair(g.device_used))
+    table.caption = "estimate / measured"
+    return table
 
 
 def train_table(result) -> Table:

@@ -364,6 +364,7 @@ def cache_summary(cache: Any) -> dict[str, Any]:
     logical = 0
     key_value = 0
     storage = 0
+    storage_by_device: Counter[str] = Counter()
     seen: set[int] = set()
     layer_kinds: Counter[str] = Counter()
     shapes: Counter[str] = Counter()
@@ -378,6 +379,7 @@ def cache_summary(cache: Any) -> dict[str, Any]:
         if pointer not in seen:
             seen.add(pointer)
             storage += int(untyped.nbytes())
+            storage_by_device[str(tensor.device)] += int(untyped.nbytes())
 
     def tensors_of(obj: Any) -> list[tuple[str, Any]]:
         found = []
@@ -412,6 +414,7 @@ def cache_summary(cache: Any) -> dict[str, Any]:
         "kv_cache_bytes": logical,
         "kv_cache_key_value_bytes": key_value,
         "kv_cache_storage_bytes": storage,
+        "kv_cache_storage_bytes_by_device": dict(storage_by_device),
         "kv_cache_layer_classes": dict(layer_kinds),
         "kv_cache_layer_shapes": dict(shapes),
     }
@@ -572,3 +575,281 @@ def load_model(
     }
     info.update(parameter_summary(model))
     return model, info
+
+
+# ---- one model over several GPUs (device_map) -------------------------------------------------------
+
+def init_cuda_devices(count: int) -> list[dict[str, Any]]:
+    """:func:`init_cuda` on GPUs ``0 .. count-1``, each GPU's context and workspaces measured on it, then
+    GPU 0 made current again (where transformers puts the inputs)."""
+    torch = _torch()
+    contexts = [init_cuda(index) for index in range(count)]
+    torch.cuda.set_device(0)
+    return contexts
+
+
+def _gpu_map(device_map: dict[str, Any]) -> dict[str, int]:
+    return {name: int(device) for name, device in device_map.items()}
+
+
+def balanced_device_map(model: Any, gpus: int, dtype: str) -> dict[str, int]:
+    """The device map ``from_pretrained(device_map="auto")`` computes for ``model`` over GPUs ``0 .. gpus-1``.
+
+    transformers (modeling_utils.py from_pretrained -> integrations/accelerate.py _get_device_map) balances the
+    weights with get_balanced_memory and places whole modules with infer_auto_device_map, bounded by each GPU's
+    free memory; the same function is called here, on a model whose weights may still be on the meta device.
+    """
+    torch = _torch()
+    free = {index: int(torch.cuda.mem_get_info(index)[0]) for index in range(gpus)}
+    try:
+        from transformers.integrations.accelerate import _get_device_map
+
+        return _gpu_map(_get_device_map(model, "auto", free, None))
+    except ImportError:  # transformers < 4.56 delegates to accelerate directly
+        from accelerate import infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+
+        no_split = model._no_split_modules
+        memory = get_balanced_memory(model, max_memory=free, no_split_module_classes=no_split,
+                                     dtype=torch_dtype(dtype))
+        return _gpu_map(infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split,
+                                              dtype=torch_dtype(dtype)))
+
+
+def _clear_init_flags(model: Any) -> None:
+    # A model built on the meta device is marked initialized (transformers' _is_hf_initialized); the flags
+    # are cleared so that initialize_weights() fills the materialized tensors.
+    for module in model.modules():
+        if hasattr(module, "_is_hf_initialized"):
+            del module._is_hf_initialized
+        for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if hasattr(tensor, "_is_hf_initialized"):
+                del tensor._is_hf_initialized
+
+
+def build_model_split(config_dict: dict[str, Any], gpus: int, dtype: str = "bf16", attn_implementation: str = "sdpa",
+                      seed: int = 0, device_prefix: str = "cuda") -> tuple[Any, dict[str, Any]]:
+    """Build a causal LM with random weights over ``gpus`` GPUs, placed as ``device_map="auto"`` places it.
+
+    The model is built on the meta device (no memory), the device map computed by transformers' own function,
+    each placed module materialized on its GPU and initialized there, and accelerate's hooks attached with
+    ``dispatch_model`` as from_pretrained does. So a model larger than one GPU can be built, and no GPU ever
+    holds more than its share. ``device_prefix="cpu"`` maps every GPU to the CPU (to check the harness).
+    """
+    torch = _torch()
+    from accelerate import dispatch_model
+    from transformers import AutoModelForCausalLM
+
+    config, notes = load_config(config_dict)
+    allocated_before = _allocated_per_gpu(gpus) if device_prefix == "cuda" else [0] * gpus
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    with torch.device("meta"):
+        model = _with_dtype(AutoModelForCausalLM.from_config, config, dtype=dtype,
+                            attn_implementation=attn_implementation)
+    device_map = balanced_device_map(model, gpus, dtype) if device_prefix == "cuda" else _fake_map(model, gpus)
+
+    def target(index: int) -> str:
+        return f"cuda:{index}" if device_prefix == "cuda" else "cpu"
+
+    for name, index in sorted(device_map.items(), key=lambda item: len(item[0])):
+        module = model.get_submodule(name) if name else model
+        module.to_empty(device=target(index))
+    _clear_init_flags(model)
+    model.initialize_weights()
+    model.tie_weights()
+    if device_prefix == "cuda":
+        model = dispatch_model(model, device_map=device_map)
+    seconds = _ready_split(model, started, gpus if device_prefix == "cuda" else 0)
+    info: dict[str, Any] = {
+        "model_class": type(model).__name__,
+        "config_class": type(config).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "config_notes": notes,
+        "device_map": device_map,
+        "build_seconds": round(seconds, 3),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "max_position_embeddings": max_positions(config),
+        "gpus": gpus,
+        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus, device_prefix),
+    }
+    info.update(parameter_summary(model))
+    return model, info
+
+
+def _fake_map(model: Any, gpus: int) -> dict[str, int]:
+    """Decoder layers spread in equal runs (for the CPU harness check, where no GPU memory can be read)."""
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    prefix = next(name for name, module in model.named_modules() if module is inner)
+    layers = len(inner.layers)
+    out = {f"{prefix}.layers.{i}": min(gpus - 1, i * gpus // layers) for i in range(layers)}
+    for name, _ in inner.named_children():
+        if name != "layers":
+            out[f"{prefix}.{name}"] = 0
+    for name, _ in model.named_children():
+        if name != prefix.split(".")[0]:
+            out[name] = gpus - 1
+    return out
+
+
+def _allocated_per_gpu(gpus: int) -> list[int]:
+    torch = _torch()
+    return [int(torch.cuda.memory_allocated(index)) for index in range(gpus)]
+
+
+def _ready_split(model: Any, started: float, gpus: int) -> float:
+    model.eval()
+    model.requires_grad_(False)
+    torch = _torch()
+    for index in range(gpus):
+        torch.cuda.synchronize(index)
+    seconds = time.perf_counter() - started
+    gc.collect()
+    if gpus:
+        torch.cuda.empty_cache()
+    return seconds
+
+
+def _split_build_figures(model: Any, device_map: dict[str, int], allocated_before: list[int], gpus: int,
+                         device_prefix: str) -> list[dict[str, Any]]:
+    """Each GPU after the build: what torch allocated there, the weights placed there, the layers it holds."""
+    torch = _torch()
+    by_device: Counter[str] = Counter()
+    for param in model.parameters():
+        by_device[str(param.device)] += _tensor_bytes(param)
+    for buffer in model.buffers():
+        by_device[str(buffer.device)] += _tensor_bytes(buffer)
+    out = []
+    for index in range(gpus):
+        layers = sorted(int(name.rsplit(".", 1)[-1]) for name, device in device_map.items()
+                        if device == index and name.rsplit(".", 1)[-1].isdigit())
+        out.append({
+            "index": index,
+            "allocated_before_build": allocated_before[index],
+            "weights_allocated": int(torch.cuda.memory_allocated(index)) if device_prefix == "cuda" else None,
+            "tensor_bytes": by_device.get(f"cuda:{index}", 0),
+            "first_layer": layers[0] if layers else None,
+            "layers": len(layers),
+            "modules": sorted(name for name, device in device_map.items() if device == index and not
+                              name.rsplit(".", 1)[-1].isdigit()),
+        })
+    return out
+
+
+def load_model_split(location: str, gpus: int, dtype: str = "bf16",
+                     attn_implementation: str = "sdpa") -> tuple[Any, dict[str, Any]]:
+    """Load real weights (local folder or Hugging Face cache) with ``device_map="auto"`` over ``gpus`` GPUs."""
+    torch = _torch()
+    from transformers import AutoModelForCausalLM
+
+    allocated_before = _allocated_per_gpu(gpus)
+    max_memory = {index: int(torch.cuda.mem_get_info(index)[0]) for index in range(gpus)}
+    started = time.perf_counter()
+    model = _with_dtype(AutoModelForCausalLM.from_pretrained, location, dtype=dtype,
+                        attn_implementation=attn_implementation, device_map="auto", max_memory=max_memory,
+                        local_files_only=True)
+    seconds = _ready_split(model, started, gpus)
+    device_map = _gpu_map(getattr(model, "hf_device_map", {}) or {"": 0})
+    info: dict[str, Any] = {
+        "model_class": type(model).__name__,
+        "model_type": getattr(model.config, "model_type", None),
+        "device_map": device_map,
+        "build_seconds": round(seconds, 3),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "max_position_embeddings": max_positions(model.config),
+        "gpus": gpus,
+        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus, "cuda"),
+    }
+    info.update(parameter_summary(model))
+    return model, info
+
+
+def measure_generate_split(model: Any, batch: int, prompt_tokens: int, new_tokens: int, gpus: int,
+                           seed: int = 0) -> dict[str, Any]:
+    """:func:`measure_generate` for a model spread over GPUs ``0 .. gpus-1``: every counter per GPU.
+
+    The prompt goes to GPU 0, where the embedding is (accelerate's hooks move the hidden states on from
+    there). ``per_gpu`` holds each GPU's absolute torch counters, NVML peak and the KV cache it holds.
+    """
+    torch = _torch()
+    oom_error = _out_of_memory_error()
+    devices = list(range(gpus))
+    nvmls = [Nvml(index) for index in devices]
+    _prepare_for_forced_length(model)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    first = model.get_input_embeddings().weight.device
+    result: dict[str, Any] = {"batch": batch, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                              "oom": False, "gpus": gpus}
+    per_gpu: list[dict[str, Any]] = [{"index": index} for index in devices]
+
+    def clear_all() -> None:
+        gc.collect()
+        for index in devices:
+            torch.cuda.synchronize(index)
+        torch.cuda.empty_cache()
+
+    def reset_all() -> None:
+        for index in devices:
+            torch.cuda.reset_peak_memory_stats(index)
+
+    clear_all()
+    generator = torch.Generator(device=first).manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (batch, prompt_tokens), device=first, generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    for entry in per_gpu:
+        entry["allocated_before"] = int(torch.cuda.memory_allocated(entry["index"]))
+    try:
+        reset_all()
+        output = _generate(model, input_ids, attention_mask, 1)
+        for entry in per_gpu:
+            torch.cuda.synchronize(entry["index"])
+            entry["prefill_peak_allocated"] = int(torch.cuda.max_memory_allocated(entry["index"]))
+            entry["prefill_peak_reserved"] = int(torch.cuda.max_memory_reserved(entry["index"]))
+        output = None
+        clear_all()
+        for entry, nvml in zip(per_gpu, nvmls, strict=True):
+            entry["reserved_before"] = int(torch.cuda.memory_reserved(entry["index"]))
+            entry["nvml_used_before"] = nvml.used()
+        reset_all()
+        started = time.perf_counter()
+        samplers = [_PeakSampler(nvml) for nvml in nvmls]
+        for sampler in samplers:
+            sampler.__enter__()
+        try:
+            output = _generate(model, input_ids, attention_mask, new_tokens)
+            for index in devices:
+                torch.cuda.synchronize(index)
+        finally:
+            for sampler in samplers:
+                sampler.__exit__(None, None, None)
+        result["generate_seconds"] = round(time.perf_counter() - started, 4)
+        for entry, sampler in zip(per_gpu, samplers, strict=True):
+            index = entry["index"]
+            entry["peak_allocated"] = int(torch.cuda.max_memory_allocated(index))
+            entry["peak_reserved"] = int(torch.cuda.max_memory_reserved(index))
+            entry["allocated_after"] = int(torch.cuda.memory_allocated(index))
+            entry["nvml_used_peak"] = sampler.peak
+        sequences = output.sequences
+        result["generated_tokens"] = int(sequences.shape[1] - prompt_tokens)
+        result["output_device"] = str(sequences.device)
+        summary = cache_summary(getattr(output, "past_key_values", None))
+        result.update({k: v for k, v in summary.items() if k != "kv_cache_layer_shapes"})
+        for entry in per_gpu:
+            entry["kv_cache_storage_bytes"] = summary["kv_cache_storage_bytes_by_device"].get(
+                f"cuda:{entry['index']}", 0)
+    except oom_error as error:
+        result.update(_oom_record("generate", error))
+        result["oom_device"] = _oom_device(str(error))
+    output = None
+    result["per_gpu"] = per_gpu
+    del input_ids, attention_mask
+    clear_all()
+    return result
+
+
+def _oom_device(message: str) -> int | None:
+    """The GPU an out-of-memory error names ("GPU 1 has a total capacity of ...")."""
+    import re
+
+    found = re.search(r"GPU (\d+) has a total capacity", message)
+    return int(found.group(1)) if found else None

@@ -20,8 +20,8 @@ from gpuplan.verify.compare import CaseComparison, compare
 INSTALL_HINT = "pip install 'gpuplan[verify]' (torch, transformers, accelerate)"
 
 
-def check_environment() -> None:
-    """Fail early, with the fix, when torch/transformers or a CUDA GPU is missing."""
+def check_environment(gpus: int = 1) -> None:
+    """Fail early, with the fix, when torch/transformers or a CUDA GPU (or ``gpus`` of them) is missing."""
     missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingDependencyError(f"gpuplan verify needs {' and '.join(missing)}", hint=INSTALL_HINT)
@@ -32,6 +32,15 @@ def check_environment() -> None:
             "gpuplan verify measures on a CUDA GPU and torch sees none",
             hint="run it on a machine with an NVIDIA GPU and a CUDA build of torch; `gpuplan estimate` needs neither",
         )
+    if gpus > 1:
+        if importlib.util.find_spec("accelerate") is None:
+            raise MissingDependencyError("gpuplan verify --gpus places the model with accelerate, which is missing",
+                                         hint=INSTALL_HINT)
+        seen = torch.cuda.device_count()
+        if seen < gpus:
+            raise MissingDependencyError(
+                f"--gpus {gpus} asks for {gpus} GPUs and torch sees {seen}",
+                hint="use --gpus " + str(seen) + " or fewer, or check CUDA_VISIBLE_DEVICES")
 
 
 def raw_config(resolved: ResolvedModel) -> dict[str, Any]:
@@ -74,8 +83,14 @@ def _weights_location(resolved: ResolvedModel) -> str | None:
 
 def measure(resolved: ResolvedModel, estimate: EstimateResult, *, random_weights: bool,
             progress: Callable[[str], None] = lambda message: None) -> CaseComparison:
-    """Build or load the model, run generate() as the estimate describes, and compare component-wise."""
-    check_environment()
+    """Build or load the model, run generate() as the estimate describes, and compare component-wise.
+
+    With ``estimate.pipeline_parallel`` > 1 the model is spread over that many GPUs as ``device_map="auto"``
+    places it, and every GPU is measured."""
+    gpus = estimate.pipeline_parallel
+    check_environment(gpus)
+    if gpus > 1:
+        return _measure_split(resolved, estimate, gpus, random_weights=random_weights, progress=progress)
     import torch
 
     from gpuplan.verify import measure as m
@@ -84,11 +99,7 @@ def measure(resolved: ResolvedModel, estimate: EstimateResult, *, random_weights
     context = m.init_cuda()
     versions = m.environment()
     config = raw_config(resolved)
-    case_id = (f"{resolved.id}|{estimate.compute_dtype}|{estimate.attn_implementation}|b{estimate.batch}|"
-               f"p{estimate.prompt_tokens}|n{estimate.new_tokens}")
-    common = {"case_id": case_id, "model_id": resolved.id, "model_type": estimate.model_type,
-              "dtype": estimate.compute_dtype, "attn": estimate.attn_implementation, "batch": estimate.batch,
-              "prompt_tokens": estimate.prompt_tokens, "new_tokens": estimate.new_tokens}
+    common = _case(resolved, estimate, 1)
     try:
         model, info = _load(m, resolved, config, estimate, random_weights, progress)
     except torch.OutOfMemoryError:
@@ -103,18 +114,61 @@ def measure(resolved: ResolvedModel, estimate: EstimateResult, *, random_weights
     return compare(row, estimate)
 
 
+def _case(resolved: ResolvedModel, estimate: EstimateResult, gpus: int) -> dict[str, Any]:
+    case_id = (f"{resolved.id}|{estimate.compute_dtype}|{estimate.attn_implementation}|b{estimate.batch}|"
+               f"p{estimate.prompt_tokens}|n{estimate.new_tokens}" + (f"|gpus{gpus}" if gpus > 1 else ""))
+    return {"case_id": case_id, "model_id": resolved.id, "model_type": estimate.model_type,
+            "dtype": estimate.compute_dtype, "attn": estimate.attn_implementation, "batch": estimate.batch,
+            "prompt_tokens": estimate.prompt_tokens, "new_tokens": estimate.new_tokens, "gpus": gpus}
+
+
+def _measure_split(resolved: ResolvedModel, estimate: EstimateResult, gpus: int, *, random_weights: bool,
+                   progress: Callable[[str], None]) -> CaseComparison:
+    import torch
+
+    from gpuplan.verify import measure as m
+
+    progress(f"starting CUDA on {gpus} GPUs")
+    contexts = m.init_cuda_devices(gpus)
+    versions = m.environment()
+    common = _case(resolved, estimate, gpus)
+    try:
+        if random_weights:
+            progress(f"building the model with random weights over {gpus} GPUs (device_map='auto')")
+            model, info = m.build_model_split(raw_config(resolved), gpus, estimate.compute_dtype,
+                                              estimate.attn_implementation)
+        else:
+            location = _require_weights(resolved)
+            progress(f"loading the weights from {location} over {gpus} GPUs (device_map='auto')")
+            model, info = m.load_model_split(location, gpus, estimate.compute_dtype, estimate.attn_implementation)
+    except torch.OutOfMemoryError as error:
+        return compare({**common, "oom": True, "oom_phase": "loading the weights",
+                        "oom_device": m._oom_device(str(error))}, estimate)
+    progress(f"running generate() over {gpus} GPUs: batch {estimate.batch}, {estimate.prompt_tokens} prompt + "
+             f"{estimate.new_tokens} new tokens")
+    run = m.measure_generate_split(model, estimate.batch, estimate.prompt_tokens, max(1, estimate.new_tokens), gpus)
+    del model
+    row: dict[str, Any] = {"contexts": contexts, "versions": versions, **info, **run, **common}
+    return compare(row, estimate, spec=resolved.spec)
+
+
+def _require_weights(resolved: ResolvedModel) -> str:
+    location = _weights_location(resolved)
+    if location is None:
+        raise ModelNotFoundError(
+            f"the weights of {resolved.id} are not on disk or in the Hugging Face cache",
+            hint="pass --random-weights to measure with random weights of the same shapes (the memory is "
+                 "the same), or download the model first",
+        )
+    return location
+
+
 def _load(m: Any, resolved: ResolvedModel, config: dict[str, Any], estimate: EstimateResult, random_weights: bool,
           progress: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
     if random_weights:
         progress("building the model with random weights on the GPU")
         return m.build_model(config, estimate.compute_dtype, estimate.attn_implementation)
     else:
-        location = _weights_location(resolved)
-        if location is None:
-            raise ModelNotFoundError(
-                f"the weights of {resolved.id} are not on disk or in the Hugging Face cache",
-                hint="pass --random-weights to measure with random weights of the same shapes (the memory is "
-                     "the same), or download the model first",
-            )
+        location = _require_weights(resolved)
         progress(f"loading the weights from {location}")
         return m.load_model(location, estimate.compute_dtype, estimate.attn_implementation)
