@@ -42,9 +42,12 @@ class Group:
     model_id: str
     config_file: str
     max_seq: int
-    methods: list[tuple[str, str]] = field(default_factory=lambda: list(METHODS))
-    # (optimizer, batch, seq, checkpointing, accumulation) cases run once on the first (full, bf16) build.
+    # (method, precision) built with the default AdamW, or (method, precision, optimizer, kbit_prep).
+    methods: list[tuple[Any, ...]] = field(default_factory=lambda: list(METHODS))
+    # (optimizer, batch, seq, checkpointing, accumulation) cases run once on the first build.
     extras: list[tuple[str, int, int, bool, int]] = field(default_factory=list)
+    # Replaces the shapes x checkpointing grid when set: (batch, seq, checkpointing).
+    grid: list[tuple[int, int, bool]] | None = None
 
 
 # Cheapest first: small weights and vocabularies before large ones.
@@ -60,10 +63,43 @@ MATRIX = [
 ]
 
 
+# bitsandbytes: QLoRA (NF4 base, LoRA adapters) and the 8-bit AdamW, on four architectures; one QLoRA build
+# prepared as the QLoRA scripts and TRL prepare it (peft prepare_model_for_kbit_training); one 7B QLoRA run
+# at the shape users size for.
+BNB_MATRIX = [
+    Group("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", 2048,
+          methods=[("qlora", "bf16"), ("full", "bf16", "adamw-8bit", False)]),
+    Group("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", 2048,
+          methods=[("qlora", "bf16"), ("qlora", "bf16", "adamw", True), ("lora", "bf16", "adamw-8bit", False),
+                   ("full", "bf16", "adamw-8bit", False)]),
+    Group("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", 2048,
+          methods=[("qlora", "bf16"), ("qlora", "bf16", "adamw", True)]),
+    Group("google/gemma-2-2b-it", "google--gemma-2-2b-it.json", 2048,
+          methods=[("qlora", "bf16"), ("full", "mixed", "adamw-8bit", False)]),
+    Group("Qwen/Qwen2.5-7B", "Qwen--Qwen2.5-7B.json", 4096, methods=[("qlora", "bf16")],
+          grid=[(8, 4096, True), (2, 512, False)]),
+]
+
+# Measured after --prepare-kbit and float32 attention were modelled from the rows above: other models and
+# shapes with a prepared QLoRA base, and plain float32 training with grouped-query attention.
+BNB_HELD_OUT = [
+    Group("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", 2048, methods=[("qlora", "bf16", "adamw", True)],
+          grid=[(4, 2048, False), (2, 512, True)]),
+    Group("google/gemma-2-2b-it", "google--gemma-2-2b-it.json", 2048, methods=[("qlora", "bf16", "adamw", True)],
+          grid=[(2, 2048, False), (4, 2048, True)]),
+    Group("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", 2048,
+          methods=[("full", "fp32", "adamw", False), ("lora", "fp32", "adamw", False)], grid=[(2, 1024, False)]),
+    Group("Qwen/Qwen2.5-7B", "Qwen--Qwen2.5-7B.json", 4096, methods=[("qlora", "bf16", "adamw", True)],
+          grid=[(4, 2048, True)]),
+]
+
+
 def case_id(model_id: str, method: str, precision: str, optimizer: str, batch: int, seq: int, ckpt: bool,
-            accumulation: int, rank: int) -> str:
+            accumulation: int, rank: int, kbit_prep: bool = False) -> str:
     lora = f"|r{rank}" if method != "full" else ""
-    return (f"{model_id}|{method}|{precision}|{optimizer}|b{batch}|s{seq}|gc{int(ckpt)}|ga{accumulation}{lora}")
+    prep = "|kbit" if kbit_prep else ""
+    return (f"{model_id}|{method}|{precision}|{optimizer}|b{batch}|s{seq}|gc{int(ckpt)}|ga{accumulation}{lora}"
+            f"{prep}")
 
 
 def main() -> int:
@@ -76,6 +112,8 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="one decoder layer and short sequences (harness check)")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--run-label", default="sweep")
+    parser.add_argument("--matrix", choices=("default", "bnb", "bnb-held-out"), default="default",
+                        help="bnb: QLoRA and the 8-bit AdamW (needs bitsandbytes); bnb-held-out: measured after")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -88,7 +126,7 @@ def main() -> int:
             versions[package] = __import__(package).__version__
         except ImportError:
             versions[package] = None
-    versions["bitsandbytes"] = tm.has_bitsandbytes()
+    versions["bitsandbytes"] = __import__("bitsandbytes").__version__ if tm.has_bitsandbytes() else None
     out = open(args.out, "a", encoding="utf-8")
     errors = open(args.errors or os.devnull, "a", encoding="utf-8")
     wanted = set(args.models.split(",")) if args.models else None
@@ -103,7 +141,8 @@ def main() -> int:
         out.flush()
 
     cases = 0
-    for group in MATRIX:
+    matrices = {"default": MATRIX, "bnb": BNB_MATRIX, "bnb-held-out": BNB_HELD_OUT}
+    for group in matrices[args.matrix]:
         if wanted and group.model_id not in wanted:
             continue
         config_path = REPO / "data" / "models" / group.config_file
@@ -111,13 +150,16 @@ def main() -> int:
             continue
         raw = json.loads(config_path.read_text())
         raw.update(overrides)
-        for index, (method, precision) in enumerate(group.methods):
+        for index, entry in enumerate(group.methods):
+            method, precision = entry[0], entry[1]
+            base_optimizer = entry[2] if len(entry) > 2 else "adamw"
+            kbit_prep = bool(entry[3]) if len(entry) > 3 else False
             if left() < 15:
                 print(f"time budget reached before {group.model_id} {method} {precision}", flush=True)
                 return 0
             try:
                 model, info = tm.build_train_model(raw, method, precision, lora_rank=args.lora_rank,
-                                                   device=args.device)
+                                                   device=args.device, kbit_prep=kbit_prep)
             except Exception as error:  # a build that fails is recorded, the sweep goes on
                 errors.write(json.dumps({"model_id": group.model_id, "method": method, "precision": precision,
                                          "phase": "build", "error": repr(error)[:500],
@@ -125,7 +167,11 @@ def main() -> int:
                 errors.flush()
                 tm.clear(args.device)
                 continue
-            grid = [("adamw", b, min(s, group.max_seq), ckpt, 1) for ckpt in (False, True) for b, s in shapes]
+            if group.grid is not None and not args.tiny:
+                grid = [(base_optimizer, b, s, ckpt, 1) for b, s, ckpt in group.grid]
+            else:
+                grid = [(base_optimizer, b, min(s, group.max_seq), ckpt, 1) for ckpt in (False, True)
+                        for b, s in shapes]
             if index == 0 and not args.tiny:
                 grid += group.extras
             for optimizer, batch, seq, ckpt, accumulation in grid:
@@ -134,7 +180,7 @@ def main() -> int:
                     del model
                     return 0
                 cid = case_id(group.model_id, method, precision, optimizer, batch, seq, ckpt, accumulation,
-                              args.lora_rank)
+                              args.lora_rank, kbit_prep)
                 try:
                     result = tm.run_train_case(model, precision=precision, optimizer_name=optimizer, batch=batch,
                                                seq=seq, grad_checkpointing=ckpt, grad_accumulation=accumulation,
@@ -149,7 +195,7 @@ def main() -> int:
                        "config_file": f"data/models/{group.config_file}", "config_overrides": overrides,
                        "method": method, "lora_rank": args.lora_rank if method != "full" else None,
                        "lora_alpha": 2 * args.lora_rank if method != "full" else None,
-                       "lora_targets": "all-linear" if method != "full" else None,
+                       "lora_targets": "all-linear" if method != "full" else None, "kbit_prep": kbit_prep,
                        "context": context, "versions": versions, **info, **result}
                 record(row)
                 cases += 1

@@ -411,15 +411,18 @@ def _serving_estimate(resolved: ResolvedModel, precision: Precision, engine: str
 def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full", precision: str = "bf16",
           optimizer: str = "adamw", lora_rank: int | None = None, lora_targets: list[str] | str | None = None,
           grad_checkpointing: bool = False, batch: int = 1, seq: int = 2048, grad_accumulation: int = 1,
-          zero: int = 0, fsdp: bool = False, gpus: int = 1, offload_optimizer: bool = False, gpu: Any = None,
-          gpu_memory: str | int | None = None, revision: str | None = None, source: SourceName = "auto",
-          offline: bool | None = None, expandable_segments: bool | None = None) -> Any:
+          zero: int = 0, fsdp: bool = False, gpus: int = 1, offload_optimizer: bool = False,
+          prepare_kbit: bool = False, gpu: Any = None, gpu_memory: str | int | None = None,
+          revision: str | None = None, source: SourceName = "auto", offline: bool | None = None,
+          expandable_segments: bool | None = None) -> Any:
     """Memory of one training step of a causal LM with transformers (+ peft for LoRA / QLoRA), per GPU.
 
     ``method``: full | lora | qlora. ``precision``: bf16 | fp16 | fp32 | mixed (fp32 master weights with bf16
     autocast). ``optimizer``: adamw | adamw-8bit | adafactor | sgd | sgd-momentum. ``lora_targets``: module
     names (q_proj, v_proj ...) or None for every linear projection of the blocks (peft "all-linear").
     ``batch`` is the micro-batch per GPU; ``zero`` (DeepSpeed stage) or ``fsdp`` shard over ``gpus``.
+    ``prepare_kbit``: the QLoRA base goes through peft's prepare_model_for_kbit_training (float32 embeddings,
+    norms and lm_head, so float32 activations), as QLoRA scripts and TRL do.
     Returns a :class:`gpuplan.results.TrainResult`; docs/training.md has the formulas.
     """
     from gpuplan.calc.overhead import NON_TORCH_BYTES
@@ -448,7 +451,7 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
                               lora_rank=16 if lora_rank is None else lora_rank, lora_targets=targets,
                               grad_checkpointing=grad_checkpointing, batch=batch, seq=seq,
                               grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
-                              offload_optimizer=offload_optimizer)
+                              offload_optimizer=offload_optimizer, prepare_kbit=prepare_kbit)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
@@ -465,9 +468,9 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
     if spec.moe is not None:
         notes.append("mixture-of-experts: activations are modelled as for the dense layers; expert routing "
                      "buffers are not measured")
-    if precision == "fp32" and spec.attention_kind in ("GQA", "MQA"):
-        notes.append("fp32 with grouped-query attention runs torch's math SDPA, whose [batch, heads, seq, seq] "
-                     "scores are not in this estimate")
+    if (precision == "fp32" or prepare_kbit) and spec.attention_kind in ("GQA", "MQA"):
+        notes.append("float32 activations with grouped-query attention run torch's math SDPA, which keeps "
+                     "[batch, heads, seq, seq] float32 probabilities per layer for the backward pass")
     gpu_spec = resolve_gpu(gpu, gpu_memory)
     fit: dict[str, Any] = {}
     if gpu_spec is not None:
@@ -480,7 +483,7 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
         lora_rank=setup.lora_rank if method != "full" else None,
         lora_targets=list(targets) if targets is not None else None, grad_checkpointing=grad_checkpointing,
         batch=batch, seq=seq, grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
-        offload_optimizer=offload_optimizer, parameters=spec.loaded_parameters,
+        offload_optimizer=offload_optimizer, prepare_kbit=prepare_kbit, parameters=spec.loaded_parameters,
         trainable_parameters=mem.trainable_parameters, weights_bytes=mem.weights_bytes,
         gradient_bytes=mem.gradient_bytes, optimizer_bytes=mem.optimizer_bytes,
         activation_bytes=mem.activation_bytes, step_temporary_bytes=mem.step_temporary_bytes,

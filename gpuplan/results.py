@@ -275,6 +275,8 @@ class TrainResult(BaseModel):
     fsdp: bool = Field(description="FSDP FULL_SHARD")
     gpus: int = Field(description="data-parallel GPUs")
     offload_optimizer: bool
+    prepare_kbit: bool = Field(default=False, description="QLoRA base prepared by peft's "
+                                                          "prepare_model_for_kbit_training (float32 activations)")
     gpu: str | None = Field(default=None, description="GPU the fit is checked against, when one was named")
     gpu_memory_bytes: int | None = Field(default=None, description="memory of that GPU, per GPU")
     fits: bool | None = Field(default=None, description="the step fits that GPU (null when no GPU was named)")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
-from gpuplan.calc.weights import weights_bytes
+from gpuplan.calc.weights import is_quantized, weights_bytes
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec, QuantSpec, TensorGroup, TensorRole
 
@@ -80,6 +80,8 @@ class TrainingSetup(BaseModel):
     fsdp: bool = False
     gpus: int = 1
     offload_optimizer: bool = False
+    prepare_kbit: bool = False
+    """QLoRA base passed through peft's prepare_model_for_kbit_training (the QLoRA scripts', TRL's recipe)."""
 
     @property
     def param_bytes(self) -> int:
@@ -110,6 +112,9 @@ def validate_setup(setup: TrainingSetup) -> None:
     if setup.offload_optimizer and not (setup.zero or setup.fsdp):
         raise InputError("--offload-optimizer is a DeepSpeed ZeRO / FSDP option",
                          hint="add --zero 1, 2 or 3 with --gpus 2 or more")
+    if setup.prepare_kbit and setup.method != "qlora":
+        raise InputError("--prepare-kbit prepares a 4-bit base: it goes with --method qlora",
+                         hint="drop --prepare-kbit, or use --method qlora")
     if setup.method == "qlora" and setup.precision == "fp32":
         raise InputError("QLoRA computes in 16-bit (bitsandbytes bnb_4bit_compute_dtype)",
                          hint="use --precision bf16, fp16 or mixed")
@@ -193,7 +198,14 @@ def nf4_precision(compute_dtype: str) -> Precision:
 def base_weights_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     """The model's own weights on the GPU (without LoRA adapters)."""
     if setup.method == "qlora":
-        return weights_bytes(spec, nf4_precision("fp16" if setup.precision == "fp16" else "bf16"))
+        nf4 = nf4_precision("fp16" if setup.precision == "fp16" else "bf16")
+        total = weights_bytes(spec, nf4)
+        if setup.prepare_kbit:
+            # peft/utils/other.py prepare_model_for_kbit_training: "cast all non INT8 parameters to fp32":
+            # every 16-bit weight that is not NF4 (embeddings, norms, biases, lm_head) doubles.
+            total += sum(t.numel * t.count * (FP32 - 2) for t in spec.tensors
+                         if t.loaded and not is_quantized(t, nf4.quant))
+        return total
     dtype = "fp32" if setup.precision in ("mixed", "fp32") else setup.precision
     plain = Precision(weights=dtype, compute_dtype=dtype, kv_dtype=dtype)  # type: ignore[arg-type]
     return weights_bytes(spec, plain)
@@ -370,6 +382,16 @@ def _saved_per_token_layer(d: _Dims) -> dict[str, int]:
     # Attention (sdpa, flash / memory-efficient kernel): q, k, v after RoPE, the output (also o_proj's
     # input), and the float32 logsumexp per head. RoPE's products keep nothing: cos and sin need no grad.
     out["attention"] = (2 * d.q + d.kv + d.kv_v) * e + d.heads * FP32
+    math_layers = _math_sdpa_layers(d)
+    if math_layers:
+        # float32 q with grouped K/V and no mask: transformers passes enable_gqa=True, which neither flash
+        # (16-bit only) nor the memory-efficient kernel takes, so torch runs the math SDPA
+        # (aten/src/ATen/native/transformers/attention.cpp _scaled_dot_product_attention_math). Its matmuls
+        # keep the scaled q, K and V repeated per head, and the softmax's float32 probabilities
+        # [heads, seq, seq] (one per token: heads x seq); the output is kept as before.
+        math = (d.q + d.heads * spec.head_dim + d.heads * spec.v_head_dim + d.heads * spec.v_head_dim) * FP32 \
+            + d.heads * d.setup.seq * FP32
+        out["attention"] += (math - out["attention"]) * math_layers // d.L
     if spec.model_type in ("qwen3", "qwen3_moe", "gemma3_text", "olmo2"):
         # q_norm / k_norm: RMSNorm per head on q and k.
         out["qk_norm"] = (FP32 + (e if train_w else 0)) * (d.q + d.kv)
@@ -394,11 +416,34 @@ def _saved_per_token_layer(d: _Dims) -> dict[str, int]:
         # each adapted linear its own float32 copy of its input (kept by lora_A), and lora_A's output [T, r]
         # (kept by lora_B).
         lora_bytes = 0
+        groups: set[str] = set()
         for t in lora_target_tensors(spec, d.setup.lora_targets):
-            if t.count == d.L:
-                lora_bytes += (t.shape[1] + d.setup.lora_rank) * FP32
+            if t.count != d.L:
+                continue
+            lora_bytes += d.setup.lora_rank * FP32
+            if e != FP32:
+                lora_bytes += t.shape[1] * FP32
+                continue
+            # A float32 input needs no cast: linears reading the same tensor keep it once, and the
+            # attention's output (o_proj's input) is kept by the attention already.
+            name = _module_name(t)
+            group = "attn" if name in _ATTN_INPUT_PROJ else "ffn" if name in _FFN_INPUT_PROJ else \
+                "ffn_out" if name in _FFN_OUTPUT_PROJ else None
+            if group is not None and group not in groups:
+                groups.add(group)
+                lora_bytes += t.shape[1] * FP32
         out["lora_inputs"] = lora_bytes
     return out
+
+
+def _math_sdpa_layers(d: _Dims) -> int:
+    """Layers whose sdpa attention runs torch's math kernel in training: float32 compute, grouped K/V, and
+    no mask (a sliding window shorter than the sequence makes transformers pass a mask and K/V repeated per
+    head, which the memory-efficient kernel takes)."""
+    spec = d.spec
+    if d.e != FP32 or spec.num_key_value_heads == spec.num_attention_heads:
+        return 0
+    return sum(1 for w in spec.layer_windows if w is None or w >= d.setup.seq)
 
 
 def _loss_terms(d: _Dims) -> dict[str, int]:
@@ -447,8 +492,19 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup) -> TrainingMemory:
         # DeepSpeed's bf16 mode and FSDP's MixedPrecisionPolicy keep the model in bf16 for compute (with
         # fp32 master weights in the optimizer / the shards): no autocast, activations as in bf16.
         activations_setup = setup.model_copy(update={"precision": "bf16"})
+    elif setup.prepare_kbit:
+        # With the embedding in float32 the residual stream is float32, and bitsandbytes' Linear4bit returns
+        # its output in its input's dtype (bitsandbytes/nn/modules.py Linear4bit.forward: .to(inp_dtype)):
+        # every activation is float32, as in float32 training; only the NF4 matmuls compute in 16-bit.
+        activations_setup = setup.model_copy(update={"precision": "fp32"})
+        notes.append("prepare_model_for_kbit_training: embeddings, norms and lm_head in float32, so the "
+                     "activations are float32")
     else:
         activations_setup = setup
+    if setup.method == "qlora" and not setup.prepare_kbit:
+        notes.append("QLoRA base used as loaded (peft get_peft_model); add --prepare-kbit when the script calls "
+                     "peft's prepare_model_for_kbit_training (QLoRA scripts, TRL), which casts embeddings, "
+                     "norms and lm_head to float32 and makes every activation float32")
     d = _Dims(spec, activations_setup)
     trainable = trainable_parameters(spec, setup)
     base = base_weights_bytes(spec, setup)
@@ -571,19 +627,26 @@ def _per_gpu_states(spec: ModelSpec, setup: TrainingSetup, *, base: int, trainab
         # DistributedDataParallel copies every gradient into its all-reduce buckets unless
         # gradient_as_bucket_view=True (torch/nn/parallel/distributed.py, DistributedDataParallel docstring:
         # "the saved memory size will be equal to the total gradients size").
+        # The buckets are allocated when the model is wrapped (torch/csrc/distributed/c10d/reducer.cpp
+        # Reducer::initialize_buckets: bucket.gradients = at::empty(...)), so they are there from the first
+        # forward on (measured on 2 H200s: the forward peak is higher by exactly the gradients' size).
         return _PerGpu(weights=base + (trainable * FP32 if setup.method != "full" else 0), grads=grads,
-                       states=states, temp=temp, backward_extra=grads, step_extra=grads,
-                       notes=["DDP: gradients counted twice (all-reduce buckets); gradient_as_bucket_view=True "
-                              "saves one copy"])
+                       states=states, temp=temp, forward_extra=grads, backward_extra=grads, step_extra=grads,
+                       notes=["DDP: gradients counted twice (all-reduce buckets, allocated when the model is "
+                              "wrapped); gradient_as_bucket_view=True saves one copy"])
     sixteen = setup.precision != "fp32"
     lora = setup.method != "full"
     # The frozen part (LoRA's base, QLoRA's NF4 base) is replicated except under ZeRO-3 / FSDP.
     frozen = base if lora else 0
     if setup.fsdp:
         # FSDP2 fully_shard (FULL_SHARD): parameters, gradients and optimizer states live as 1/N shards in
-        # the parameter dtype; a layer is all-gathered in the compute dtype for its forward and backward
-        # (two at a time with prefetching), and the root module (embeddings, final norm, lm_head) stays
-        # gathered from its forward to its backward.
+        # the parameter dtype; a layer is all-gathered in the compute dtype for its forward and backward and
+        # resharded after it (torch/distributed/fsdp/_fully_shard/_fully_shard.py, reshard_after_forward),
+        # and the root module (embeddings, final norm, lm_head) stays gathered from its forward to its
+        # backward (the root's reshard_after_forward is False). The peaks fall at the loss, at the end of the
+        # forward and the start of the backward, where the root is gathered with one decoder layer (the
+        # backward prefetches the next): measured on 2 H200s, 5 FSDP2 cases of 2 models, bf16 and fp32
+        # shards (tests/fixtures/measurements/distributed-h200.jsonl).
         # A frozen base is gathered as it is stored (a QLoRA base in NF4), a trained one in the compute dtype.
         per_param = base / spec.loaded_parameters if lora else (2 if sixteen else FP32)
         layer = int(decoder_layer_parameters(spec) * per_param)
@@ -591,13 +654,13 @@ def _per_gpu_states(spec: ModelSpec, setup: TrainingSetup, *, base: int, trainab
         trained = trainable * (FP32 if lora else setup.param_bytes)
         if setup.offload_optimizer:
             # CPUOffloadPolicy keeps the shards, their gradients and the optimizer on the host.
-            return _PerGpu(weights=0, grads=0, states=0, temp=0, forward_extra=root + 2 * layer,
-                           backward_extra=root + 3 * layer, step_extra=0,
+            return _PerGpu(weights=0, grads=0, states=0, temp=0, forward_extra=root + layer,
+                           backward_extra=root + layer, step_extra=0,
                            notes=["FSDP with CPU offload: shards, gradients and optimizer states in host memory"])
         return _PerGpu(weights=(frozen + trained) // n, grads=grads // n, states=states // n, temp=temp // n,
-                       forward_extra=root + 2 * layer, backward_extra=root + 3 * layer,
-                       notes=["FSDP FULL_SHARD: all-gathered buffers are modelled from FSDP's design, not "
-                              "measured"])
+                       forward_extra=root + layer, backward_extra=root + layer,
+                       notes=["FSDP FULL_SHARD: at the peak the root module (embeddings, lm_head) and one "
+                              "decoder layer are all-gathered"])
     # DeepSpeed keeps the model in 16-bit and an fp32 master copy plus fp32 gradients in the optimizer.
     master_setup = setup.model_copy(update={"precision": "fp32"})
     states32 = optimizer_state_bytes(spec, master_setup) if not lora else states

@@ -91,6 +91,9 @@ LoraTargetsOpt = Annotated[str | None, typer.Option(
                            "of the blocks, as peft's all-linear.", show_default=False)]
 GradCkptOpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute each layer in the backward pass.")]
 GradAccOpt = Annotated[int, typer.Option("--grad-accumulation", help="Micro-batches per optimizer step.")]
+PrepareKbitOpt = Annotated[bool, typer.Option(
+    "--prepare-kbit", help="QLoRA: the script calls peft's prepare_model_for_kbit_training (QLoRA scripts, TRL), "
+                           "which keeps embeddings, norms and lm_head in float32.")]
 
 # llama.cpp flags, named as llama.cpp names them (common/arg.cpp); -b is --batch here, so --batch-size has
 # no short form.
@@ -335,7 +338,9 @@ def verify(
                                  "the memory is the same.")] = False,
     tolerance: Annotated[str, typer.Option(
         "--tolerance", help="Largest |error| of the peak before the exit code is 1, e.g. 5% or 0.05.")] = "5%",
-    gpus: Annotated[int, typer.Option("--gpus", help="GPUs to spread the model over (1 for now).")] = 1,
+    gpus: Annotated[int, typer.Option(
+        "--gpus", help="GPUs to spread the model over as device_map='auto' does (whole layers; each GPU "
+                       "measured).")] = 1,
     train_step: Annotated[bool, typer.Option(
         "--train", help="Measure a training step (forward with labels, backward, optimizer step) instead of "
                         "generate(); takes the training flags below.")] = False,
@@ -346,6 +351,7 @@ def verify(
     lora_targets: LoraTargetsOpt = None,
     grad_checkpointing: GradCkptOpt = False,
     grad_accumulation: GradAccOpt = 1,
+    prepare_kbit: PrepareKbitOpt = False,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
@@ -363,18 +369,21 @@ def verify(
         from gpuplan.verify.runner import measure
 
         limit = _parse_tolerance(tolerance)
-        if gpus != 1:
-            raise InputError("gpuplan verify measures on one GPU so far", hint="drop --gpus or use --gpus 1")
+        if gpus < 1:
+            raise InputError(f"--gpus must be at least 1, got {gpus}")
+        if train_step and gpus != 1:
+            raise InputError("gpuplan verify --train measures one GPU",
+                             hint="drop --gpus; `gpuplan train --fsdp --gpus N` estimates sharded training")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         if train_step:
             return _verify_train(resolved, method=method, precision=precision, optimizer=optimizer,
                                  lora_rank=lora_rank, lora_targets=lora_targets,
                                  grad_checkpointing=grad_checkpointing, batch=batch, seq=parse_token_count(seq),
-                                 grad_accumulation=grad_accumulation, random_weights=random_weights, limit=limit,
-                                 output_format=output_format)
+                                 grad_accumulation=grad_accumulation, prepare_kbit=prepare_kbit,
+                                 random_weights=random_weights, limit=limit, output_format=output_format)
         est = estimate_one(resolved, dtype=dtype, batch=batch, seq=parse_token_count(seq), new_tokens=new_tokens,
-                           attn=attn, engine="transformers")
+                           attn=attn, engine="transformers", pipeline_parallel=gpus)
         if est.compute_dtype != est.dtype:
             raise InputError(f"gpuplan verify builds {est.dtype} weights only through their checkpoint",
                              hint="use --dtype fp32, fp16 or bf16")
@@ -392,14 +401,15 @@ def verify(
 
 def _verify_train(resolved, *, method: str, precision: str, optimizer: str, lora_rank: int | None,
                   lora_targets: str | None, grad_checkpointing: bool, batch: int, seq: int,
-                  grad_accumulation: int, random_weights: bool, limit: float, output_format: OutputFormat) -> int:
+                  grad_accumulation: int, prepare_kbit: bool, random_weights: bool, limit: float,
+                  output_format: OutputFormat) -> int:
     from gpuplan.api import train as train_estimate
     from gpuplan.cli import output
     from gpuplan.verify.train_measure import measure_training
 
     est = train_estimate(resolved, method=method, precision=precision, optimizer=optimizer, lora_rank=lora_rank,
                          lora_targets=lora_targets, grad_checkpointing=grad_checkpointing, batch=batch, seq=seq,
-                         grad_accumulation=grad_accumulation)
+                         grad_accumulation=grad_accumulation, prepare_kbit=prepare_kbit)
     err = output.stderr_console()
     with err.status("gpuplan verify --train") as status:
         comparison = measure_training(resolved, est, random_weights=random_weights,
@@ -422,6 +432,7 @@ def train(
     batch: Annotated[int, typer.Option("--batch", "-b", help="Micro-batch per GPU (sequences per forward).")] = 1,
     seq: Annotated[str, typer.Option("--seq", "-s", help="Tokens per sequence.")] = "2048",
     grad_accumulation: GradAccOpt = 1,
+    prepare_kbit: PrepareKbitOpt = False,
     zero: Annotated[int, typer.Option("--zero", help="DeepSpeed ZeRO stage 0, 1, 2 or 3 (needs --gpus 2+).")] = 0,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="PyTorch FSDP FULL_SHARD over --gpus.")] = False,
     gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel GPUs.")] = 1,
@@ -452,8 +463,8 @@ def train(
                                 lora_rank=lora_rank, lora_targets=lora_targets,
                                 grad_checkpointing=grad_checkpointing, batch=batch, seq=parse_token_count(seq),
                                 grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
-                                offload_optimizer=offload_optimizer, gpu=gpu, gpu_memory=gpu_memory,
-                                expandable_segments=expandable_segments)
+                                offload_optimizer=offload_optimizer, prepare_kbit=prepare_kbit, gpu=gpu,
+                                gpu_memory=gpu_memory, expandable_segments=expandable_segments)
         output.render_train(result, output_format)
         return EXIT_FINDING if result.fits is False else 0
 

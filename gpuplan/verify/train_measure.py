@@ -83,12 +83,14 @@ def param_dtype(precision: str) -> str:
 def build_train_model(config_dict: dict[str, Any], method: str, precision: str, *, lora_rank: int = 16,
                       lora_alpha: int | None = None, lora_targets: str | list[str] = "all-linear",
                       attn_implementation: str = "sdpa", device: str = "cuda", seed: int = 0,
-                      location: str | None = None) -> tuple[Any, dict[str, Any]]:
+                      location: str | None = None, kbit_prep: bool = False) -> tuple[Any, dict[str, Any]]:
     """Build the model to train: all weights trainable (full), or frozen with LoRA adapters (peft).
 
     With ``location`` the real weights are loaded from that folder or the Hugging Face cache (never the
     network); without, random weights of the same shapes are built on the device. QLoRA loads the base through
-    bitsandbytes (NF4, double quantization, bf16 compute).
+    bitsandbytes (NF4, double quantization, bf16 compute); ``kbit_prep`` then runs peft's
+    prepare_model_for_kbit_training first (as the QLoRA scripts and TRL do), which casts every 16-bit weight
+    that is not NF4 (embeddings, norms, lm_head) to float32.
     """
     torch = _torch()
     from transformers import AutoModelForCausalLM
@@ -117,7 +119,7 @@ def build_train_model(config_dict: dict[str, Any], method: str, precision: str, 
             model = AutoModelForCausalLM.from_pretrained(location, quantization_config=quant, device_map=device,
                                                          local_files_only=True, **kwargs)
         else:
-            model = _quantize_nf4(AutoModelForCausalLM.from_config(config, **kwargs), quant, device)
+            model = _quantize_nf4(_build_16bit(AutoModelForCausalLM, config, kwargs, device), quant, device)
     elif location is not None:
         model = AutoModelForCausalLM.from_pretrained(location, device_map=device, local_files_only=True, **kwargs)
     else:
@@ -131,6 +133,11 @@ def build_train_model(config_dict: dict[str, Any], method: str, precision: str, 
         from peft import LoraConfig, get_peft_model
 
         model.requires_grad_(False)
+        if kbit_prep and method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            info["kbit_prep"] = True
         lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank,
                           lora_dropout=0.0, target_modules=lora_targets, bias="none", task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
@@ -147,17 +154,58 @@ def build_train_model(config_dict: dict[str, Any], method: str, precision: str, 
     return model, info
 
 
-def _quantize_nf4(model: Any, quant: Any, device: str) -> Any:  # pragma: no cover - needs bitsandbytes + CUDA
-    """Swap the linears of a model built on the CPU for bitsandbytes Linear4bit (as from_pretrained does with
-    a quantization_config), then move it: bitsandbytes quantizes each weight to NF4 as it reaches the GPU."""
-    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+def _build_16bit(factory: Any, config: Any, kwargs: dict[str, Any], device: str) -> Any:
+    """The 16-bit model QLoRA quantizes: built on the device (fast random init), or on the CPU when the
+    16-bit weights do not fit there (they are quantized on their way to the device)."""
+    torch = _torch()
+    out_of_memory = m._out_of_memory_error() if _cuda(device) else MemoryError
+    try:
+        with torch.device(device):
+            return factory.from_config(config, **kwargs)
+    except out_of_memory:
+        clear(device)
+        return factory.from_config(config, **kwargs)
 
-    model = replace_with_bnb_linear(model, quantization_config=quant)
+
+def _quantize_nf4(model: Any, quant: Any, device: str) -> Any:  # pragma: no cover - needs bitsandbytes + CUDA
+    """Swap the linears of a model built on the CPU for bitsandbytes Linear4bit holding the same values, as
+    from_pretrained does with a quantization_config, then move it: bitsandbytes quantizes each weight to NF4
+    as it reaches the GPU (bitsandbytes/nn/modules.py Params4bit.to -> _quantize). The output embedding is
+    kept in the compute dtype, as transformers' get_keys_to_not_convert keeps lm_head
+    (integrations/bitsandbytes.py)."""
+    import bitsandbytes as bnb
+    import torch
+
+    keep = {id(model.get_output_embeddings())}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or id(child) in keep:
+                continue
+            layer = bnb.nn.Linear4bit(child.in_features, child.out_features, child.bias is not None,
+                                      quant.bnb_4bit_compute_dtype,
+                                      compress_statistics=quant.bnb_4bit_use_double_quant,
+                                      quant_type=quant.bnb_4bit_quant_type,
+                                      quant_storage=quant.bnb_4bit_quant_storage, device="meta")
+            layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
+                                             compress_statistics=quant.bnb_4bit_use_double_quant,
+                                             quant_type=quant.bnb_4bit_quant_type,
+                                             quant_storage=quant.bnb_4bit_quant_storage)
+            if child.bias is not None:
+                layer.bias = child.bias
+            setattr(parent, name, layer)
     return model.to(device)
 
 
+def _local(tensor: Any) -> Any:
+    """A DTensor's shard on this rank (FSDP2 parameters, gradients and optimizer states); a tensor itself."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
 def _base(model: Any) -> Any:
-    """The transformers model under a peft wrapper."""
+    """The transformers model under a peft or DistributedDataParallel wrapper."""
+    if type(model).__name__ == "DistributedDataParallel":
+        model = model.module
     getter = getattr(model, "get_base_model", None)
     return getter() if callable(getter) else model
 
@@ -166,6 +214,7 @@ def parameter_summary(model: Any) -> dict[str, Any]:
     trainable = frozen = trainable_bytes = frozen_bytes = 0
     by_dtype: dict[str, int] = {}
     for param in model.parameters():
+        param = _local(param)
         size = int(param.numel() * param.element_size())
         key = str(param.dtype).replace("torch.", "")
         by_dtype[key] = by_dtype.get(key, 0) + size
@@ -209,6 +258,7 @@ def _state_bytes(optimizer: Any, device: str) -> int:
     for state in optimizer.state.values():
         for value in state.values():
             # AdamW's step counters are CPU scalars on a CUDA run; on a CPU run they are counted too.
+            value = _local(value) if isinstance(value, torch.Tensor) else value
             if isinstance(value, torch.Tensor) and value.device.type == kind and (kind != "cpu" or value.dim()):
                 pointer = value.untyped_storage().data_ptr()
                 if pointer not in seen:
@@ -218,7 +268,8 @@ def _state_bytes(optimizer: Any, device: str) -> int:
 
 
 def _grad_bytes(model: Any) -> int:
-    return sum(int(p.grad.numel() * p.grad.element_size()) for p in model.parameters() if p.grad is not None)
+    return sum(int(_local(p.grad).numel() * p.grad.element_size()) for p in model.parameters()
+               if p.grad is not None)
 
 
 def set_checkpointing(model: Any, enabled: bool) -> None:
@@ -379,11 +430,12 @@ def measure_training(resolved: Any, estimate: Any, *, random_weights: bool,
     targets: Any = estimate.lora_targets or "all-linear"
     progress("building the model" + (" with random weights" if random_weights else f" from {location}"))
     case_id = (f"{resolved.id}|{estimate.method}|{estimate.precision}|{estimate.optimizer}|b{estimate.batch}|"
-               f"s{estimate.seq}|gc{int(estimate.grad_checkpointing)}|ga{estimate.grad_accumulation}")
+               f"s{estimate.seq}|gc{int(estimate.grad_checkpointing)}|ga{estimate.grad_accumulation}"
+               + ("|kbit" if estimate.prepare_kbit else ""))
     try:
         model, info = build_train_model(config, estimate.method, estimate.precision,
                                         lora_rank=estimate.lora_rank or 16, lora_targets=targets,
-                                        location=location)
+                                        location=location, kbit_prep=estimate.prepare_kbit)
     except torch.OutOfMemoryError:
         row = {"case_id": case_id, "oom": True, "oom_phase": "loading the weights",
                "oom_max_allocated": int(torch.cuda.max_memory_allocated())}
@@ -409,9 +461,38 @@ def estimate_for_row(row: dict[str, Any]) -> Any:
     lora = row["method"] != "full"
     return train(spec, method=row["method"], precision=row["precision"], optimizer=row["optimizer"],
                  lora_rank=row["lora_rank"] if lora else None, grad_checkpointing=row["grad_checkpointing"],
-                 batch=row["batch"], seq=row["seq"], grad_accumulation=row["grad_accumulation"])
+                 batch=row["batch"], seq=row["seq"], grad_accumulation=row["grad_accumulation"],
+                 prepare_kbit=bool(row.get("kbit_prep")))
 
 
 def replay(row: dict[str, Any]) -> dict[str, Any]:
     """One recorded row against the current estimate."""
     return compare_training(row, estimate_for_row(row).model_dump())
+
+
+def estimate_for_distributed_row(row: dict[str, Any]) -> Any:
+    """gpuplan's TrainResult for a case benchmarks/calibrate_distributed.py measured (FSDP2 or DDP)."""
+    from gpuplan.api import train
+    from gpuplan.models.sources import parse_config
+    from gpuplan.verify.compare import measured_config
+
+    spec = parse_config(measured_config(row), label=row["model_id"])
+    return train(spec, method=row["method"], precision=row["precision"], optimizer=row["optimizer"],
+                 grad_checkpointing=row["grad_checkpointing"], batch=row["batch"], seq=row["seq"],
+                 grad_accumulation=row["grad_accumulation"], fsdp=row["wrapper"] == "fsdp", gpus=row["gpus"])
+
+
+def replay_distributed(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each rank of a recorded FSDP2 / DDP case against the current estimate (one GPU's share).
+
+    The weights are compared with the parameter bytes the rank holds (its FSDP shards, or DDP's full copy):
+    the allocation around the wrap also holds DDP's gradient buckets, which the estimate counts apart."""
+    estimate = estimate_for_distributed_row(row).model_dump()
+    out = []
+    for rank in row["per_rank"]:
+        compared = compare_training({**rank, "case_id": f"{row['case_id']}|rank{rank['rank']}"}, estimate)
+        for component in compared["components"]:
+            if component["component"] == "weights":
+                component["measured_bytes"] = rank["param_bytes"]
+        out.append(compared)
+    return out
