@@ -265,13 +265,154 @@ def training_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+def multi_gpu_section() -> str:
+    """One model over two GPUs (device_map="auto"): tests/fixtures/measurements/multi-gpu*-h200.jsonl."""
+    files = [("calibration", FIXTURES / "multi-gpu-h200.jsonl"),
+             ("held out", FIXTURES / "multi-gpu-heldout-h200.jsonl")]
+    rows = [(label, row) for label, path in files if path.exists() for row in load_measurements(path)]
+    if not rows:
+        return ""
+    versions = rows[0][1]["versions"]
+    cases = [(label, row, compare(row)) for label, row in rows]
+    errors = [g.peak_allocated.error for _, _, c in cases for g in c.per_gpu or []]
+    used = [g.device_used.error for _, _, c in cases for g in c.per_gpu or [] if g.device_used]
+    lines = [
+        "",
+        "## One model over two GPUs (`--pipeline-parallel-size 2`, `gpuplan verify --gpus 2`)",
+        "",
+        "transformers `generate()` with the model spread over two GPUs as `device_map=\"auto\"` spreads it "
+        "(whole decoder layers, transformers' balanced split), every GPU measured. Replayed from "
+        "`tests/fixtures/measurements/multi-gpu-h200.jsonl` and `multi-gpu-heldout-h200.jsonl` (measured after the "
+        f"first file, a mixture of experts larger than one 80 GB GPU); `tests/test_multi_gpu_and_bnb.py` asserts "
+        f"the same. Two {versions['gpu_name']}s, torch {versions['torch']}, transformers {versions['transformers']}, "
+        f"accelerate {versions['accelerate']}; models built on the meta device, placed with transformers' own "
+        "device map, materialized on their GPUs with random weights and dispatched with accelerate's hooks.",
+        "",
+        "The layers each GPU holds were predicted exactly in every case, and each GPU's KV cache to the byte.",
+        "",
+        "| estimate | compared with | GPUs | median abs error | within 5% | within 10% | min | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        _summary_row("per-GPU peak", errors, "peak allocated (torch), each GPU"),
+        _summary_row("per-GPU total", used, "device used (NVML), each GPU"),
+        "",
+        "| case | set | GPU | layers | weights GiB | KV GiB | measured peak GiB | estimate GiB | error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, _row, c in cases:
+        for g in c.per_gpu or []:
+            lines.append(
+                f"| {_case(c.case_id)} | {label} | {g.index} | {g.measured_layers} | "
+                f"{g.weights.measured_bytes / GiB:,.3f} | {g.kv_cache.measured_bytes / GiB:,.3f} | "
+                f"{g.peak_allocated.measured_bytes / GiB:,.3f} | {g.peak_allocated.estimated_bytes / GiB:,.3f} | "
+                f"{g.peak_allocated.error:+.2%} |")
+    return "\n".join(lines) + "\n"
+
+
+def _training_rows(files: list[tuple[str, str]]) -> list[tuple[str, dict, dict]]:
+    from gpuplan.verify.train_measure import replay
+
+    out = []
+    for label, name in files:
+        path = FIXTURES / name
+        if path.exists():
+            out += [(label, row, replay(row)) for row in load_measurements(path)]
+    return out
+
+
+def bnb_section() -> str:
+    """QLoRA, the 8-bit AdamW and float32 training: tests/fixtures/measurements/training-bnb*-h200.jsonl."""
+    cases = _training_rows([("calibration", "training-bnb-h200.jsonl"),
+                            ("held out", "training-bnb-heldout-h200.jsonl")])
+    if not cases:
+        return ""
+    versions = cases[0][1]["versions"]
+    errors = [c["error"] for _, _, c in cases]
+    held = [c["error"] for label, _, c in cases if label == "held out"]
+    lines = [
+        "",
+        "## QLoRA, 8-bit AdamW and float32 training (bitsandbytes)",
+        "",
+        "Replayed from `tests/fixtures/measurements/training-bnb-h200.jsonl` and `training-bnb-heldout-h200.jsonl` "
+        "(`tests/test_multi_gpu_and_bnb.py` asserts the same). "
+        f"One {versions['gpu_name']}, torch {versions['torch']}, transformers {versions['transformers']}, peft "
+        f"{versions['peft']}, bitsandbytes {versions['bitsandbytes']}. QLoRA bases are NF4 with double "
+        "quantization and bf16 compute, quantized on the GPU as `from_pretrained(quantization_config=...)` does; "
+        "`kbit` cases first pass the base through peft's `prepare_model_for_kbit_training` (`--prepare-kbit`).",
+        "",
+        "QLoRA as loaded and the 8-bit AdamW were within 1.2% before any change; the prepared base was "
+        "under-estimated by up to 54% (float32 embeddings make the whole residual stream float32, and float32 "
+        "attention with grouped K/V runs torch's math kernel, which keeps the [heads, seq, seq] probabilities). "
+        "Both were modelled from the calibration file; the held-out file was measured afterwards.",
+        "",
+        "| estimate | compared with | cases | median abs error | within 5% | within 10% | min | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        _summary_row("gpuplan train, all", errors, "peak allocated (torch)"),
+        _summary_row("gpuplan train, held out", held, "peak allocated (torch)"),
+        "",
+        "| case | set | peak phase | measured GiB | estimate GiB | error |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for label, _row, c in cases:
+        p = next(x for x in c["components"] if x["component"] == "peak allocated (torch)")
+        lines.append(f"| {_case(c['case_id'])} | {label} | {c['estimate']['peak_phase']} | "
+                     f"{p['measured_bytes'] / GiB:,.3f} | {p['estimated_bytes'] / GiB:,.3f} | {c['error']:+.2%} |")
+    return "\n".join(lines) + "\n"
+
+
+def distributed_section() -> str:
+    """FSDP2 and DDP over two GPUs: tests/fixtures/measurements/distributed*-h200.jsonl."""
+    from gpuplan.verify.train_measure import replay_distributed
+
+    cases = []
+    for label, name in (("calibration", "distributed-h200.jsonl"), ("held out", "distributed-heldout-h200.jsonl")):
+        path = FIXTURES / name
+        if path.exists():
+            cases += [(label, row, replay_distributed(row)) for row in load_measurements(path)]
+    if not cases:
+        return ""
+    versions = cases[0][1]["versions"]
+    errors = [r["error"] for _, _, ranks in cases for r in ranks]
+    lines = [
+        "",
+        "## Training over two GPUs (`gpuplan train --fsdp --gpus 2`, DDP)",
+        "",
+        "Replayed from `tests/fixtures/measurements/distributed-h200.jsonl` and `distributed-heldout-h200.jsonl`, "
+        "every rank (`tests/test_multi_gpu_and_bnb.py`). "
+        f"Two {versions['gpu_name']}s, torch {versions['torch']}, NCCL, one process per GPU under torchrun: "
+        "FSDP2 `fully_shard` per decoder layer and on the root (bf16 shards, or fp32 shards with a bf16 "
+        "`MixedPrecisionPolicy` for `mixed`), and `DistributedDataParallel` with its default buckets.",
+        "",
+        "Before these runs the FSDP term was taken from FSDP's design (the root and three decoder layers "
+        "gathered in the backward, two in the forward): +0.25% to +3.06% over. The measurements show the peaks "
+        "at the loss with the root and one layer gathered; DDP's buckets, allocated when the model is wrapped, "
+        "raise the forward peak by the gradients' size (the forward had been 12% to 19% under; the step peak was "
+        "right). Both were changed from the calibration file; the held-out file was measured afterwards. "
+        "DeepSpeed ZeRO was not measured (DeepSpeed is not on the measuring machine); its figures follow "
+        "DeepSpeed's own estimators.",
+        "",
+        "| estimate | compared with | ranks | median abs error | within 5% | within 10% | min | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        _summary_row("gpuplan train, per GPU", errors, "peak allocated (torch), each rank"),
+        "",
+        "| case | set | rank | measured GiB | estimate GiB | error |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, _row, ranks in cases:
+        for index, r in enumerate(ranks):
+            p = next(x for x in r["components"] if x["component"] == "peak allocated (torch)")
+            lines.append(f"| {_case(_row['case_id'])} | {label} | {index} | {p['measured_bytes'] / GiB:,.3f} | "
+                         f"{p['estimated_bytes'] / GiB:,.3f} | {r['error']:+.2%} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="write docs/accuracy.md")
     args = parser.parse_args()
     rows = load_measurements(FIXTURES / "transformers-h200.jsonl")
     cases = [compare(r) for r in rows]
-    report = render(rows, cases) + training_section()
+    report = (render(rows, cases) + multi_gpu_section() + training_section() + bnb_section()
+              + distributed_section())
     if args.write:
         (REPO / "docs" / "accuracy.md").write_text(report)
     print(report)

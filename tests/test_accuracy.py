@@ -108,3 +108,19 @@ def test_verify_runs_match_the_replayed_estimate(entry):
         # torch peak plus the non-torch memory, within 3%.
         used = entry["device_used"]["measured_bytes"]
         assert abs(estimate.total_bytes - used) / used <= 0.03
+
+
+def test_accuracy_report_is_up_to_date():
+    """docs/accuracy.md is what benchmarks/accuracy_report.py writes from these fixtures."""
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "benchmarks" / "accuracy_report.py"
+    spec = importlib.util.spec_from_file_location("accuracy_report", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = load_measurements(FIXTURE)
+    report = (module.render(rows, [compare(r) for r in rows]) + module.multi_gpu_section()
+              + module.training_section() + module.bnb_section() + module.distributed_section())
+    written = (Path(__file__).parent.parent / "docs" / "accuracy.md").read_text()
+    assert report == written, "run: python benchmarks/accuracy_report.py --write"
