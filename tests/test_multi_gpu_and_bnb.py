@@ -66,6 +66,20 @@ def test_split_comparison_top_level_is_the_most_loaded_gpu():
     assert c.peak_allocated.estimated_bytes == heavier.peak_allocated_bytes
 
 
+def test_split_table_shows_every_gpu(capsys):
+    from gpuplan.cli import output
+    from gpuplan.cli.formats import OutputFormat
+
+    c = compare(SPLIT[0])
+    output.render_verify(c, OutputFormat.table, tolerance=0.05)
+    text = capsys.readouterr().out
+    assert "layers est/meas" in text and "16 / 16" in text
+    assert "farthest off is within the tolerance" in text
+    output.render_verify(c, OutputFormat.json, tolerance=0.05)
+    data = json.loads(capsys.readouterr().out)
+    assert data["gpus"] == 2 and len(data["per_gpu"]) == 2 and data["within_tolerance"] is True
+
+
 def test_split_oom_row_is_a_finding():
     row = {**SPLIT[0], "oom": True, "oom_phase": "generate", "oom_max_allocated": 123}
     c = compare(row)

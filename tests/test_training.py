@@ -232,11 +232,36 @@ def test_cli_train_table_and_does_not_fit_exit_code():
     ["--zero", "3"],
     ["--method", "qlora", "--precision", "fp32"],
     ["--optimizer", "lion"],
+    ["--method", "lora", "--prepare-kbit"],
 ])
 def test_cli_train_bad_input_exits_2(args):
     result = runner.invoke(app, ["train", "meta-llama/Llama-3.2-1B", "--offline", *args])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_train_prepare_kbit_json():
+    """A prepared QLoRA base: float32 embeddings and activations, said in the JSON and its notes."""
+    def run(*extra):
+        result = runner.invoke(app, ["train", "meta-llama/Llama-3.2-1B", "--method", "qlora", "--batch", "4",
+                                     "--seq", "2048", "--format", "json", "--offline", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    plain, prepared = run(), run("--prepare-kbit")
+    assert prepared["prepare_kbit"] is True and plain["prepare_kbit"] is False
+    # the tied 128,256 x 2,048 embedding goes from 2 to 4 bytes (the norms add 2 x 33 x 2,048 x 2 bytes)
+    assert prepared["weights_bytes"] - plain["weights_bytes"] == 128_256 * 2_048 * 2 + 33 * 2_048 * 2
+    assert prepared["peak_allocated_bytes"] > 2 * plain["peak_allocated_bytes"]
+    assert any("--prepare-kbit" in note for note in plain["notes"])
+    assert any("math SDPA" in note for note in prepared["notes"])
+
+
+def test_cli_verify_gpus_needs_one_or_more_and_no_train():
+    for args in (["--gpus", "0"], ["--gpus", "2", "--train"]):
+        result = runner.invoke(app, ["verify", "Qwen/Qwen3-0.6B", "--random-weights", "--offline", *args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
 
 
 def test_cli_verify_train_without_torch():
