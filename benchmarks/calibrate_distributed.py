@@ -48,6 +48,87 @@ HELD_OUT = [
     ("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", "ddp", "mixed", 2, 1024, False),
 ]
 
+# DeepSpeed ZeRO (carried to the machine as a wheel): stages 1-3 in bf16 with fp32 master weights.
+ZERO_CASES = [
+    ("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", "zero1", "bf16", 4, 2048, True),
+    ("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", "zero2", "bf16", 4, 2048, True),
+    ("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", "zero3", "bf16", 4, 2048, True),
+    ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "zero2", "bf16", 2, 512, False),
+    ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "zero3", "bf16", 2, 512, False),
+]
+
+# Measured after the ZeRO terms were set from ZERO_CASES: other models, shapes, and a model whose parameters
+# exceed stage3_max_live_parameters. ZeRO-3 last: its engine is not entirely freed when a case ends.
+ZERO_HELD_OUT = [
+    ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "zero1", "bf16", 4, 1024, True),
+    ("google/gemma-2-2b-it", "google--gemma-2-2b-it.json", "zero2", "bf16", 2, 2048, True),
+    ("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", "zero3", "bf16", 4, 2048, False),
+    ("Qwen/Qwen2.5-7B", "Qwen--Qwen2.5-7B.json", "zero3", "bf16", 2, 2048, True),
+]
+
+
+def deepspeed_config(stage: int, batch: int) -> dict[str, Any]:
+    """DeepSpeed's defaults but for what must be named: bf16 (fp32 master weights in the optimizer), the
+    ZeRO stage, and torch's AdamW (torch_adam: no compiled op), as a Trainer run would configure it."""
+    return {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
+            "bf16": {"enabled": True}, "zero_optimization": {"stage": stage},
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}},
+            "steps_per_print": 10**9, "wall_clock_breakdown": False}
+
+
+def run_deepspeed_case(raw: dict[str, Any], stage: int, batch: int, seq: int, ckpt: bool) -> dict[str, Any]:
+    """Two DeepSpeed steps (engine forward, engine.backward, engine.step), the second measured per phase."""
+    import deepspeed
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config, notes = m.load_config(raw)
+    tm.clear("cuda")
+    before = int(torch.cuda.memory_allocated())
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    model.train()
+    tm.set_checkpointing(model, ckpt)
+    parameters = sum(p.numel() for p in model.parameters())
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                      config=deepspeed_config(stage, batch))
+    del model
+    tm.clear("cuda")
+    result: dict[str, Any] = {"config_notes": notes, "allocated_before_build": before,
+                              "weights_allocated": int(torch.cuda.memory_allocated()), "parameters": parameters,
+                              "deepspeed": deepspeed.__version__, "oom": False}
+    vocab = int(config.vocab_size)
+    ids = torch.randint(0, vocab, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    for step in range(2):
+        tm.clear("cuda")
+        phases: dict[str, Any] = {"allocated_start": int(torch.cuda.memory_allocated())}
+        torch.cuda.reset_peak_memory_stats()
+        loss = engine(input_ids=ids, labels=ids).loss
+        torch.cuda.synchronize()
+        phases["peak_forward"] = int(torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        engine.backward(loss)
+        torch.cuda.synchronize()
+        phases["peak_backward"] = int(torch.cuda.max_memory_allocated())
+        del loss
+        torch.cuda.reset_peak_memory_stats()
+        engine.step()
+        torch.cuda.synchronize()
+        phases["peak_step"] = int(torch.cuda.max_memory_allocated())
+        phases["allocated_end"] = int(torch.cuda.memory_allocated())
+        phases["peak_allocated"] = max(phases["peak_forward"], phases["peak_backward"], phases["peak_step"])
+        result["step1" if step == 0 else "measured"] = phases
+    result["peak_reserved"] = int(torch.cuda.max_memory_reserved())
+    result.update({k: result["measured"][k] for k in ("peak_allocated", "peak_forward", "peak_backward",
+                                                       "peak_step")})
+    destroy = getattr(engine, "destroy", None)
+    if callable(destroy):
+        destroy()
+    del engine, ids
+    tm.clear("cuda")
+    return result
+
 
 def case_id(model_id: str, wrapper: str, precision: str, batch: int, seq: int, ckpt: bool, world: int) -> str:
     return f"{model_id}|full|{precision}|adamw|b{batch}|s{seq}|gc{int(ckpt)}|ga1|{wrapper}{world}"
@@ -111,6 +192,20 @@ def build(raw: dict[str, Any], wrapper: str, precision: str, ckpt: bool, device:
     return model, info
 
 
+def measure_case(raw: dict[str, Any], wrapper: str, precision: str, batch: int, seq: int, ckpt: bool,
+                 device: str, rank: int) -> dict[str, Any]:
+    """One case on this rank: DeepSpeed's own loop for ZeRO, train_measure.run_train_case otherwise."""
+    if wrapper.startswith("zero"):
+        return run_deepspeed_case(raw, int(wrapper[-1]), batch, seq, ckpt)
+    model, info = build(raw, wrapper, precision, ckpt, device, rank)
+    # FSDP2's policy computes in bf16 itself; autocast is only for DDP's fp32 weights.
+    run_precision = "bf16" if wrapper == "fsdp" and precision == "mixed" else precision
+    result = tm.run_train_case(model, precision=run_precision, optimizer_name="adamw", batch=batch, seq=seq,
+                               grad_checkpointing=ckpt, device=device)
+    result["precision"] = precision
+    return {**info, **result}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -119,7 +214,8 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="one decoder layer and short sequences")
     parser.add_argument("--time-budget-s", type=float, default=240.0)
     parser.add_argument("--run-label", default="distributed")
-    parser.add_argument("--cases", choices=("calibration", "held-out"), default="calibration")
+    parser.add_argument("--cases", choices=("calibration", "held-out", "zero", "zero-held-out"),
+                        default="calibration")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -138,8 +234,9 @@ def main() -> int:
     out = open(args.out, "a", encoding="utf-8") if rank == 0 else None
     errors = open(args.errors or os.devnull, "a", encoding="utf-8")
     overrides = {"num_hidden_layers": 1} if args.tiny else {}
-    for model_id, config_file, wrapper, precision, batch, seq, ckpt in (HELD_OUT if args.cases == "held-out"
-                                                                        else CASES):
+    cases = {"calibration": CASES, "held-out": HELD_OUT, "zero": ZERO_CASES,
+             "zero-held-out": ZERO_HELD_OUT}[args.cases]
+    for model_id, config_file, wrapper, precision, batch, seq, ckpt in cases:
         if time.perf_counter() - started > args.time_budget_s:
             break
         if args.tiny:
@@ -147,16 +244,9 @@ def main() -> int:
         cid = case_id(model_id, wrapper, precision, batch, seq, ckpt, world)
         raw = json.loads((REPO / "data" / "models" / config_file).read_text())
         raw.update(overrides)
-        row: dict[str, Any] = {}
         try:
-            model, info = build(raw, wrapper, precision, ckpt, args.device, rank)
-            # FSDP2's policy computes in bf16 itself; autocast is only for DDP's fp32 weights.
-            run_precision = "bf16" if wrapper == "fsdp" and precision == "mixed" else precision
-            result = tm.run_train_case(model, precision=run_precision, optimizer_name="adamw", batch=batch,
-                                       seq=seq, grad_checkpointing=ckpt, device=args.device)
-            result["precision"] = precision
-            row = {"rank": rank, "context": context, **info, **result}
-            del model
+            row: dict[str, Any] = {"rank": rank, "context": context,
+                   **measure_case(raw, wrapper, precision, batch, seq, ckpt, args.device, rank)}
         except Exception as error:
             row = {"rank": rank, "error": repr(error)[:500]}
             errors.write(json.dumps({"case_id": cid, "rank": rank, "error": repr(error)[:500],

@@ -50,6 +50,15 @@ BNB_OPTIMIZER_BLOCK = 256
 # The two 256-entry fp32 quantization maps (dynamic, udynamic) the 8-bit optimizer moves to the GPU once.
 BNB_QMAP_BYTES = 2 * 256 * FP32
 
+# DeepSpeed ZeRO defaults (deepspeed/runtime/zero/config.py): reduce_bucket_size = 5e8 elements;
+# stage3_max_live_parameters = stage3_max_reuse_distance = 1e9 elements (parameters kept gathered because they
+# are used again soon, as a checkpointed layer is in its recompute).
+DS_REDUCE_BUCKET_ELEMENTS = 500_000_000
+DS_MAX_LIVE_PARAMETERS = 1_000_000_000
+# ZeRO-3 steps its fp32 partition in sub-groups of sub_group_size = 1e9 elements (config.py); a sub-group closes
+# at the first parameter that takes it to that size or more (stage3.py _create_fp16_sub_groups).
+DS_SUB_GROUP_ELEMENTS = 1_000_000_000
+
 # Families whose configs train with dropout by default: GPT2Config (resid_pdrop = embd_pdrop = 0.1) and
 # OPTConfig (dropout = 0.1). A dropout in training mode keeps its boolean mask for the backward pass
 # (aten native_dropout). Other families ship attention_dropout = 0.0 and no hidden dropout.
@@ -551,14 +560,15 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup) -> TrainingMemory:
     per_gpu = _per_gpu_states(spec, setup, base=base, trainable=trainable, grads=grads, states=states, temp=temp)
     notes += per_gpu.notes
     w, g, s, t = per_gpu.weights, per_gpu.grads, per_gpu.states, per_gpu.temp
-    acc_grads = g if setup.grad_accumulation > 1 else 0
+    acc_grads = g if setup.grad_accumulation > 1 or per_gpu.grads_persistent else 0
     fwd_extra, bwd_extra = per_gpu.forward_extra, per_gpu.backward_extra
     forward_peak = w + s + acc_grads + saved + cast_all + loss["loss_forward"] + fwd_extra + workspace
     backward_start = w + s + acc_grads + saved + cast_kept + loss["loss_backward"] + bwd_extra + workspace
     backward_recompute = w + s + acc_grads + saved + recompute + bwd_extra + workspace
     backward_end = w + s + g + embedding_grad + bwd_extra + workspace
     backward_peak = max(backward_start, backward_recompute, backward_end)
-    step_peak = w + g + s + t + per_gpu.step_extra + workspace
+    g_step = g if per_gpu.grads_at_step is None else per_gpu.grads_at_step
+    step_peak = w + g_step + s + t + per_gpu.step_extra + workspace
     phases = {"forward": forward_peak, "backward": backward_peak, "optimizer step": step_peak}
     phase = max(phases, key=phases.__getitem__)
     peak = phases[phase]
@@ -571,7 +581,7 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup) -> TrainingMemory:
         "recomputed_layer": recompute, "embedding_backward": embedding_grad,
         "logits_and_loss_forward": loss["loss_forward"], "logits_and_loss_backward": loss["loss_backward"],
         "cublas_workspace": workspace, "sharding_forward_buffers": fwd_extra,
-        "sharding_backward_buffers": bwd_extra,
+        "sharding_backward_buffers": bwd_extra, "sharding_step_buffers": per_gpu.step_extra,
         **{f"per_token_layer_{k}": v for k, v in per_layer.items()},
     }
     # The caching allocator's slack is bounded by the largest temporary: the float32 log-probabilities, or
@@ -595,6 +605,10 @@ class _PerGpu(BaseModel):
     forward_extra: int = 0
     backward_extra: int = 0
     step_extra: int = 0
+    grads_at_step: int | None = None
+    """Gradient bytes still held when optimizer.step() runs; None: ``grads``."""
+    grads_persistent: bool = False
+    """The gradients live in a buffer allocated for the whole run (DeepSpeed ZeRO-3's partition)."""
     notes: list[str] = []
 
 
@@ -677,12 +691,43 @@ def _per_gpu_states(spec: ModelSpec, setup: TrainingSetup, *, base: int, trainab
                            notes=notes + ["optimizer offloaded: gradients, master weights and states in host "
                                           "memory (DeepSpeed: GPU holds 2P)"])
         grads_gpu = grad16 if setup.zero == 1 else grad16 // n
-        return _PerGpu(weights=weights_gpu, grads=grads_gpu, states=k // n, temp=0, notes=notes)
+        if not sixteen:
+            return _PerGpu(weights=weights_gpu, grads=grads_gpu, states=k // n, temp=0, notes=notes)
+        # Measured on two H200s (DeepSpeed 0.19.8, bf16, stages 1 and 2 alike; distributed-zero-h200.jsonl):
+        # between steps only the fp32 master partition and the optimizer states stay (12P/N with AdamW, not
+        # the estimator's 16P/N); the fp32 gradient partition exists for the step
+        # (stage_1_and_2.py: single_partition_of_fp32_groups[i].grad), beside the optimizer's own
+        # temporaries over that partition (torch AdamW foreach: one fp32 partition), and the 16-bit
+        # gradients are released before it.
+        grads32 = trainable * FP32
+        persistent = (k - grads32) // n
+        step_temp = step_temporary_bytes(spec, master_setup) // n
+        return _PerGpu(weights=weights_gpu, grads=grads_gpu, states=persistent, temp=step_temp,
+                       step_extra=grads32 // n, grads_at_step=0,
+                       notes=notes + ["measured: the fp32 gradient partition exists only for the optimizer step"])
     gathered = 4 * largest_module_parameters(spec)
     weights_gpu = (frozen + model16) // n
     if setup.offload_optimizer:
         return _PerGpu(weights=weights_gpu, grads=0, states=0, temp=0, forward_extra=gathered,
                        backward_extra=gathered, step_extra=gathered,
                        notes=notes + ["optimizer offloaded: DeepSpeed counts 4 x largest layer + 2P/N on the GPU"])
-    return _PerGpu(weights=weights_gpu, grads=0, states=k // n, temp=0, forward_extra=gathered,
-                   backward_extra=gathered, step_extra=gathered, notes=notes)
+    if not sixteen:
+        return _PerGpu(weights=weights_gpu, grads=0, states=k // n, temp=0, forward_extra=gathered,
+                       backward_extra=gathered, step_extra=gathered, notes=notes)
+    # Measured on two H200s (DeepSpeed 0.19.8, bf16; distributed-zero-h200.jsonl): between steps the 16-bit
+    # parameter and gradient partitions, the reduce bucket (reduce_bucket_size 16-bit elements) and the fp32
+    # master partition with the optimizer states stay; forward and backward keep up to
+    # stage3_max_live_parameters gathered in 16-bit (parameters reused within stage3_max_reuse_distance are
+    # not released: a checkpointed layer's recompute, the tied embedding); the step adds the fp32 gradient
+    # partition and the optimizer's temporaries over it, one sub-group at a time (stage3.py step:
+    # _prepare_sub_group, _optimizer_step, _release_sub_group).
+    grads32 = trainable * FP32
+    live = min(DS_MAX_LIVE_PARAMETERS, trainable) * 2
+    bucket = DS_REDUCE_BUCKET_ELEMENTS * 2
+    sub_group = min(trainable // n, DS_SUB_GROUP_ELEMENTS + largest_module_parameters(spec) // n)
+    temp = step_temporary_bytes(spec, master_setup) * sub_group // trainable
+    return _PerGpu(weights=weights_gpu, grads=grad16 // n, states=(k - grads32) // n, temp=temp,
+                   forward_extra=bucket + live, backward_extra=bucket + live,
+                   step_extra=bucket + sub_group * FP32, grads_persistent=True,
+                   notes=notes + ["measured: up to stage3_max_live_parameters (1e9) stay gathered in the forward "
+                                  "and backward; the reduce bucket (5e8 elements) stays allocated"])
