@@ -4,22 +4,35 @@
 #
 #   benchmarks/sweep_two_gpus.sh calibration   # the cases the estimates were set from
 #   benchmarks/sweep_two_gpus.sh held-out      # other models and shapes, measured afterwards
+#   benchmarks/sweep_two_gpus.sh zero          # DeepSpeed ZeRO 1-3 (needs deepspeed; then zero-held-out)
 #
 # 1. one model spread over both GPUs by device_map="auto" (alone on the machine, so NVML figures are per GPU);
 # 2. `gpuplan verify --gpus 2` end to end (random weights; real weights saved to a local folder), and
 #    `gpuplan verify --train --method qlora` at the shape of the training guide;
 # 3. QLoRA and the 8-bit AdamW (bitsandbytes) on GPU 1 while FSDP2 / DDP steps run over both GPUs. torch's
 #    counters are per process, so the two do not disturb each other's figures.
-# Needs torch, transformers, accelerate, peft, bitsandbytes, and gpuplan's own dependencies on PYTHONPATH.
+# Needs torch, transformers, accelerate, peft, bitsandbytes (deepspeed for the zero stages), and gpuplan's own
+# dependencies on PYTHONPATH.
 set -u
 STAGE=${1:-calibration}
 OUT=${OUT:?set OUT to the folder the results go to}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ERRORS=$OUT/errors.jsonl
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$OUT/gpus.csv"
-python3 -c "import torch, transformers, accelerate, peft, bitsandbytes; print('torch', torch.__version__, \
+python3 -c "import torch, transformers, accelerate, peft; print('torch', torch.__version__, \
 'gpus', torch.cuda.device_count(), 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, \
-'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__)"
+'peft', peft.__version__)"
+
+case "$STAGE" in
+  zero|zero-held-out)
+    export DS_ACCELERATOR=cuda
+    OUTFILE=distributed-zero-h200.jsonl
+    [ "$STAGE" = zero-held-out ] && OUTFILE=distributed-zero-heldout-h200.jsonl
+    timeout 300 python3 -m torch.distributed.run --nproc_per_node 2 benchmarks/calibrate_distributed.py \
+      --cases "$STAGE" --run-label "$STAGE" --out "$OUT/$OUTFILE" --errors "$ERRORS" --time-budget-s 240 2>&1 \
+      | grep -v -i warn
+    exit 0 ;;
+esac
 
 if [ "$STAGE" = calibration ]; then
   SPLIT_OUT=multi-gpu-h200.jsonl; DIST_OUT=distributed-h200.jsonl; BNB_MODELS=""

@@ -628,39 +628,35 @@ def _clear_init_flags(model: Any) -> None:
 
 
 def build_model_split(config_dict: dict[str, Any], gpus: int, dtype: str = "bf16", attn_implementation: str = "sdpa",
-                      seed: int = 0, device_prefix: str = "cuda") -> tuple[Any, dict[str, Any]]:
+                      seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """Build a causal LM with random weights over ``gpus`` GPUs, placed as ``device_map="auto"`` places it.
 
     The model is built on the meta device (no memory), the device map computed by transformers' own function,
     each placed module materialized on its GPU and initialized there, and accelerate's hooks attached with
     ``dispatch_model`` as from_pretrained does. So a model larger than one GPU can be built, and no GPU ever
-    holds more than its share. ``device_prefix="cpu"`` maps every GPU to the CPU (to check the harness).
+    holds more than its share.
     """
     torch = _torch()
     from accelerate import dispatch_model
     from transformers import AutoModelForCausalLM
 
     config, notes = load_config(config_dict)
-    allocated_before = _allocated_per_gpu(gpus) if device_prefix == "cuda" else [0] * gpus
+    allocated_before = _allocated_per_gpu(gpus)
     torch.manual_seed(seed)
     started = time.perf_counter()
     with torch.device("meta"):
         model = _with_dtype(AutoModelForCausalLM.from_config, config, dtype=dtype,
                             attn_implementation=attn_implementation)
-    device_map = balanced_device_map(model, gpus, dtype) if device_prefix == "cuda" else _fake_map(model, gpus)
-
-    def target(index: int) -> str:
-        return f"cuda:{index}" if device_prefix == "cuda" else "cpu"
-
+    device_map = balanced_device_map(model, gpus, dtype)
+    # Parents before children, so that a module placed apart from its parent ends up on its own GPU.
     for name, index in sorted(device_map.items(), key=lambda item: len(item[0])):
         module = model.get_submodule(name) if name else model
-        module.to_empty(device=target(index))
+        module.to_empty(device=f"cuda:{index}")
     _clear_init_flags(model)
     model.initialize_weights()
-    model.tie_weights()
-    if device_prefix == "cuda":
-        model = dispatch_model(model, device_map=device_map)
-    seconds = _ready_split(model, started, gpus if device_prefix == "cuda" else 0)
+    model.tie_weights()  # to_empty gave the tied lm_head a tensor of its own; it shares the embedding again
+    model = dispatch_model(model, device_map=device_map)
+    seconds = _ready_split(model, started, gpus)
     info: dict[str, Any] = {
         "model_class": type(model).__name__,
         "config_class": type(config).__name__,
@@ -671,25 +667,10 @@ def build_model_split(config_dict: dict[str, Any], gpus: int, dtype: str = "bf16
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "max_position_embeddings": max_positions(config),
         "gpus": gpus,
-        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus, device_prefix),
+        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus),
     }
     info.update(parameter_summary(model))
     return model, info
-
-
-def _fake_map(model: Any, gpus: int) -> dict[str, int]:
-    """Decoder layers spread in equal runs (for the CPU harness check, where no GPU memory can be read)."""
-    inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    prefix = next(name for name, module in model.named_modules() if module is inner)
-    layers = len(inner.layers)
-    out = {f"{prefix}.layers.{i}": min(gpus - 1, i * gpus // layers) for i in range(layers)}
-    for name, _ in inner.named_children():
-        if name != "layers":
-            out[f"{prefix}.{name}"] = 0
-    for name, _ in model.named_children():
-        if name != prefix.split(".")[0]:
-            out[name] = gpus - 1
-    return out
 
 
 def _allocated_per_gpu(gpus: int) -> list[int]:
@@ -705,13 +686,12 @@ def _ready_split(model: Any, started: float, gpus: int) -> float:
         torch.cuda.synchronize(index)
     seconds = time.perf_counter() - started
     gc.collect()
-    if gpus:
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
     return seconds
 
 
-def _split_build_figures(model: Any, device_map: dict[str, int], allocated_before: list[int], gpus: int,
-                         device_prefix: str) -> list[dict[str, Any]]:
+def _split_build_figures(model: Any, device_map: dict[str, int], allocated_before: list[int],
+                         gpus: int) -> list[dict[str, Any]]:
     """Each GPU after the build: what torch allocated there, the weights placed there, the layers it holds."""
     torch = _torch()
     by_device: Counter[str] = Counter()
@@ -726,7 +706,7 @@ def _split_build_figures(model: Any, device_map: dict[str, int], allocated_befor
         out.append({
             "index": index,
             "allocated_before_build": allocated_before[index],
-            "weights_allocated": int(torch.cuda.memory_allocated(index)) if device_prefix == "cuda" else None,
+            "weights_allocated": int(torch.cuda.memory_allocated(index)),
             "tensor_bytes": by_device.get(f"cuda:{index}", 0),
             "first_layer": layers[0] if layers else None,
             "layers": len(layers),
@@ -758,7 +738,7 @@ def load_model_split(location: str, gpus: int, dtype: str = "bf16",
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "max_position_embeddings": max_positions(model.config),
         "gpus": gpus,
-        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus, "cuda"),
+        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus),
     }
     info.update(parameter_summary(model))
     return model, info
