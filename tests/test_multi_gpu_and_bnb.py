@@ -76,7 +76,7 @@ def test_split_table_shows_every_gpu(capsys):
     c = compare(SPLIT[0])
     output.render_verify(c, OutputFormat.table, tolerance=0.05)
     text = capsys.readouterr().out
-    assert "layers est/meas" in text and "16 / 16" in text
+    assert "0 · 16 layers" in text and "1 · 16 layers" in text and "peak allocated" in text
     assert "farthest off is within the tolerance" in text
     output.render_verify(c, OutputFormat.json, tolerance=0.05)
     data = json.loads(capsys.readouterr().out)

@@ -287,20 +287,21 @@ def render_verify(comparison, fmt, *, tolerance: float) -> None:
 
 
 def split_verify_table(comparison) -> Table:
-    """One row per GPU of a model spread with device_map: estimate / measured GiB and the peak's error."""
+    """Per GPU of a model spread with device_map: its layers, then weights, KV cache, peak and device use."""
     table = Table(show_edge=False)
-    for col in ("GPU", "layers est/meas", "weights GiB", "KV cache GiB", "peak allocated GiB", "error",
-                "device used GiB"):
-        table.add_column(col, justify="left" if col == "GPU" else "right")
-
-    def pair(c) -> str:
-        return f"{fmt_gib(c.estimated_bytes)} / {fmt_gib(c.measured_bytes)}" if c is not None else "-"
-
-    for g in comparison.per_gpu:
-        table.add_row(str(g.index), f"{g.estimated_layers} / {g.measured_layers}", pair(g.weights),
-                      pair(g.kv_cache), pair(g.peak_allocated), f"{g.peak_allocated.error:+.2%}",
-                      pair(g.device_used))
-    table.caption = "estimate / measured"
+    for col, justify in (("GPU", "left"), ("component", "left"), ("estimate GiB", "right"), ("measured GiB", "right"),
+                         ("error", "right")):
+        table.add_column(col, justify=justify)
+    for position, g in enumerate(comparison.per_gpu):
+        if position:
+            table.add_section()
+        layers = f"{g.estimated_layers} layers" if g.estimated_layers == g.measured_layers else \
+            f"{g.estimated_layers} layers (measured {g.measured_layers})"
+        rows = [("weights", g.weights), ("KV cache", g.kv_cache), ("peak allocated", g.peak_allocated),
+                ("device used", g.device_used)]
+        for index, (label, c) in enumerate(r for r in rows if r[1] is not None):
+            table.add_row(f"{g.index} · {layers}" if index == 0 else "", label, fmt_gib(c.estimated_bytes),
+                          fmt_gib(c.measured_bytes), f"{c.error:+.2%}")
     return table
 
 
