@@ -93,6 +93,25 @@ BNB_HELD_OUT = [
           grid=[(4, 2048, True)]),
 ]
 
+# Setups the calibration never measured, run as they are estimated: fp16 training, LoRA under mixed precision.
+PRECISIONS_HELD_OUT = [
+    Group(model_id, config_file, 2048, grid=[(2, 1024, False), (2, 1024, True)],
+          methods=[("full", "fp16", "adamw", False), ("lora", "fp16", "adamw", False),
+                   ("lora", "mixed", "adamw", False)])
+    for model_id, config_file in (("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json"),
+                                  ("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json"))
+]
+
+# Measured after LoRA under autocast was modelled from PRECISIONS_HELD_OUT: other models and shapes.
+LORA_MIXED_HELD_OUT = [
+    Group("google/gemma-2-2b-it", "google--gemma-2-2b-it.json", 2048, methods=[("lora", "mixed", "adamw", False)],
+          grid=[(2, 2048, False), (4, 2048, True)]),
+    Group("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", 2048, methods=[("lora", "mixed", "adamw", False)],
+          grid=[(4, 2048, False), (2, 512, True)]),
+    Group("openai-community/gpt2-medium", "openai-community--gpt2-medium.json", 1024,
+          methods=[("lora", "mixed", "adamw", False)], grid=[(4, 1024, False)]),
+]
+
 
 def case_id(model_id: str, method: str, precision: str, optimizer: str, batch: int, seq: int, ckpt: bool,
             accumulation: int, rank: int, kbit_prep: bool = False) -> str:
@@ -112,7 +131,9 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="one decoder layer and short sequences (harness check)")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--run-label", default="sweep")
-    parser.add_argument("--matrix", choices=("default", "bnb", "bnb-held-out"), default="default",
+    parser.add_argument("--matrix", choices=("default", "bnb", "bnb-held-out", "precisions-held-out",
+                                             "lora-mixed-held-out"),
+                        default="default",
                         help="bnb: QLoRA and the 8-bit AdamW (needs bitsandbytes); bnb-held-out: measured after")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -141,7 +162,8 @@ def main() -> int:
         out.flush()
 
     cases = 0
-    matrices = {"default": MATRIX, "bnb": BNB_MATRIX, "bnb-held-out": BNB_HELD_OUT}
+    matrices = {"default": MATRIX, "bnb": BNB_MATRIX, "bnb-held-out": BNB_HELD_OUT,
+                "precisions-held-out": PRECISIONS_HELD_OUT, "lora-mixed-held-out": LORA_MIXED_HELD_OUT}
     for group in matrices[args.matrix]:
         if wanted and group.model_id not in wanted:
             continue

@@ -26,7 +26,9 @@ SPLIT = load_measurements(FIXTURES / "multi-gpu-h200.jsonl")
 SPLIT_HELD_OUT = load_measurements(FIXTURES / "multi-gpu-heldout-h200.jsonl")
 BNB = load_measurements(FIXTURES / "training-bnb-h200.jsonl")
 BNB_HELD_OUT = load_measurements(FIXTURES / "training-bnb-heldout-h200.jsonl")
-BNB_ALL = BNB + BNB_HELD_OUT
+PRECISIONS = load_measurements(FIXTURES / "training-precisions-heldout-h200.jsonl")
+LORA_MIXED_HELD_OUT = load_measurements(FIXTURES / "training-lora-mixed-heldout-h200.jsonl")
+BNB_ALL = BNB + BNB_HELD_OUT + PRECISIONS + LORA_MIXED_HELD_OUT
 DISTRIBUTED = load_measurements(FIXTURES / "distributed-h200.jsonl")
 DISTRIBUTED_HELD_OUT = load_measurements(FIXTURES / "distributed-heldout-h200.jsonl")
 ZERO = load_measurements(FIXTURES / "distributed-zero-h200.jsonl")
@@ -102,11 +104,15 @@ def test_bnb_covers_qlora_and_eight_bit_adam_on_four_architectures():
     assert {r["optimizer"] for r in BNB} == {"adamw", "adamw-8bit"}
     assert {r["grad_checkpointing"] for r in BNB} == {False, True}
     assert {bool(r.get("kbit_prep")) for r in BNB} == {False, True}
-    assert all(r["versions"]["bitsandbytes"] for r in BNB_ALL)
+    assert all(r["versions"]["bitsandbytes"] for r in BNB + BNB_HELD_OUT)
     # measured after the prepared base and float32 attention were modelled: other models and shapes
     assert {r["model_id"] for r in BNB_HELD_OUT if r.get("kbit_prep")} - {r["model_id"] for r in BNB
                                                                          if r.get("kbit_prep")}
     assert {r["precision"] for r in BNB_HELD_OUT} >= {"fp32"}
+    # fp16 training and LoRA under mixed precision, on four architectures between them
+    assert {(r["method"], r["precision"]) for r in PRECISIONS} == {("full", "fp16"), ("lora", "fp16"),
+                                                                   ("lora", "mixed")}
+    assert {r["model_type"] for r in LORA_MIXED_HELD_OUT} >= {"gemma2", "qwen2", "gpt2"}
 
 
 @pytest.mark.parametrize("row", BNB_ALL, ids=_ids(BNB_ALL))
