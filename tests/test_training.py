@@ -309,7 +309,8 @@ def test_held_out_training_runs_replay_within_tolerance(entry):
     e = entry["estimate"]
     replay = gpuplan.train(e["model"], method=e["method"], precision=e["precision"], optimizer=e["optimizer"],
                            batch=e["batch"], seq=e["seq"], grad_checkpointing=e["grad_checkpointing"],
-                           grad_accumulation=e["grad_accumulation"])
+                           grad_accumulation=e["grad_accumulation"], lora_rank=e["lora_rank"],
+                           prepare_kbit=e.get("prepare_kbit", False))
     measured = next(c["measured_bytes"] for c in entry["components"] if c["component"] == "peak allocated (torch)")
     assert entry["exit_code"] == 0 and entry["within_tolerance"]
     assert replay.peak_allocated_bytes == e["peak_allocated_bytes"]
