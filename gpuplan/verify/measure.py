@@ -314,21 +314,30 @@ def build_model(
                             attn_implementation=attn_implementation)
     build_seconds = _ready(model, started)
     info: dict[str, Any] = {
-        "model_class": type(model).__name__,
-        "config_class": type(config).__name__,
-        "model_type": getattr(config, "model_type", None),
-        "config_notes": notes,
+        **model_info(model, config, notes),
         "allocated_before_build": allocated_before,
         "weights_allocated": int(torch.cuda.memory_allocated()),
         "weights_reserved": int(torch.cuda.memory_reserved()),
         "meminfo_used_after_build": _meminfo_used(),
         "build_seconds": round(build_seconds, 3),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "experts_implementation": getattr(model.config, "_experts_implementation", None),
-        "max_position_embeddings": max_positions(config),
     }
     info.update(parameter_summary(model))
     return model, info
+
+
+def model_info(model: Any, config: Any | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every build or load records about the model: its classes, attention and context length."""
+    config = config if config is not None else model.config
+    info: dict[str, Any] = {"model_class": type(model).__name__}
+    if notes is not None:
+        info.update({"config_class": type(config).__name__, "config_notes": notes})
+    info.update({
+        "model_type": getattr(config, "model_type", None),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "max_position_embeddings": max_positions(config),
+    })
+    return info
 
 
 def max_positions(config: Any) -> int | None:
@@ -564,14 +573,11 @@ def load_model(
                         attn_implementation=attn_implementation, device_map=device, local_files_only=True)
     load_seconds = _ready(model, started)
     info: dict[str, Any] = {
-        "model_class": type(model).__name__,
-        "model_type": getattr(model.config, "model_type", None),
+        **model_info(model),
         "allocated_before_build": allocated_before,
         "weights_allocated": int(torch.cuda.memory_allocated()),
         "weights_reserved": int(torch.cuda.memory_reserved()),
         "build_seconds": round(load_seconds, 3),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "max_position_embeddings": max_positions(model.config),
     }
     info.update(parameter_summary(model))
     return model, info
@@ -658,14 +664,9 @@ def build_model_split(config_dict: dict[str, Any], gpus: int, dtype: str = "bf16
     model = dispatch_model(model, device_map=device_map)
     seconds = _ready_split(model, started, gpus)
     info: dict[str, Any] = {
-        "model_class": type(model).__name__,
-        "config_class": type(config).__name__,
-        "model_type": getattr(config, "model_type", None),
-        "config_notes": notes,
+        **model_info(model, config, notes),
         "device_map": device_map,
         "build_seconds": round(seconds, 3),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "max_position_embeddings": max_positions(config),
         "gpus": gpus,
         "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus),
     }
@@ -731,12 +732,9 @@ def load_model_split(location: str, gpus: int, dtype: str = "bf16",
     seconds = _ready_split(model, started, gpus)
     device_map = _gpu_map(getattr(model, "hf_device_map", {}) or {"": 0})
     info: dict[str, Any] = {
-        "model_class": type(model).__name__,
-        "model_type": getattr(model.config, "model_type", None),
+        **model_info(model),
         "device_map": device_map,
         "build_seconds": round(seconds, 3),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "max_position_embeddings": max_positions(model.config),
         "gpus": gpus,
         "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus),
     }
