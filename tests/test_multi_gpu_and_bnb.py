@@ -85,10 +85,16 @@ def test_split_table_shows_every_gpu(capsys):
     assert data["gpus"] == 2 and len(data["per_gpu"]) == 2 and data["within_tolerance"] is True
 
 
-def test_split_oom_row_is_a_finding():
+def test_split_oom_row_is_a_finding(capsys):
+    from gpuplan.cli import output
+    from gpuplan.cli.formats import OutputFormat
+
     row = {**SPLIT[0], "oom": True, "oom_phase": "generate", "oom_max_allocated": 123}
     c = compare(row)
     assert c.oom and c.gpus == 2 and c.oom_allocated_bytes == 123
+    output.render_verify(c, OutputFormat.table, tolerance=0.05)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "most loaded GPU" in text and "does not fit these 2 GPUs" in text
 
 
 # ---- bitsandbytes: QLoRA and the 8-bit AdamW ------------------------------------------------------------

@@ -262,9 +262,11 @@ def render_verify(comparison, fmt, *, tolerance: float) -> None:
         at = fmt_gib(comparison.oom_allocated_bytes or 0)
         phase = {"prefill": "running the prompt", "generate": "generating"}.get(comparison.oom_phase or "",
                                                                             comparison.oom_phase)
+        where = "in all" if comparison.gpus == 1 else "on the most loaded GPU"
         out.print(f"[bold red]out of memory[/bold red] at {at} GiB while {phase or 'starting'}; the "
-                  f"estimate was {fmt_gib(est.total_bytes)} GiB in all ({fmt_gib(est.peak_allocated_bytes)} GiB of "
-                  "torch allocations): the workload does not fit this GPU.")
+                  f"estimate was {fmt_gib(est.total_bytes)} GiB {where} ({fmt_gib(est.peak_allocated_bytes)} GiB of "
+                  "torch allocations): the workload does not fit "
+                  + ("this GPU." if comparison.gpus == 1 else f"these {comparison.gpus} GPUs."))
         return
     if comparison.per_gpu:
         out.print(split_verify_table(comparison))
