@@ -663,15 +663,16 @@ def build_model_split(config_dict: dict[str, Any], gpus: int, dtype: str = "bf16
     model.tie_weights()  # to_empty gave the tied lm_head a tensor of its own; it shares the embedding again
     model = dispatch_model(model, device_map=device_map)
     seconds = _ready_split(model, started, gpus)
-    info: dict[str, Any] = {
-        **model_info(model, config, notes),
-        "device_map": device_map,
-        "build_seconds": round(seconds, 3),
-        "gpus": gpus,
-        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus),
-    }
-    info.update(parameter_summary(model))
-    return model, info
+    return model, _split_info(model, model_info(model, config, notes), device_map, seconds, allocated_before)
+
+
+def _split_info(model: Any, base: dict[str, Any], device_map: dict[str, int], seconds: float,
+                allocated_before: list[int]) -> dict[str, Any]:
+    """What a build or load over several GPUs records: the model, its device map and each GPU's share."""
+    gpus = len(allocated_before)
+    return {**base, "device_map": device_map, "build_seconds": round(seconds, 3), "gpus": gpus,
+            "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus),
+            **parameter_summary(model)}
 
 
 def _allocated_per_gpu(gpus: int) -> list[int]:
@@ -731,15 +732,7 @@ def load_model_split(location: str, gpus: int, dtype: str = "bf16",
                         local_files_only=True)
     seconds = _ready_split(model, started, gpus)
     device_map = _gpu_map(getattr(model, "hf_device_map", {}) or {"": 0})
-    info: dict[str, Any] = {
-        **model_info(model),
-        "device_map": device_map,
-        "build_seconds": round(seconds, 3),
-        "gpus": gpus,
-        "per_gpu_build": _split_build_figures(model, device_map, allocated_before, gpus),
-    }
-    info.update(parameter_summary(model))
-    return model, info
+    return model, _split_info(model, model_info(model), device_map, seconds, allocated_before)
 
 
 def measure_generate_split(model: Any, batch: int, prompt_tokens: int, new_tokens: int, gpus: int,
