@@ -417,17 +417,21 @@ def distributed_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+def report() -> str:
+    """docs/accuracy.md: every section, from the fixtures."""
+    rows = load_measurements(FIXTURES / "transformers-h200.jsonl")
+    return (render(rows, [compare(r) for r in rows]) + multi_gpu_section() + training_section() + bnb_section()
+            + distributed_section())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="write docs/accuracy.md")
     args = parser.parse_args()
-    rows = load_measurements(FIXTURES / "transformers-h200.jsonl")
-    cases = [compare(r) for r in rows]
-    report = (render(rows, cases) + multi_gpu_section() + training_section() + bnb_section()
-              + distributed_section())
+    text = report()
     if args.write:
-        (REPO / "docs" / "accuracy.md").write_text(report)
-    print(report)
+        (REPO / "docs" / "accuracy.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,11 @@ def resolve_gpu(gpu: Any = None, gpu_memory: str | int | None = None):
     return base
 
 
+def _expandable_segments_from_env() -> bool:
+    """PyTorch's allocator grows segments in place when PYTORCH_CUDA_ALLOC_CONF says expandable_segments:True."""
+    return "expandable_segments:true" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").lower()
+
+
 def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto", kv_dtype: str = "auto",
              batch: int = 1, seq: int | None = None, new_tokens: int = 0, engine: str | None = None,
              attn: str = "sdpa", gpu: Any = None, gpu_memory: str | int | None = None,
@@ -177,7 +182,7 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
             weights_override = stored - unloaded_bytes(spec, precision)
             notes.append("weights: exact stored bytes from the checkpoint's safetensors headers")
     if expandable_segments is None:
-        expandable_segments = "expandable_segments:true" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").lower()
+        expandable_segments = _expandable_segments_from_env()
     per_gpu = None
     if pipeline_parallel > 1:
         shares = estimate_memory_split(spec, workload, precision, pipeline_parallel, attn=attn,  # type: ignore[arg-type]
@@ -457,7 +462,7 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
         raise InputError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     mem = estimate_training(spec, setup)
     if expandable_segments is None:
-        expandable_segments = "expandable_segments:true" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").lower()
+        expandable_segments = _expandable_segments_from_env()
     slack = 0 if expandable_segments else mem.largest_transient_bytes
     overhead = NON_TORCH_BYTES + slack
     total = mem.peak_allocated_bytes + overhead
@@ -468,9 +473,6 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
     if spec.moe is not None:
         notes.append("mixture-of-experts: activations are modelled as for the dense layers; expert routing "
                      "buffers are not measured")
-    if (precision == "fp32" or prepare_kbit) and spec.attention_kind in ("GQA", "MQA"):
-        notes.append("float32 activations with grouped-query attention run torch's math SDPA, which keeps "
-                     "[batch, heads, seq, seq] float32 probabilities per layer for the backward pass")
     gpu_spec = resolve_gpu(gpu, gpu_memory)
     fit: dict[str, Any] = {}
     if gpu_spec is not None:

@@ -523,6 +523,9 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup) -> TrainingMemory:
                      "peft's prepare_model_for_kbit_training (QLoRA scripts, TRL), which casts embeddings, "
                      "norms and lm_head to float32 and makes every activation float32")
     d = _Dims(spec, activations_setup)
+    if _math_sdpa_layers(d):
+        notes.append("float32 activations with grouped-query attention run torch's math SDPA, which keeps "
+                     "[batch, heads, seq, seq] float32 probabilities per layer for the backward pass")
     trainable = trainable_parameters(spec, setup)
     base = base_weights_bytes(spec, setup)
     adapters = trainable * FP32 if setup.method != "full" else 0

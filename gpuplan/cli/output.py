@@ -270,22 +270,30 @@ def render_verify(comparison, fmt, *, tolerance: float) -> None:
         return
     if comparison.per_gpu:
         out.print(split_verify_table(comparison))
-        verdict = "within" if abs(comparison.error) <= tolerance else "[bold red]outside[/bold red]"
-        out.print(f"Peak allocated of the GPU farthest off is {verdict} the tolerance of {tolerance:.1%} "
-                  f"({comparison.error:+.2%}).")
+        out.print(verdict_line("Peak allocated of the GPU farthest off", comparison.error, tolerance))
         return
+    out.print(comparison_table([(label, c.estimated_bytes, c.measured_bytes) for label, c in (
+        ("weights", comparison.weights), ("KV cache (after generation)", comparison.kv_cache),
+        ("peak allocated (torch)", comparison.peak_allocated), ("peak reserved (allocator)", comparison.peak_reserved),
+        ("device used (NVML)", comparison.device_used))]))
+    out.print(verdict_line("Peak allocated", comparison.error, tolerance))
+
+
+def comparison_table(rows: list[tuple[str, int, int]]) -> Table:
+    """(component, estimated bytes, measured bytes) rows with the relative error of each."""
     table = Table(show_edge=False)
     for col, justify in (("component", "left"), ("estimate GiB", "right"), ("measured GiB", "right"),
                          ("error", "right")):
         table.add_column(col, justify=justify)
-    for label, c in (("weights", comparison.weights), ("KV cache (after generation)", comparison.kv_cache),
-                     ("peak allocated (torch)", comparison.peak_allocated),
-                     ("peak reserved (allocator)", comparison.peak_reserved),
-                     ("device used (NVML)", comparison.device_used)):
-        table.add_row(label, fmt_gib(c.estimated_bytes), fmt_gib(c.measured_bytes), f"{c.error:+.2%}")
-    out.print(table)
-    verdict = "within" if abs(comparison.error) <= tolerance else "[bold red]outside[/bold red]"
-    out.print(f"Peak allocated is {verdict} the tolerance of {tolerance:.1%} ({comparison.error:+.2%}).")
+    for label, estimated, measured in rows:
+        error = (estimated - measured) / measured if measured else 0.0
+        table.add_row(label, fmt_gib(estimated), fmt_gib(measured), f"{error:+.2%}")
+    return table
+
+
+def verdict_line(what: str, error: float, tolerance: float) -> str:
+    verdict = "within" if abs(error) <= tolerance else "[bold red]outside[/bold red]"
+    return f"{what} is {verdict} the tolerance of {tolerance:.1%} ({error:+.2%})."
 
 
 def split_verify_table(comparison) -> Table:
@@ -383,17 +391,9 @@ def render_train_verify(comparison: dict, fmt, *, tolerance: float) -> None:
         out.print(f"[bold red]out of memory[/bold red] at {fmt_gib(comparison.get('oom_allocated_bytes') or 0)} GiB; "
                   f"the estimate was {fmt_gib(est['peak_allocated_bytes'])} GiB of torch allocations.")
         return
-    table = Table(show_edge=False)
-    for col, justify in (("component", "left"), ("estimate GiB", "right"), ("measured GiB", "right"),
-                         ("error", "right")):
-        table.add_column(col, justify=justify)
-    for row in comparison["components"]:
-        measured = row["measured_bytes"]
-        error = (row["estimated_bytes"] - measured) / measured if measured else 0.0
-        table.add_row(row["component"], fmt_gib(row["estimated_bytes"]), fmt_gib(measured), f"{error:+.2%}")
-    out.print(table)
-    verdict = "within" if within else "[bold red]outside[/bold red]"
-    out.print(f"Peak allocated is {verdict} the tolerance of {tolerance:.1%} ({comparison['error']:+.2%}).")
+    out.print(comparison_table([(row["component"], row["estimated_bytes"], row["measured_bytes"])
+                                for row in comparison["components"]]))
+    out.print(verdict_line("Peak allocated", comparison["error"], tolerance))
 
 
 def per_gpu_table(result: EstimateResult) -> Table:

@@ -361,6 +361,16 @@ def run_train_case(model: Any, *, precision: str, optimizer_name: str = "adamw",
 
 # ---- gpuplan verify --train ------------------------------------------------------------------------
 
+def _rebase(row: dict[str, Any]) -> int:
+    """What a measured row's counters hold beyond a fresh process's: whatever earlier cases left allocated.
+
+    A fresh process has one cuBLAS workspace before the model is built and gets the backward thread's during
+    the first step; a process that trained before already holds that second one."""
+    workspace = (row.get("context") or {}).get("allocated_after_warmup", 0)
+    leftover = row["allocated_before_build"] - workspace
+    return leftover - workspace if workspace and leftover >= workspace else leftover
+
+
 def compare_training(row: dict[str, Any], estimate: dict[str, Any]) -> dict[str, Any]:
     """Estimate (a TrainResult as a dict) against one measured step (a row as run_train_case records it, with
     the build's and init_cuda's figures). Pure: no torch.
@@ -372,12 +382,8 @@ def compare_training(row: dict[str, Any], estimate: dict[str, Any]) -> dict[str,
     if row.get("oom"):
         return {**common, "error": 0.0, "components": [], "oom_phase": row.get("oom_phase"),
                 "oom_allocated_bytes": row.get("oom_max_allocated") or row.get("oom_allocated")}
-    workspace = (row.get("context") or {}).get("allocated_after_warmup", 0)
     before = row["allocated_before_build"]
-    # A fresh process has one cuBLAS workspace before the model is built and gets the backward thread's during
-    # the first step; a process that trained before already holds that second one.
-    leftover = before - workspace
-    rebase = leftover - workspace if workspace and leftover >= workspace else leftover
+    rebase = _rebase(row)
     measured = row.get("measured", row)
     slack = estimate.get("components", {}).get("allocator_slack", 0)
     rows = [
@@ -505,10 +511,8 @@ def replay_distributed(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _compare_zero_rank(rank: dict[str, Any], estimate: dict[str, Any], case_id: str) -> dict[str, Any]:
     """A DeepSpeed ZeRO rank: DeepSpeed keeps gradients and optimizer states in its own flat buffers, so
-    only the phases' peaks are compared (rebased as compare_training rebases them)."""
-    workspace = rank["context"]["allocated_after_warmup"]
-    leftover = rank["allocated_before_build"] - workspace
-    rebase = leftover - workspace if leftover >= workspace else leftover
+    only the phases' peaks are compared."""
+    rebase = _rebase(rank)
     measured = rank["measured"]
     rows = [("forward peak", estimate["forward_peak_bytes"], measured["peak_forward"] - rebase),
             ("backward peak", estimate["backward_peak_bytes"], measured["peak_backward"] - rebase),
