@@ -113,4 +113,5 @@ def share_spec(spec: ModelSpec, share: GpuShare) -> ModelSpec:
         "tensors": tensors,
         "num_hidden_layers": max(1, share.layers),
         "layer_windows": tuple(spec.layer_windows[i] for i in layers),
+        "layer_caches": tuple(spec.layer_caches[i] for i in layers) if spec.layer_caches else (),
     })

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.workload import Workload
-from gpuplan.models.spec import ModelSpec
+from gpuplan.models.spec import LayerCache, ModelSpec
 
 AttnImpl = Literal["sdpa", "eager", "flash_attention_2"]
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
@@ -71,6 +71,17 @@ def _kv_bytes_per_token(spec: ModelSpec, kv_bytes: int) -> int:
     return spec.num_key_value_heads * (spec.head_dim + spec.v_head_dim) * kv_bytes
 
 
+def _layer_cache_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
+    """Elements one sequence keeps in one layer of the cache transformers builds from ``layer_types``
+    (cache_utils.py: DynamicLayer, DynamicSlidingWindowLayer for sliding and chunked layers,
+    DynamicIndexedLayer adding the indexer keys, LinearAttentionLayer holding ``conv_states`` and
+    ``recurrent_states`` of fixed shapes, DummyLayer for layers that keep nothing)."""
+    kept = tokens if lc.window is None or not decoded else min(tokens, lc.window)
+    per_token = lc.per_token_elems if lc.kind in ("attention", "hybrid") else 0
+    fixed = lc.fixed_elems if lc.kind in ("state", "hybrid") else 0
+    return kept * per_token + fixed
+
+
 def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, decoded: bool) -> int:
     """Bytes a DynamicCache holds for ``tokens`` tokens per sequence.
 
@@ -79,6 +90,8 @@ def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, deco
     After the prompt alone (``decoded=False``) every layer therefore holds the whole prompt; after a decode
     step a sliding layer holds a fresh tensor of ``window`` tokens (``window - 1`` kept plus the new one).
     """
+    if spec.layer_caches:
+        return batch * sum(_layer_cache_elems(lc, tokens, decoded) for lc in spec.layer_caches) * kv_bytes
     per_token = _kv_bytes_per_token(spec, kv_bytes)
     total = 0
     for window in spec.layer_windows:

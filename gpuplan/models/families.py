@@ -12,50 +12,15 @@ from typing import Any
 
 from gpuplan.errors import ConfigError, UnsupportedModelError
 from gpuplan.models.config_reader import ConfigReader
+from gpuplan.models.hybrid import FAMILIES as HYBRID_FAMILIES
+from gpuplan.models.layout import Layout as _Layout
+from gpuplan.models.layout import check_heads as _check_heads
+from gpuplan.models.layout import max_positions as _max_positions
+from gpuplan.models.layout import native_dtype as _native_dtype
 from gpuplan.models.quant import parse_quantization_config
 from gpuplan.models.spec import MlaSpec, ModelSpec, MoeSpec, TensorGroup, TensorRole
 
 R = TensorRole
-
-
-class _Layout:
-    """Accumulates tensor groups; ``layers`` scales per-layer tensors."""
-
-    def __init__(self) -> None:
-        self.groups: list[TensorGroup] = []
-
-    def add(self, name: str, shape: tuple[int, ...], role: TensorRole, count: int = 1, *, loaded: bool = True):
-        if count > 0:
-            self.groups.append(TensorGroup(name=name, shape=shape, count=count, role=role, loaded=loaded))
-
-    def linear(self, name: str, out_f: int, in_f: int, count: int, *, bias: bool = False,
-               role: TensorRole = R.LINEAR, loaded: bool = True) -> None:
-        self.add(f"{name}.weight", (out_f, in_f), role, count, loaded=loaded)
-        if bias:
-            self.add(f"{name}.bias", (out_f,), R.BIAS, count, loaded=loaded)
-
-    def norm(self, name: str, width: int, count: int, *, bias: bool = False, loaded: bool = True) -> None:
-        self.add(f"{name}.weight", (width,), R.NORM, count, loaded=loaded)
-        if bias:
-            self.add(f"{name}.bias", (width,), R.NORM, count, loaded=loaded)
-
-
-def _check_heads(c: ConfigReader, heads: int, kv_heads: int) -> None:
-    if heads % kv_heads:
-        raise ConfigError(
-            f"{c.label}: {heads} attention heads cannot be grouped over {kv_heads} key/value heads",
-            hint="num_attention_heads must be a multiple of num_key_value_heads",
-        )
-
-
-def _native_dtype(c: ConfigReader) -> str | None:
-    dtype = c.raw.get("torch_dtype") or c.raw.get("dtype")
-    return dtype if isinstance(dtype, str) else None
-
-
-def _max_positions(c: ConfigReader) -> int | None:
-    return c.int("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length",
-                 default=None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -629,6 +594,7 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "RefinedWebModel": _falcon,
     "chatglm": _chatglm,
     "qwen": _qwen_v1,
+    **HYBRID_FAMILIES,
 }
 
 # Multimodal wrappers whose language model lives in ``text_config`` (default text model_type when the

@@ -114,6 +114,42 @@ class QuantSpec(BaseModel):
     source: Literal["checkpoint", "requested"] = "checkpoint"
 
 
+class LayerCache(BaseModel):
+    """What one decoder layer keeps per sequence while it generates, in elements (bytes follow from the dtype).
+
+    ``kind`` says how it grows: ``attention`` keeps ``kv_heads x (key_dim + value_dim)`` per token (plus
+    ``indexer_dim`` for the key cache of a DeepSeek sparse-attention indexer), all of the sequence when
+    ``window`` is None, else the last ``window`` tokens (sliding or chunked layers). ``state`` layers
+    (gated-delta-net / linear attention, Mamba, short convolutions) keep a fixed ``recurrent_elems`` and
+    ``conv_elems`` per sequence whatever its length; ``hybrid`` layers keep both. ``none`` layers keep
+    nothing (they reuse another layer's cache, or have no token mixer).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["attention", "state", "hybrid", "none"]
+    """attention: per-token K/V; state: fixed per-sequence state; hybrid: both in one layer (Falcon-H1
+    runs attention and Mamba side by side); none: nothing cached."""
+    mixer: str = Field(description="the layer kind as its family names it: full_attention, mamba2, conv ...")
+    kv_heads: int = Field(default=0, ge=0)
+    key_dim: int = Field(default=0, ge=0)
+    value_dim: int = Field(default=0, ge=0)
+    indexer_dim: int = Field(default=0, ge=0)
+    window: int | None = Field(default=None, gt=0)
+    chunked: bool = False
+    """A chunked layer (Llama 4) attends within fixed chunks; transformers keeps its cache like a sliding one."""
+    recurrent_elems: int = Field(default=0, ge=0)
+    conv_elems: int = Field(default=0, ge=0)
+
+    @property
+    def per_token_elems(self) -> int:
+        return self.kv_heads * (self.key_dim + self.value_dim) + self.indexer_dim
+
+    @property
+    def fixed_elems(self) -> int:
+        return self.recurrent_elems + self.conv_elems
+
+
 class ModelSpec(BaseModel):
     """Normalized architecture of a decoder-only language model."""
 
@@ -146,6 +182,10 @@ class ModelSpec(BaseModel):
     notes: tuple[str, ...] = ()
     vision_parameters: int = 0
     """Parameters of a vision tower/projector in a multimodal checkpoint (not part of the text model)."""
+    layer_caches: tuple[LayerCache, ...] = ()
+    """Per decoder layer, what it caches. Empty for the families whose every layer is attention with the
+    uniform heads above and ``layer_windows`` spans (the cache follows from those); set, one per layer,
+    for hybrid and per-layer-heterogeneous models, and then authoritative."""
 
     # ---- attention layout -------------------------------------------------------------------------
     @property
@@ -165,6 +205,10 @@ class ModelSpec(BaseModel):
     @property
     def sliding_windows(self) -> tuple[int, ...]:
         return tuple(w for w in self.layer_windows if w is not None)
+
+    @property
+    def has_state_layers(self) -> bool:
+        return any(lc.kind == "state" for lc in self.layer_caches)
 
     # ---- parameters -------------------------------------------------------------------------------
     @cached_property

@@ -1,0 +1,346 @@
+"""Decoder families whose layers differ from one another: hybrid linear-attention, state-space and
+sparse-attention models, per-layer head counts, chunked attention.
+
+Each parser mirrors the module tree of the family's modeling file in transformers 5.25 (the file is named
+at each parser; tests/test_architectures.py replays what transformers 5.25 builds from each family's
+default config, parameter for parameter, and the cache it holds after a forward). Besides the tensors, each
+parser gives one ``LayerCache`` per decoder layer: what that layer keeps while generating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gpuplan.errors import ConfigError
+from gpuplan.models.config_reader import ConfigReader
+from gpuplan.models.layout import Layout, check_heads, max_positions, native_dtype
+from gpuplan.models.quant import parse_quantization_config
+from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, TensorRole
+
+R = TensorRole
+
+# ---- reading the layer pattern ---------------------------------------------------------------------------
+
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+
+
+def layer_types(c: ConfigReader, layers: int, *, default: Sequence[str] | None = None) -> list[str]:
+    """``layer_types`` of the config, one per layer; ``default`` when the config has none."""
+    kinds = c.list("layer_types")
+    if kinds is None:
+        if default is None:
+            raise ConfigError(f"{c.label}: missing 'layer_types'", hint="the config must say which layer is which")
+        kinds = list(default)
+    if len(kinds) < layers or not all(isinstance(k, str) for k in kinds):
+        raise ConfigError(f"{c.label}: 'layer_types' must name a kind for each of the {layers} layers",
+                          hint=f"got {kinds!r}")
+    return [str(k) for k in kinds[:layers]]
+
+
+# ---- the parts of a decoder layer ------------------------------------------------------------------------
+
+
+@dataclass
+class Parts:
+    """Tensors and per-layer caches being assembled for one model."""
+
+    c: ConfigReader
+    hidden: int
+    lay: Layout = field(default_factory=Layout)
+    caches: list[LayerCache] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def gqa(self, prefix: str, n: int, *, heads: int, kv_heads: int, head_dim: int, bias: bool = False,
+            o_bias: bool | None = None, qk_norm: str | None = None, gated: bool = False, sinks: bool = False,
+            v_head_dim: int | None = None) -> None:
+        """q/k/v/o projections (modeling_llama.py LlamaAttention), with the variants families add:
+        ``qk_norm`` "head" (a per-head RMSNorm, modeling_qwen3.py) or "full" (over all heads,
+        modeling_olmo2.py); ``gated`` doubles q_proj for an output gate (modeling_qwen3_next.py);
+        ``sinks`` one learned logit per head (modeling_gpt_oss.py)."""
+        lay, h = self.lay, self.hidden
+        vd = v_head_dim or head_dim
+        lay.linear(f"{prefix}.q_proj", heads * head_dim * (2 if gated else 1), h, n, bias=bias)
+        lay.linear(f"{prefix}.k_proj", kv_heads * head_dim, h, n, bias=bias)
+        lay.linear(f"{prefix}.v_proj", kv_heads * vd, h, n, bias=bias)
+        lay.linear(f"{prefix}.o_proj", h, heads * vd, n, bias=bias if o_bias is None else o_bias)
+        if qk_norm == "head":
+            lay.norm(f"{prefix}.q_norm", head_dim, n)
+            lay.norm(f"{prefix}.k_norm", head_dim, n)
+        elif qk_norm == "full":
+            lay.norm(f"{prefix}.q_norm", heads * head_dim, n)
+            lay.norm(f"{prefix}.k_norm", kv_heads * head_dim, n)
+        if sinks:
+            lay.add(f"{prefix}.sinks", (heads,), R.OTHER, n)
+
+    def dense_mlp(self, prefix: str, width: int, n: int, *, bias: bool = False) -> None:
+        lay, h = self.lay, self.hidden
+        lay.linear(f"{prefix}.gate_proj", width, h, n, bias=bias)
+        lay.linear(f"{prefix}.up_proj", width, h, n, bias=bias)
+        lay.linear(f"{prefix}.down_proj", h, width, n, bias=bias)
+
+    def experts(self, prefix: str, n: int, *, experts: int, width: int, router_bias: bool = False,
+                score_bias: bool = False, gated: bool = True) -> None:
+        """A router and fused experts as transformers 5 stores them (integrations/moe.py): gate_up_proj
+        [E, 2I, h] and down_proj [E, h, I]; ``score_bias`` is DeepSeek-V3's e_score_correction_bias."""
+        lay, h = self.lay, self.hidden
+        lay.add(f"{prefix}.gate.weight", (experts, h), R.ROUTER, n)
+        if router_bias:
+            lay.add(f"{prefix}.gate.bias", (experts,), R.ROUTER, n)
+        if score_bias:
+            lay.add(f"{prefix}.gate.e_score_correction_bias", (experts,), R.ROUTER, n)
+        lay.add(f"{prefix}.experts.gate_up_proj", (experts, (2 if gated else 1) * width, h), R.EXPERT_LINEAR, n)
+        lay.add(f"{prefix}.experts.down_proj", (experts, h, width), R.EXPERT_LINEAR, n)
+
+    def attention_cache(self, mixer: str, *, kv_heads: int, key_dim: int, value_dim: int,
+                        window: int | None = None, chunked: bool = False, indexer_dim: int = 0) -> None:
+        self.caches.append(LayerCache(kind="attention", mixer=mixer, kv_heads=kv_heads, key_dim=key_dim,
+                                      value_dim=value_dim, window=window, chunked=chunked,
+                                      indexer_dim=indexer_dim))
+
+    def state_cache(self, mixer: str, *, recurrent: int, conv: int) -> None:
+        self.caches.append(LayerCache(kind="state", mixer=mixer, recurrent_elems=recurrent, conv_elems=conv))
+
+
+def gated_delta_net(p: Parts, prefix: str, n: int) -> tuple[int, int]:
+    """Qwen3-Next's Gated DeltaNet (modeling_qwen3_next.py Qwen3NextGatedDeltaNet): in_proj_qkvz and
+    in_proj_ba, a depthwise conv1d over q, k and v (no bias), dt_bias and A_log per value head, a gated
+    RMSNorm of the value head width, out_proj. Returns (recurrent, conv) elements one sequence keeps:
+    the state [v_heads, k_dim, v_dim] and the conv window [conv_dim, kernel] (cache_utils.py
+    LinearAttentionLayer keeps ``kernel`` columns)."""
+    c, lay, h = p.c, p.lay, p.hidden
+    v_heads, k_heads = c.int("linear_num_value_heads"), c.int("linear_num_key_heads")
+    k_dim, v_dim = c.int("linear_key_head_dim"), c.int("linear_value_head_dim")
+    kernel = c.int("linear_conv_kernel_dim")
+    key, value = k_heads * k_dim, v_heads * v_dim
+    conv_dim = 2 * key + value
+    lay.linear(f"{prefix}.in_proj_qkvz", 2 * key + 2 * value, h, n)
+    lay.linear(f"{prefix}.in_proj_ba", 2 * v_heads, h, n)
+    lay.add(f"{prefix}.conv1d.weight", (conv_dim, 1, kernel), R.OTHER, n)
+    lay.add(f"{prefix}.dt_bias", (v_heads,), R.OTHER, n)
+    lay.add(f"{prefix}.A_log", (v_heads,), R.OTHER, n)
+    lay.norm(f"{prefix}.norm", v_dim, n)
+    lay.linear(f"{prefix}.out_proj", h, value, n)
+    return v_heads * k_dim * v_dim, conv_dim * kernel
+
+
+# ---- assembling the spec ---------------------------------------------------------------------------------
+
+
+def finish(p: Parts, model_type: str, *, layers: int, vocab: int, heads: int, kv_heads: int, head_dim: int,
+           intermediate: int, tied: bool, moe: MoeSpec | None = None, mla: MlaSpec | None = None,
+           v_head_dim: int | None = None, mtp: int = 0, act: str | None = None) -> ModelSpec:
+    """The ModelSpec of a parsed model. ``layer_windows`` mirrors the caches (None for full attention
+    and for layers that are not attention) so the engines that read only windows stay consistent."""
+    c = p.c
+    windows = tuple(lc.window if lc.kind in ("attention", "hybrid") else None for lc in p.caches)
+    if len(p.caches) != layers:
+        raise AssertionError(f"{model_type}: {len(p.caches)} layer caches for {layers} layers")
+    return ModelSpec(
+        model_type=model_type,
+        architectures=tuple(c.list("architectures") or ()),
+        num_hidden_layers=layers,
+        hidden_size=p.hidden,
+        vocab_size=vocab,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        v_head_dim=v_head_dim or head_dim,
+        intermediate_size=intermediate,
+        ffn_gated=True,
+        hidden_act=act or c.str("hidden_act", "hidden_activation", default="silu"),
+        mla=mla,
+        moe=moe,
+        layer_windows=windows,
+        tie_word_embeddings=tied,
+        max_position_embeddings=max_positions(c),
+        native_dtype=native_dtype(c),
+        quantization=parse_quantization_config(c),
+        mtp_layers=mtp,
+        tensors=tuple(p.lay.groups),
+        notes=tuple(p.notes),
+        layer_caches=tuple(p.caches),
+    )
+
+
+def _embed_and_head(p: Parts, vocab: int, tied: bool) -> None:
+    p.lay.add("embed_tokens.weight", (vocab, p.hidden), R.EMBEDDING)
+    p.lay.norm("norm", p.hidden, 1)
+    if not tied:
+        p.lay.add("lm_head.weight", (vocab, p.hidden), R.LM_HEAD)
+
+
+# ---- Qwen3-Next, Qwen3.5 ---------------------------------------------------------------------------------
+
+
+def qwen3_next(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_qwen3_next.py (and qwen3_5 / qwen3_5_moe, generated from it): ``layer_types`` of
+    linear_attention (Gated DeltaNet) and full_attention (gated q, per-head q/k norms); every layer's FFN
+    is MoE (a shared expert with a sigmoid gate) unless listed in mlp_only_layers or off the
+    decoder_sparse_step, or dense when the config has no experts (qwen3_5)."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    bias = c.bool("attention_bias", default=False)
+    kinds = layer_types(c, layers)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    n_linear = kinds.count("linear_attention")
+    n_full = kinds.count(FULL)
+    if n_linear + n_full != layers:
+        raise ConfigError(f"{c.label}: layer_types may name only linear_attention and full_attention",
+                          hint=f"got {sorted(set(kinds))}")
+    recurrent, conv = gated_delta_net(p, "layers.linear_attn", n_linear)
+    p.gqa("layers.self_attn", n_full, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias,
+          qk_norm="head", gated=True)
+    for kind in kinds:
+        if kind == FULL:
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+        else:
+            p.state_cache(kind, recurrent=recurrent, conv=conv)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    experts = c.int("num_experts", default=0, minimum=0)
+    moe = None
+    intermediate = c.int("intermediate_size", default=0, minimum=0)
+    if experts:
+        step = c.int("decoder_sparse_step", default=1)
+        dense_only = set(c.list("mlp_only_layers") or [])
+        moe_ids = [i for i in range(layers) if i not in dense_only and (i + 1) % step == 0]
+        width = c.int("moe_intermediate_size")
+        shared = c.int("shared_expert_intermediate_size", default=0, minimum=0)
+        p.experts("layers.mlp", len(moe_ids), experts=experts, width=width)
+        if shared:
+            p.dense_mlp("layers.mlp.shared_expert", shared, len(moe_ids))
+            p.lay.add("layers.mlp.shared_expert_gate.weight", (1, hidden), R.ROUTER, len(moe_ids))
+        p.dense_mlp("layers.mlp", intermediate, layers - len(moe_ids))
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                      expert_intermediate_size=width, num_shared_experts=1 if shared else 0,
+                      shared_expert_intermediate_size=shared, num_moe_layers=len(moe_ids),
+                      num_dense_layers=layers - len(moe_ids))
+    else:
+        p.dense_mlp("layers.mlp", c.int("intermediate_size"), layers)
+    mtp = c.int("mtp_num_hidden_layers", "num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; transformers ignores them "
+                       "(_keys_to_ignore_on_load_unexpected: mtp.*), so they are not counted")
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate or (moe.expert_intermediate_size if moe else 0), tied=tied, moe=moe)
+
+
+# ---- DeepSeek sparse attention: DeepSeek-V3.2, GLM-5 -------------------------------------------------------
+
+
+def _mla(c: ConfigReader) -> MlaSpec:
+    return MlaSpec(kv_lora_rank=c.int("kv_lora_rank"), q_lora_rank=c.int("q_lora_rank", default=None),
+                   qk_nope_head_dim=c.int("qk_nope_head_dim"), qk_rope_head_dim=c.int("qk_rope_head_dim"),
+                   v_head_dim=c.int("v_head_dim"))
+
+
+def mla_attention(p: Parts, prefix: str, n: int, mla: MlaSpec, heads: int, *, bias: bool = False) -> None:
+    """Multi-head latent attention (modeling_deepseek_v3.py DeepseekV3Attention)."""
+    lay, h = p.lay, p.hidden
+    qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    if mla.q_lora_rank:
+        lay.linear(f"{prefix}.q_a_proj", mla.q_lora_rank, h, n, bias=bias)
+        lay.norm(f"{prefix}.q_a_layernorm", mla.q_lora_rank, n)
+        lay.linear(f"{prefix}.q_b_proj", heads * qk_dim, mla.q_lora_rank, n)
+    else:
+        lay.linear(f"{prefix}.q_proj", heads * qk_dim, h, n)
+    lay.linear(f"{prefix}.kv_a_proj_with_mqa", mla.latent_dim, h, n, bias=bias)
+    lay.norm(f"{prefix}.kv_a_layernorm", mla.kv_lora_rank, n)
+    lay.linear(f"{prefix}.kv_b_proj", heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank, n)
+    lay.linear(f"{prefix}.o_proj", h, heads * mla.v_head_dim, n, bias=bias)
+
+
+def _dense_or_sparse(c: ConfigReader, layers: int) -> list[bool]:
+    """Which layers are MoE: ``mlp_layer_types`` ("dense" / "sparse") or the first_k_dense_replace rule."""
+    kinds = c.list("mlp_layer_types")
+    if kinds is not None:
+        if len(kinds) < layers:
+            raise ConfigError(f"{c.label}: mlp_layer_types has {len(kinds)} entries for {layers} layers")
+        return [k == "sparse" for k in kinds[:layers]]
+    first_dense = c.int("first_k_dense_replace", default=0, minimum=0)
+    return [i >= first_dense for i in range(layers)]
+
+
+def deepseek_moe(c: ConfigReader, model_type: str) -> ModelSpec:
+    """DeepSeek-V3-style MoE decoders: shared experts, dense first layers (first_k_dense_replace or
+    mlp_layer_types), the router's e_score_correction_bias buffer that the checkpoints store
+    (modeling_deepseek_v32.py, modeling_glm4_moe.py: nn.Buffer). The attention is one of:
+
+    - MLA (modeling_glm4_moe_lite.py), cached as the latent (kv_lora_rank) for the key and the rotary key
+      (qk_rope_head_dim) for the value, one head;
+    - MLA with DeepSeek sparse attention's lightning indexer (modeling_deepseek_v32.py,
+      modeling_glm_moe_dsa.py): wq_b, wk, a LayerNorm k_norm with bias, weights_proj per layer, and the
+      indexer's key (index_head_dim) cached per token (cache_utils.py DynamicIndexedLayer); GLM-5's
+      ``indexer_types`` "shared" layers reuse the previous layer's selection and have no indexer;
+    - grouped-query attention (modeling_glm4_moe.py): q/k/v with attention_bias, o_proj without,
+      optional per-head q/k norms (use_qk_norm), head_dim from the config or hidden // heads.
+    """
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    tied = c.bool("tie_word_embeddings", default=False)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    bias = c.bool("attention_bias", default=False)
+    mla = _mla(c) if c.has("kv_lora_rank") else None
+    if mla is not None:
+        mla_attention(p, "layers.self_attn", layers, mla, heads, bias=bias)
+        with_indexer = [False] * layers
+        index_dim = 0
+        if c.has("index_n_heads"):
+            if mla.q_lora_rank is None:
+                raise ConfigError(f"{c.label}: the sparse-attention indexer needs q_lora_rank")
+            index_heads, index_dim = c.int("index_n_heads"), c.int("index_head_dim")
+            with_indexer = [k != "shared" for k in (c.list("indexer_types") or ["full"] * layers)[:layers]]
+            n_idx = sum(with_indexer)
+            p.lay.linear("layers.self_attn.indexer.wq_b", index_heads * index_dim, mla.q_lora_rank, n_idx)
+            p.lay.linear("layers.self_attn.indexer.wk", index_dim, hidden, n_idx)
+            p.lay.norm("layers.self_attn.indexer.k_norm", index_dim, n_idx, bias=True)
+            p.lay.linear("layers.self_attn.indexer.weights_proj", index_heads, hidden, n_idx)
+        for has_indexer in with_indexer:
+            p.attention_cache("indexed_attention" if index_dim else FULL, kv_heads=1, key_dim=mla.kv_lora_rank,
+                              value_dim=mla.qk_rope_head_dim, indexer_dim=index_dim if has_indexer else 0)
+        kv_heads, head_dim = heads, mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        v_head_dim: int | None = mla.v_head_dim
+    else:
+        kv_heads = c.int("num_key_value_heads", default=heads)
+        check_heads(c, heads, kv_heads)
+        head_dim, v_head_dim = c.int("head_dim", default=hidden // heads), None
+        p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias,
+              o_bias=False, qk_norm="head" if c.bool("use_qk_norm", default=False) else None)
+        for _ in range(layers):
+            p.attention_cache(FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    sparse = _dense_or_sparse(c, layers)
+    n_moe = sum(sparse)
+    experts, width = c.int("n_routed_experts"), c.int("moe_intermediate_size")
+    shared = c.int("n_shared_experts", default=0, minimum=0)
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
+    p.experts("layers.mlp", n_moe, experts=experts, width=width, score_bias=True)
+    p.dense_mlp("layers.mlp.shared_experts", width * shared, n_moe if shared else 0)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"), expert_intermediate_size=width,
+                  num_shared_experts=shared, shared_expert_intermediate_size=width * shared,
+                  num_moe_layers=n_moe, num_dense_layers=layers - n_moe) if n_moe else None
+    mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; transformers skips them "
+                       "(_keys_to_ignore_on_load_unexpected), so they are not counted")
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  v_head_dim=v_head_dim, intermediate=intermediate, tied=tied, moe=moe, mla=mla)
+
+
+FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
+    "qwen3_next": qwen3_next,
+    "qwen3_5_text": qwen3_next,
+    "qwen3_5_moe_text": qwen3_next,
+    "deepseek_v32": deepseek_moe,
+    "glm_moe_dsa": deepseek_moe,
+    "glm4_moe": deepseek_moe,
+    "glm4_moe_lite": deepseek_moe,
+}
