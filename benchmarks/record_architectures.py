@@ -45,6 +45,14 @@ SMALL_INTERMEDIATE = 256
 SMALL_EXPERT_INTERMEDIATE = 64
 FAMILY_TIMEOUT_S = 180
 
+# Families whose default config is Mamba on every layer: transformers 5.25 cannot run a forward of such a
+# model (masking_utils asks the cache for an attention layer's mask sizes), so their small version makes
+# the last layer attention, as the released checkpoints of these families have some attention layers.
+SMALL_OVERRIDES: dict[str, dict] = {
+    "bamba": {"attn_layer_indices": [3]},
+    "granitemoehybrid": {"layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+}
+
 OUT_DEFAULT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "architectures"
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -211,6 +219,9 @@ def small_config_dict(default: dict, *, shrink_widths: bool) -> dict:
                 d["head_dim"] = hidden // heads
             d["hidden_size"] = SMALL_HIDDEN if explicit or not isinstance(heads, int) else \
                 d["num_attention_heads"] * (hidden // heads)
+            if all(isinstance(d.get(k), int) for k in ("mamba_n_heads", "mamba_d_head", "mamba_expand")):
+                # Mamba-2 configs check mamba_n_heads x mamba_d_head == mamba_expand x hidden_size
+                d["mamba_d_head"] = d["mamba_expand"] * d["hidden_size"] // d["mamba_n_heads"]
     return d
 
 
@@ -268,6 +279,7 @@ def record_cache(model_type: str, default: dict, shrink_widths: bool) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     small = small_config_dict(default, shrink_widths=shrink_widths)
+    small.update(SMALL_OVERRIDES.get(model_type, {}))
     small.pop("model_type", None)
     for k in ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"):
         small.pop(k, None)

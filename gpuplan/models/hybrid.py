@@ -125,6 +125,61 @@ def gated_delta_net(p: Parts, prefix: str, n: int) -> tuple[int, int]:
     return v_heads * k_dim * v_dim, conv_dim * kernel
 
 
+def mamba1(p: Parts, prefix: str, n: int, *, inner_norms: bool) -> tuple[int, int]:
+    """Mamba (modeling_jamba.py JambaMambaMixer, modeling_falcon_mamba.py): in_proj to 2 x d_inner, a
+    depthwise conv1d, x_proj to dt_rank + 2 d_state, dt_proj with bias, A_log [d_inner, d_state], D,
+    out_proj; Jamba adds RMSNorms on dt, B and C (``inner_norms``). Returns (recurrent, conv) elements per
+    sequence: the SSM state [d_inner, d_state] and the conv window [d_inner, d_conv]."""
+    c, lay, h = p.c, p.lay, p.hidden
+    expand, d_state, d_conv = c.int("mamba_expand", "expand"), c.int("mamba_d_state", "state_size"), \
+        c.int("mamba_d_conv", "conv_kernel")
+    inner = expand * h
+    rank_raw = c.raw.get("mamba_dt_rank", c.raw.get("time_step_rank", "auto"))
+    # "auto": math.ceil(hidden_size / 16) (configuration_jamba.py, configuration_falcon_mamba.py)
+    dt_rank = -(-h // 16) if rank_raw == "auto" else c.int("mamba_dt_rank", "time_step_rank")
+    proj_bias = c.bool("mamba_proj_bias", "use_bias", default=False)
+    lay.linear(f"{prefix}.in_proj", 2 * inner, h, n, bias=proj_bias)
+    lay.add(f"{prefix}.conv1d.weight", (inner, 1, d_conv), R.OTHER, n)
+    if c.bool("mamba_conv_bias", "use_conv_bias", default=True):
+        lay.add(f"{prefix}.conv1d.bias", (inner,), R.BIAS, n)
+    lay.linear(f"{prefix}.x_proj", dt_rank + 2 * d_state, inner, n)
+    lay.linear(f"{prefix}.dt_proj", inner, dt_rank, n, bias=True)
+    lay.add(f"{prefix}.A_log", (inner, d_state), R.OTHER, n)
+    lay.add(f"{prefix}.D", (inner,), R.OTHER, n)
+    lay.linear(f"{prefix}.out_proj", h, inner, n, bias=proj_bias)
+    if inner_norms:
+        lay.norm(f"{prefix}.dt_layernorm", dt_rank, n)
+        lay.norm(f"{prefix}.b_layernorm", d_state, n)
+        lay.norm(f"{prefix}.c_layernorm", d_state, n)
+    return inner * d_state, inner * d_conv
+
+
+def mamba2(p: Parts, prefix: str, n: int, *, inner: int, gated_norm: bool, proj_bias: bool | None = None,
+           out_bias: bool | None = None) -> tuple[int, int]:
+    """Mamba-2 (modeling_bamba.py BambaMixer, modeling_falcon_h1.py FalconH1Mixer and their copies):
+    in_proj to d_inner + conv_dim + n_heads, a depthwise conv1d over conv_dim = d_inner + 2 groups
+    d_state, dt_bias / A_log / D per head, an optional gated RMSNorm over d_inner, out_proj. Returns
+    (recurrent, conv) elements per sequence: the state [n_heads, d_head, d_state] and the conv window
+    [conv_dim, d_conv]."""
+    c, lay, h = p.c, p.lay, p.hidden
+    heads = c.int("mamba_n_heads", "mamba_num_heads")
+    d_head = c.int("mamba_d_head", "mamba_head_dim")
+    d_state, d_conv = c.int("mamba_d_state", "ssm_state_size"), c.int("mamba_d_conv", "conv_kernel")
+    groups = c.int("mamba_n_groups", "n_groups", default=1)
+    conv_dim = inner + 2 * groups * d_state
+    bias = c.bool("mamba_proj_bias", "use_bias", default=False) if proj_bias is None else proj_bias
+    lay.linear(f"{prefix}.in_proj", inner + conv_dim + heads, h, n, bias=bias)
+    lay.add(f"{prefix}.conv1d.weight", (conv_dim, 1, d_conv), R.OTHER, n)
+    if c.bool("mamba_conv_bias", "use_conv_bias", default=True):
+        lay.add(f"{prefix}.conv1d.bias", (conv_dim,), R.BIAS, n)
+    for name in ("dt_bias", "A_log", "D"):
+        lay.add(f"{prefix}.{name}", (heads,), R.OTHER, n)
+    if gated_norm:
+        lay.norm(f"{prefix}.norm", inner, n)
+    lay.linear(f"{prefix}.out_proj", h, inner, n, bias=bias if out_bias is None else out_bias)
+    return heads * d_head * d_state, conv_dim * d_conv
+
+
 # ---- assembling the spec ---------------------------------------------------------------------------------
 
 
@@ -335,6 +390,76 @@ def deepseek_moe(c: ConfigReader, model_type: str) -> ModelSpec:
                   v_head_dim=v_head_dim, intermediate=intermediate, tied=tied, moe=moe, mla=mla)
 
 
+# ---- Mamba hybrids: Jamba, Falcon-H1 ------------------------------------------------------------------------
+
+
+def jamba(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_jamba.py: attention on layers i % attn_layer_period == attn_layer_offset, Mamba elsewhere;
+    MoE feed-forward (router without bias, fused experts) on i % expert_layer_period == expert_layer_offset,
+    a dense gated MLP elsewhere; input_layernorm and pre_ff_layernorm per layer, final_layernorm."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = hidden // heads
+    tied = c.bool("tie_word_embeddings", default=False)
+    period, offset = c.int("attn_layer_period"), c.int("attn_layer_offset", minimum=0)
+    e_period, e_offset = c.int("expert_layer_period"), c.int("expert_layer_offset", minimum=0)
+    attn = [i % period == offset for i in range(layers)]
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", sum(attn), heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    recurrent, conv = mamba1(p, "layers.mamba", layers - sum(attn), inner_norms=True)
+    for is_attn in attn:
+        if is_attn:
+            p.attention_cache(FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+        else:
+            p.state_cache("mamba", recurrent=recurrent, conv=conv)
+    experts = c.int("num_experts", default=1)
+    n_moe = sum(1 for i in range(layers) if i % e_period == e_offset) if experts > 1 else 0
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.feed_forward", intermediate, layers - n_moe)
+    if n_moe:
+        p.lay.add("layers.feed_forward.router.weight", (experts, hidden), R.ROUTER, n_moe)
+        p.lay.add("layers.feed_forward.experts.gate_up_proj", (experts, 2 * intermediate, hidden),
+                  R.EXPERT_LINEAR, n_moe)
+        p.lay.add("layers.feed_forward.experts.down_proj", (experts, hidden, intermediate), R.EXPERT_LINEAR, n_moe)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                  expert_intermediate_size=intermediate, num_moe_layers=n_moe,
+                  num_dense_layers=layers - n_moe) if n_moe else None
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied, moe=moe)
+
+
+def falcon_h1(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_falcon_h1.py: every layer runs attention and a Mamba-2 mixer side by side (its cache layer
+    holds both: cache_utils.py LinearAttentionAndFullAttentionLayer), then a gated MLP. The mixer's width is
+    mamba_d_ssm, or mamba_expand x hidden; its gated RMSNorm exists only with mamba_rms_norm; out_proj's
+    bias is projectors_bias."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    inner = c.int("mamba_d_ssm", default=None) or c.int("mamba_expand") * hidden
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+          bias=c.bool("attention_bias", default=False))
+    recurrent, conv = mamba2(p, "layers.mamba", layers, inner=inner, gated_norm=c.bool("mamba_rms_norm", default=False),
+                             out_bias=c.bool("projectors_bias", default=False))
+    for _ in range(layers):
+        p.caches.append(LayerCache(kind="hybrid", mixer="attention+mamba2", kv_heads=kv_heads, key_dim=head_dim,
+                                   value_dim=head_dim, recurrent_elems=recurrent, conv_elems=conv))
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.feed_forward", intermediate, layers, bias=c.bool("mlp_bias", default=False))
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -343,4 +468,6 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm_moe_dsa": deepseek_moe,
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
+    "jamba": jamba,
+    "falcon_h1": falcon_h1,
 }
