@@ -53,6 +53,21 @@ SMALL_OVERRIDES: dict[str, dict] = {
     "granitemoehybrid": {"layer_types": ["linear_attention"] * 3 + ["full_attention"]},
 }
 
+
+def _short_conv_pattern(config) -> None:
+    """LFM2's default config is attention on every layer (lfm2) or has no layer_types at all (lfm2_moe,
+    whose model then cannot be built); the released checkpoints mix short-convolution and attention
+    layers, so the recorded config does too: attention on layers 2, 5, 8, 10, 12, 14 (the pattern of the
+    LFM2-1.2B checkpoint's full_attn_idxs), short convolutions elsewhere."""
+    attention = {2, 5, 8, 10, 12, 14}
+    config.layer_types = ["full_attention" if i in attention else "conv" for i in range(config.num_hidden_layers)]
+    if hasattr(config, "full_attn_idxs"):
+        config.full_attn_idxs = sorted(i for i in attention if i < config.num_hidden_layers)
+
+
+# Changes to a family's default config before anything is recorded, each with its reason.
+DEFAULT_OVERRIDES = {"lfm2": _short_conv_pattern, "lfm2_moe": _short_conv_pattern}
+
 OUT_DEFAULT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "architectures"
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -116,6 +131,8 @@ def record_parameters(model_type: str) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(model_type)
+    if model_type in DEFAULT_OVERRIDES:
+        DEFAULT_OVERRIDES[model_type](config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total, table = parameter_table(model)
@@ -160,6 +177,10 @@ def _slice_per_layer(d: dict, n_old: int, n_new: int) -> None:
     for key, value in list(d.items()):
         if key in ("architectures",):
             continue
+        if key == "per_layer_config" and isinstance(value, dict):
+            # per-layer overrides keyed by layer index (Gemma 4: {"05": {"head_dim": 512}, ...})
+            d[key] = {k: v for k, v in value.items() if str(k).isdigit() and int(k) < n_new} or None
+            continue
         if isinstance(value, (list, str)) and len(value) == n_old and n_old > 1 and key != "model_type":
             d[key] = value[:n_new]
         elif (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool)
@@ -201,7 +222,7 @@ def small_config_dict(default: dict, *, shrink_widths: bool) -> dict:
         if isinstance(d.get(k), int) and d[k] > SMALL_TOPK:
             d[k] = SMALL_TOPK
     for k in ("n_group", "topk_group", "num_expert_group"):
-        if isinstance(d.get(k), int) and d[k] > 1:
+        if isinstance(d.get(k), int) and d[k] > 1 and d.get("topk_group") is not None:
             d[k] = 1
     for k in _INTERMEDIATE_KEYS:
         if isinstance(d.get(k), int) and d[k] > SMALL_INTERMEDIATE:
@@ -315,6 +336,8 @@ def record_family(model_type: str) -> dict:
                  "torch_version": torch.__version__}
     t0 = time.time()
     rec.update(record_parameters(model_type))
+    if model_type in DEFAULT_OVERRIDES:
+        rec["default_config_changed"] = " ".join(DEFAULT_OVERRIDES[model_type].__doc__.split())
     errors = []
     composite = [k for k, v in rec["config"].items() if isinstance(v, dict) and "model_type" in v]
     if composite:

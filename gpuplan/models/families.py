@@ -605,6 +605,8 @@ _TEXT_CONFIG_WRAPPERS = {
     "llava_next": "llama",
     "mistral3": "mistral",
     "llama4": "llama4_text",
+    "qwen3_5": "qwen3_5_text",
+    "qwen3_5_moe": "qwen3_5_moe_text",
     "qwen2_vl": "qwen2",
     "qwen2_5_vl": "qwen2",
     "mllama": "mllama_text",

@@ -185,7 +185,8 @@ def mamba2(p: Parts, prefix: str, n: int, *, inner: int, gated_norm: bool, proj_
 
 def finish(p: Parts, model_type: str, *, layers: int, vocab: int, heads: int, kv_heads: int, head_dim: int,
            intermediate: int, tied: bool, moe: MoeSpec | None = None, mla: MlaSpec | None = None,
-           v_head_dim: int | None = None, mtp: int = 0, act: str | None = None) -> ModelSpec:
+           v_head_dim: int | None = None, mtp: int = 0, act: str | None = None, gated_ffn: bool = True
+           ) -> ModelSpec:
     """The ModelSpec of a parsed model. ``layer_windows`` mirrors the caches (None for full attention
     and for layers that are not attention) so the engines that read only windows stay consistent."""
     c = p.c
@@ -203,7 +204,7 @@ def finish(p: Parts, model_type: str, *, layers: int, vocab: int, heads: int, kv
         head_dim=head_dim,
         v_head_dim=v_head_dim or head_dim,
         intermediate_size=intermediate,
-        ffn_gated=True,
+        ffn_gated=gated_ffn,
         hidden_act=act or c.str("hidden_act", "hidden_activation", default="silu"),
         mla=mla,
         moe=moe,
@@ -460,6 +461,209 @@ def falcon_h1(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=intermediate, tied=tied)
 
 
+# ---- Llama 4: chunked attention ---------------------------------------------------------------------------
+
+
+def llama4_text(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_llama4.py: layers with RoPE attend within chunks of attention_chunk_size tokens, every
+    no_rope_layer_interval-th layer attends globally without RoPE (configuration_llama4.py builds
+    layer_types from no_rope_layers when absent); the qk norm is weightless. MoE layers (moe_layers, or every
+    interleave_moe_layer_step-th) have a router, fused experts (gate_up_proj [E, h, 2I], down_proj [E, I, h])
+    and a shared expert of intermediate_size; the other layers a dense MLP of intermediate_size_mlp.
+    transformers caches a chunked layer like a sliding one of attention_chunk_size tokens
+    (cache_utils.py get_layer_types_and_kwargs)."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    chunk = c.int("attention_chunk_size", default=None)
+    interval = c.int("no_rope_layer_interval", default=4)
+    no_rope = c.list("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(layers)]
+    default_kinds = ["chunked_attention" if flag and chunk else FULL for flag in no_rope[:layers]]
+    kinds = layer_types(c, layers, default=default_kinds)
+    step = c.int("interleave_moe_layer_step", default=1)
+    moe_layers = set(c.list("moe_layers") or range(step - 1, layers, step))
+    n_moe = sum(1 for i in range(layers) if i in moe_layers)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+          bias=c.bool("attention_bias", default=False))
+    for kind in kinds:
+        if kind == "chunked_attention" and chunk is None:
+            raise ConfigError(f"{c.label}: layer_types names chunked layers but attention_chunk_size is unset")
+        chunked = kind == "chunked_attention"
+        p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                          window=chunk if chunked else None, chunked=chunked)
+    experts, width = c.int("num_local_experts"), c.int("intermediate_size")
+    p.lay.add("layers.feed_forward.router.weight", (experts, hidden), R.ROUTER, n_moe)
+    p.lay.add("layers.feed_forward.experts.gate_up_proj", (experts, hidden, 2 * width), R.EXPERT_LINEAR, n_moe)
+    p.lay.add("layers.feed_forward.experts.down_proj", (experts, width, hidden), R.EXPERT_LINEAR, n_moe)
+    p.dense_mlp("layers.feed_forward.shared_expert", width, n_moe)
+    dense_width = c.int("intermediate_size_mlp", default=width)
+    p.dense_mlp("layers.feed_forward", dense_width, layers - n_moe)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"), expert_intermediate_size=width,
+                  num_shared_experts=1, shared_expert_intermediate_size=width, num_moe_layers=n_moe,
+                  num_dense_layers=layers - n_moe) if n_moe else None
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=dense_width, tied=tied, moe=moe)
+
+
+# ---- Nemotron-H: one mixer per layer ---------------------------------------------------------------------
+
+# configuration_nemotron_h.py _pattern_to_list: the characters of hybrid_override_pattern
+_NEMOTRON_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+
+
+def nemotron_h(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_nemotron_h.py: each layer is one norm and one mixer, named by layers_block_type (or the
+    legacy hybrid_override_pattern; its length is the layer count): a Mamba-2 mixer (linear_attention), an
+    attention (full_attention), a plain MLP (mlp: up_proj / down_proj, relu2) or an MoE (moe: router with the
+    e_score_correction_bias buffer, non-gated fused experts up_proj [E, I, d] / down_proj [E, d, I] where d is
+    moe_latent_size behind fc1/fc2_latent_proj when set, shared experts). MLP and MoE layers cache nothing
+    (cache_utils.py: DummyLayer)."""
+    hidden, vocab = c.int("hidden_size"), c.int("vocab_size")
+    kinds = c.list("layers_block_type", "layer_types")
+    if kinds is None:
+        pattern = c.str("hybrid_override_pattern")
+        if pattern is None or any(ch not in _NEMOTRON_PATTERN for ch in pattern):
+            raise ConfigError(f"{c.label}: needs layers_block_type or a hybrid_override_pattern of M, *, - and E",
+                              hint=f"got {pattern!r}")
+        kinds = [_NEMOTRON_PATTERN[ch] for ch in pattern]
+    unknown = sorted(set(kinds) - set(_NEMOTRON_PATTERN.values()))
+    if unknown or not kinds:
+        raise ConfigError(f"{c.label}: unknown layer kinds {unknown} in layers_block_type")
+    layers = len(kinds)
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    mlp_bias = c.bool("mlp_bias", default=False)
+    p = Parts(c, hidden)
+    p.lay.add("embeddings.weight", (vocab, hidden), R.EMBEDDING)
+    p.lay.norm("norm_f", hidden, 1)
+    if not tied:
+        p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    p.lay.norm("layers.norm", hidden, layers)
+    count = {k: kinds.count(k) for k in _NEMOTRON_PATTERN.values()}
+    inner = c.int("mamba_num_heads") * c.int("mamba_head_dim")
+    recurrent, conv = mamba2(p, "layers.mixer", count["linear_attention"], inner=inner, gated_norm=True)
+    p.gqa("layers.mixer", count["full_attention"], heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+          bias=c.bool("attention_bias", default=False))
+    intermediate = c.int("intermediate_size", default=0, minimum=0)
+    for name, shape in (("up_proj", (intermediate, hidden)), ("down_proj", (hidden, intermediate))):
+        p.lay.linear(f"layers.mixer.{name}", *shape, count["mlp"], bias=mlp_bias)
+    moe = None
+    n_moe = count["moe"]
+    if n_moe:
+        experts, width = c.int("n_routed_experts"), c.int("moe_intermediate_size")
+        latent = c.int("moe_latent_size", default=None)
+        d = latent or hidden
+        p.lay.add("layers.mixer.gate.weight", (experts, hidden), R.ROUTER, n_moe)
+        p.lay.add("layers.mixer.gate.e_score_correction_bias", (experts,), R.ROUTER, n_moe)
+        p.lay.add("layers.mixer.experts.up_proj", (experts, width, d), R.EXPERT_LINEAR, n_moe)
+        p.lay.add("layers.mixer.experts.down_proj", (experts, d, width), R.EXPERT_LINEAR, n_moe)
+        if latent:
+            p.lay.linear("layers.mixer.fc1_latent_proj", latent, hidden, n_moe, bias=mlp_bias)
+            p.lay.linear("layers.mixer.fc2_latent_proj", hidden, latent, n_moe, bias=mlp_bias)
+        shared = c.int("moe_shared_expert_intermediate_size", default=0, minimum=0)
+        if c.int("n_shared_experts", default=1, minimum=0) and shared:
+            p.lay.linear("layers.mixer.shared_experts.up_proj", shared, hidden, n_moe, bias=mlp_bias)
+            p.lay.linear("layers.mixer.shared_experts.down_proj", hidden, shared, n_moe, bias=mlp_bias)
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                      expert_intermediate_size=width, num_shared_experts=1 if shared else 0,
+                      shared_expert_intermediate_size=shared, num_moe_layers=n_moe,
+                      num_dense_layers=layers - n_moe)
+    for kind in kinds:
+        if kind == "linear_attention":
+            p.state_cache("mamba2", recurrent=recurrent, conv=conv)
+        elif kind == "full_attention":
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+        else:
+            p.caches.append(LayerCache(kind="none", mixer=kind))
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate or (moe.expert_intermediate_size if moe else 1), tied=tied, moe=moe,
+                  act=c.str("mlp_hidden_act", default="relu2"), gated_ffn=False)
+
+
+# ---- LFM2: short convolutions ----------------------------------------------------------------------------
+
+
+def _lfm2_ffn_width(c: ConfigReader) -> int:
+    """modeling_lfm2.py Lfm2MLP: with block_auto_adjust_ff_dim, int(2/3 x intermediate_size), times
+    block_ffn_dim_multiplier, rounded up to block_multiple_of."""
+    width = c.int("intermediate_size")
+    if c.bool("block_auto_adjust_ff_dim", default=True):
+        width = int(2 * width / 3)
+        multiplier = c.float("block_ffn_dim_multiplier", default=None)
+        if multiplier is not None:
+            width = int(multiplier * width)
+            step = c.int("block_multiple_of", default=256)
+            width = step * ((width + step - 1) // step)
+    return width
+
+
+def lfm2(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_lfm2.py / modeling_lfm2_moe.py: ``layer_types`` of conv (a gated short convolution:
+    in_proj to 3 h, a depthwise conv of conv_L_cache taps, out_proj, biases with conv_bias) and
+    full_attention (q/k/v/out_proj with per-head q_layernorm / k_layernorm); w1/w3/w2 feed-forward
+    (lfm2), or dense for the first num_dense_layers and MoE after them (lfm2_moe: router, the
+    expert_bias buffer with use_expert_bias, fused experts); operator_norm and ffn_norm per layer, the
+    final norm is embedding_norm. A conv layer keeps [h, conv_L_cache] per sequence (cache_utils.py
+    LinearAttentionLayer)."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = hidden // heads
+    tied = c.bool("tie_word_embeddings", "tie_embedding", default=True)
+    idxs = c.list("full_attn_idxs")
+    default = None if idxs is None else [FULL if i in idxs else "conv" for i in range(layers)]
+    kinds = layer_types(c, layers, default=default)
+    if set(kinds) - {FULL, "conv"}:
+        raise ConfigError(f"{c.label}: layer_types may name only conv and full_attention", hint=f"got {kinds}")
+    n_attn = kinds.count(FULL)
+    p = Parts(c, hidden)
+    p.lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    p.lay.norm("embedding_norm", hidden, 1)
+    if not tied:
+        p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    p.gqa("layers.self_attn", n_attn, heads=heads, kv_heads=kv_heads, head_dim=head_dim, qk_norm="head")
+    kernel, bias = c.int("conv_L_cache"), c.bool("conv_bias", default=False)
+    n_conv = layers - n_attn
+    p.lay.add("layers.conv.conv.weight", (hidden, 1, kernel), R.OTHER, n_conv)
+    if bias:
+        p.lay.add("layers.conv.conv.bias", (hidden,), R.BIAS, n_conv)
+    p.lay.linear("layers.conv.in_proj", 3 * hidden, hidden, n_conv, bias=bias)
+    p.lay.linear("layers.conv.out_proj", hidden, hidden, n_conv, bias=bias)
+    for kind in kinds:
+        if kind == FULL:
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+        else:
+            p.state_cache("conv", recurrent=0, conv=hidden * kernel)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    moe = None
+    experts = c.int("num_experts", default=0, minimum=0) if model_type == "lfm2_moe" else 0
+    if experts:
+        dense = min(layers, c.int("num_dense_layers", default=0, minimum=0))
+        width = c.int("moe_intermediate_size")
+        intermediate = c.int("intermediate_size")
+        p.dense_mlp("layers.feed_forward", intermediate, dense)
+        p.experts("layers.feed_forward", layers - dense, experts=experts, width=width)
+        if c.bool("use_expert_bias", default=True):
+            p.lay.add("layers.feed_forward.expert_bias", (experts,), R.ROUTER, layers - dense)
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                      expert_intermediate_size=width, num_moe_layers=layers - dense, num_dense_layers=dense)
+    else:
+        intermediate = _lfm2_ffn_width(c)
+        p.dense_mlp("layers.feed_forward", intermediate, layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied, moe=moe)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -469,5 +673,9 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
     "jamba": jamba,
+    "lfm2": lfm2,
+    "lfm2_moe": lfm2,
+    "nemotron_h": nemotron_h,
+    "llama4_text": llama4_text,
     "falcon_h1": falcon_h1,
 }
