@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import re
+import resource
 import signal
 import sys
 import time
@@ -44,6 +45,10 @@ SMALL_TOPK = 2
 SMALL_INTERMEDIATE = 256
 SMALL_EXPERT_INTERMEDIATE = 64
 FAMILY_TIMEOUT_S = 180
+# Address-space cap of the recording process: a family whose small model still needs more fails with a
+# MemoryError (recorded) instead of bringing the machine's out-of-memory killer on (xlstm's default
+# config did, at 24 GB).
+MEMORY_LIMIT_BYTES = 8 << 30
 
 # Families whose default config is Mamba on every layer: transformers 5.25 cannot run a forward of such a
 # model (masking_utils asks the cache for an attention layer's mask sizes), so their small version makes
@@ -371,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         families = [f for f in args.only.split(",") if f]
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGALRM, _alarm)
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     for model_type in families:
         path = args.out / f"{model_type}.json"
         if args.skip_existing and path.exists():

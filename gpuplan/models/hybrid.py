@@ -664,6 +664,150 @@ def lfm2(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=intermediate, tied=tied, moe=moe)
 
 
+# ---- Kimi Linear: Kimi delta attention with MLA ------------------------------------------------------------
+
+
+def _kimi_layer_types(c: ConfigReader, layers: int) -> list[str]:
+    """configuration_kimi_linear.py: layer_types, else the checkpoint's linear_attn_config (1-indexed
+    full_attn_layers / kda_layers), else full attention on layers 4, 8, ... and KDA elsewhere."""
+    cfg = c.raw.get("linear_attn_config")
+    if c.list("layer_types") is None and isinstance(cfg, dict) and "full_attn_layers" in cfg:
+        full = set(cfg["full_attn_layers"])
+        return layer_types(c, layers, default=[FULL if i + 1 in full else "linear_attention" for i in range(layers)])
+    return layer_types(c, layers, default=[FULL if i and i % 4 == 0 else "linear_attention" for i in range(layers)])
+
+
+def kimi_linear(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_kimi_linear.py: Kimi delta attention (KDA) layers: q/k/v_proj to heads x d, a depthwise
+    conv over q, k and v, the forget gate (f_a_proj, f_b_proj, dt_bias [heads x d], A_log per head),
+    b_proj, the output gate (g_a_proj, g_b_proj), a gated RMSNorm o_norm of d, o_proj; full-attention
+    layers are MLA without q compression. DeepSeek-V3-style MoE after the dense first layers. A KDA layer
+    keeps [3 heads d, kernel] of conv state and [heads, d, d] of recurrent state per sequence."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    tied = c.bool("tie_word_embeddings", default=False)
+    cfg = c.raw.get("linear_attn_config") if isinstance(c.raw.get("linear_attn_config"), dict) else {}
+    lin = ConfigReader({**c.raw, **{k: v for k, v in (("linear_head_dim", cfg.get("head_dim")),
+                                                       ("linear_num_heads", cfg.get("num_heads")),
+                                                       ("linear_conv_kernel_dim", cfg.get("short_conv_kernel_size")))
+                                    if v is not None}}, label=c.label)
+    d, k_heads, kernel = lin.int("linear_head_dim"), lin.int("linear_num_heads"), lin.int("linear_conv_kernel_dim")
+    kinds = _kimi_layer_types(c, layers)
+    n_full = kinds.count(FULL)
+    n_kda = layers - n_full
+    mla = _mla(c)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    mla_attention(p, "layers.self_attn", n_full, mla, heads, bias=c.bool("attention_bias", default=False))
+    lay, width = p.lay, k_heads * d
+    for name in ("q_proj", "k_proj", "v_proj"):
+        lay.linear(f"layers.self_attn.{name}", width, hidden, n_kda)
+    lay.add("layers.self_attn.conv1d.weight", (3 * width, 1, kernel), R.OTHER, n_kda)
+    lay.linear("layers.self_attn.forget_gate.f_a_proj", d, hidden, n_kda)
+    lay.linear("layers.self_attn.forget_gate.f_b_proj", width, d, n_kda)
+    lay.add("layers.self_attn.forget_gate.dt_bias", (width,), R.OTHER, n_kda)
+    lay.add("layers.self_attn.forget_gate.A_log", (1, 1, k_heads, 1), R.OTHER, n_kda)
+    lay.linear("layers.self_attn.b_proj", k_heads, hidden, n_kda)
+    lay.linear("layers.self_attn.g_a_proj", d, hidden, n_kda)
+    lay.linear("layers.self_attn.g_b_proj", width, d, n_kda)
+    lay.norm("layers.self_attn.o_norm", d, n_kda)
+    lay.linear("layers.self_attn.o_proj", hidden, width, n_kda)
+    for kind in kinds:
+        if kind == FULL:
+            p.attention_cache(kind, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim)
+        else:
+            p.state_cache("kda", recurrent=k_heads * d * d, conv=3 * width * kernel)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    sparse = _dense_or_sparse(c, layers) if c.list("mlp_layer_types") is not None else \
+        [i >= c.int("first_k_dense_replace", default=1, minimum=0) for i in range(layers)]
+    n_moe = sum(sparse)
+    experts, moe_width = c.int("num_experts", "n_routed_experts"), c.int("moe_intermediate_size")
+    shared = c.int("num_shared_experts", "n_shared_experts", default=0, minimum=0)
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
+    p.experts("layers.mlp", n_moe, experts=experts, width=moe_width, score_bias=True)
+    p.dense_mlp("layers.mlp.shared_experts", moe_width * shared, n_moe if shared else 0)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_token", "num_experts_per_tok"),
+                  expert_intermediate_size=moe_width, num_shared_experts=shared,
+                  shared_expert_intermediate_size=moe_width * shared, num_moe_layers=n_moe,
+                  num_dense_layers=layers - n_moe) if n_moe else None
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=heads,
+                  head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim, v_head_dim=mla.v_head_dim,
+                  intermediate=intermediate, tied=tied, moe=moe, mla=mla)
+
+
+# ---- Bamba, Granite 4.0 hybrid: Mamba-2 with some attention layers -----------------------------------------
+
+_MAMBA_KINDS = {"linear_attention": "linear_attention", "mamba": "linear_attention",
+                "full_attention": FULL, "attention": FULL}
+
+
+def _mamba_attention_kinds(c: ConfigReader, layers: int) -> list[str]:
+    """bamba: attn_layer_indices (configuration_bamba.py layers_block_type); granitemoehybrid: layer_types
+    (configuration_granitemoehybrid.py, Mamba on every layer by default); legacy names mamba / attention."""
+    indices = c.list("attn_layer_indices")
+    if c.list("layer_types", "layers_block_type") is None:
+        chosen = set(indices or [])
+        return [FULL if i in chosen else "linear_attention" for i in range(layers)]
+    kinds = c.list("layer_types", "layers_block_type") or []
+    if len(kinds) < layers or any(k not in _MAMBA_KINDS for k in kinds[:layers]):
+        raise ConfigError(f"{c.label}: layer_types must name mamba / linear_attention or attention / full_attention "
+                          f"for each of the {layers} layers", hint=f"got {kinds!r}")
+    return [_MAMBA_KINDS[k] for k in kinds[:layers]]
+
+
+def mamba2_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_bamba.py and modeling_granitemoehybrid.py: per layer a Mamba-2 mixer (width mamba_expand x
+    hidden, gated RMSNorm) or an attention; bamba then a gated MLP (input_layernorm, pre_ff_layernorm,
+    final_layernorm); granitemoehybrid an MoE (block_sparse_moe: router, fused experts) when
+    num_local_experts > 0 plus a shared gated MLP (shared_mlp: input_linear to 2 x shared_intermediate_size,
+    output_linear), with input_layernorm, post_attention_layernorm and norm."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = hidden // heads
+    tied = c.bool("tie_word_embeddings", default=False)
+    kinds = _mamba_attention_kinds(c, layers)
+    n_attn = kinds.count(FULL)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", n_attn, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+          bias=c.bool("attention_bias", default=False))
+    recurrent, conv = mamba2(p, "layers.mamba", layers - n_attn, inner=c.int("mamba_expand") * hidden,
+                             gated_norm=True)
+    for kind in kinds:
+        if kind == FULL:
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+        else:
+            p.state_cache("mamba2", recurrent=recurrent, conv=conv)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    moe = None
+    if model_type == "bamba":
+        intermediate = c.int("intermediate_size")
+        p.dense_mlp("layers.feed_forward", intermediate, layers, bias=c.bool("mlp_bias", default=False))
+    else:
+        experts = c.int("num_local_experts", default=0, minimum=0)
+        intermediate = c.int("intermediate_size")
+        if experts:
+            p.lay.add("layers.block_sparse_moe.router.weight", (experts, hidden), R.ROUTER, layers)
+            p.lay.add("layers.block_sparse_moe.experts.gate_up_proj", (experts, 2 * intermediate, hidden),
+                      R.EXPERT_LINEAR, layers)
+            p.lay.add("layers.block_sparse_moe.experts.down_proj", (experts, hidden, intermediate),
+                      R.EXPERT_LINEAR, layers)
+        shared = c.int("shared_intermediate_size")
+        p.lay.linear("layers.shared_mlp.input_linear", 2 * shared, hidden, layers)
+        p.lay.linear("layers.shared_mlp.output_linear", hidden, shared, layers)
+        if experts:
+            moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                          expert_intermediate_size=intermediate, num_shared_experts=1,
+                          shared_expert_intermediate_size=shared, num_moe_layers=layers)
+        else:
+            intermediate = shared
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied, moe=moe)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -673,6 +817,9 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
     "jamba": jamba,
+    "bamba": mamba2_hybrid,
+    "granitemoehybrid": mamba2_hybrid,
+    "kimi_linear": kimi_linear,
     "lfm2": lfm2,
     "lfm2_moe": lfm2,
     "nemotron_h": nemotron_h,
