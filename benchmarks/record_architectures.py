@@ -276,10 +276,21 @@ def cache_snapshot(cache) -> dict:
     layers = getattr(cache, "layers", None)
     if layers is None:
         layers = [cache]
+    # per-layer attributes: the layer's own tensors, plus the i-th item of the cache's own per-layer lists
+    # (MiniMaxCache keeps its linear-attention states in cache.linear_cache, outside cache.layers)
+    per_layer: list[tuple[str, list]] = [(type(layer).__name__, sorted(vars(layer).items())) for layer in layers]
+    if getattr(cache, "layers", None) is not None:
+        for attr, value in sorted(vars(cache).items()):
+            if attr == "layers" or not isinstance(value, list):
+                continue
+            for i, item in enumerate(value):
+                while len(per_layer) <= i:
+                    per_layer.append((f"{type(cache).__name__}.{attr}", []))
+                per_layer[i][1].append((f"cache.{attr}", item))
     out = []
-    for layer in layers:
-        entry = {"class": type(layer).__name__, "tensors": {}, "storage_bytes": 0, "scalar_bytes": 0}
-        for attr, value in sorted(vars(layer).items()):
+    for class_name, attrs in per_layer:
+        entry = {"class": class_name, "tensors": {}, "storage_bytes": 0, "scalar_bytes": 0}
+        for attr, value in attrs:
             for name, t in _tensors(value, attr):
                 if t.device.type == "meta":
                     continue

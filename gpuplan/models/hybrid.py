@@ -808,6 +808,93 @@ def mamba2_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=intermediate, tied=tied, moe=moe)
 
 
+# ---- MiniMax: lightning attention ---------------------------------------------------------------------------
+
+
+def minimax(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_minimax.py: ``layer_types`` of linear_attention (lightning attention: qkv_proj, an RMSNorm
+    over heads x d, out_proj, output_gate; its state, [heads, d, d] per sequence, is kept in
+    MiniMaxCache.linear_cache) and full_attention (q/k/v/o, sliding_window when set); a Mixtral-style MoE
+    (router, fused experts of intermediate_size) on every layer."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    kinds = layer_types(c, layers)
+    window = c.int("sliding_window", default=None)
+    n_linear = kinds.count("linear_attention")
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers - n_linear, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    width = heads * head_dim
+    p.lay.linear("layers.self_attn.qkv_proj", 3 * width, hidden, n_linear)
+    p.lay.norm("layers.self_attn.norm", width, n_linear)
+    p.lay.linear("layers.self_attn.out_proj", hidden, width, n_linear)
+    p.lay.linear("layers.self_attn.output_gate", width, hidden, n_linear)
+    for kind in kinds:
+        if kind == "linear_attention":
+            p.state_cache(kind, recurrent=heads * head_dim * head_dim, conv=0)
+        elif kind in (FULL, SLIDING):
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                              window=window if kind == SLIDING else None)
+        else:
+            raise ConfigError(f"{c.label}: unknown layer type {kind!r} in layer_types")
+    experts, width_e = c.int("num_local_experts"), c.int("intermediate_size")
+    p.experts("layers.mlp", layers, experts=experts, width=width_e)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                  expert_intermediate_size=width_e, num_moe_layers=layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=width_e, tied=tied, moe=moe)
+
+
+# ---- ERNIE 4.5 MoE -------------------------------------------------------------------------------------------
+
+
+def ernie4_5_moe(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_ernie4_5_moe.py: q/k/v/o and MLPs with use_bias; an MoE on layers i with (i + 1) %
+    moe_layer_interval == 0 between moe_layer_start_index and moe_layer_end_index (-1: the last layer,
+    configuration_ernie4_5_moe.py), else a dense MLP; router weight plus a [1, E] e_score_correction_bias
+    parameter (moe_statics), fused experts, shared experts of moe_num_shared_experts x moe_intermediate_size.
+    Tied embeddings by default."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=True)
+    bias = c.bool("use_bias", default=False)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias)
+    for _ in range(layers):
+        p.attention_cache(FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    experts = c.int("moe_num_experts", default=0, minimum=0)
+    start = c.int("moe_layer_start_index", default=1, minimum=0)
+    end_raw = c.raw.get("moe_layer_end_index", -1)
+    end = layers - 1 if end_raw in (-1, None) else c.int("moe_layer_end_index", minimum=0)
+    interval = c.int("moe_layer_interval", default=1)
+    n_moe = sum(1 for i in range(layers) if (i + 1) % interval == 0 and start <= i <= end) if experts else 0
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers - n_moe, bias=bias)
+    moe = None
+    if n_moe:
+        width = c.int("moe_intermediate_size")
+        shared = c.int("moe_num_shared_experts", default=0, minimum=0)
+        p.experts("layers.mlp", n_moe, experts=experts, width=width)
+        p.lay.add("layers.mlp.gate.moe_statics.e_score_correction_bias", (1, experts), R.ROUTER, n_moe)
+        p.dense_mlp("layers.mlp.shared_experts", width * shared, n_moe if shared else 0, bias=bias)
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("moe_k", "num_experts_per_tok"),
+                      expert_intermediate_size=width, num_shared_experts=shared,
+                      shared_expert_intermediate_size=width * shared, num_moe_layers=n_moe,
+                      num_dense_layers=layers - n_moe)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied, moe=moe)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -817,6 +904,8 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
     "jamba": jamba,
+    "ernie4_5_moe": ernie4_5_moe,
+    "minimax": minimax,
     "bamba": mamba2_hybrid,
     "granitemoehybrid": mamba2_hybrid,
     "kimi_linear": kimi_linear,
