@@ -895,6 +895,148 @@ def ernie4_5_moe(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=intermediate, tied=tied, moe=moe)
 
 
+# ---- MiMo-V2-Flash: sliding layers with their own head counts ---------------------------------------------
+
+
+def mimo_v2_flash(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_mimo_v2_flash.py MiMoV2FlashAttention: ``layer_types`` of full and sliding attention; a
+    sliding layer has twice num_key_value_heads and a learned sink per query head; keys of head_dim, values
+    of v_head_dim, o_proj without bias. MoE (router with the e_score_correction_bias buffer, fused experts,
+    no shared expert) where mlp_layer_types says sparse."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, 2 * kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    v_dim = c.int("v_head_dim", default=head_dim)
+    tied = c.bool("tie_word_embeddings", default=False)
+    bias = c.bool("attention_bias", default=False)
+    kinds = layer_types(c, layers)
+    window = c.int("sliding_window", default=None)
+    n_swa = kinds.count(SLIDING)
+    if n_swa and window is None:
+        raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers - n_swa, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias,
+          o_bias=False, v_head_dim=v_dim)
+    p.gqa("layers.self_attn", n_swa, heads=heads, kv_heads=2 * kv_heads, head_dim=head_dim, bias=bias,
+          o_bias=False, v_head_dim=v_dim, sinks=True)
+    for kind in kinds:
+        swa = kind == SLIDING
+        p.attention_cache(kind, kv_heads=2 * kv_heads if swa else kv_heads, key_dim=head_dim, value_dim=v_dim,
+                          window=window if swa else None)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    sparse = _dense_or_sparse(c, layers)
+    n_moe = sum(sparse)
+    experts, width = c.int("n_routed_experts"), c.int("moe_intermediate_size")
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
+    p.experts("layers.mlp", n_moe, experts=experts, width=width, score_bias=True)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"), expert_intermediate_size=width,
+                  num_moe_layers=n_moe, num_dense_layers=layers - n_moe) if n_moe else None
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  v_head_dim=v_dim, intermediate=intermediate, tied=tied, moe=moe)
+
+
+# ---- Gemma 4: per-layer head dims, per-layer embeddings, KV sharing --------------------------------------
+
+
+def _per_layer_overrides(c: ConfigReader, kinds: list[str]) -> dict[int, dict]:
+    """configuration_gemma4.py: per_layer_config ({layer index: overrides}), else head_dim =
+    global_head_dim (512) and num_key_value_heads = num_global_key_value_heads on the full-attention
+    layers."""
+    raw = c.raw.get("per_layer_config")
+    if isinstance(raw, dict):
+        out: dict[int, dict] = {}
+        for key, value in raw.items():
+            if not str(key).isdigit() or not isinstance(value, dict):
+                raise ConfigError(f"{c.label}: per_layer_config must map layer indices to settings",
+                                  hint=f"got {key!r}: {value!r}")
+            out[int(key)] = value
+        return out
+    overrides = {"head_dim": c.int("global_head_dim", default=512)}
+    if c.has("num_global_key_value_heads") and c.bool("attention_k_eq_v", default=True):
+        overrides["num_key_value_heads"] = c.int("num_global_key_value_heads")
+    return {i: overrides for i, kind in enumerate(kinds) if kind == FULL}
+
+
+def gemma4_text(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_gemma4.py Gemma4TextModel: sliding and full attention layers with their own head_dim and
+    K/V heads (per_layer_config); q_norm, k_norm (v_norm has no weight); with attention_k_eq_v the full
+    layers have no v_proj. The last num_kv_shared_layers layers reuse earlier layers' K/V: no k/v weights,
+    nothing cached. Four norms per layer and a layer_scalar buffer; per-layer embeddings when
+    hidden_size_per_layer_input is set (embed_tokens_per_layer [V, layers x d], per_layer_model_projection,
+    per_layer_projection_norm; per layer per_layer_input_gate, per_layer_projection, post_per_layer_input_norm);
+    a gated MLP, twice as wide on shared layers with use_double_wide_mlp; with enable_moe_block, a router
+    (proj, scale, per_expert_scale), fused experts and three more norms beside it."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=True)
+    bias = c.bool("attention_bias", default=False)
+    kinds = layer_types(c, layers, default=[FULL if (i + 1) % 6 == 0 else SLIDING for i in range(layers)])
+    window = c.int("sliding_window", default=None)
+    shared_from = layers - c.int("num_kv_shared_layers", default=0, minimum=0)
+    overrides = _per_layer_overrides(c, kinds)
+    k_eq_v = c.bool("attention_k_eq_v", default=False)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    lay = p.lay
+    for i, kind in enumerate(kinds):
+        over = overrides.get(i, {})
+        hd = over.get("head_dim", head_dim)
+        kvh = over.get("num_key_value_heads", kv_heads)
+        if not (isinstance(hd, int) and isinstance(kvh, int) and hd > 0 and kvh > 0 and heads % kvh == 0):
+            raise ConfigError(f"{c.label}: per_layer_config of layer {i} gives head_dim {hd!r} and "
+                              f"num_key_value_heads {kvh!r}")
+        reuse = i >= shared_from
+        lay.linear("layers.self_attn.q_proj", heads * hd, hidden, 1, bias=bias)
+        lay.norm("layers.self_attn.q_norm", hd, 1)
+        lay.linear("layers.self_attn.o_proj", hidden, heads * hd, 1, bias=bias)
+        if reuse:
+            p.caches.append(LayerCache(kind="none", mixer=f"{kind} (reuses an earlier layer's K/V)"))
+            continue
+        lay.norm("layers.self_attn.k_norm", hd, 1)
+        lay.linear("layers.self_attn.k_proj", kvh * hd, hidden, 1, bias=bias)
+        if not (k_eq_v and kind != SLIDING):
+            lay.linear("layers.self_attn.v_proj", kvh * hd, hidden, 1, bias=bias)
+        if kind == SLIDING and window is None:
+            raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+        p.attention_cache(kind, kv_heads=kvh, key_dim=hd, value_dim=hd, window=window if kind == SLIDING else None)
+    lay.norm("layers.norms", hidden, 4 * layers)
+    lay.add("layers.layer_scalar", (1,), R.OTHER, layers)
+    per_layer = c.int("hidden_size_per_layer_input", default=0, minimum=0)
+    if per_layer:
+        vocab_pl = c.int("vocab_size_per_layer_input", default=vocab)
+        lay.add("embed_tokens_per_layer.weight", (vocab_pl, layers * per_layer), R.EMBEDDING)
+        lay.linear("per_layer_model_projection", layers * per_layer, hidden, 1)
+        lay.norm("per_layer_projection_norm", per_layer, 1)
+        lay.linear("layers.per_layer_input_gate", per_layer, hidden, layers)
+        lay.linear("layers.per_layer_projection", hidden, per_layer, layers)
+        lay.norm("layers.post_per_layer_input_norm", hidden, layers)
+    intermediate = c.int("intermediate_size")
+    wide = layers - shared_from if c.bool("use_double_wide_mlp", default=False) else 0
+    p.dense_mlp("layers.mlp", intermediate, layers - wide)
+    p.dense_mlp("layers.mlp", 2 * intermediate, wide)
+    moe = None
+    if c.bool("enable_moe_block", default=False):
+        experts, width = c.int("num_experts"), c.int("moe_intermediate_size")
+        lay.linear("layers.router.proj", experts, hidden, layers)
+        lay.add("layers.router.scale", (hidden,), R.ROUTER, layers)
+        lay.add("layers.router.per_expert_scale", (experts,), R.ROUTER, layers)
+        lay.add("layers.experts.gate_up_proj", (experts, 2 * width, hidden), R.EXPERT_LINEAR, layers)
+        lay.add("layers.experts.down_proj", (experts, hidden, width), R.EXPERT_LINEAR, layers)
+        lay.norm("layers.moe_norms", hidden, 3 * layers)
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("top_k_experts", "num_experts_per_tok"),
+                      expert_intermediate_size=width, num_shared_experts=1,
+                      shared_expert_intermediate_size=intermediate, num_moe_layers=layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied, moe=moe,
+                  act=c.str("hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -904,6 +1046,9 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
     "jamba": jamba,
+    "gemma4_text": gemma4_text,
+    "gemma4_unified_text": gemma4_text,
+    "mimo_v2_flash": mimo_v2_flash,
     "ernie4_5_moe": ernie4_5_moe,
     "minimax": minimax,
     "bamba": mamba2_hybrid,
