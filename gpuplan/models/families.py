@@ -606,6 +606,7 @@ _TEXT_CONFIG_WRAPPERS = {
     "mistral3": "mistral",
     "llama4": "llama4_text",
     "qwen3_5": "qwen3_5_text",
+    "gemma4": "gemma4_text",
     "qwen3_5_moe": "qwen3_5_moe_text",
     "qwen2_vl": "qwen2",
     "qwen2_5_vl": "qwen2",

@@ -1037,6 +1037,54 @@ def gemma4_text(c: ConfigReader, model_type: str) -> ModelSpec:
                   act=c.str("hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))
 
 
+# ---- OLMo hybrid: gated DeltaNet with OLMo 2 attention --------------------------------------------------------
+
+
+def olmo_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_olmo_hybrid.py: ``layer_types`` of linear_attention (a gated DeltaNet with separate q/k/v,
+    a/b and g projections, a depthwise conv over q, k and v without bias, dt_bias and A_log per value head,
+    an o_norm of the value head width, o_proj; pre-norm: input_layernorm and post_attention_layernorm) and
+    full_attention (OLMo 2: q_norm / k_norm over all heads, post-norms post_attention_layernorm and
+    post_feedforward_layernorm); a gated MLP on every layer. A linear layer keeps [v_heads, k_dim, v_dim]
+    and [conv_dim, kernel] per sequence."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    kinds = layer_types(c, layers)
+    n_lin = kinds.count("linear_attention")
+    if n_lin + kinds.count(FULL) != layers:
+        raise ConfigError(f"{c.label}: layer_types may name only linear_attention and full_attention")
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers - n_lin, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+          bias=c.bool("attention_bias", default=False), qk_norm="full")
+    v_heads, k_heads = c.int("linear_num_value_heads"), c.int("linear_num_key_heads")
+    k_dim, v_dim, kernel = c.int("linear_key_head_dim"), c.int("linear_value_head_dim"), c.int("linear_conv_kernel_dim")
+    key, value = k_heads * k_dim, v_heads * v_dim
+    lay = p.lay
+    for name, width in (("q_proj", key), ("k_proj", key), ("v_proj", value), ("a_proj", v_heads),
+                        ("b_proj", v_heads), ("g_proj", value)):
+        lay.linear(f"layers.linear_attn.{name}", width, hidden, n_lin)
+    lay.add("layers.linear_attn.conv1d.weight", (2 * key + value, 1, kernel), R.OTHER, n_lin)
+    lay.add("layers.linear_attn.dt_bias", (v_heads,), R.OTHER, n_lin)
+    lay.add("layers.linear_attn.A_log", (v_heads,), R.OTHER, n_lin)
+    lay.norm("layers.linear_attn.o_norm", v_dim, n_lin)
+    lay.linear("layers.linear_attn.o_proj", hidden, value, n_lin)
+    for kind in kinds:
+        if kind == FULL:
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+        else:
+            p.state_cache(kind, recurrent=v_heads * k_dim * v_dim, conv=(2 * key + value) * kernel)
+    lay.norm("layers.norms", hidden, 2 * layers)
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -1046,6 +1094,7 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
     "jamba": jamba,
+    "olmo_hybrid": olmo_hybrid,
     "gemma4_text": gemma4_text,
     "gemma4_unified_text": gemma4_text,
     "mimo_v2_flash": mimo_v2_flash,
