@@ -39,7 +39,8 @@ def _layer_windows(c: ConfigReader, num_layers: int, model_type: str) -> tuple[i
       (configuration_qwen2.py);
     - mistral / mixtral / phi3 / starcoder2: ``sliding_window`` applies to every layer when set.
     """
-    window = c.int("sliding_window", default=None)
+    # 0 means no window (configuration_qwen2_moe.py's default with use_sliding_window off)
+    window = c.int("sliding_window", default=None, minimum=0) or None
     layer_types = c.list("layer_types")
     if layer_types is not None:
         if len(layer_types) < num_layers:

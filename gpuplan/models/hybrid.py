@@ -125,7 +125,7 @@ def gated_delta_net(p: Parts, prefix: str, n: int) -> tuple[int, int]:
     return v_heads * k_dim * v_dim, conv_dim * kernel
 
 
-def mamba1(p: Parts, prefix: str, n: int, *, inner_norms: bool) -> tuple[int, int]:
+def mamba1(p: Parts, prefix: str, n: int, *, inner_norms: bool, inner: int | None = None) -> tuple[int, int]:
     """Mamba (modeling_jamba.py JambaMambaMixer, modeling_falcon_mamba.py): in_proj to 2 x d_inner, a
     depthwise conv1d, x_proj to dt_rank + 2 d_state, dt_proj with bias, A_log [d_inner, d_state], D,
     out_proj; Jamba adds RMSNorms on dt, B and C (``inner_norms``). Returns (recurrent, conv) elements per
@@ -133,7 +133,7 @@ def mamba1(p: Parts, prefix: str, n: int, *, inner_norms: bool) -> tuple[int, in
     c, lay, h = p.c, p.lay, p.hidden
     expand, d_state, d_conv = c.int("mamba_expand", "expand"), c.int("mamba_d_state", "state_size"), \
         c.int("mamba_d_conv", "conv_kernel")
-    inner = expand * h
+    inner = inner or expand * h
     rank_raw = c.raw.get("mamba_dt_rank", c.raw.get("time_step_rank", "auto"))
     # "auto": math.ceil(hidden_size / 16) (configuration_jamba.py, configuration_falcon_mamba.py)
     dt_rank = -(-h // 16) if rank_raw == "auto" else c.int("mamba_dt_rank", "time_step_rank")
@@ -1085,6 +1085,43 @@ def olmo_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=intermediate, tied=tied)
 
 
+# ---- State-space models: Mamba, Mamba-2, Falcon Mamba -------------------------------------------------------
+
+
+def mamba(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_mamba.py / modeling_falcon_mamba.py (Mamba mixers of intermediate_size, whose RMS norms in
+    Falcon Mamba carry no weight) and modeling_mamba2.py (Mamba-2 mixers of num_heads x head_dim with a
+    gated RMSNorm): backbone.embeddings, one norm per layer, norm_f; every layer keeps its SSM and conv
+    state (cache_utils.py LinearAttentionLayer)."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    tied = c.bool("tie_word_embeddings", default=model_type != "mamba2")
+    p = Parts(c, hidden)
+    p.lay.add("backbone.embeddings.weight", (vocab, hidden), R.EMBEDDING)
+    p.lay.norm("backbone.layers.norm", hidden, layers)
+    p.lay.norm("backbone.norm_f", hidden, 1)
+    if not tied:
+        p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    if model_type == "mamba2":
+        keys = {"mamba_n_heads": "num_heads", "mamba_d_head": "head_dim", "mamba_d_state": "state_size",
+                "mamba_d_conv": "conv_kernel", "mamba_n_groups": "n_groups", "mamba_proj_bias": "use_bias",
+                "mamba_conv_bias": "use_conv_bias"}
+        named = ConfigReader({**c.raw, **{k: c.raw.get(v) for k, v in keys.items()}}, label=c.label)
+        p = Parts(named, hidden, lay=p.lay)
+        inner = named.int("mamba_n_heads") * named.int("mamba_d_head")
+        recurrent, conv = mamba2(p, "backbone.layers.mixer", layers, inner=inner, gated_norm=True)
+        mixer = "mamba2"
+    else:
+        inner = c.int("intermediate_size", default=None) or c.int("expand") * hidden
+        recurrent, conv = mamba1(p, "backbone.layers.mixer", layers, inner_norms=False, inner=inner)
+        mixer = "mamba"
+    for _ in range(layers):
+        p.state_cache(mixer, recurrent=recurrent, conv=conv)
+    # No attention: the head figures below only fill the ModelSpec (the cache comes from the LayerCaches);
+    # the prefill activation terms, which model attention, read them and are approximate for this family.
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=1, kv_heads=1, head_dim=hidden,
+                  intermediate=inner, tied=tied, gated_ffn=False)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -1094,6 +1131,9 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
     "jamba": jamba,
+    "mamba": mamba,
+    "mamba2": mamba,
+    "falcon_mamba": mamba,
     "olmo_hybrid": olmo_hybrid,
     "gemma4_text": gemma4_text,
     "gemma4_unified_text": gemma4_text,
