@@ -13,6 +13,7 @@ from typing import Any
 from gpuplan.errors import ConfigError, UnsupportedModelError
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import FAMILIES as HYBRID_FAMILIES
+from gpuplan.models.hybrid import generic_decoder, has_state_layers, state_keys
 from gpuplan.models.layout import Layout as _Layout
 from gpuplan.models.layout import check_heads as _check_heads
 from gpuplan.models.layout import max_positions as _max_positions
@@ -46,8 +47,11 @@ def _layer_windows(c: ConfigReader, num_layers: int, model_type: str) -> tuple[i
         if len(layer_types) < num_layers:
             raise ConfigError(f"{c.label}: layer_types has {len(layer_types)} entries for {num_layers} layers")
         out: list[int | None] = []
+        chunk = c.int("attention_chunk_size", default=None)
         for kind in layer_types[:num_layers]:
-            if kind in ("sliding_attention", "chunked_attention", "local"):
+            if kind == "chunked_attention" and chunk is not None:
+                out.append(chunk)  # transformers caches a chunked layer like a sliding one of this span
+            elif kind in ("sliding_attention", "chunked_attention", "local"):
                 if window is None:
                     raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
                 out.append(window)
@@ -665,6 +669,15 @@ def config_to_spec(raw: dict[str, Any], *, label: str = "config.json") -> ModelS
         return spec.model_copy(update={"tensors": spec.tensors + (tower,), "vision_parameters": vision,
                                        "notes": spec.notes + (note,)})
     parser = _FAMILIES.get(model_type)
+    if parser is None and has_state_layers(raw):
+        return generic_decoder(c, model_type)
+    if parser is None and state_keys(raw):
+        raise UnsupportedModelError(
+            f"{label}: model_type {model_type!r} is not known to gpuplan, and its config describes recurrent or "
+            f"state-space layers ({', '.join(state_keys(raw)[:4])}) without a layer_types list saying which "
+            "layers use them",
+            hint="gpuplan cannot estimate its cache from this config; "
+                 f"supported: {', '.join(supported_model_types())}")
     if parser is None:
         if all(k in raw for k in ("hidden_size", "num_attention_heads", "num_hidden_layers",
                                   "intermediate_size", "vocab_size")):

@@ -372,17 +372,20 @@ def deepseek_moe(c: ConfigReader, model_type: str) -> ModelSpec:
         for _ in range(layers):
             p.attention_cache(FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
     p.lay.norm("layers.norms", hidden, 2 * layers)
-    sparse = _dense_or_sparse(c, layers)
-    n_moe = sum(sparse)
-    experts, width = c.int("n_routed_experts"), c.int("moe_intermediate_size")
-    shared = c.int("n_shared_experts", default=0, minimum=0)
+    experts = c.int("n_routed_experts", default=0, minimum=0)
+    n_moe = sum(_dense_or_sparse(c, layers)) if experts else 0
     intermediate = c.int("intermediate_size")
     p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
-    p.experts("layers.mlp", n_moe, experts=experts, width=width, score_bias=True)
-    p.dense_mlp("layers.mlp.shared_experts", width * shared, n_moe if shared else 0)
-    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"), expert_intermediate_size=width,
-                  num_shared_experts=shared, shared_expert_intermediate_size=width * shared,
-                  num_moe_layers=n_moe, num_dense_layers=layers - n_moe) if n_moe else None
+    moe = None
+    if n_moe:
+        width = c.int("moe_intermediate_size")
+        shared = c.int("n_shared_experts", default=0, minimum=0)
+        p.experts("layers.mlp", n_moe, experts=experts, width=width, score_bias=True)
+        p.dense_mlp("layers.mlp.shared_experts", width * shared, n_moe if shared else 0)
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                      expert_intermediate_size=width, num_shared_experts=shared,
+                      shared_expert_intermediate_size=width * shared, num_moe_layers=n_moe,
+                      num_dense_layers=layers - n_moe)
     mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
     if mtp:
         p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; transformers skips them "
@@ -1122,6 +1125,94 @@ def mamba(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=inner, tied=tied, gated_ffn=False)
 
 
+# ---- families gpuplan does not know ------------------------------------------------------------------------
+
+ATTENTION_KINDS = frozenset({FULL, SLIDING, "chunked_attention"})
+STATE_KINDS = frozenset({"linear_attention", "mamba", "conv"})
+
+
+def has_state_layers(raw: dict) -> bool:
+    """Whether a config's ``layer_types`` names layers that are not attention (for the unknown-family path)."""
+    kinds = raw.get("layer_types")
+    return isinstance(kinds, list) and any(k not in ATTENTION_KINDS for k in kinds)
+
+
+STATE_KEY_PREFIXES = ("mamba_", "linear_num_", "linear_key_", "linear_value_", "ssm_", "conv_L_cache",
+                      "state_size", "time_step_rank")
+
+
+def state_keys(raw: dict) -> list[str]:
+    """Keys of a config that describe recurrent or state-space layers."""
+    return sorted(k for k in raw if k.startswith(STATE_KEY_PREFIXES) and raw[k] is not None)
+
+
+def _generic_state(p: Parts, kind: str) -> tuple[int, int, str]:
+    """Parameters and per-sequence state of one kind of state layer, from the dims the config carries."""
+    c = p.c
+    if kind == "conv" and c.has("conv_L_cache"):
+        kernel = c.int("conv_L_cache")
+        p.lay.add("layers.conv.conv.weight", (p.hidden, 1, kernel), R.OTHER, 1)
+        p.lay.linear("layers.conv.in_proj", 3 * p.hidden, p.hidden, 1)
+        p.lay.linear("layers.conv.out_proj", p.hidden, p.hidden, 1)
+        return 0, p.hidden * kernel, "an LFM2-style short convolution (conv_L_cache)"
+    if kind in ("linear_attention", "mamba") and c.has("linear_num_value_heads"):
+        recurrent, conv = gated_delta_net(p, "layers.linear_attn", 1)
+        return recurrent, conv, "a Qwen3-Next-style gated DeltaNet (linear_* dims)"
+    if kind in ("linear_attention", "mamba") and c.has("mamba_n_heads", "mamba_num_heads"):
+        inner = c.int("mamba_n_heads", "mamba_num_heads") * c.int("mamba_d_head", "mamba_head_dim")
+        recurrent, conv = mamba2(p, "layers.mamba", 1, inner=inner, gated_norm=True)
+        return recurrent, conv, "a Mamba-2 mixer (mamba_* dims)"
+    if kind in ("linear_attention", "mamba") and c.has("mamba_d_state"):
+        recurrent, conv = mamba1(p, "layers.mamba", 1, inner_norms=False)
+        return recurrent, conv, "a Mamba mixer (mamba_d_state, mamba_expand)"
+    raise ConfigError(f"{c.label}: layer_types names {kind} layers, but the config carries none of the state dims "
+                      "gpuplan knows (linear_num_value_heads..., mamba_n_heads..., mamba_d_state, conv_L_cache)",
+                      hint="this family is not supported; its cache cannot be estimated from the config")
+
+
+def generic_decoder(c: ConfigReader, model_type: str) -> ModelSpec:
+    """An unknown family whose ``layer_types`` mixes attention and state layers. Attention layers are read as
+    Llama-style grouped-query attention (sliding_window / attention_chunk_size for their spans), state layers
+    by the dims the config carries; every layer gets a gated MLP of intermediate_size. The notes say which
+    assumption was made for each kind."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    kinds = layer_types(c, layers)
+    unknown = sorted(set(kinds) - ATTENTION_KINDS - STATE_KINDS)
+    if unknown:
+        raise ConfigError(f"{c.label}: layer_types names layer kinds gpuplan does not know: {', '.join(unknown)}",
+                          hint=f"known: {', '.join(sorted(ATTENTION_KINDS | STATE_KINDS))}")
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    assumed: dict[str, str] = {}
+    for kind in kinds:
+        if kind in ATTENTION_KINDS:
+            p.gqa("layers.self_attn", 1, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+            window = None
+            if kind != FULL:
+                window = c.int("attention_chunk_size" if kind == "chunked_attention" else "sliding_window")
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim, window=window,
+                              chunked=kind == "chunked_attention")
+            assumed[kind] = "Llama-style grouped-query attention"
+        else:
+            recurrent, conv, what = _generic_state(p, kind)
+            p.state_cache(kind, recurrent=recurrent, conv=conv)
+            assumed[kind] = what
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    p.notes.append(f"model_type {model_type!r} is not known to gpuplan: estimated from layer_types, reading "
+                   + "; ".join(f"{k} layers as {v}" for k, v in sorted(assumed.items()))
+                   + ", each with a gated MLP of intermediate_size; the parameter count may differ from the "
+                   "checkpoint")
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -1130,6 +1221,13 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "glm_moe_dsa": deepseek_moe,
     "glm4_moe": deepseek_moe,
     "glm4_moe_lite": deepseek_moe,
+    # families whose modules are those of DeepSeek-V2/V3 or GLM-4.5 (their modular_*.py build on them)
+    "axk1": deepseek_moe,
+    "sarvam_mla": deepseek_moe,
+    "sarvam_moe": deepseek_moe,
+    "param2moe": deepseek_moe,
+    "minicpm3": deepseek_moe,
+    "youtu": deepseek_moe,
     "jamba": jamba,
     "mamba": mamba,
     "mamba2": mamba,
