@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gpuplan.engines.transformers import cache_bytes
-from gpuplan.errors import GpuplanError
+from gpuplan.errors import ConfigError, GpuplanError, UnsupportedModelError
 from gpuplan.models.families import config_to_spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "architectures"
@@ -176,6 +176,48 @@ def test_fixtures_cover_the_release():
 
 def test_known_gaps_name_recorded_families():
     assert set(KNOWN_GAPS) <= {r["model_type"] for r in RECORDED}
+
+
+def _fixture(model_type: str, key: str = "small_config") -> dict:
+    return dict(next(r for r in WITH_CACHE if r["model_type"] == model_type)[key])
+
+
+def test_unknown_hybrid_family_is_estimated_from_its_layer_types_and_says_so():
+    rec = next(r for r in WITH_CACHE if r["model_type"] == "qwen3_next")
+    raw = {**rec["small_config"], "model_type": "next_year_hybrid"}
+    spec = config_to_spec(raw)
+    measured = rec["cache_after_prompt"]["storage_bytes"]
+    assert cache_bytes(spec, 1, rec["prompt_tokens"], FP32, decoded=False) == measured
+    assert [lc.kind for lc in spec.layer_caches] == ["state", "state", "state", "attention"]
+    note = spec.notes[-1]
+    assert "not known to gpuplan" in note and "gated DeltaNet" in note and "Llama-style" in note
+
+
+def test_unknown_layer_kind_is_one_clear_error():
+    raw = {**_fixture("qwen3_next"), "model_type": "next_year_hybrid"}
+    raw["layer_types"] = ["linear_attention", "retention", "linear_attention", "full_attention"]
+    with pytest.raises(ConfigError, match="layer kinds gpuplan does not know: retention"):
+        config_to_spec(raw)
+
+
+def test_unknown_family_with_state_dims_but_no_layer_types_is_refused():
+    raw = {**_fixture("falcon_h1"), "model_type": "next_year_ssm"}
+    raw.pop("layer_types", None)
+    with pytest.raises(UnsupportedModelError, match="state-space layers .* without a layer_types list"):
+        config_to_spec(raw)
+
+
+def test_state_layers_without_state_dims_are_refused():
+    raw = {**_fixture("qwen3_next"), "model_type": "next_year_hybrid"}
+    for key in [k for k in raw if k.startswith("linear_")]:
+        del raw[key]
+    with pytest.raises(ConfigError, match="carries none of the state dims"):
+        config_to_spec(raw)
+
+
+def test_state_cache_does_not_grow_with_the_sequence():
+    spec = config_to_spec(_fixture("mamba2", "config"))
+    assert cache_bytes(spec, 2, 1_000, 2, decoded=True) == cache_bytes(spec, 2, 100_000, 2, decoded=True) > 0
 
 
 def _row(rec: dict) -> tuple[str, str, str]:
