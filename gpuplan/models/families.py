@@ -280,6 +280,13 @@ def _llama_like(c: ConfigReader, model_type: str) -> ModelSpec:
     )
 
 
+def _kimi_k2(c: ConfigReader, model_type: str) -> ModelSpec:
+    # Kimi K2 runs on DeepSeek-V3's modeling code (its config.json: "architectures": ["DeepseekV3ForCausalLM"],
+    # with model_type kimi_k2 inside Kimi K2.5's text_config).
+    spec = _llama_like(c, "deepseek_v3")
+    return spec.model_copy(update={"model_type": model_type})
+
+
 def _phi3(c: ConfigReader, model_type: str) -> ModelSpec:
     # modeling_phi3.py fuses q/k/v into qkv_proj and gate/up into gate_up_proj: same parameter count as
     # the separate projections, so the Llama layout applies.
@@ -590,6 +597,7 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
         "starcoder2", "yi", "internlm2", "cohere", "ministral", "mistral3_text", "smollm3", "exaone",
     ), _llama_like),
     "phi3": _phi3,
+    "kimi_k2": _kimi_k2,
     "gpt2": _gpt2,
     "gpt_bigcode": _gpt_bigcode,
     "opt": _opt,
@@ -612,6 +620,7 @@ _TEXT_CONFIG_WRAPPERS = {
     "llama4": "llama4_text",
     "qwen3_5": "qwen3_5_text",
     "gemma4": "gemma4_text",
+    "kimi_k25": "kimi_k2",
     "qwen3_5_moe": "qwen3_5_moe_text",
     "qwen2_vl": "qwen2",
     "qwen2_5_vl": "qwen2",

@@ -242,7 +242,11 @@ def qwen3_next(c: ConfigReader, model_type: str) -> ModelSpec:
     head_dim = c.int("head_dim", default=hidden // heads)
     tied = c.bool("tie_word_embeddings", default=False)
     bias = c.bool("attention_bias", default=False)
-    kinds = layer_types(c, layers)
+    # configuration_qwen3_next.py / configuration_qwen3_5.py: without layer_types, every
+    # full_attention_interval-th layer (default 4) is full attention, the others linear (the Hub configs)
+    interval = c.int("full_attention_interval", default=4)
+    kinds = layer_types(c, layers, default=["linear_attention" if (i + 1) % interval else FULL
+                                            for i in range(layers)])
     p = Parts(c, hidden)
     _embed_and_head(p, vocab, tied)
     n_linear = kinds.count("linear_attention")
@@ -387,11 +391,35 @@ def deepseek_moe(c: ConfigReader, model_type: str) -> ModelSpec:
                       shared_expert_intermediate_size=width * shared, num_moe_layers=n_moe,
                       num_dense_layers=layers - n_moe)
     mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
-    if mtp:
+    if mtp and model_type == "deepseek_v32" and n_moe:
+        _deepseek_mtp(p, c, model_type, mtp, vocab)
+    elif mtp:
         p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; transformers skips them "
                        "(_keys_to_ignore_on_load_unexpected), so they are not counted")
     return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                  v_head_dim=v_head_dim, intermediate=intermediate, tied=tied, moe=moe, mla=mla)
+                  v_head_dim=v_head_dim, intermediate=intermediate, tied=tied, moe=moe, mla=mla, mtp=mtp)
+
+
+def _deepseek_mtp(p: Parts, c: ConfigReader, model_type: str, mtp: int, vocab: int) -> None:
+    """DeepSeek's multi-token-prediction modules, as for DeepSeek-V3 in families.py (DeepSeek-V3's
+    inference/model.py and the checkpoint's last layer): an embedding copy, enorm, hnorm, eh_proj (2h -> h),
+    one MoE decoder layer (with its indexer) and a shared head. In the checkpoint, not loaded by transformers
+    or by engines without speculative decoding."""
+    h = p.hidden
+    one_layer = {**c.raw, "num_hidden_layers": 1, "mlp_layer_types": ["sparse"], "indexer_types": ["full"],
+                 "num_nextn_predict_layers": 0}
+    block = deepseek_moe(ConfigReader(one_layer, label=c.label), model_type)
+    for g in block.tensors:
+        if g.name.startswith("layers."):
+            p.lay.add(f"mtp.{g.name}", g.shape, g.role, g.count * mtp, loaded=False)
+    p.lay.add("mtp.embed_tokens.weight", (vocab, h), R.EMBEDDING, mtp, loaded=False)
+    p.lay.norm("mtp.enorm", h, mtp, loaded=False)
+    p.lay.norm("mtp.hnorm", h, mtp, loaded=False)
+    p.lay.add("mtp.eh_proj.weight", (h, 2 * h), R.OTHER, mtp, loaded=False)
+    p.lay.norm("mtp.shared_head.norm", h, mtp, loaded=False)
+    p.lay.add("mtp.shared_head.head.weight", (vocab, h), R.LM_HEAD, mtp, loaded=False)
+    p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; engines load them only for "
+                   "speculative decoding, so weights leave them out")
 
 
 # ---- Mamba hybrids: Jamba, Falcon-H1 ------------------------------------------------------------------------
@@ -914,8 +942,11 @@ def mimo_v2_flash(c: ConfigReader, model_type: str) -> ModelSpec:
     v_dim = c.int("v_head_dim", default=head_dim)
     tied = c.bool("tie_word_embeddings", default=False)
     bias = c.bool("attention_bias", default=False)
-    kinds = layer_types(c, layers)
-    window = c.int("sliding_window", default=None)
+    # configuration_mimo_v2_flash.py: without layer_types, layer 0 and every 6th layer are full attention
+    # (the Hub config's hybrid_layer_pattern is not read); sliding_window_size + 1 overrides sliding_window
+    kinds = layer_types(c, layers, default=[FULL if i == 0 or not (i + 1) % 6 else SLIDING for i in range(layers)])
+    size = c.int("sliding_window_size", default=None)
+    window = size + 1 if size is not None else c.int("sliding_window", default=None)
     n_swa = kinds.count(SLIDING)
     if n_swa and window is None:
         raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
@@ -930,8 +961,8 @@ def mimo_v2_flash(c: ConfigReader, model_type: str) -> ModelSpec:
         p.attention_cache(kind, kv_heads=2 * kv_heads if swa else kv_heads, key_dim=head_dim, value_dim=v_dim,
                           window=window if swa else None)
     p.lay.norm("layers.norms", hidden, 2 * layers)
-    sparse = _dense_or_sparse(c, layers)
-    n_moe = sum(sparse)
+    # configuration_mimo_v2_flash.py: without mlp_layer_types the first layer is dense, the others MoE
+    n_moe = sum(_dense_or_sparse(c, layers)) if c.list("mlp_layer_types") is not None else layers - 1
     experts, width = c.int("n_routed_experts"), c.int("moe_intermediate_size")
     intermediate = c.int("intermediate_size")
     p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
