@@ -76,3 +76,27 @@ def test_kimi_k2_5_reads_as_mla():
     spec = spec_of("moonshotai/Kimi-K2.5")
     assert spec.attention_kind == "MLA" and spec.moe is not None
     assert round(spec.parameters / 1e12, 2) == 1.03
+
+
+def test_vllm_pads_state_pages_to_a_grown_attention_block():
+    from gpuplan.calc.precision import resolve_precision
+    from gpuplan.engines.vllm import STATE_GROUP, hybrid_state_pages, vllm_budget
+
+    spec = spec_of("Qwen/Qwen3.5-35B-A3B")
+    # one token of a full-attention layer: 2 KV heads x (256 + 256) x 2 bytes
+    token_page = 2 * 512 * BF16
+    # one gated-DeltaNet layer's state for one request: 32 x 128 x 128, conv 8192 channels x (4 - 1) taps
+    state_page = (32 * 128 * 128 + 8192 * 3) * BF16
+    block = 16 * -(-state_page // (16 * token_page))
+    pages = hybrid_state_pages(spec, 1, BF16, 16, 32_768)
+    assert (pages.block_size, pages.page_size, pages.state_page_size) == (block, block * token_page, state_page)
+    assert block == 544
+    # 10 full-attention layers form one group, the 30 state layers three groups of ten
+    assert pages.windows == (None, STATE_GROUP, STATE_GROUP, STATE_GROUP)
+    assert [len(g) for g in pages.groups] == [10, 10, 10, 10]
+    assert pages.log_lines[1] == ("Padding mamba page size by 1.49% to ensure that mamba page size and attention "
+                                  "page size are exactly equal.")
+    budget = vllm_budget(spec, resolve_precision(spec, "bf16"), 80 * 2**30, max_model_len=32_768)
+    # a request takes cdiv(32768, 544) blocks of the attention group and one block of each state group
+    assert budget.blocks_per_request == -(-32_768 // 544) + 3
+    assert budget.block_size == 544 and budget.page_size_per_layer == block * token_page

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict
 from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
 from gpuplan.errors import InputError
-from gpuplan.models.spec import ModelSpec, TensorRole
+from gpuplan.models.spec import LayerCache, ModelSpec, TensorRole
 
 GiB = 1024**3
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
@@ -266,6 +266,8 @@ def _rope_cache_bytes(spec: ModelSpec, e: int) -> int:
 
 
 def _group_blocks_for(length: int, window: int | None, block_size: int, max_num_batched_tokens: int) -> int:
+    if window == STATE_GROUP:
+        return 1
     if window is None:
         return _cdiv(length, block_size)
     return _cdiv(min(window - 1 + max_num_batched_tokens, length), block_size) + 1
@@ -332,6 +334,11 @@ def vllm_budget(
 
     hybrid = engine == "v1" and hybrid_kv_cache_manager
     group_layers, group_windows = _kv_groups(spec, hybrid)
+    state_pages = None
+    if engine == "v1" and spec.has_state_layers:
+        state_pages = hybrid_state_pages(spec, tp, kv_bytes, block_size, model_len, hybrid_windows=hybrid)
+        page, block_size = state_pages.page_size, state_pages.block_size
+        group_layers, group_windows = [list(g) for g in state_pages.groups], list(state_pages.windows)
     split = pp_layer_split(spec.num_hidden_layers, pp)
 
     # Each pipeline stage sizes its own pool; the engine keeps the smallest block count.
@@ -390,6 +397,8 @@ def vllm_budget(
 
     logs = _log_lines(engine, weights, available, tokens, num_blocks, model_len, concurrency, fits,
                       max_len_fit, group_size * page * blocks_per_request)
+    if state_pages is not None:
+        logs = state_pages.log_lines + logs
     return VllmBudget(
         engine=engine, tp=tp, pp=pp, total_gpu_memory=total, gpu_memory_utilization=gpu_memory_utilization,
         requested=requested, weights=weights, activation_peak=activation, activation_forward=forward,
@@ -439,3 +448,87 @@ def _log_lines(engine: Engine, weights: int, available: int, tokens: int, num_bl
     lines += [f"GPU KV cache size: {tokens:,} tokens",
               f"Maximum concurrency for {model_len:,} tokens per request: {concurrency:.2f}x"]
     return tuple(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hybrid models: state pages of Mamba / linear-attention layers beside the attention pages.
+# ------------------------------------------------------------------------------------------------
+
+STATE_GROUP = 0
+"""The window value that marks a KV cache group of state layers: a request takes one block of it."""
+# vllm/model_executor/models/config.py @ 0144dd5, HybridAttentionMambaModelConfig.verify_and_update_config:
+# the attention block size becomes a multiple of 16 tokens ("some attention backends (e.g. FA) only support
+# setting block size to multiple of 16").
+HYBRID_BLOCK_ALIGN = 16
+
+
+class HybridPages(BaseModel):
+    """The page layout vLLM gives a model with state layers (``HybridAttentionMambaModelConfig``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    block_size: int
+    page_size: int
+    """Bytes of one block of one layer, attention and padded state pages alike."""
+    state_page_size: int
+    """Bytes of one layer's state for one request before padding (vllm/v1/kv_cache_interface.py MambaSpec)."""
+    groups: tuple[tuple[int, ...], ...]
+    windows: tuple[int | None, ...]
+    log_lines: tuple[str, ...]
+
+
+def _state_page_bytes(lc: LayerCache, tp: int, state_bytes: int) -> int:
+    """One layer's state pages for one request on one rank: the temporal state split over TP ranks and the
+    conv state with ``kernel - 1`` columns (vllm/model_executor/layers/mamba/mamba_utils.py
+    MambaStateShapeCalculator: conv_state_shape (conv_dim / tp, conv_kernel - 1)), in the model dtype
+    (mamba_cache_dtype / mamba_ssm_cache_dtype "auto")."""
+    channels = lc.conv_elems // lc.conv_kernel if lc.conv_kernel else 0
+    conv = _cdiv(channels, tp) * max(0, lc.conv_kernel - 1)
+    return (_cdiv(lc.recurrent_elems, tp) + conv) * state_bytes
+
+
+def hybrid_state_pages(spec: ModelSpec, tp: int, kv_bytes: int, block_size: int, max_model_len: int,
+                       *, hybrid_windows: bool = True) -> HybridPages:
+    """How vLLM V1 lays out the KV cache of a model whose layers keep recurrent state.
+
+    vllm/model_executor/models/config.py @ 0144dd5 (HybridAttentionMambaModelConfig): the attention block
+    grows to ``16 x cdiv(state_page, 16 x attention page of one token)`` tokens when that is more than the
+    block size asked for, and every state page is padded to the attention page, so one page size serves
+    every layer. Attention and state layers then form KV cache groups as sliding and full layers do
+    (vllm/v1/core/kv_cache_utils.py _get_kv_cache_groups_uniform_page_size); a request takes one block in
+    each state group (MambaSpec.max_memory_usage_bytes is one page). A model of state layers only has one
+    page per request whose block spans max_model_len (MambaModelConfig).
+    """
+    attention = [(i, lc) for i, lc in enumerate(spec.layer_caches) if lc.kind in ("attention", "hybrid")]
+    state = [(i, lc) for i, lc in enumerate(spec.layer_caches) if lc.kind in ("state", "hybrid")]
+    state_page = max((_state_page_bytes(lc, tp, kv_bytes) for _, lc in state), default=0)
+    lines: list[str] = []
+    if not attention:
+        return HybridPages(block_size=max_model_len, page_size=state_page, state_page_size=state_page,
+                           groups=(tuple(i for i, _ in state),), windows=(STATE_GROUP,), log_lines=())
+    token_page = max(_cdiv(lc.kv_heads, tp) * (lc.key_dim + lc.value_dim) + lc.indexer_dim
+                     for _, lc in attention) * kv_bytes
+    needed = HYBRID_BLOCK_ALIGN * _cdiv(state_page, HYBRID_BLOCK_ALIGN * token_page)
+    if block_size < needed:
+        block_size = needed
+        lines.append(f"Setting attention block size to {block_size} tokens to ensure that attention page size "
+                     "is >= mamba page size.")
+    page = block_size * token_page
+    if state_page and page > state_page:
+        lines.append(f"Padding mamba page size by {100 * (page - state_page) / state_page:.2f}% to ensure that "
+                     "mamba page size and attention page size are exactly equal.")
+    by_type: dict[int | None, list[int]] = {STATE_GROUP: [i for i, _ in state]}
+    for i, lc in attention:
+        by_type.setdefault(lc.window if hybrid_windows else None, []).append(i)
+    counts = [len(v) for v in by_type.values()]
+    group_size = max(counts) if max(counts) < min(counts) * 1.5 else min(counts)
+    groups: list[tuple[int, ...]] = []
+    windows: list[int | None] = []
+    for window in sorted(by_type, key=lambda w: (w == STATE_GROUP, w is not None, w or 0)):
+        layers = by_type[window]
+        n = _cdiv(len(layers), group_size)
+        for k in range(n):
+            groups.append(tuple(layers[k::n]))
+            windows.append(window)
+    return HybridPages(block_size=block_size, page_size=page, state_page_size=state_page, groups=tuple(groups),
+                       windows=tuple(windows), log_lines=tuple(lines))

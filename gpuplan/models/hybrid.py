@@ -51,6 +51,8 @@ class Parts:
     lay: Layout = field(default_factory=Layout)
     caches: list[LayerCache] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    conv_kernel: int = 0
+    """Taps of the convolution of the last state mixer added (its state_cache entries record it)."""
 
     def gqa(self, prefix: str, n: int, *, heads: int, kv_heads: int, head_dim: int, bias: bool = False,
             o_bias: bool | None = None, qk_norm: str | None = None, gated: bool = False, sinks: bool = False,
@@ -99,8 +101,9 @@ class Parts:
                                       value_dim=value_dim, window=window, chunked=chunked,
                                       indexer_dim=indexer_dim))
 
-    def state_cache(self, mixer: str, *, recurrent: int, conv: int) -> None:
-        self.caches.append(LayerCache(kind="state", mixer=mixer, recurrent_elems=recurrent, conv_elems=conv))
+    def state_cache(self, mixer: str, *, recurrent: int, conv: int, kernel: int | None = None) -> None:
+        self.caches.append(LayerCache(kind="state", mixer=mixer, recurrent_elems=recurrent, conv_elems=conv,
+                                      conv_kernel=self.conv_kernel if kernel is None else kernel))
 
 
 def gated_delta_net(p: Parts, prefix: str, n: int) -> tuple[int, int]:
@@ -113,6 +116,7 @@ def gated_delta_net(p: Parts, prefix: str, n: int) -> tuple[int, int]:
     v_heads, k_heads = c.int("linear_num_value_heads"), c.int("linear_num_key_heads")
     k_dim, v_dim = c.int("linear_key_head_dim"), c.int("linear_value_head_dim")
     kernel = c.int("linear_conv_kernel_dim")
+    p.conv_kernel = kernel
     key, value = k_heads * k_dim, v_heads * v_dim
     conv_dim = 2 * key + value
     lay.linear(f"{prefix}.in_proj_qkvz", 2 * key + 2 * value, h, n)
@@ -134,6 +138,7 @@ def mamba1(p: Parts, prefix: str, n: int, *, inner_norms: bool, inner: int | Non
     expand, d_state, d_conv = c.int("mamba_expand", "expand"), c.int("mamba_d_state", "state_size"), \
         c.int("mamba_d_conv", "conv_kernel")
     inner = inner or expand * h
+    p.conv_kernel = d_conv
     rank_raw = c.raw.get("mamba_dt_rank", c.raw.get("time_step_rank", "auto"))
     # "auto": math.ceil(hidden_size / 16) (configuration_jamba.py, configuration_falcon_mamba.py)
     dt_rank = -(-h // 16) if rank_raw == "auto" else c.int("mamba_dt_rank", "time_step_rank")
@@ -166,6 +171,7 @@ def mamba2(p: Parts, prefix: str, n: int, *, inner: int, gated_norm: bool, proj_
     d_head = c.int("mamba_d_head", "mamba_head_dim")
     d_state, d_conv = c.int("mamba_d_state", "ssm_state_size"), c.int("mamba_d_conv", "conv_kernel")
     groups = c.int("mamba_n_groups", "n_groups", default=1)
+    p.conv_kernel = d_conv
     conv_dim = inner + 2 * groups * d_state
     bias = c.bool("mamba_proj_bias", "use_bias", default=False) if proj_bias is None else proj_bias
     lay.linear(f"{prefix}.in_proj", inner + conv_dim + heads, h, n, bias=bias)
@@ -484,7 +490,8 @@ def falcon_h1(c: ConfigReader, model_type: str) -> ModelSpec:
                              out_bias=c.bool("projectors_bias", default=False))
     for _ in range(layers):
         p.caches.append(LayerCache(kind="hybrid", mixer="attention+mamba2", kv_heads=kv_heads, key_dim=head_dim,
-                                   value_dim=head_dim, recurrent_elems=recurrent, conv_elems=conv))
+                                   value_dim=head_dim, recurrent_elems=recurrent, conv_elems=conv,
+                                   conv_kernel=p.conv_kernel))
     intermediate = c.int("intermediate_size")
     p.dense_mlp("layers.feed_forward", intermediate, layers, bias=c.bool("mlp_bias", default=False))
     p.lay.norm("layers.norms", hidden, 2 * layers)
@@ -674,7 +681,7 @@ def lfm2(c: ConfigReader, model_type: str) -> ModelSpec:
         if kind == FULL:
             p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
         else:
-            p.state_cache("conv", recurrent=0, conv=hidden * kernel)
+            p.state_cache("conv", recurrent=0, conv=hidden * kernel, kernel=kernel)
     p.lay.norm("layers.norms", hidden, 2 * layers)
     moe = None
     experts = c.int("num_experts", default=0, minimum=0) if model_type == "lfm2_moe" else 0
@@ -747,7 +754,7 @@ def kimi_linear(c: ConfigReader, model_type: str) -> ModelSpec:
         if kind == FULL:
             p.attention_cache(kind, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim)
         else:
-            p.state_cache("kda", recurrent=k_heads * d * d, conv=3 * width * kernel)
+            p.state_cache("kda", recurrent=k_heads * d * d, conv=3 * width * kernel, kernel=kernel)
     p.lay.norm("layers.norms", hidden, 2 * layers)
     sparse = _dense_or_sparse(c, layers) if c.list("mlp_layer_types") is not None else \
         [i >= c.int("first_k_dense_replace", default=1, minimum=0) for i in range(layers)]
@@ -866,7 +873,7 @@ def minimax(c: ConfigReader, model_type: str) -> ModelSpec:
     p.lay.linear("layers.self_attn.output_gate", width, hidden, n_linear)
     for kind in kinds:
         if kind == "linear_attention":
-            p.state_cache(kind, recurrent=heads * head_dim * head_dim, conv=0)
+            p.state_cache(kind, recurrent=heads * head_dim * head_dim, conv=0, kernel=0)
         elif kind in (FULL, SLIDING):
             p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
                               window=window if kind == SLIDING else None)
@@ -1111,7 +1118,7 @@ def olmo_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
         if kind == FULL:
             p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
         else:
-            p.state_cache(kind, recurrent=v_heads * k_dim * v_dim, conv=(2 * key + value) * kernel)
+            p.state_cache(kind, recurrent=v_heads * k_dim * v_dim, conv=(2 * key + value) * kernel, kernel=kernel)
     lay.norm("layers.norms", hidden, 2 * layers)
     intermediate = c.int("intermediate_size")
     p.dense_mlp("layers.mlp", intermediate, layers)
@@ -1182,6 +1189,7 @@ def _generic_state(p: Parts, kind: str) -> tuple[int, int, str]:
     c = p.c
     if kind == "conv" and c.has("conv_L_cache"):
         kernel = c.int("conv_L_cache")
+        p.conv_kernel = kernel
         p.lay.add("layers.conv.conv.weight", (p.hidden, 1, kernel), R.OTHER, 1)
         p.lay.linear("layers.conv.in_proj", 3 * p.hidden, p.hidden, 1)
         p.lay.linear("layers.conv.out_proj", p.hidden, p.hidden, 1)

@@ -140,6 +140,9 @@ class LayerCache(BaseModel):
     """A chunked layer (Llama 4) attends within fixed chunks; transformers keeps its cache like a sliding one."""
     recurrent_elems: int = Field(default=0, ge=0)
     conv_elems: int = Field(default=0, ge=0)
+    conv_kernel: int = Field(default=0, ge=0)
+    """Taps of the layer's causal convolution: transformers keeps that many columns per channel
+    (``conv_elems`` = channels x taps), vLLM and SGLang one fewer."""
 
     @property
     def per_token_elems(self) -> int:
@@ -208,7 +211,7 @@ class ModelSpec(BaseModel):
 
     @property
     def has_state_layers(self) -> bool:
-        return any(lc.kind == "state" for lc in self.layer_caches)
+        return any(lc.kind in ("state", "hybrid") for lc in self.layer_caches)
 
     # ---- parameters -------------------------------------------------------------------------------
     @cached_property
