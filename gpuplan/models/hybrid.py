@@ -1163,6 +1163,53 @@ def mamba(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=inner, tied=tied, gated_ffn=False)
 
 
+# ---- Llama-style decoders with a plain (not gated) MLP -------------------------------------------------------
+
+# model_type -> (norm weights per layer, final norm, LayerNorm biases, attention/MLP biases, per-head q/k
+# norms, learned activation scalars per layer, MLP names); each from the family's modeling file.
+_PLAIN_MLP = {
+    # modeling_arcee.py: up_proj / down_proj with ReLU^2, two RMSNorms per layer
+    "arcee": (2, True, False, False, False, 0, ("up_proj", "down_proj")),
+    # modeling_apertus.py: xIELU with learned alpha_p / alpha_n, per-head q/k RMSNorms
+    "apertus": (2, True, False, False, True, 2, ("up_proj", "down_proj")),
+    "apertus1p5_text": (2, True, False, False, True, 2, ("up_proj", "down_proj")),
+    # modeling_nanochat.py: RMSNorms without weights, fc1 / fc2 with ReLU^2
+    "nanochat": (0, False, False, False, False, 0, ("fc1", "fc2")),
+    # modeling_jais2.py: LayerNorms with bias, biases on every projection
+    "jais2": (2, True, True, True, False, 0, ("up_proj", "down_proj")),
+}
+
+
+def plain_mlp_decoder(c: ConfigReader, model_type: str) -> ModelSpec:
+    """Llama-style attention (q/k/v/o, full attention) with a two-matrix MLP; see ``_PLAIN_MLP``."""
+    norms, final_norm, norm_bias, bias, qk_norm, act_params, (up, down) = _PLAIN_MLP[model_type]
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=False)
+    bias = c.bool("attention_bias", default=bias)
+    p = Parts(c, hidden)
+    p.lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    if final_norm:
+        p.lay.norm("norm", hidden, 1, bias=norm_bias)
+    if not tied:
+        p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias,
+          qk_norm="head" if qk_norm else None)
+    for _ in range(layers):
+        p.attention_cache(FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+    p.lay.norm("layers.norms", hidden, norms * layers, bias=norm_bias)
+    intermediate = c.int("intermediate_size")
+    mlp_bias = c.bool("mlp_bias", default=bias)
+    p.lay.linear(f"layers.mlp.{up}", intermediate, hidden, layers, bias=mlp_bias)
+    p.lay.linear(f"layers.mlp.{down}", hidden, intermediate, layers, bias=mlp_bias)
+    p.lay.add("layers.mlp.act_fn.alpha", (1,), R.OTHER, act_params * layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied, gated_ffn=False)
+
+
 # ---- families gpuplan does not know ------------------------------------------------------------------------
 
 ATTENTION_KINDS = frozenset({FULL, SLIDING, "chunked_attention"})
@@ -1268,6 +1315,7 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "minicpm3": deepseek_moe,
     "youtu": deepseek_moe,
     "jamba": jamba,
+    **dict.fromkeys(_PLAIN_MLP, plain_mlp_decoder),
     "mamba": mamba,
     "mamba2": mamba,
     "falcon_mamba": mamba,
