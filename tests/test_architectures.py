@@ -86,7 +86,6 @@ KNOWN_GAPS: dict[str, str] = {
     "kolibri1_1": "refused: layer kinds indexed_attention unknown",
     "laguna": "parameters +2.27%",
     "lara_mini": "refused: no intermediate_size in the config",
-    "lfm3": "parameters -0.03%",
     "longcat_flash": "family not modelled",
     "minicpm5_moe": "parameters +0.89%",
     "minimax_m3_vl_text": "parameters -0.76%",

@@ -651,25 +651,33 @@ def lfm2(c: ConfigReader, model_type: str) -> ModelSpec:
     (lfm2), or dense for the first num_dense_layers and MoE after them (lfm2_moe: router, the
     expert_bias buffer with use_expert_bias, fused experts); operator_norm and ffn_norm per layer, the
     final norm is embedding_norm. A conv layer keeps [h, conv_L_cache] per sequence (cache_utils.py
-    LinearAttentionLayer)."""
+    LinearAttentionLayer). lfm3 (modeling_lfm3.py) adds sliding-attention layers, head_dim from the
+    config, a sigmoid gate per head (g_proj, use_attention_gate), post-norms (use_sandwich_norm) and an MLP of
+    intermediate_size as given."""
     hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
     heads = c.int("num_attention_heads")
     kv_heads = c.int("num_key_value_heads", default=heads)
     check_heads(c, heads, kv_heads)
-    head_dim = hidden // heads
+    head_dim = c.int("head_dim", default=hidden // heads) if model_type == "lfm3" else hidden // heads
     tied = c.bool("tie_word_embeddings", "tie_embedding", default=True)
     idxs = c.list("full_attn_idxs")
     default = None if idxs is None else [FULL if i in idxs else "conv" for i in range(layers)]
     kinds = layer_types(c, layers, default=default)
-    if set(kinds) - {FULL, "conv"}:
-        raise ConfigError(f"{c.label}: layer_types may name only conv and full_attention", hint=f"got {kinds}")
-    n_attn = kinds.count(FULL)
+    if set(kinds) - {FULL, SLIDING, "conv"}:
+        raise ConfigError(f"{c.label}: layer_types may name only conv, full_attention and sliding_attention",
+                          hint=f"got {kinds}")
+    window = c.int("sliding_window", default=None) if SLIDING in kinds else None
+    n_attn = kinds.count(FULL) + kinds.count(SLIDING)
     p = Parts(c, hidden)
     p.lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
     p.lay.norm("embedding_norm", hidden, 1)
     if not tied:
         p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
     p.gqa("layers.self_attn", n_attn, heads=heads, kv_heads=kv_heads, head_dim=head_dim, qk_norm="head")
+    if c.bool("use_attention_gate", default=False):
+        p.lay.linear("layers.self_attn.g_proj", heads, hidden, n_attn)
+    if c.bool("use_sandwich_norm", default=False):
+        p.lay.norm("layers.post_norms", hidden, 2 * layers)
     kernel, bias = c.int("conv_L_cache"), c.bool("conv_bias", default=False)
     n_conv = layers - n_attn
     p.lay.add("layers.conv.conv.weight", (hidden, 1, kernel), R.OTHER, n_conv)
@@ -678,8 +686,11 @@ def lfm2(c: ConfigReader, model_type: str) -> ModelSpec:
     p.lay.linear("layers.conv.in_proj", 3 * hidden, hidden, n_conv, bias=bias)
     p.lay.linear("layers.conv.out_proj", hidden, hidden, n_conv, bias=bias)
     for kind in kinds:
-        if kind == FULL:
-            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+        if kind == SLIDING and window is None:
+            raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+        if kind in (FULL, SLIDING):
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                              window=window if kind == SLIDING else None)
         else:
             p.state_cache("conv", recurrent=0, conv=hidden * kernel, kernel=kernel)
     p.lay.norm("layers.norms", hidden, 2 * layers)
@@ -696,7 +707,7 @@ def lfm2(c: ConfigReader, model_type: str) -> ModelSpec:
         moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
                       expert_intermediate_size=width, num_moe_layers=layers - dense, num_dense_layers=dense)
     else:
-        intermediate = _lfm2_ffn_width(c)
+        intermediate = c.int("intermediate_size") if model_type == "lfm3" else _lfm2_ffn_width(c)
         p.dense_mlp("layers.feed_forward", intermediate, layers)
     return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                   intermediate=intermediate, tied=tied, moe=moe)
@@ -1330,6 +1341,7 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "kimi_linear": kimi_linear,
     "lfm2": lfm2,
     "lfm2_moe": lfm2,
+    "lfm3": lfm2,
     "nemotron_h": nemotron_h,
     "llama4_text": llama4_text,
     "falcon_h1": falcon_h1,
