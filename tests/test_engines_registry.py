@@ -13,8 +13,15 @@ from typer.testing import CliRunner
 
 import gpuplan
 from gpuplan.cli.app import app
-from gpuplan.engines import (ENGINE_NAMES, SERVING_ENGINES, engine_module, engine_name, make_options, option_owners,
-                             options_class)
+from gpuplan.engines import (
+    ENGINE_NAMES,
+    SERVING_ENGINES,
+    engine_module,
+    engine_name,
+    make_options,
+    option_owners,
+    options_class,
+)
 from gpuplan.engines.base import EngineOptions
 from gpuplan.errors import InputError
 from gpuplan.planfile import PlanFileError, check
