@@ -110,8 +110,9 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
              attn: str = "sdpa", gpu: Any = None, gpu_memory: str | int | None = None,
              tensor_parallel: int = 1, pipeline_parallel: int = 1,
              gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
-             max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None, block_size: int = 16,
-             kv_cache_memory: str | int | None = None, mem_fraction_static: float | None = None,
+             max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
+             block_size: int | None = None, kv_cache_memory: str | int | None = None,
+             mem_fraction_static: float | None = None, engine_version: str | None = None,
              n_gpu_layers: int | str | None = None, ctx_size: int | None = None, ubatch_size: int = 512,
              batch_size: int = 2048, parallel: int | str = 1, kv_unified: bool = False,
              cache_type_k: str = "f16", cache_type_v: str = "f16", flash_attn: str = "auto",
@@ -132,12 +133,16 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
     int or "auto"), ``kv_unified``, ``cache_type_k`` / ``cache_type_v`` (-ctk / -ctv), ``flash_attn``
     (auto | on | off), ``swa_full``, ``kv_offload`` (False: --no-kv-offload), ``op_offload`` (False:
     --no-op-offload). ``engine=None`` picks llama.cpp for a GGUF model and transformers otherwise.
+    ``engine_version`` (vllm, sglang): the release whose startup budget is modelled (default: the version
+    installed here, else the newest release gpuplan has read); ``block_size`` None is that release's default.
     """
     resolved = _as_resolved(model, revision=revision, source=source, offline=offline)
     if engine is None:
         engine = LLAMACPP if resolved.gguf is not None else "transformers"
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}", hint=f"use one of: {', '.join(ENGINES)}")
+    if engine_version is not None and engine not in SERVING_ENGINES:
+        raise InputError(f"engine_version applies to the vllm and sglang engines, not {engine}")
     llama_args = {"n_gpu_layers": n_gpu_layers, "ctx_size": ctx_size, "ubatch_size": ubatch_size,
                   "batch_size": batch_size, "parallel": parallel, "kv_unified": kv_unified,
                   "cache_type_k": cache_type_k, "cache_type_v": cache_type_v, "flash_attn": flash_attn,
@@ -169,7 +174,7 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, dtype: str = "auto
                                  gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                                  max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                                  block_size=block_size, kv_cache_memory=kv_cache_memory,
-                                 mem_fraction_static=mem_fraction_static)
+                                 mem_fraction_static=mem_fraction_static, engine_version=engine_version)
     if tensor_parallel != 1:
         raise InputError("transformers does not shard layers over GPUs (no tensor parallelism in generate())",
                          hint="use --pipeline-parallel-size N to spread whole layers over N GPUs as "
@@ -335,11 +340,38 @@ def _common(resolved: ResolvedModel, precision: Precision, engine: str, attn: st
     }
 
 
+def _engine_version(engine: str, given: str | None, notes: list[str]) -> str | None:
+    """The release to model: the one given, else the one installed here (read from package metadata, never
+    imported), else None (the newest release read)."""
+    if given is not None:
+        return given
+    from gpuplan.engines.vllm_releases import installed_version
+
+    installed = installed_version(engine)
+    if installed is None:
+        return None
+    if engine == "vllm":
+        from gpuplan.engines.vllm_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+    else:
+        from gpuplan.engines.sglang_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+    try:
+        in_range = OLDEST <= parse_release(installed) <= NEWEST
+    except ValueError:
+        in_range = False
+    if not in_range:
+        notes.append(f"{engine} {installed} is installed here, outside the releases gpuplan models ({SUPPORTED}): "
+                     "modelled as the newest; pass --engine-version to choose")
+        return None
+    notes.append(f"{engine} {installed} is installed here: modelled as that release (--engine-version to change)")
+    return installed
+
+
 def _serving_estimate(resolved: ResolvedModel, precision: Precision, engine: str, gpu_spec: Any,
                       notes: list[str], *, batch: int, seq: int | None, tp: int, pp: int,
                       gpu_memory_utilization: float | None, max_model_len: int | None,
-                      max_num_seqs: int | None, max_num_batched_tokens: int | None, block_size: int,
-                      kv_cache_memory: str | int | None, mem_fraction_static: float | None) -> EstimateResult:
+                      max_num_seqs: int | None, max_num_batched_tokens: int | None, block_size: int | None,
+                      kv_cache_memory: str | int | None, mem_fraction_static: float | None,
+                      engine_version: str | None = None) -> EstimateResult:
     from gpuplan.units import parse_size
 
     if gpu_spec is None:
@@ -357,20 +389,22 @@ def _serving_estimate(resolved: ResolvedModel, precision: Precision, engine: str
     capacity = gpu_spec.usable_bytes
     kv_memory = parse_size(kv_cache_memory) if isinstance(kv_cache_memory, str) else kv_cache_memory
     warnings: list[str] = []
+    version = _engine_version(engine, engine_version, notes)
     if engine == "vllm":
-        from gpuplan.engines.vllm import DEFAULT_GPU_MEMORY_UTILIZATION, vllm_budget
+        from gpuplan.engines.vllm import vllm_budget
 
-        utilization = DEFAULT_GPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization
-        b = vllm_budget(spec, precision, capacity, tp=tp, pp=pp, gpu_memory_utilization=utilization,
+        b = vllm_budget(spec, precision, capacity, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=model_len, max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-                        kv_cache_memory=kv_memory, gpu_name=gpu_spec.name)
+                        kv_cache_memory=kv_memory, gpu_name=gpu_spec.name, engine_version=version)
         kv_pool = max(0, b.num_blocks) * b.page_size_per_layer * b.group_size
         overhead = b.non_torch + (b.cuda_graph or 0)
         serving = ServingBudget(
-            engine="vllm", gpu_memory_bytes=capacity, memory_fraction=utilization, kv_cache_tokens=b.kv_cache_tokens,
+            engine="vllm", engine_version=b.engine_version, gpu_memory_bytes=capacity,
+            memory_fraction=b.gpu_memory_utilization, kv_cache_tokens=b.kv_cache_tokens,
             max_model_len=b.max_model_len, max_concurrency=b.max_concurrency, fits_one_request=b.fits_one_request,
-            max_model_len_that_fits=b.max_model_len_that_fits, num_blocks=b.num_blocks,
+            max_model_len_that_fits=b.max_model_len_that_fits, max_model_len_auto=b.max_model_len_auto,
+            kv_cache_memory_bytes=b.kv_cache_memory_to_pin, num_blocks=b.num_blocks,
             max_num_seqs=b.max_num_seqs, max_num_batched_tokens=b.max_num_batched_tokens,
             log_lines=list(b.log_lines))
         weights, activation, kv_bytes = b.weights, b.activation_peak, kv_pool
@@ -381,10 +415,11 @@ def _serving_estimate(resolved: ResolvedModel, precision: Precision, engine: str
         if gpu_memory_utilization is not None:
             raise InputError("--gpu-memory-utilization is vLLM's; SGLang takes --mem-fraction-static")
         s = sglang_budget(spec, precision, capacity, tp=tp, pp=pp, mem_fraction_static=mem_fraction_static,
-                          device_capacity_bytes=gpu_spec.memory_bytes)
+                          device_capacity_bytes=gpu_spec.memory_bytes, engine_version=version)
         tokens = s.max_total_num_tokens
         serving = ServingBudget(
-            engine="sglang", gpu_memory_bytes=capacity, memory_fraction=s.mem_fraction_static, kv_cache_tokens=tokens,
+            engine="sglang", engine_version=s.engine_version, gpu_memory_bytes=capacity,
+            memory_fraction=s.mem_fraction_static, kv_cache_tokens=tokens,
             max_model_len=model_len, max_concurrency=tokens / model_len, fits_one_request=tokens >= model_len,
             max_model_len_that_fits=tokens, log_lines=list(s.log_lines))
         weights, kv_bytes, kv_dtype = s.weights, s.k_size + s.v_size, s.kv_dtype

@@ -31,6 +31,7 @@ from gpuplan.engines.tp import (
     weights_per_gpu,
 )
 from gpuplan.engines.vllm import GiB, default_batch_limits, kv_page_size, vllm_budget
+from gpuplan.engines.vllm_releases import vllm_release
 from gpuplan.errors import InputError
 from gpuplan.models.catalog import load_catalog
 from gpuplan.models.sources import resolve_model
@@ -198,15 +199,11 @@ def _dtype(case: dict, spec) -> str:
             "float32": "fp32"}[case.get("dtype")]
 
 
-def _version(case: dict) -> tuple[int, ...]:
-    v = case.get("engine_version")
-    return tuple(int(x) for x in v.split(".")) if v else ()
-
-
 def _inputs(case: dict) -> dict:
-    """Engine inputs for a case: what the log states, else the engine's default."""
+    """Engine inputs for a case: what the log states, else the default of the case's release."""
     spec = _spec(CONFIG_FOR[case["model"]])
-    util = case.get("gpu_memory_utilization") or 0.9  # vLLM CacheConfig default
+    release = vllm_release(case["engine_version"]) if case["engine"] == "vllm" else None
+    util = case.get("gpu_memory_utilization") or (release.gpu_memory_utilization if release else 0.9)
     precision = resolve_precision(spec, _dtype(case, spec), case.get("kv_cache_dtype") or "auto")
     return {
         "spec": spec,
@@ -218,12 +215,9 @@ def _inputs(case: dict) -> dict:
         "max_model_len": case.get("max_model_len"),  # None: the model's own context length
         "max_num_seqs": case.get("max_num_seqs"),
         "max_num_batched_tokens": case.get("max_num_batched_tokens"),
-        "block_size": case.get("block_size") or 16,
+        "block_size": case.get("block_size"),  # None: the release's default
         "engine": "v0" if case.get("v1") is False else "v1",
-        # From 0.17.0 vLLM masks top-k/top-p in place with a Triton kernel for batches of 8 or more
-        # (vllm/v1/sample/ops/topk_topp_sampler.py apply_top_k_top_p in the 0.17.0 wheel, PR #33538; the
-        # 0.16.0 wheel has no topk_topp_triton.py); earlier releases sorted the vocabulary.
-        "sampler": "in_place" if _version(case) >= (0, 17) else "sort",
+        "engine_version": case["engine_version"],
     }
 
 
@@ -240,7 +234,7 @@ def replay(case: dict) -> Replay:
                         max_num_seqs=inp["max_num_seqs"],
                         max_num_batched_tokens=inp["max_num_batched_tokens"],
                         block_size=inp["block_size"], engine=inp["engine"], gpu_name=case["gpu"],
-                        sampler=inp["sampler"])
+                        engine_version=inp["engine_version"])
         if obs.get("kv_cache_tokens"):
             metric, logged, predicted = "tokens", obs["kv_cache_tokens"], b.kv_cache_tokens
         elif obs.get("gpu_blocks"):
@@ -383,9 +377,11 @@ def test_known_misses_still_miss():
 
 
 def test_sampler_follows_the_vllm_release():
-    cases = {c["id"]: c for c in _load_cases()}
-    assert _inputs(cases["vllm-qwen3-14b-h100-tp1-v0160"])["sampler"] == "sort"
-    assert _inputs(cases["vllm-qwen3-14b-h100-tp1-v0170"])["sampler"] == "in_place"
+    # From 0.17.0 vLLM masks top-k/top-p in place with a Triton kernel for batches of 8 or more
+    # (vllm/v1/sample/ops/topk_topp_sampler.py apply_top_k_top_p in the 0.17.0 wheel, PR #33538; the 0.16.0
+    # wheel has no topk_topp_triton.py); earlier releases sorted the vocabulary.
+    assert vllm_release("0.16.0").sampler == "sort"
+    assert vllm_release("0.17.0").sampler == "in_place"
 
 
 def test_aggregate_share_within_tolerance():
@@ -428,7 +424,7 @@ def test_page_size_is_block_x_kv_heads_x_k_plus_v_x_bytes():
     spec, _ = _llama()
     # 16 tokens x 8 KV heads x (128 + 128) x 2 bytes = 64 KiB per layer; x 32 layers = 2 MiB per block.
     assert kv_page_size(spec, 8, 2, 16) == 65_536
-    b = vllm_budget(spec, resolve_precision(spec), 80 * GiB, kv_cache_memory=4 * GiB)
+    b = vllm_budget(spec, resolve_precision(spec), 80 * GiB, kv_cache_memory=4 * GiB, engine_version="0.19.0")
     assert b.num_blocks == 4 * GiB // (65_536 * 32) == 2048
     assert b.kv_cache_tokens == 2048 * 16
 
@@ -460,7 +456,7 @@ def test_kv_cache_memory_override_skips_the_profile_budget():
 def test_budget_arithmetic_and_log_lines():
     spec, p = _llama()
     b = vllm_budget(spec, p, int(79.19 * GiB), gpu_memory_utilization=0.95, max_model_len=16384,
-                    gpu_name="NVIDIA H100 80GB HBM3")
+                    gpu_name="NVIDIA H100 80GB HBM3", engine_version="0.19.0")
     assert b.available_kv == b.requested - b.weights - b.activation_peak - b.non_torch
     assert b.max_num_batched_tokens == 8192 and b.max_num_seqs == 1024
     assert b.kv_cache_tokens == b.num_blocks * 16
@@ -490,7 +486,7 @@ def test_request_that_does_not_fit_reports_the_longest_that_does():
 def test_hybrid_sliding_window_model_is_grouped_like_vllm():
     spec = _spec("google/gemma-3-27b-it")
     b = vllm_budget(spec, resolve_precision(spec), int(79.19 * GiB), kv_cache_memory=19 * GiB,
-                    max_model_len=8192, gpu_name="H100")
+                    max_model_len=8192, gpu_name="H100", engine_version="0.19.0")
     # 10 full + 52 sliding layers: groups of 10 (1 full + 6 sliding), "Add 8 padding layers" in the log.
     assert len(b.groups) == 7 and b.group_size == 10
     assert b.kv_cache_tokens == b.num_blocks // 7 * 16
@@ -500,7 +496,8 @@ def test_hybrid_sliding_window_model_is_grouped_like_vllm():
 
 def test_v0_counts_blocks_over_all_layers():
     spec, p = _llama()
-    b = vllm_budget(spec, p, int(23.58 * GiB), engine="v0", max_model_len=20000, kv_cache_memory=4 * GiB)
+    b = vllm_budget(spec, p, int(23.58 * GiB), engine="v0", max_model_len=20000, kv_cache_memory=4 * GiB,
+                    engine_version="0.6.4")
     assert b.num_blocks == 4 * GiB // (65_536 * 32)
     assert b.log_lines[2] == f"# GPU blocks: {b.num_blocks}"
 
