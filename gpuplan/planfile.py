@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from gpuplan.engines import (
     ENGINE_NAMES,
     SERVING_ENGINES,
+    budgets_whole_gpu,
     default_engine,
     engine_name,
     make_options,
@@ -566,10 +567,11 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
     serving = engine in SERVING_ENGINES
     if not serving and d.min_concurrency is not None and "min_concurrency" in d._explicit:
         raise InputError(f"min_concurrency applies to {' and '.join(SERVING_ENGINES)}, not {engine}")
-    if engine == "sglang" and d.headroom is not None and "headroom" in d._explicit:
-        raise InputError("headroom does not apply to sglang: it budgets the whole GPU (mem_fraction_static for "
+    whole_gpu = budgets_whole_gpu(engine)
+    if whole_gpu and d.headroom is not None and "headroom" in d._explicit:
+        raise InputError(f"headroom does not apply to {engine}: it budgets the whole GPU (mem_fraction_static for "
                          "weights and KV cache, the rest for activations and CUDA graphs)",
-                         hint="drop headroom from this deployment; a headroom in defaults is ignored for sglang")
+                         hint=f"drop headroom from this deployment; a headroom in defaults is ignored for {engine}")
     tp, pp = _sizes(d)
     fields = options_class(engine).model_fields
     options = {k: v for k, v in d.engine_options.items() if k in fields or k in d._explicit}
@@ -580,7 +582,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
         new_tokens=d.new_tokens or 0, engine=engine, gpu=d.gpu, gpu_memory=d.gpu_memory, tensor_parallel=tp,
         pipeline_parallel=pp, **options)
     capacity = result.gpu_memory_bytes or 0
-    required_free = parse_headroom(d.headroom, capacity=capacity) if d.headroom and engine != "sglang" else 0
+    required_free = parse_headroom(d.headroom, capacity=capacity) if d.headroom and not whole_gpu else 0
     free = capacity - result.total_bytes
     reasons: list[str] = []
     s = result.serving
@@ -596,7 +598,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
                            f"min_concurrency is {min_concurrency:g}")
     elif result.total_bytes > capacity:
         reasons.append(f"needs {_gib(result.total_bytes)} per GPU, the GPU has {_gib(capacity)}")
-    if not reasons and engine != "sglang" and free < required_free:
+    if not reasons and not whole_gpu and free < required_free:
         reasons.append(f"leaves {_gib(free)} free per GPU, headroom {d.headroom} asks for {_gib(required_free)}")
     return DeploymentCheck(
         name=d.name, line=line, passed=not reasons, reasons=reasons, model=result.model, engine=engine,

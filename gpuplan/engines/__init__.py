@@ -53,6 +53,11 @@ def options_class(name: str) -> type[EngineOptions]:
     return engine_module(name).Options
 
 
+def budgets_whole_gpu(name: str) -> bool:
+    """Whether the engine spends the whole GPU by design (SGLang), so no headroom can be left free."""
+    return bool(getattr(engine_module(name), "BUDGETS_WHOLE_GPU", False))
+
+
 def default_engine(is_gguf: bool) -> str:
     """llama.cpp runs GGUF files; everything else defaults to transformers generate()."""
     return LLAMACPP if is_gguf else "transformers"

@@ -194,6 +194,11 @@ SUMMARY = "SGLang's startup budget: the token pool mem_fraction_static leaves, a
 SERVING = True
 # Options of other engines that SGLang spells its own way.
 EQUIVALENTS = {"gpu_memory_utilization": "mem_fraction_static"}
+# SGLang budgets the whole GPU (mem_fraction_static for weights and KV cache, the rest for activations and CUDA
+# graphs): a headroom left free is not something its deployments can ask for.
+BUDGETS_WHOLE_GPU = True
+# The option that sets the fraction of GPU memory the engine budgets (its log's word for it).
+MEMORY_FRACTION_OPTION = "mem_fraction_static"
 
 
 class Options(EngineOptions):
@@ -239,3 +244,21 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     activation = max(0, capacity - overhead - weights - kv_bytes)
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=s.kv_dtype, weights=weights,
                             kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes)
+
+
+def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv_cache_dtype: str | None,
+                   options: Options, expert_parallel: bool = False) -> list[str]:
+    """`python -m sglang.launch_server` for a planned deployment; on several nodes, one per node."""
+    tp, pp = result.tensor_parallel, result.pipeline_parallel
+    cmd = f"python -m sglang.launch_server --model-path {model} --tp {tp}"
+    if pp > 1:
+        cmd += f" --pp-size {pp}"
+    cmd += f" --context-length {result.seq}"
+    if kv_cache_dtype == "fp8":
+        cmd += " --kv-cache-dtype fp8_e4m3"
+    if expert_parallel:
+        cmd += f" --ep-size {tp}"
+    if nodes == 1:
+        return [cmd]
+    # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").
+    return [f"{cmd} --nnodes {nodes} --node-rank <0..{nodes - 1}> --dist-init-addr <head-node-ip>:5000"]

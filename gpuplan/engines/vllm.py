@@ -583,6 +583,8 @@ def _log_lines(release: VllmRelease, engine: Engine, weights: int, available: in
 NAME = "vllm"
 SUMMARY = "vLLM's startup budget: the KV cache it allocates, and how many requests fit"
 SERVING = True
+BUDGETS_WHOLE_GPU = False
+MEMORY_FRACTION_OPTION = "gpu_memory_utilization"
 
 
 class Options(EngineOptions):
@@ -639,3 +641,34 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=b.kv_dtype, weights=b.weights,
                             kv_bytes=kv_pool, activation=b.activation_peak,
                             overhead=b.non_torch + (b.cuda_graph or 0), notes=notes)
+
+
+# vLLM's --dtype names for the float dtypes gpuplan plans with.
+_VLLM_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv_cache_dtype: str | None,
+                   options: Options, expert_parallel: bool = False) -> list[str]:
+    """`vllm serve` for a planned deployment; on several nodes, the Ray cluster it runs on."""
+    tp, pp = result.tensor_parallel, result.pipeline_parallel
+    cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
+    if pp > 1:
+        cmd += f" --pipeline-parallel-size {pp}"
+    cmd += f" --max-model-len {result.seq}"
+    if dtype in _VLLM_DTYPES:
+        cmd += f" --dtype {_VLLM_DTYPES[dtype]}"
+    if kv_cache_dtype == "fp8":
+        cmd += " --kv-cache-dtype fp8"
+    if "gpu_memory_utilization" in options.model_fields_set:
+        cmd += f" --gpu-memory-utilization {options.gpu_memory_utilization:g}"
+    if expert_parallel:
+        cmd += " --enable-expert-parallel"
+    if nodes == 1:
+        return [cmd]
+    # vLLM's multi-node serving runs on a Ray cluster (docs: "Distributed inference and serving").
+    return [
+        "ray start --head --port=6379                      # on the first node",
+        "ray start --address=<head-node-ip>:6379          # on each of the other "
+        f"{nodes - 1} node(s)",
+        cmd + " --distributed-executor-backend ray   # on the head node",
+    ]
