@@ -295,10 +295,10 @@ def format_table(results: list[Replay]) -> str:
     def fmt(metric: str, x: float) -> str:
         return f"{x:.2f}" if metric.startswith("KV GiB") else f"{round(x):,}"
 
-    lines = ["| case | engine | GPU | TP | PP | compared | logged | predicted | error | within 5% |",
+    lines = ["| case | release | GPU | TP | PP | compared | logged | predicted | error | within 5% |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| `{r.id}` | {r.engine} | {r.gpu} | {r.tp} | {r.pp} | {r.metric} | "
+        lines.append(f"| `{r.id}` | {r.engine} {r.release} | {r.gpu} | {r.tp} | {r.pp} | {r.metric} | "
                      f"{fmt(r.metric, r.logged)} | {fmt(r.metric, r.predicted)} | {r.error:+.1%} | "
                      f"{'yes' if r.within else 'no'} |")
     single = [r for r in results if r.single_gpu]
