@@ -1,5 +1,8 @@
 """How vLLM sizes its KV cache at startup, per GPU.
 
+What changes between releases (the budget rule, defaults, profile run, KV layout and report) is read from
+``gpuplan.engines.vllm_releases``; the description below is the V1 snapshot rule of 0.9.1-0.19.
+
 vLLM (the V1 engine; the V0 worker's "Memory profiling" lines in 2024-2025 logs show the same rule) loads
 the weights, runs one dummy forward pass at ``max_num_batched_tokens`` tokens plus one dummy sampler pass, and
 gives the KV cache what is left of ``total x gpu_memory_utilization``::
