@@ -767,3 +767,16 @@ def test_installed_engine_version_is_read_from_metadata_not_imported(monkeypatch
     assert "vllm" not in sys.modules and "sglang" not in sys.modules
     with pytest.raises(InputError, match="vllm and sglang"):
         gpuplan.estimate(LLAMA31_8B, engine="transformers", engine_version="0.19.0")
+
+
+def test_v1_profile_run_logits_follow_the_release():
+    spec, p = _llama()
+    kw = {"engine": "v1", "max_model_len": 8192, "gpu_name": "H100", "gpu_memory_utilization": 0.9}
+    v070 = vllm_budget(spec, p, int(79.19 * GiB), engine_version="0.7.0", **kw)
+    v073 = vllm_budget(spec, p, int(79.19 * GiB), engine_version="0.7.3", **kw)
+    tokens, h, vocab = v070.max_num_batched_tokens, spec.hidden_size, 128256  # 128256 is a multiple of 64
+    # 0.7.0: the hidden states and bf16 logits for all 8192 batched tokens (2 GiB for Llama-3.1-8B).
+    assert v070.activation_sampler == tokens * h * 2 + tokens * vocab * 2
+    # 0.7.3: one logit row per request (1024 sequences), no sampler.
+    assert v073.activation_sampler == tokens * h * 2 + 1024 * h * 2 + 1024 * vocab * 2
+    assert v070.max_num_seqs == v073.max_num_seqs == 1024 and v070.log_lines[2].startswith("# GPU blocks: ")

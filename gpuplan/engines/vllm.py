@@ -59,7 +59,6 @@ from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, size_validator, tokens_validator
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
 from gpuplan.engines.vllm_releases import (
-    SNAPSHOT_NON_TORCH_BYTES,
     TENSOR_PARALLEL_NON_TORCH_BYTES,
     Engine,
     GiB,
@@ -78,11 +77,8 @@ from gpuplan.results import EngineEstimate, ServingBudget
 __all__ = ["GiB", "TENSOR_PARALLEL_NON_TORCH_BYTES", "VllmBudget", "default_batch_limits", "kv_page_size",
            "profile_activation", "vllm_budget"]
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
-"""vLLM CacheConfig's default up to 0.19 (config/cache.py); each release's own is VllmRelease.gpu_memory_utilization."""
 DEFAULT_BLOCK_SIZE = 16
-"""CacheConfig.DEFAULT_BLOCK_SIZE up to 0.33 (64 from 0.34.0)."""
-DEFAULT_NON_TORCH_BYTES = SNAPSHOT_NON_TORCH_BYTES
+"""CacheConfig.DEFAULT_BLOCK_SIZE up to 0.33 (64 from 0.34.0; each release's own is VllmRelease.block_size)."""
 # vllm/model_executor/layers/fused_moe/fused_moe.py fused_experts_impl: M = min(num_tokens, CHUNK_SIZE),
 # VLLM_FUSED_MOE_CHUNK_SIZE defaults to 32768 (vllm/envs.py).
 FUSED_MOE_CHUNK = 32768
