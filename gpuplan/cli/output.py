@@ -143,10 +143,18 @@ def serving_lines(result: EstimateResult) -> list[str]:
     from gpuplan.engines import engine_module
 
     label = engine_module(s.engine).MEMORY_FRACTION_OPTION
-    lines = [f"{s.engine} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
+    release = f" {s.engine_version}" if s.engine_version else ""
+    lines = [f"{s.engine}{release} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
              f"{result.pipeline_parallel}): KV cache {s.kv_cache_tokens:,} tokens, {s.max_concurrency:.2f}x "
              f"requests of {s.max_model_len:,} tokens; longest context that fits {s.max_model_len_that_fits:,}"]
     lines += [f"  {line}" for line in s.log_lines]
+    extras = []
+    if s.max_model_len_auto is not None:
+        extras.append(f"--max-model-len auto would pick {s.max_model_len_auto:,}")
+    if s.kv_cache_memory_bytes is not None:
+        extras.append(f"--kv-cache-memory={s.kv_cache_memory_bytes} gives this pool without profiling")
+    if extras:
+        lines.append("; ".join(extras))
     return lines
 
 
