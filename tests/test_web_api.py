@@ -416,6 +416,12 @@ def test_the_page_and_its_files_load_nothing_from_elsewhere(client):
         assert "//cdn" not in text
 
 
+def test_a_warmed_up_server_answers_as_a_cold_one(client):
+    params = {"model": "llama-2-7b", "dtype": "fp16"}
+    with TestClient(create_app(ServerSettings(warm_up=True))) as warm:
+        assert warm.get("/api/estimate", params=params).json() == client.get("/api/estimate", params=params).json()
+
+
 def test_the_server_reports_its_settings(client):
     data = client.get("/api/server").json()
     assert data["allow_local_paths"] is False and data["allow_network"] is False

@@ -45,7 +45,7 @@ def serve(
 
         if not 0 < port < 65536:
             raise InputError(f"--port must be between 1 and 65535, got {port}")
-        settings = ServerSettings(allow_local_paths=allow_local_paths, allow_network=allow_network)
+        settings = ServerSettings(allow_local_paths=allow_local_paths, allow_network=allow_network, warm_up=True)
         shown = f"[{host}]" if ":" in host else host
         typer.echo(f"gpuplan serve: http://{shown}:{port}/ (API docs at /docs; local paths "
                    f"{'allowed' if allow_local_paths else 'refused'}; network {'on' if allow_network else 'off'})",

@@ -5,14 +5,16 @@ Imported only by `gpuplan serve` and the tests: it needs the web extra (pip inst
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from gpuplan import __version__
 from gpuplan.cli.errors import format_error
@@ -127,9 +129,41 @@ async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
 
 
+def validate_query(request_type: Any, request: Request) -> Any:
+    """The request model from the query string: a repeated parameter is a list, any other one its text.
+
+    Validated here by the model itself rather than declared to FastAPI parameter by parameter: FastAPI's
+    per-field path costs about a millisecond for the estimate's 40 fields, more than the estimate (measured
+    with benchmarks/bench_serve.py, docs/performance.md)."""
+    params = request.query_params
+    data = {}
+    for key in params.keys():
+        values = params.getlist(key)
+        data[key] = values if len(values) > 1 else values[0]
+    try:
+        return request_type.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+def query_parameters(request_type: Any) -> list[dict[str, Any]]:
+    """The OpenAPI description of a request model's fields as query parameters, for /docs."""
+    schema = request_type.model_json_schema()
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "description": prop.get("description", ""),
+             "schema": {k: v for k, v in prop.items() if k not in ("description", "title")}}
+            for name, prop in schema["properties"].items()]
+
+
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
-    app = FastAPI(title="gpuplan", version=__version__,
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.warm_up:
+            await anyio.to_thread.run_sync(service.warm_up, settings)
+        yield
+
+    app = FastAPI(title="gpuplan", version=__version__, lifespan=lifespan,
                   description="GPU memory estimates for large language models: the same library and the same "
                               "JSON as the gpuplan CLI's --format json. Errors are JSON with the CLI's message "
                               "and hint.")
@@ -183,13 +217,15 @@ def _add_api_routes(app: FastAPI, settings: ServerSettings, compute: Callable, d
     EstimateRequest: Any = schemas.EstimateRequest  # noqa: N806 - a class made by create_model
 
     def both(path: str, request_type: Any, work: Callable[[Any], Any], summary: str) -> None:
-        async def get(params: Annotated[request_type, Query()]) -> JSONResponse:  # type: ignore[valid-type]
-            return await compute(lambda: work(params))
+        async def get(request: Request) -> JSONResponse:
+            parsed = validate_query(request_type, request)
+            return await compute(lambda: work(parsed))
 
         async def post(body: request_type) -> JSONResponse:  # type: ignore[valid-type]
             return await compute(lambda: work(body))
 
-        app.add_api_route(path, get, methods=["GET"], summary=summary, name=f"{path} (GET)")
+        app.add_api_route(path, get, methods=["GET"], summary=summary, name=f"{path} (GET)",
+                          openapi_extra={"parameters": query_parameters(request_type)})
         app.add_api_route(path, post, methods=["POST"], summary=summary, name=f"{path} (POST)")
 
     both("/api/estimate", EstimateRequest, lambda r: service.estimate(r, settings),

@@ -35,6 +35,7 @@ class ServerSettings(BaseModel):
     max_sweep_points: int = MAX_SWEEP_POINTS
     request_timeout_s: float = REQUEST_TIMEOUT_S
     hub_timeout_s: float = 10.0
+    warm_up: bool = Field(False, description="estimate once at start, so the first request does not pay for it")
 
 
 class PathRefusedError(InputError):
@@ -182,6 +183,23 @@ def models(request: schemas.FilterRequest) -> Any:
     from gpuplan.models.catalog import load_catalog
 
     return json_payload(load_catalog().search(request.filter))
+
+
+def warm_up(settings: ServerSettings) -> None:
+    """Import the estimate path and build its validators before the first request does: the first
+    requests of a cold server took 100-180 ms each (benchmarks/bench_serve.py), the rest 3 ms."""
+    from gpuplan.gpus.catalog import load_catalog as gpu_catalog
+    from gpuplan.models.catalog import load_catalog as model_catalog
+
+    model, gpu = model_catalog().entries[0].id, gpu_catalog().gpus[0].name
+    for work in (lambda: estimate(schemas.EstimateRequest(model=model), settings),
+                 lambda: estimate(schemas.EstimateRequest(model=model, engine="vllm", gpu=gpu), settings),
+                 lambda: sweep(schemas.SweepRequest(model=model, seq="1k", gpu=[gpu]), settings),
+                 lambda: train(schemas.TrainRequest(model=model), settings)):
+        try:
+            work()
+        except GpuplanError:
+            pass  # an answer the model gives (it does not fit this card, say) warms the path all the same
 
 
 def engines() -> dict[str, Any]:
