@@ -6,7 +6,6 @@ Only typer is imported here: the command is registered on every start of the CLI
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 import typer
@@ -60,6 +59,8 @@ def serve(
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
