@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -14,11 +13,12 @@ from fastapi.testclient import TestClient
 from hubserver import FakeHub
 from typer.testing import CliRunner
 
-import gpuplan.api
 from gpuplan.cli.app import app as cli_app
+from gpuplan.engines import ENGINE_NAMES, option_owners, options_class
 from gpuplan.models.catalog import load_catalog
+from gpuplan.results import SCHEMA_VERSION
+from gpuplan.web import schemas
 from gpuplan.web.app import create_app
-from gpuplan.web.engine_options import ENGINE_OPTIONS
 from gpuplan.web.service import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def both(client: TestClient, path: str, params: dict) -> object:
 def test_estimate_is_the_cli_json(client, params, args):
     data = both(client, "/api/estimate", params)
     assert data == cli_json("estimate", *args)
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == SCHEMA_VERSION
 
 
 def test_plan_is_the_cli_json(client):
@@ -127,19 +127,22 @@ def test_catalogs_are_the_cli_json(client, path, command, text):
     assert both(client, path, params) == cli_json(command, *([text] if text else []))
 
 
-def test_engine_options_are_the_facades_keywords():
-    """The web's one list of engine options names estimate()'s keywords with the same defaults."""
-    signature = inspect.signature(gpuplan.api.estimate).parameters
-    for option in ENGINE_OPTIONS:
-        assert option.name in signature, option.name
-        assert option.default == signature[option.name].default, option.name
+def test_every_engine_option_of_the_registry_is_a_request_field():
+    """The request models and the form are generated from the engines' Options classes: nothing to keep in step."""
+    owners = option_owners()
+    for request_type in (schemas.EstimateRequest, schemas.PlanRequest, schemas.SweepRequest):
+        assert set(owners) <= set(request_type.model_fields), request_type.__name__
 
 
 def test_engines_endpoint_lists_every_engine_and_option(client):
     data = client.get("/api/engines").json()
-    assert data["engines"] == list(gpuplan.api.ENGINES)
-    assert [o["name"] for o in data["options"]] == [o.name for o in ENGINE_OPTIONS]
-    assert all(set(o["engines"]) <= set(data["engines"]) for o in data["options"])
+    assert data["engines"] == list(ENGINE_NAMES)
+    owners = option_owners()
+    assert {o["name"]: o["engines"] for o in data["options"]} == owners
+    for option in data["options"]:
+        field = options_class(option["engines"][0]).model_fields[option["name"]]
+        assert option["default"] == field.default, option["name"]
+        assert option["description"] == field.description
 
 
 def test_openapi_docs_list_every_endpoint(client):

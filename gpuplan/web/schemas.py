@@ -8,8 +8,6 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from gpuplan.web.engine_options import ENGINE_OPTIONS, option_annotation
-
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -23,13 +21,6 @@ def _token_count(value: Any) -> Any:
             return parse_token_count(value)
         except InputError as exc:  # pydantic turns a ValueError into a field error with this message
             raise ValueError(exc.message) from None
-    return value
-
-
-def _number_or_word(value: Any) -> Any:
-    """'20' -> 20 for options that take a number or a word (n_gpu_layers: all, parallel: auto)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
     return value
 
 
@@ -69,35 +60,59 @@ class ModelRef(BaseModel):
 
 
 class _EstimateBase(ModelRef):
+    """One workload, as gpuplan.estimate() takes it, with every engine option as a field."""
+
     dtype: str = Field("auto", description="Weights: auto, fp32, fp16, bf16, fp8, int8, int4, nf4.")
     kv_dtype: str = Field("auto", description="KV cache: auto, fp16, bf16, fp8, fp32.")
     batch: int = Field(1, ge=1, description="Sequences at once (serving engines: concurrent requests to fit).")
     seq: TokenCount | None = Field(None, description="Tokens per sequence (4096 or 4k). Default 2048; serving "
                                                      "engines: the model's context.")
     new_tokens: int = Field(0, ge=0, description="How many of the seq tokens are generated.")
-    engine: str | None = Field(None, description="transformers, vllm, sglang or llama.cpp.")
-    attn: str = Field("sdpa", description="transformers attention: sdpa, eager, flash_attention_2.")
+    engine: str | None = Field(None, description="transformers, vllm, sglang or llama.cpp (default: transformers, "
+                                                 "llama.cpp for a .gguf file).")
     gpu: str | None = Field(None, description="GPU from the catalog (/api/gpus) to check the fit against.")
     gpu_memory: str | None = Field(None, description="Memory per GPU, e.g. 79.2GiB, for a card not in the catalog.")
     tensor_parallel: int = Field(1, ge=1, description="Tensor parallel GPUs (serving engines).")
     pipeline_parallel: int = Field(1, ge=1, description="Pipeline parallel stages.")
 
 
-def _engine_fields() -> dict[str, Any]:
+def engine_option_fields() -> dict[str, Any]:
+    """Every engine's options, from the engine registry (each engine's Options class), as request fields.
+
+    A field left out (None) is not passed on; one given goes to the facade as a keyword, where the chosen
+    engine's Options validate it (one place, one message: a vLLM option given to llama.cpp is named as such).
+    The fields take any JSON value for that reason; their schema, for /docs, is the Options field's."""
+    from gpuplan.engines import option_owners, options_class
+
     fields: dict[str, Any] = {}
-    for option in ENGINE_OPTIONS:
-        annotation = option_annotation(option)
-        if option.name in ("n_gpu_layers", "parallel"):
-            annotation = Annotated[annotation, BeforeValidator(_number_or_word)]
-        fields[option.name] = (annotation, Field(None, description=option.description))
+    for name, engines in option_owners().items():
+        options = options_class(engines[0])
+        typed = {k: v for k, v in option_schema(options, name).items() if k != "default"}
+        description = f"{', '.join(engines)}: {options.model_fields[name].description}"
+        fields[name] = (Any, Field(None, description=description, json_schema_extra=typed))
     return fields
 
 
-EstimateRequest = create_model("EstimateRequest", __base__=_EstimateBase, **_engine_fields())
-EstimateRequest.__doc__ = "One workload, as gpuplan.estimate() takes it: every engine option is a field."
+# What a JSON Schema says of a value; the Options fields' CLI hints (flag, short, metavar ...) are left out.
+_SCHEMA_KEYS = ("type", "anyOf", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                "default")
 
 
-class PlanRequest(ModelRef):
+def option_schema(options: type[BaseModel], name: str) -> dict[str, Any]:
+    """The JSON Schema of one engine option, as its Options class declares it."""
+    schema = options.model_json_schema()["properties"][name]
+    return {k: v for k, v in schema.items() if k in _SCHEMA_KEYS}
+
+
+def _with_engine_options(name: str, base: type[BaseModel]) -> Any:
+    model = create_model(name, __base__=base, **engine_option_fields())
+    model.__doc__ = base.__doc__
+    return model
+
+
+class _PlanBase(ModelRef):
+    """Which GPUs, how many, how split, as gpuplan.plan() takes it, with every engine option as a field."""
+
     gpus: NameList | None = Field(None, description="GPU types to plan for (default: the whole catalog).")
     engine: str = Field("vllm", description="vllm, sglang, or transformers (one GPU).")
     dtype: str = "auto"
@@ -105,13 +120,11 @@ class PlanRequest(ModelRef):
     batch: int = Field(1, ge=1, description="Requests of seq tokens that must fit at once.")
     seq: TokenCount | None = Field(None, description="Context per request (default: the model's).")
     max_gpus: int = Field(512, ge=1, le=512, description="Largest deployment to consider.")
-    gpu_memory_utilization: float | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    mem_fraction_static: float | None = None
 
 
-class SweepRequest(ModelRef):
+class _SweepBase(ModelRef):
+    """A grid of estimates, as gpuplan.sweep() takes it, with every engine option as a field."""
+
     seq: GridText | None = Field(None, description="Context lengths: a list (2k,8k) or a doubling range (1k..128k).")
     batch: GridText = Field("1", description="Batch sizes: a list (1,8,32) or a doubling range (1..64).")
     dtype: GridText = Field("auto", description="Weight dtypes, a list.")
@@ -120,14 +133,16 @@ class SweepRequest(ModelRef):
     engine: str | None = None
     tensor_parallel: int = Field(1, ge=1)
     pipeline_parallel: int = Field(1, ge=1)
-    gpu_memory_utilization: float | None = None
-    mem_fraction_static: float | None = None
-    attn: str = "sdpa"
     new_tokens: int = Field(0, ge=0)
 
     def sweep_keywords(self) -> dict[str, Any]:
         """Keywords for gpuplan.sweep(), lists as its own text forms take them."""
         return self.model_dump(exclude={"model", "revision", "source"}, exclude_none=True)
+
+
+EstimateRequest = _with_engine_options("EstimateRequest", _EstimateBase)
+PlanRequest = _with_engine_options("PlanRequest", _PlanBase)
+SweepRequest = _with_engine_options("SweepRequest", _SweepBase)
 
 
 class TrainRequest(ModelRef):

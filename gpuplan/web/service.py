@@ -17,7 +17,7 @@ from gpuplan.web import schemas
 MAX_BODY_BYTES = 64 * 1024
 # A sweep point costs about 0.1 ms and the page's default sweep is 8 points (measured by
 # benchmarks/bench_serve.py, docs/performance.md); 2,000 points answer in well under a second on 2 cores,
-# while the CLI's own limit (gpuplan/sweep.py MAX_POINTS, 20,000) would hold a worker for seconds.
+# while the CLI's own limit (gpuplan/sweeps.py MAX_POINTS, 20,000) would hold a worker for seconds.
 MAX_SWEEP_POINTS = 2_000
 # A Hub config fetch is bounded by the Hub client's own timeout (gpuplan/models/hub.py: 10 s by default);
 # a request gets that plus the estimate.
@@ -97,7 +97,7 @@ def plan(request: schemas.PlanRequest, settings: ServerSettings) -> Any:
 
 def sweep(request: schemas.SweepRequest, settings: ServerSettings, *, deadline: float | None = None) -> Any:
     from gpuplan.cli.output import json_payload
-    from gpuplan.sweep import sweep as run_sweep
+    from gpuplan.sweeps import sweep as run_sweep
 
     resolved = resolve(request, settings)
     return json_payload(run_sweep(resolved, **request.sweep_keywords(),
@@ -203,10 +203,27 @@ def warm_up(settings: ServerSettings) -> None:
 
 
 def engines() -> dict[str, Any]:
-    """The engines and their options, for the page's form (generated from ENGINE_OPTIONS, the one list)."""
-    from gpuplan.api import ENGINES
+    """The engines and every engine's options, for the page's form: generated from the engine registry."""
     from gpuplan.calc.precision import KV_DTYPES, WEIGHT_DTYPES
-    from gpuplan.web.engine_options import ENGINE_OPTIONS
+    from gpuplan.engines import (
+        ENGINE_NAMES,
+        SERVING_ENGINES,
+        default_engine,
+        engine_module,
+        option_owners,
+        options_class,
+    )
+    from gpuplan.engines.base import option_extra
 
-    return {"engines": list(ENGINES), "dtypes": list(WEIGHT_DTYPES), "kv_dtypes": list(KV_DTYPES),
-            "options": [o.model_dump() for o in ENGINE_OPTIONS]}
+    options = []
+    for name, owners in option_owners().items():
+        cls = options_class(owners[0])
+        field = cls.model_fields[name]
+        # "sweep": the CLI takes a list of it and estimates each (max_model_len, ctx_size): another spelling
+        # of the context length, which a sweep's seq axis already varies.
+        options.append({"name": name, "engines": owners, "description": field.description,
+                        "default": field.default, "schema": schemas.option_schema(cls, name),
+                        "context_length": bool(option_extra(cls, name).get("sweep"))})
+    return {"engines": list(ENGINE_NAMES), "default_engine": default_engine(False),
+            "dtypes": list(WEIGHT_DTYPES), "kv_dtypes": list(KV_DTYPES), "options": options,
+            "memory_fraction_options": {e: engine_module(e).MEMORY_FRACTION_OPTION for e in SERVING_ENGINES}}

@@ -12,7 +12,6 @@ const COMPONENTS = [
 const LINE_COLOURS = ["#D55E00", "#CC79A7", "#000000", "#56B4E9", "#F0E442"];
 // The cards the sweep chart draws when the form names none: the README's examples' GPUs.
 const SWEEP_DEFAULT_GPUS = ["L4", "A100-80GB", "H100"];
-const PLAN_ENGINES = ["transformers", "vllm", "sglang"];
 const PLAN_ROWS = 15;  // as `gpuplan plan --top`'s default
 const BASE_FIELDS = ["model", "engine", "dtype", "kv_dtype", "batch", "seq", "new_tokens", "gpu",
                      "tensor_parallel", "pipeline_parallel"];
@@ -21,6 +20,8 @@ const GIB = 1n << 30n;
 const $ = (id) => document.getElementById(id);
 const form = () => $("form");
 let engineOptions = [];
+let defaultEngine = "";
+let memoryFractionOptions = {};
 let generation = 0;
 
 // ---- formatting, as gpuplan/cli/output.py prints ----
@@ -102,20 +103,28 @@ async function api(path, params) {
 
 // ---- the form and the URL ----
 
+// An option's JSON schema (from its engine's Options class) decides its input: yes/no, a list of choices,
+// or text that the server validates.
+function schemaTypes(schema) {
+  const parts = schema.anyOf || [schema];
+  return {types: parts.map((p) => p.type), choices: parts.flatMap((p) => p.enum || (p.const !== undefined ? [p.const] : []))};
+}
+
 function optionField(option) {
   const name = option.name;
+  const {types, choices} = schemaTypes(option.schema);
+  const shownDefault = option.default === null ? "auto" : String(option.default);
   let input;
-  if (option.kind === "bool") {
-    input = el("select", {name}, el("option", {value: ""}, `default (${option.default === null ? "auto" : option.default})`),
+  if (types.includes("boolean")) {
+    input = el("select", {name}, el("option", {value: ""}, `default (${shownDefault})`),
                el("option", {value: "true"}, "true"), el("option", {value: "false"}, "false"));
-  } else if (option.kind === "choice") {
-    input = el("select", {name}, el("option", {value: ""}, `default (${option.default})`),
-               ...option.choices.map((c) => el("option", {value: c}, c)));
+  } else if (choices.length && !types.includes("integer") && !types.includes("number")) {
+    input = el("select", {name}, el("option", {value: ""}, `default (${shownDefault})`),
+               ...choices.map((c) => el("option", {value: c}, c)));
   } else {
     input = el("input", {name, placeholder: option.default === null ? "" : String(option.default)});
   }
-  const label = el("label", {"data-engines": option.engines.join(" "), title: option.description}, name, input);
-  return label;
+  return el("label", {"data-engines": option.engines.join(" "), title: option.description}, name, input);
 }
 
 function buildForm(info) {
@@ -125,12 +134,14 @@ function buildForm(info) {
     for (const value of values) form().elements[field].append(el("option", {value}, value));
   }
   engineOptions = info.options;
+  defaultEngine = info.default_engine;
+  memoryFractionOptions = info.memory_fraction_options;
   const box = $("engine-options");
   for (const option of engineOptions) box.append(optionField(option));
 }
 
 function currentEngine() {
-  return form().elements.engine.value || "transformers";
+  return form().elements.engine.value || defaultEngine;
 }
 
 function showEngineOptions() {
@@ -272,7 +283,7 @@ function renderMessages(r) {
   serving.replaceChildren();
   if (r.serving) {
     const s = r.serving;
-    const label = s.engine === "vllm" ? "gpu_memory_utilization" : "mem_fraction_static";
+    const label = memoryFractionOptions[s.engine];
     serving.append(el("li", {}, `${s.engine} on ${r.gpu} (${label} ${s.memory_fraction}, TP ${r.tensor_parallel}, ` +
       `PP ${r.pipeline_parallel}): KV cache ${fmtInt(s.kv_cache_tokens)} tokens, ${s.max_concurrency.toFixed(2)}x ` +
       `requests of ${fmtInt(s.max_model_len)} tokens; longest context that fits ${fmtInt(s.max_model_len_that_fits)}`));
@@ -316,7 +327,7 @@ function renderPlan(p) {
 
 // Stacked columns per context length, a dashed line at each GPU's memory.
 function renderSweep(s) {
-  const serving = s.engine === "vllm" || s.engine === "sglang";
+  const serving = s.points.some((p) => p.max_concurrency !== null);  // a serving engine's budget per GPU
   const firstGpu = s.gpus.length ? s.gpus[0].name : null;
   const seen = new Map();
   for (const p of s.points) {
@@ -382,17 +393,21 @@ function pick(state, names) {
   return out;
 }
 
+// The plan and the sweep take the estimate's engine and its options (the same names in every endpoint); the
+// sweep leaves out the options that set the context length (max_model_len, ctx_size): its axis varies that.
+function engineParams(state, {withContextLength = true} = {}) {
+  return pick(state, engineOptions.filter((o) => withContextLength || !o.context_length).map((o) => o.name));
+}
+
 async function updatePlan(state, estimate) {
-  const engine = state.engine || "transformers";
-  if (!PLAN_ENGINES.includes(engine)) { $("plan").hidden = true; return; }
-  const params = {...pick(state, ["model", "dtype", "kv_dtype", "batch", "gpu_memory_utilization", "max_num_seqs",
-                                   "max_num_batched_tokens", "mem_fraction_static"]), engine, seq: estimate.seq};
+  const params = {...pick(state, ["model", "dtype", "kv_dtype", "batch"]), ...engineParams(state),
+                  engine: estimate.engine, seq: estimate.seq};
   renderPlan(await api("/api/plan", params));
 }
 
 async function updateSweep(state) {
-  const params = pick(state, ["model", "dtype", "kv_dtype", "batch", "engine", "tensor_parallel", "pipeline_parallel",
-                              "new_tokens", "gpu_memory_utilization", "mem_fraction_static"]);
+  const params = {...pick(state, ["model", "dtype", "kv_dtype", "batch", "engine", "tensor_parallel", "pipeline_parallel",
+                                   "new_tokens"]), ...engineParams(state, {withContextLength: false})};
   params.gpu = state.gpu || SWEEP_DEFAULT_GPUS.join(",");
   renderSweep(await api("/api/sweep", params));
 }
