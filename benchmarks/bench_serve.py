@@ -99,8 +99,8 @@ class Connection:
         status = int(head.split(b" ", 2)[1])
         length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
         body = await self.reader.readexactly(length)
-        if status == 200 and not body.startswith(b'{"schema_version"'):
-            raise RuntimeError(f"unexpected answer: {body[:200]!r}")
+        if status == 200 and b'"schema_version"' not in body:
+            return 0  # answered, but not with an estimate: counted apart from the 200s
         return status
 
 
@@ -197,7 +197,7 @@ def render(summary: dict, *, shared: str) -> str:
         return "met" if ok else "NOT met"
 
     rows = [
-        ("requests", f"{s['requests']:,} ({errors} not answered 200)"),
+        ("requests", f"{s['requests']:,} ({errors} not answered 200 with an estimate)"),
         ("rate asked / achieved", f"{s['rate_target']:g} / {s['rate_achieved']:g} per second"),
         ("latency p50 / p90 / p99 / max", latency),
         ("server CPU time per request", f"{s['server_cpu_ms_per_request']} ms"),
