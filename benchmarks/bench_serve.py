@@ -151,6 +151,22 @@ async def load(port: int, *, requests: int, rate: float, connections: int, pid: 
             "server_cpu_s": cpu_seconds(pid) - cpu_start}
 
 
+def largest_sweep_s() -> float:
+    """Seconds for a sweep of the server's largest size (service.MAX_SWEEP_POINTS), computed in this process."""
+    from gpuplan.web import schemas, service
+
+    settings = service.ServerSettings()
+    # 2 dtypes x 2 GPUs x 10 batches (1..512) x 50 context lengths = 2,000 points.
+    seqs = ",".join(f"{i}k" for i in range(1, 51))
+    request = schemas.SweepRequest(model="meta-llama/Llama-3.1-8B-Instruct", seq=seqs, batch="1..512",
+                                   dtype="fp16,int4", gpu=["H100", "L4"])
+    start = time.perf_counter()
+    result = service.sweep(request, settings)
+    elapsed = time.perf_counter() - start
+    assert len(result["points"]) == service.MAX_SWEEP_POINTS, len(result["points"])
+    return elapsed
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -202,6 +218,7 @@ def render(summary: dict, *, shared: str) -> str:
         ("latency p50 / p90 / p99 / max", latency),
         ("server CPU time per request", f"{s['server_cpu_ms_per_request']} ms"),
         ("server memory (RSS): start / after 10% / end / max", memory),
+        ("the largest sweep a request may ask (2,000 points), computed once", f"{s['largest_sweep_s']} s"),
         (f"target: {TARGET_RATE} per second", met(ok_rate)),
         (f"target: p99 under {TARGET_P99_MS:g} ms", met(ok_p99)),
         (f"target: memory flat (within {FLAT_MEMORY_MIB:g} MiB after the first 10%)",
@@ -253,6 +270,7 @@ def main() -> None:
         server.wait(timeout=10)
     summary = summarize(raw, requests=args.requests, rate=args.rate)
     summary["load_average_before_after"] = [float(load_before), float(Path("/proc/loadavg").read_text().split()[0])]
+    summary["largest_sweep_s"] = round(largest_sweep_s(), 3)
     print(json.dumps(summary))
     if args.write:
         write_section(args.write, render(summary, shared=args.shared))

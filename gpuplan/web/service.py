@@ -12,12 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpuplan.errors import GpuplanError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.web import schemas
 
-# A plan file of 100 deployments is about 15 KiB of YAML (examples/gpuplan.yaml: 4 deployments in 0.6 KiB);
-# a request larger than 64 KiB is not a calculator request.
+# examples/gpuplan.yaml holds 4 deployments, with comments, in 1.05 KiB: 64 KiB holds a plan of some 240
+# deployments, more than a calculator request needs.
 MAX_BODY_BYTES = 64 * 1024
-# A sweep point costs about 0.1 ms and the page's default sweep is 8 points (measured by
-# benchmarks/bench_serve.py, docs/performance.md); 2,000 points answer in well under a second on 2 cores,
-# while the CLI's own limit (gpuplan/sweeps.py MAX_POINTS, 20,000) would hold a worker for seconds.
+# The page's sweep is 3-8 points; a sweep of 2,000 points takes well under a second here (its time is in
+# docs/performance.md, from benchmarks/bench_serve.py), while the CLI's own limit (gpuplan/sweeps.py
+# MAX_POINTS, 20,000) would hold a worker for seconds.
 MAX_SWEEP_POINTS = 2_000
 # A Hub config fetch is bounded by the Hub client's own timeout (gpuplan/models/hub.py: 10 s by default);
 # a request gets that plus the estimate.
