@@ -184,6 +184,7 @@ def summarize(raw: dict, *, requests: int, rate: float) -> dict:
         "rss_start_mib": round(memory[0][1], 1), "rss_after_10pct_mib": round(early, 1),
         "rss_end_mib": round(memory[-1][1], 1), "rss_growth_after_10pct_mib": round(memory[-1][1] - early, 1),
         "rss_max_mib": round(max(m for _, m in memory), 1),
+        "rss_by_quarter_mib": [round(next(m for n, m in memory if n >= requests * q // 4), 1) for q in (1, 2, 3, 4)],
     }
 
 
@@ -218,6 +219,8 @@ def render(summary: dict, *, shared: str) -> str:
         ("latency p50 / p90 / p99 / max", latency),
         ("server CPU time per request", f"{s['server_cpu_ms_per_request']} ms"),
         ("server memory (RSS): start / after 10% / end / max", memory),
+        ("server memory (RSS) after each quarter of the requests",
+         " / ".join(f"{m}" for m in s["rss_by_quarter_mib"]) + " MiB"),
         ("the largest sweep a request may ask (2,000 points), computed once", f"{s['largest_sweep_s']} s"),
         (f"target: {TARGET_RATE} per second", met(ok_rate)),
         (f"target: p99 under {TARGET_P99_MS:g} ms", met(ok_p99)),
