@@ -91,36 +91,6 @@ PrepareKbitOpt = Annotated[bool, typer.Option(
     "--prepare-kbit", help="QLoRA: the script calls peft's prepare_model_for_kbit_training (QLoRA scripts, TRL), "
                            "which keeps embeddings, norms and lm_head in float32.")]
 
-# llama.cpp flags, named as llama.cpp names them (common/arg.cpp); -b is --batch here, so --batch-size has
-# no short form.
-NglOpt = Annotated[str | None, typer.Option(
-    "--n-gpu-layers", "-ngl", help="llama.cpp: layers on the GPU, the output layer counting as one; a number "
-                                   "or all (default all).", show_default=False)]
-CtxOpt = Annotated[str | None, typer.Option(
-    "--ctx-size", "-c", help="llama.cpp: context over all sequences; 0 = the model's (default: --seq, else the "
-                             "model's); a list sweeps.", show_default=False)]
-UbatchOpt = Annotated[int | None, typer.Option(
-    "--ubatch-size", "-ub", help="llama.cpp: physical batch, tokens per graph (default 512).", show_default=False)]
-NbatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", help="llama.cpp: logical batch (default 2048).", show_default=False)]
-ParallelOpt = Annotated[str | None, typer.Option(
-    "--parallel", "-np", help="llama.cpp: sequences at once, a number or auto (llama-server's 4 slots sharing "
-                              "a unified cache); default 1.", show_default=False)]
-KvUnifiedOpt = Annotated[bool | None, typer.Option(
-    "--kv-unified/--no-kv-unified", help="llama.cpp: one KV cache shared by all sequences.", show_default=False)]
-CacheKOpt = Annotated[str | None, typer.Option(
-    "--cache-type-k", "-ctk", help="llama.cpp: K cache type: f16 (default), bf16, f32, q8_0, q4_0, q4_1, "
-                                   "iq4_nl, q5_0, q5_1.", show_default=False)]
-CacheVOpt = Annotated[str | None, typer.Option(
-    "--cache-type-v", "-ctv", help="llama.cpp: V cache type, as --cache-type-k.", show_default=False)]
-FlashOpt = Annotated[str | None, typer.Option(
-    "--flash-attn", "-fa", help="llama.cpp: flash attention auto (default), on or off.", show_default=False)]
-SwaFullOpt = Annotated[bool, typer.Option("--swa-full", help="llama.cpp: full-size cache for sliding-window layers.")]
-NoKvOffloadOpt = Annotated[bool, typer.Option(
-    "--no-kv-offload", help="llama.cpp: keep the KV cache in host memory.")]
-NoOpOffloadOpt = Annotated[bool, typer.Option(
-    "--no-op-offload", help="llama.cpp: compute host layers on the CPU (no weight copies to the GPU).")]
-
 
 @app.command(cls=PanelCommand)
 @with_engine_flags
