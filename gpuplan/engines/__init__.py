@@ -46,7 +46,7 @@ def engine_name(name: str) -> str:
     raise InputError(f"unknown engine {name!r}", hint=f"{hint}use one of: {', '.join(ENGINE_NAMES)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def engine_module(name: str) -> ModuleType:
     """The engine's module, imported on first use (an estimate under one engine pays for no other)."""
     return importlib.import_module(_MODULES[engine_name(name)])
@@ -138,7 +138,7 @@ def make_options(engine: str, values: Mapping[str, Any] | EngineOptions | None =
         raise InputError(_describe(shown, err)) from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _defaults(name: str) -> EngineOptions:
     """An engine's options with nothing given (frozen, so one instance serves every call)."""
     return options_class(name)()
