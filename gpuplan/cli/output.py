@@ -27,6 +27,19 @@ def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
 
 
+def json_payload(value: Any) -> Any:
+    """What --format json prints for a result, a list of results or catalog entries (also the web API's
+    answer): each model's model_dump(), one result as an object, several as a list."""
+    if isinstance(value, (list, tuple)):
+        return [json_payload(item) for item in value]
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def estimates_payload(results: Sequence[EstimateResult]) -> Any:
+    """One estimate as an object, a grid of them (--batch 1,8 --seq 2k,8k) as a list."""
+    return json_payload(results[0] if len(results) == 1 else list(results))
+
+
 def fmt_gib(n_bytes: int) -> str:
     return f"{n_bytes / GiB:,.2f}"
 
@@ -163,7 +176,7 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(results[0].model_dump() if len(results) == 1 else [r.model_dump() for r in results])
+        emit_json(estimates_payload(results))
     else:
         out = stdout_console()
         first = results[0]
@@ -240,7 +253,7 @@ def render_plan(result, fmt, *, top: int = 15) -> None:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(result.model_dump())
+        emit_json(json_payload(result))
     else:
         out = stdout_console()
         out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
@@ -386,7 +399,7 @@ def render_train(result, fmt) -> None:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(result.model_dump())
+        emit_json(json_payload(result))
         return
     out = stdout_console()
     out.print(f"[bold]{result.model}[/bold] ({result.model_type}, {_human_params(result.parameters)} parameters, "
