@@ -227,6 +227,9 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     precision = request.resolve(spec)
     length = model_len(spec, workload, options.max_model_len)
     notes = serving_notes(model, NAME, precision, hardware)
+    if spec.has_state_layers:
+        notes.append("SGLang's separate pool for Mamba / linear-attention state is not modelled: the state layers "
+                     "are counted as attention layers, so the KV cache per token is over-estimated")
     version = release_version(NAME, options.engine_version, notes)
     s = sglang_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                       mem_fraction_static=options.mem_fraction_static, device_capacity_bytes=hardware.device_bytes,

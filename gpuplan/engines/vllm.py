@@ -632,6 +632,9 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     precision = request.resolve(spec)
     length = model_len(spec, workload, options.max_model_len)
     notes = serving_notes(model, NAME, precision, hardware)
+    if spec.has_state_layers:
+        notes.append("the profile run's activations of Mamba / linear-attention mixers are not modelled (those of "
+                     "the attention and MLP blocks are)")
     version = release_version(NAME, options.engine_version, notes)
     b = vllm_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                     gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=length,
