@@ -199,6 +199,30 @@ def _largest_tensor(spec: ModelSpec, batch: int, prompt: int, compute_dtype: str
     return max(sizes)
 
 
+# torch_chunk_gated_delta_rule's chunk_size (transformers 5.x modeling_qwen3_next.py), the path generate()
+# takes without the flash-linear-attention kernels.
+GATED_DELTA_NET_CHUNK = 64
+
+
+def _state_mixer_transient(spec: ModelSpec, batch: int, prompt: int, e: int) -> int:
+    """Prefill temporaries of a gated DeltaNet layer (modeling_qwen3_next.py Qwen3NextGatedDeltaNet.forward and
+    torch_chunk_gated_delta_rule). Inside the chunk scan, float32 tensors over the padded sequence stay alive:
+    query, key, k_beta, the decayed k_beta and k_cumdecay (key width, q and k repeated to the value heads),
+    value, v_beta, new_values and core_attn_out (value width), and three [chunk x chunk] matrices per chunk
+    (pairwise decay, the UT system, the intra-chunk attention). Around it, in the compute dtype: the qkvz
+    projection, the convolved q/k/v and the repeated q and k."""
+    m = spec.state_mixer
+    if m is None or prompt <= 1:
+        return 0
+    chunk = GATED_DELTA_NET_CHUNK
+    padded = batch * (-(-prompt // chunk) * chunk)
+    t = batch * prompt
+    scan = padded * m.heads * (5 * m.key_dim + 4 * m.value_dim + 3 * chunk) * FP32
+    key, value = m.key_heads * m.key_dim, m.heads * m.value_dim
+    outer = t * ((2 * key + 2 * value) + (2 * key + value) + 2 * m.heads * m.key_dim) * e
+    return scan + outer
+
+
 def _stream_tensors(spec: ModelSpec) -> int:
     """[T, hidden] tensors alive across the last layer's MLP: the embedding output (held by the model's
     forward), the layer input (held by the loop), the residual and the normed input of the block. GPT-2's
@@ -245,6 +269,8 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
         # the [batch, heads, q, k] tensor in the compute dtype lives on through the layer's MLP.
         mlp += batch * spec.num_attention_heads * prompt * prompt * e
     transient = {"attention": attention, "mlp": mlp}
+    if spec.state_mixer is not None:
+        transient["state_mixer"] = _state_mixer_transient(spec, batch, prompt, e)
     layer_peak = max(transient.values())
     stream = (_stream_tensors(spec) - (0 if holds_embedding else 1)) * t * h * e
     # generate() keeps the logits of the last position only (logits_to_keep=1) and copies them to fp32

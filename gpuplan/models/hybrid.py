@@ -16,7 +16,7 @@ from gpuplan.errors import ConfigError
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.layout import Layout, check_heads, max_positions, native_dtype
 from gpuplan.models.quant import parse_quantization_config
-from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, TensorRole
+from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, StateMixerSpec, TensorRole
 
 R = TensorRole
 
@@ -293,8 +293,12 @@ def qwen3_next(c: ConfigReader, model_type: str) -> ModelSpec:
     if mtp:
         p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; transformers ignores them "
                        "(_keys_to_ignore_on_load_unexpected: mtp.*), so they are not counted")
-    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+    spec = finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                   intermediate=intermediate or (moe.expert_intermediate_size if moe else 0), tied=tied, moe=moe)
+    mixer = StateMixerSpec(kind="gated_delta_net", heads=c.int("linear_num_value_heads"),
+                           key_heads=c.int("linear_num_key_heads"), key_dim=c.int("linear_key_head_dim"),
+                           value_dim=c.int("linear_value_head_dim"))
+    return spec.model_copy(update={"state_mixer": mixer if n_linear else None})
 
 
 # ---- DeepSeek sparse attention: DeepSeek-V3.2, GLM-5 -------------------------------------------------------

@@ -153,6 +153,19 @@ class LayerCache(BaseModel):
         return self.recurrent_elems + self.conv_elems
 
 
+class StateMixerSpec(BaseModel):
+    """Geometry of a model's recurrent mixer, for the activations of its prefill (the cache is in
+    ``LayerCache``). Only the gated DeltaNet of Qwen3-Next / Qwen3.5 is described so far."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["gated_delta_net"]
+    heads: int = Field(gt=0, description="value heads")
+    key_heads: int = Field(gt=0)
+    key_dim: int = Field(gt=0)
+    value_dim: int = Field(gt=0)
+
+
 class ModelSpec(BaseModel):
     """Normalized architecture of a decoder-only language model."""
 
@@ -185,6 +198,7 @@ class ModelSpec(BaseModel):
     notes: tuple[str, ...] = ()
     vision_parameters: int = 0
     """Parameters of a vision tower/projector in a multimodal checkpoint (not part of the text model)."""
+    state_mixer: StateMixerSpec | None = None
     layer_caches: tuple[LayerCache, ...] = ()
     """Per decoder layer, what it caches. Empty for the families whose every layer is attention with the
     uniform heads above and ``layer_windows`` spans (the cache follows from those); set, one per layer,
