@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.workload import Workload
-from gpuplan.models.spec import LayerCache, ModelSpec
+from gpuplan.models.spec import LayerCache, ModelSpec, StateMixerSpec
 
 AttnImpl = Literal["sdpa", "eager", "flash_attention_2"]
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
@@ -214,6 +214,8 @@ def _state_mixer_transient(spec: ModelSpec, batch: int, prompt: int, e: int) -> 
     m = spec.state_mixer
     if m is None or prompt <= 1:
         return 0
+    if m.kind == "mamba2":
+        return _mamba2_transient(m, batch, prompt, e)
     chunk = GATED_DELTA_NET_CHUNK
     padded = batch * (-(-prompt // chunk) * chunk)
     t = batch * prompt
@@ -221,6 +223,23 @@ def _state_mixer_transient(spec: ModelSpec, batch: int, prompt: int, e: int) -> 
     key, value = m.key_heads * m.key_dim, m.heads * m.value_dim
     outer = t * ((2 * key + 2 * value) + (2 * key + value) + 2 * m.heads * m.key_dim) * e
     return scan + outer
+
+
+def _mamba2_transient(m: StateMixerSpec, batch: int, prompt: int, e: int) -> int:
+    """Prefill temporaries of a Mamba-2 mixer on the torch path (modeling_nemotron_h.py and the copies in
+    modeling_bamba.py, modeling_granitemoehybrid.py, modeling_falcon_h1.py, modeling_mamba2.py:
+    NemotronHMamba2Mixer.forward and mamba2_chunk_scan). In the compute dtype: in_proj's output and the
+    convolved x/B/C. In float32 over the sequence padded to the chunk: x, the D residual, B and C repeated to
+    every head, the segment-sum decay L [heads, chunk] per token; and the largest broadcast product, one at a
+    time: C x B over [chunk, chunk, heads, d_state] per chunk (G_intermediate), M x x over [chunk, chunk,
+    heads, head_dim] (Y_diag), or B x x and C x states over [heads, head_dim, d_state] per token."""
+    h, d, n, chunk = m.heads, m.value_dim, m.state_size, m.chunk
+    padded = batch * (-(-prompt // chunk) * chunk)
+    t = batch * prompt
+    outer = t * (m.in_proj + m.conv_dim) * e
+    base = padded * (2 * h * d + 2 * h * n + h * chunk) * FP32
+    largest = padded * max(chunk * h * n, chunk * h * d, h * d * n) * FP32
+    return outer + base + largest
 
 
 def _stream_tensors(spec: ModelSpec) -> int:

@@ -53,6 +53,8 @@ class Parts:
     notes: list[str] = field(default_factory=list)
     conv_kernel: int = 0
     """Taps of the convolution of the last state mixer added (its state_cache entries record it)."""
+    mixer: StateMixerSpec | None = None
+    """The geometry of the model's recurrent mixer, for the prefill activations (transformers engine)."""
 
     def gqa(self, prefix: str, n: int, *, heads: int, kv_heads: int, head_dim: int, bias: bool = False,
             o_bias: bool | None = None, qk_norm: str | None = None, gated: bool = False, sinks: bool = False,
@@ -160,7 +162,7 @@ def mamba1(p: Parts, prefix: str, n: int, *, inner_norms: bool, inner: int | Non
 
 
 def mamba2(p: Parts, prefix: str, n: int, *, inner: int, gated_norm: bool, proj_bias: bool | None = None,
-           out_bias: bool | None = None) -> tuple[int, int]:
+           out_bias: bool | None = None, chunk_default: int = 256) -> tuple[int, int]:
     """Mamba-2 (modeling_bamba.py BambaMixer, modeling_falcon_h1.py FalconH1Mixer and their copies):
     in_proj to d_inner + conv_dim + n_heads, a depthwise conv1d over conv_dim = d_inner + 2 groups
     d_state, dt_bias / A_log / D per head, an optional gated RMSNorm over d_inner, out_proj. Returns
@@ -183,6 +185,10 @@ def mamba2(p: Parts, prefix: str, n: int, *, inner: int, gated_norm: bool, proj_
     if gated_norm:
         lay.norm(f"{prefix}.norm", inner, n)
     lay.linear(f"{prefix}.out_proj", h, inner, n, bias=bias if out_bias is None else out_bias)
+    if n:
+        p.mixer = StateMixerSpec(kind="mamba2", heads=heads, value_dim=d_head, state_size=d_state, groups=groups,
+                                 chunk=c.int("mamba_chunk_size", "chunk_size", default=chunk_default),
+                                 in_proj=inner + conv_dim + heads, conv_dim=conv_dim)
     return heads * d_head * d_state, conv_dim * d_conv
 
 
@@ -223,6 +229,7 @@ def finish(p: Parts, model_type: str, *, layers: int, vocab: int, heads: int, kv
         tensors=tuple(p.lay.groups),
         notes=tuple(p.notes),
         layer_caches=tuple(p.caches),
+        state_mixer=p.mixer,
     )
 
 
@@ -592,7 +599,9 @@ def nemotron_h(c: ConfigReader, model_type: str) -> ModelSpec:
     p.lay.norm("layers.norm", hidden, layers)
     count = {k: kinds.count(k) for k in _NEMOTRON_PATTERN.values()}
     inner = c.int("mamba_num_heads") * c.int("mamba_head_dim")
-    recurrent, conv = mamba2(p, "layers.mixer", count["linear_attention"], inner=inner, gated_norm=True)
+    # configuration_nemotron_h.py: chunk_size defaults to 128 (256 in the other Mamba-2 configs)
+    recurrent, conv = mamba2(p, "layers.mixer", count["linear_attention"], inner=inner, gated_norm=True,
+                             chunk_default=128)
     p.gqa("layers.mixer", count["full_attention"], heads=heads, kv_heads=kv_heads, head_dim=head_dim,
           bias=c.bool("attention_bias", default=False))
     intermediate = c.int("intermediate_size", default=0, minimum=0)

@@ -155,15 +155,20 @@ class LayerCache(BaseModel):
 
 class StateMixerSpec(BaseModel):
     """Geometry of a model's recurrent mixer, for the activations of its prefill (the cache is in
-    ``LayerCache``). Only the gated DeltaNet of Qwen3-Next / Qwen3.5 is described so far."""
+    ``LayerCache``): the gated DeltaNet of Qwen3-Next / Qwen3.5, or a Mamba-2 mixer."""
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["gated_delta_net"]
-    heads: int = Field(gt=0, description="value heads")
-    key_heads: int = Field(gt=0)
-    key_dim: int = Field(gt=0)
-    value_dim: int = Field(gt=0)
+    kind: Literal["gated_delta_net", "mamba2"]
+    heads: int = Field(gt=0, description="value heads (gated DeltaNet), SSM heads (Mamba-2)")
+    key_heads: int = Field(default=0, ge=0)
+    key_dim: int = Field(default=0, ge=0, description="gated DeltaNet key width")
+    value_dim: int = Field(gt=0, description="value width per head (gated DeltaNet), head_dim (Mamba-2)")
+    state_size: int = Field(default=0, ge=0, description="Mamba-2 d_state")
+    groups: int = Field(default=1, gt=0)
+    chunk: int = Field(default=0, ge=0, description="Mamba-2 chunk_size of the scan")
+    in_proj: int = Field(default=0, ge=0, description="Mamba-2 in_proj width")
+    conv_dim: int = Field(default=0, ge=0)
 
 
 class ModelSpec(BaseModel):
