@@ -290,6 +290,11 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
     transient = {"attention": attention, "mlp": mlp}
     if spec.state_mixer is not None:
         transient["state_mixer"] = _state_mixer_transient(spec, batch, prompt, e)
+    if spec.mla is not None and spec.mla.index_heads:
+        # DeepSeek sparse attention's indexer (modeling_deepseek_v32.py DeepseekV32Indexer.forward): the float32
+        # scores q . k^T of every indexer head over the whole prompt, [batch, prompt, heads, prompt], and their
+        # relu (a new tensor) exist together.
+        transient["indexer"] = 2 * batch * prompt * spec.mla.index_heads * prompt * FP32
     layer_peak = max(transient.values())
     stream = (_stream_tensors(spec) - (0 if holds_embedding else 1)) * t * h * e
     # generate() keeps the logits of the last position only (logits_to_keep=1) and copies them to fp32

@@ -373,6 +373,7 @@ def deepseek_moe(c: ConfigReader, model_type: str) -> ModelSpec:
             if mla.q_lora_rank is None:
                 raise ConfigError(f"{c.label}: the sparse-attention indexer needs q_lora_rank")
             index_heads, index_dim = c.int("index_n_heads"), c.int("index_head_dim")
+            mla = mla.model_copy(update={"index_heads": index_heads})
             with_indexer = [k != "shared" for k in (c.list("indexer_types") or ["full"] * layers)[:layers]]
             n_idx = sum(with_indexer)
             p.lay.linear("layers.self_attn.indexer.wq_b", index_heads * index_dim, mla.q_lora_rank, n_idx)

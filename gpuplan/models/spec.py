@@ -75,6 +75,7 @@ class MlaSpec(BaseModel):
     qk_nope_head_dim: int = Field(gt=0)
     qk_rope_head_dim: int = Field(gt=0)
     v_head_dim: int = Field(gt=0)
+    index_heads: int = Field(default=0, ge=0, description="heads of a DeepSeek sparse-attention indexer, if any")
 
     @property
     def latent_dim(self) -> int:
