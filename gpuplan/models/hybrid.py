@@ -344,6 +344,11 @@ def _dense_or_sparse(c: ConfigReader, layers: int) -> list[bool]:
     return [i >= first_dense for i in range(layers)]
 
 
+# GLM-4.5-style families whose attention always has per-head q/k RMSNorms (modeling_exaone_moe.py,
+# modeling_hy_v3.py: q_norm / k_norm of head_dim)
+_PER_HEAD_QK_NORM = frozenset({"exaone_moe", "hy_v3"})
+
+
 def deepseek_moe(c: ConfigReader, model_type: str) -> ModelSpec:
     """DeepSeek-V3-style MoE decoders: shared experts, dense first layers (first_k_dense_replace or
     mlp_layer_types), the router's e_score_correction_bias buffer that the checkpoints store
@@ -389,19 +394,25 @@ def deepseek_moe(c: ConfigReader, model_type: str) -> ModelSpec:
         kv_heads = c.int("num_key_value_heads", default=heads)
         check_heads(c, heads, kv_heads)
         head_dim, v_head_dim = c.int("head_dim", default=hidden // heads), None
+        qk_norm = c.bool("use_qk_norm", default=model_type in _PER_HEAD_QK_NORM)
         p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias,
-              o_bias=False, qk_norm="head" if c.bool("use_qk_norm", default=False) else None)
-        for _ in range(layers):
-            p.attention_cache(FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+              o_bias=False, qk_norm="head" if qk_norm else None)
+        window = c.int("sliding_window", default=None)
+        for kind in layer_types(c, layers, default=[FULL] * layers):
+            if kind not in (FULL, SLIDING) or (kind == SLIDING and window is None):
+                raise ConfigError(f"{c.label}: layer type {kind!r} needs what this reader does not have",
+                                  hint="full_attention, or sliding_attention with sliding_window")
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                              window=window if kind == SLIDING else None)
     p.lay.norm("layers.norms", hidden, 2 * layers)
-    experts = c.int("n_routed_experts", default=0, minimum=0)
+    experts = c.int("n_routed_experts", "num_experts", default=0, minimum=0)
     n_moe = sum(_dense_or_sparse(c, layers)) if experts else 0
     intermediate = c.int("intermediate_size")
     p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
     moe = None
     if n_moe:
         width = c.int("moe_intermediate_size")
-        shared = c.int("n_shared_experts", default=0, minimum=0)
+        shared = c.int("n_shared_experts", "num_shared_experts", default=0, minimum=0)
         p.experts("layers.mlp", n_moe, experts=experts, width=width, score_bias=True)
         p.dense_mlp("layers.mlp.shared_experts", width * shared, n_moe if shared else 0)
         moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
@@ -1339,6 +1350,8 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "param2moe": deepseek_moe,
     "minicpm3": deepseek_moe,
     "youtu": deepseek_moe,
+    "exaone_moe": deepseek_moe,
+    "hy_v3": deepseek_moe,
     "jamba": jamba,
     **dict.fromkeys(_PLAIN_MLP, plain_mlp_decoder),
     "mamba": mamba,
