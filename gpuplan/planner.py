@@ -1,15 +1,30 @@
-"""The planner: for each GPU type, the fewest GPUs (and the tensor x pipeline split) that fit a workload.
+"""The planner: for each GPU type, the deployment an inference engineer would run for a workload.
 
 For serving engines (vLLM by default, SGLang) a deployment fits when the engine starts (one request of
 ``max_model_len`` tokens fits the KV cache it allocates) and its KV cache holds ``batch`` such requests
-at once. Tensor parallelism stays inside a node (NVLink / PCIe peers; vLLM and SGLang docs: "tensor
-parallel within a node, pipeline parallel across nodes"); pipeline stages span nodes. For the
-transformers engine the model must fit one GPU.
+at once. The layouts searched are the ones people deploy (vLLM docs, "Distributed inference and serving":
+"use tensor parallelism within a node, pipeline parallelism across nodes"; SGLang's --tp / --pp-size):
+
+* inside one node, tensor parallelism over 1, 2, 4 or 8 GPUs, a size that divides the attention heads,
+  the KV heads (or that they divide) and the padded vocabulary (gpuplan.engines.tp);
+* across nodes, whole nodes: each node one tensor-parallel group of the largest such size, pipeline
+  stages over the nodes;
+* for MoE models, expert parallelism over the tensor-parallel GPUs where the experts divide evenly (vLLM
+  --enable-expert-parallel, SGLang --ep-size).
+
+``objective="fewest-gpus"`` searches every tensor x pipeline split inside a node instead (TP 1 x PP 7 when
+seven GPUs suffice), for people who count GPUs whatever the layout. For the transformers engine the model
+spreads whole layers over the GPUs of one node (device_map="auto").
+
+Ranking: fitting options first, then by hourly cost when prices are given, else by GPU count, then by
+headroom per GPU (more first).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +35,20 @@ from gpuplan.results import SCHEMA_VERSION, EstimateResult
 # The largest deployment the planner searches: 64 nodes of 8 GPUs. Beyond that the answer is "use a
 # smaller precision or another GPU", not a bigger cluster.
 MAX_GPUS = 512
+
+# Tensor-parallel sizes inside one node: the powers of two up to a node of eight that vLLM's and SGLang's
+# multi-GPU recipes use (vLLM docs "Distributed inference and serving": "--tensor-parallel-size 4" on a
+# 4-GPU node, 8 on an 8-GPU node; NCCL all-reduce over NVLink / PCIe peers).
+NODE_TP_SIZES = (1, 2, 4, 8)
+
+Objective = Literal["deployable", "fewest-gpus"]
+OBJECTIVES: tuple[str, ...] = ("deployable", "fewest-gpus")
+
+RANKING_RULES = {
+    "deployable": "tensor parallel 1/2/4/8 inside a node, pipeline stages across nodes; "
+                  "ranked by GPUs, then headroom per GPU",
+    "fewest-gpus": "any tensor x pipeline split inside a node; ranked by GPUs, then headroom per GPU",
+}
 
 
 class PlanOption(BaseModel):
@@ -48,6 +77,8 @@ class PlanOption(BaseModel):
     max_model_len_that_fits: int | None = None
     expert_parallel: bool = Field(default=False, description="MoE experts spread whole over the tensor-parallel "
                                                             "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
+    price_per_gpu_hour: float | None = Field(default=None, description="the price given for this GPU type")
+    cost_per_hour: float | None = Field(default=None, description="count x price_per_gpu_hour, when priced")
     launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
     reason: str | None = Field(default=None, description="why it does not fit, when it does not")
 
@@ -62,26 +93,38 @@ class PlanResult(BaseModel):
     kv_dtype: str
     batch: int
     seq: int
-    options: list[PlanOption] = Field(description="one per GPU type, best first: fitting options by the GPU "
-                                              "memory they provision, then by fewer GPUs")
+    objective: str = Field(default="deployable", description="deployable (the layouts people run) or "
+                                                            "fewest-gpus (any split inside a node)")
+    ranking: str = Field(default=RANKING_RULES["deployable"], description="how the options are ordered")
+    options: list[PlanOption] = Field(description="one per GPU type, best first (see ranking)")
     best: PlanOption | None = None
     notes: list[str] = Field(default_factory=list)
 
 
-def _candidates(valid_tp: list[int], gpus_per_node: int, num_layers: int, max_gpus: int):
+def _candidates(valid_tp: list[int], gpus_per_node: int, num_layers: int, max_gpus: int,
+                objective: str = "deployable") -> list[tuple[int, int]]:
     """(tp, pp) pairs by GPU count, larger TP first.
 
-    Within one node any split the model allows. Across nodes whole nodes, each one tensor-parallel group
-    with pipeline stages over the nodes: vLLM's documented recipe for multi-node serving ("the tensor
-    parallel size is the number of GPUs in each node, and the pipeline parallel size the number of
-    nodes"), and how clusters are rented.
+    deployable: inside one node a tensor-parallel group of 1, 2, 4 or 8 GPUs; when the model allows no TP
+    size that fills the node, the whole node as TP x PP (two TP-4 stages on eight GPUs). Across nodes whole
+    nodes, each one tensor-parallel group (or the node's TP x PP) with pipeline stages over the nodes: vLLM's
+    documented recipe for multi-node serving ("the tensor parallel size is the number of GPUs in each node,
+    and the pipeline parallel size the number of nodes"), and how clusters are rented.
+    fewest-gpus: any split inside one node, and the same whole-node layouts across nodes.
     """
-    tps = [t for t in valid_tp if t <= gpus_per_node]
-    if not tps:
+    node_tps = [t for t in valid_tp if t in NODE_TP_SIZES and t <= gpus_per_node]
+    if not node_tps:
         return []
-    pairs = {(tp, pp) for tp in tps for pp in range(1, num_layers + 1) if tp * pp <= min(gpus_per_node, max_gpus)}
-    node_tp = max(tps)
+    node_tp = max(node_tps)
     stages_per_node = gpus_per_node // node_tp
+    if objective == "fewest-gpus":
+        tps = [t for t in valid_tp if t <= gpus_per_node]
+        pairs = {(tp, pp) for tp in tps for pp in range(1, num_layers + 1)
+                 if tp * pp <= min(gpus_per_node, max_gpus)}
+    else:
+        pairs = {(tp, 1) for tp in node_tps if tp <= max_gpus}
+        if stages_per_node > 1 and node_tp * stages_per_node <= max_gpus and stages_per_node <= num_layers:
+            pairs.add((node_tp, stages_per_node))
     nodes = 2
     while node_tp * stages_per_node * nodes <= max_gpus and stages_per_node * nodes <= num_layers:
         pairs.add((node_tp, stages_per_node * nodes))
@@ -99,7 +142,7 @@ def expert_parallel_fits(spec: Any, tp: int) -> bool:
 
 
 def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reason: str | None,
-            expert_parallel: bool = False) -> PlanOption:
+            expert_parallel: bool = False, price: float | None = None) -> PlanOption:
     count = result.tensor_parallel * result.pipeline_parallel
     serving = result.serving
     return PlanOption(
@@ -113,26 +156,75 @@ def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reaso
         kv_cache_tokens=serving.kv_cache_tokens if serving else None,
         max_concurrency=serving.max_concurrency if serving else None,
         max_model_len_that_fits=serving.max_model_len_that_fits if serving else None,
-        expert_parallel=expert_parallel, launch=launch, reason=reason,
+        expert_parallel=expert_parallel, price_per_gpu_hour=price,
+        cost_per_hour=round(price * count, 4) if price is not None else None, launch=launch, reason=reason,
     )
 
 
-def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: str | None,
-                    kv_cache_dtype: str | None, gpu_memory_utilization: float | None,
-                    expert_parallel: bool = False) -> list[str]:
-    """The command lines that start this deployment, in the engine's own flags."""
+class ServeSettings(BaseModel):
+    """Engine settings the plan was made with; the launch lines spell out every one that was given."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    mem_fraction_static: float | None = None
+
+
+_TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def served_checkpoint(model: str, precision: Any) -> tuple[str, str | None, str | None]:
+    """(model argument, --quantization value, note) that make an engine load the weights that were planned.
+
+    A checkpoint that is already quantized carries its quantization_config, which vLLM and SGLang read on
+    their own. Otherwise: fp8 is quantized on load (vLLM docs, "FP8 W8A8": "--quantization fp8", online
+    dynamic quantization of a BF16/FP16 model; SGLang accepts the same flag); nf4 is bitsandbytes' in-flight
+    4-bit quantization (vLLM docs, "BitsAndBytes": "--quantization bitsandbytes"); int4 and int8 have no
+    in-flight path in either engine, so they need a pre-quantized checkpoint (AWQ or GPTQ for int4).
+    """
+    quant = precision.quant
+    if quant is None or quant.source == "checkpoint":
+        return model, None, None
+    if quant.method == "fp8":
+        return model, "fp8", None
+    if quant.method == "bnb_4bit":
+        return model, "bitsandbytes", None
+    if quant.bits == 4:
+        return (f"<AWQ int4 checkpoint of {model}>", "awq",
+                f"int4 serves a pre-quantized checkpoint: put an AWQ int4 checkpoint of {model} in the launch "
+                "line (--quantization awq), or a GPTQ one with --quantization gptq; serving "
+                f"{model} itself loads its {precision.compute_dtype} weights")
+    return (f"<int8 checkpoint of {model}>", None,
+            f"int8 serves a pre-quantized checkpoint (GPTQ 8-bit or W8A8): put one of {model} in the launch line; "
+            "the engine reads its quantization from its config")
+
+
+def launch_commands(model: str, result: EstimateResult, *, nodes: int, precision: Any, requested_dtype: str,
+                    settings: ServeSettings, expert_parallel: bool = False) -> list[str]:
+    """The command lines that start this deployment, in the engine's own flags, serving what was planned."""
     tp, pp, seq = result.tensor_parallel, result.pipeline_parallel, result.seq
+    served, quantization, _ = served_checkpoint(model, precision)
+    explicit_dtype = _TORCH_DTYPE.get(requested_dtype)
+    fp8_kv = precision.kv_dtype == "fp8"
     if result.engine == "vllm":
-        cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
+        cmd = f"vllm serve {served} --tensor-parallel-size {tp}"
         if pp > 1:
             cmd += f" --pipeline-parallel-size {pp}"
         cmd += f" --max-model-len {seq}"
-        if dtype in ("fp16", "bf16", "fp32"):
-            cmd += " --dtype " + {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
-        if kv_cache_dtype == "fp8":
+        if explicit_dtype:
+            cmd += f" --dtype {explicit_dtype}"
+        if quantization:
+            cmd += f" --quantization {quantization}"
+        if fp8_kv:
             cmd += " --kv-cache-dtype fp8"
-        if gpu_memory_utilization is not None:
-            cmd += f" --gpu-memory-utilization {gpu_memory_utilization:g}"
+        if settings.gpu_memory_utilization is not None:
+            cmd += f" --gpu-memory-utilization {settings.gpu_memory_utilization:g}"
+        if settings.max_num_seqs is not None:
+            cmd += f" --max-num-seqs {settings.max_num_seqs}"
+        if settings.max_num_batched_tokens is not None:
+            cmd += f" --max-num-batched-tokens {settings.max_num_batched_tokens}"
         if expert_parallel:
             cmd += " --enable-expert-parallel"
         if nodes == 1:
@@ -144,12 +236,20 @@ def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: st
             f"{nodes - 1} node(s)",
             cmd + " --distributed-executor-backend ray   # on the head node",
         ]
-    cmd = f"python -m sglang.launch_server --model-path {model} --tp {tp}"
+    # SGLang's flags: python/sglang/srt/server_args.py (--tp, --pp-size, --context-length, --dtype,
+    # --quantization, --kv-cache-dtype fp8_e4m3, --mem-fraction-static, --ep-size).
+    cmd = f"python -m sglang.launch_server --model-path {served} --tp {tp}"
     if pp > 1:
         cmd += f" --pp-size {pp}"
     cmd += f" --context-length {seq}"
-    if kv_cache_dtype == "fp8":
+    if explicit_dtype:
+        cmd += f" --dtype {explicit_dtype}"
+    if quantization:
+        cmd += f" --quantization {quantization}"
+    if fp8_kv:
         cmd += " --kv-cache-dtype fp8_e4m3"
+    if settings.mem_fraction_static is not None:
+        cmd += f" --mem-fraction-static {settings.mem_fraction_static:g}"
     if expert_parallel:
         cmd += f" --ep-size {tp}"
     if nodes == 1:
@@ -158,50 +258,92 @@ def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: st
     return [f"{cmd} --nnodes {nodes} --node-rank <0..{nodes - 1}> --dist-init-addr <head-node-ip>:5000"]
 
 
+PLAN_ENGINES = ("vllm", "sglang", "transformers")
+
+
+def _check_inputs(resolved: ResolvedModel, *, engine: str, dtype: str, kv_dtype: str, batch: int,
+                  seq: int | None, max_gpus: int, objective: str) -> Any:
+    """Reject a bad value by name before any GPU is tried; returns the resolved precision."""
+    from gpuplan.calc.precision import resolve_precision
+
+    if engine not in PLAN_ENGINES:
+        raise InputError(f"unknown --engine {engine!r} for plan", hint=f"use one of: {', '.join(PLAN_ENGINES)}")
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown --objective {objective!r}", hint=f"use one of: {', '.join(OBJECTIVES)}")
+    if max_gpus < 1:
+        raise InputError(f"--max-gpus must be at least 1, got {max_gpus}")
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, got {batch}")
+    if seq is not None and seq < 1:
+        raise InputError(f"--seq must be at least 1 token, got {seq}",
+                         hint="leave --seq out to plan for the model's full context")
+    return resolve_precision(resolved.spec, dtype, kv_dtype)
+
+
+def _sort_key(option: PlanOption, priced: bool) -> tuple:
+    by_gpus = (option.count, -option.headroom_bytes, option.gpu)
+    if not priced:
+        return (not option.fits, *by_gpus)
+    cost = option.cost_per_hour
+    return (not option.fits, cost is None, cost if cost is not None else 0.0, *by_gpus)
+
+
 def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
          kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = MAX_GPUS,
          gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
-         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None) -> PlanResult:
-    """Rank GPU types by the fewest GPUs that fit; ``gpus`` are GpuSpecs (default: the whole catalog)."""
+         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None,
+         objective: str = "deployable", prices: Mapping[str, float] | None = None) -> PlanResult:
+    """Rank GPU types by the deployment each needs; ``gpus`` are GpuSpecs (default: the whole catalog).
+
+    ``prices`` maps catalog GPU names to a price per GPU-hour; when given, options rank by cost."""
     from gpuplan.api import estimate
     from gpuplan.engines.tp import valid_tp_sizes
     from gpuplan.gpus.catalog import load_catalog
 
-    if max_gpus < 1:
-        raise InputError(f"--max-gpus must be at least 1, got {max_gpus}")
+    precision = _check_inputs(resolved, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
+                              max_gpus=max_gpus, objective=objective)
     spec = resolved.spec
     candidates_gpus = gpus if gpus else list(load_catalog().gpus)
     serving = engine in ("vllm", "sglang")
     valid_tp = valid_tp_sizes(spec) if serving else [1]
+    settings = ServeSettings(gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                             max_num_batched_tokens=max_num_batched_tokens, mem_fraction_static=mem_fraction_static)
+    engine_kwargs: dict[str, Any] = {}
+    if serving:
+        engine_kwargs = {"max_model_len": seq, "max_num_seqs": max_num_seqs,
+                         "max_num_batched_tokens": max_num_batched_tokens}
+        if engine == "vllm":
+            engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            engine_kwargs["mem_fraction_static"] = mem_fraction_static
     options: list[PlanOption] = []
-    notes: list[str] = []
     first: EstimateResult | None = None
+    first_error: InputError | None = None
+    whole_weights: int | None = None  # every weight once: no GPU of a deployment of n holds less than 1/n
     for gpu in candidates_gpus:
         per_node = gpu.gpus_per_node
         if serving:
-            pairs = _candidates(valid_tp, per_node, spec.num_hidden_layers, max_gpus)
+            pairs = _candidates(valid_tp, per_node, spec.num_hidden_layers, max_gpus, objective)
         else:
             # transformers: whole layers over the GPUs of one node (device_map="auto"), no tensor parallelism
             pairs = [(1, n) for n in range(1, min(per_node, max_gpus, spec.num_hidden_layers) + 1)]
+        if whole_weights is not None and pairs:
+            # Deployments whose GPUs could not even hold their share of the weights are skipped unevaluated.
+            least = math.ceil(whole_weights / gpu.memory_bytes)
+            pairs = [p for p in pairs if p[0] * p[1] >= least] or pairs[-1:]
         chosen: EstimateResult | None = None
         last: EstimateResult | None = None
         for tp, pp in pairs:
-            kwargs: dict[str, Any] = {}
-            if serving:
-                kwargs = {"tensor_parallel": tp, "pipeline_parallel": pp, "max_model_len": seq,
-                          "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
-                if engine == "vllm":
-                    kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-                else:
-                    kwargs["mem_fraction_static"] = mem_fraction_static
-            else:
-                kwargs = {"pipeline_parallel": pp}
+            layout = {"tensor_parallel": tp, "pipeline_parallel": pp} if serving else {"pipeline_parallel": pp}
             try:
                 result = estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
-                                  engine=engine, gpu=gpu, **kwargs)
-            except InputError:
-                continue  # e.g. a TP size the padded vocabulary does not divide
+                                  engine=engine, gpu=gpu, **layout, **engine_kwargs)
+            except InputError as exc:
+                first_error = first_error or exc
+                continue  # a layout this model or card cannot take
             first = first or result
+            if whole_weights is None and tp * pp == 1:
+                whole_weights = result.weights_bytes
             last = result
             if result.fits:
                 chosen = result
@@ -211,24 +353,44 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         picked = chosen or last
         nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
         ep = serving and expert_parallel_fits(spec, picked.tensor_parallel)
-        launch = launch_commands(resolved.id, picked, nodes=nodes, dtype=dtype, kv_cache_dtype=kv_dtype,
-                                 gpu_memory_utilization=gpu_memory_utilization,
-                                 expert_parallel=ep) if chosen and serving else []
+        launch = launch_commands(resolved.id, picked, nodes=nodes, precision=precision, requested_dtype=dtype,
+                                 settings=settings, expert_parallel=ep) if chosen and serving else []
         reason = None
         if chosen is None:
             reason = f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
-        options.append(_option(picked, per_node, launch, reason, expert_parallel=ep))
+        price = prices.get(gpu.name) if prices else None
+        options.append(_option(picked, per_node, launch, reason, expert_parallel=ep, price=price))
     if first is None:
-        raise InputError("no GPU could be evaluated for this model", hint="check --gpu and the parallel sizes")
-    # The catalog carries no prices: rank by the GPU memory a deployment provisions (bigger cards cost
-    # more), then by fewer GPUs, then by lower memory bandwidth (an older, cheaper generation).
-    # Marketed sizes, not driver totals: a card whose driver figure is unknown must not look cheaper.
-    marketed = {g.name: g.memory_gb for g in candidates_gpus}
-    bandwidth = {g.name: g.bandwidth_gbps or 0.0 for g in candidates_gpus}
-    options.sort(key=lambda o: (not o.fits, o.count * marketed.get(o.gpu, 0.0), o.count, bandwidth.get(o.gpu, 0.0),
-                                o.gpu))
+        if first_error is not None:
+            raise first_error
+        raise InputError("no GPU could be evaluated for this model", hint="check --gpu and --max-gpus")
+    priced = bool(prices)
+    options.sort(key=lambda o: _sort_key(o, priced))
     best = options[0] if options and options[0].fits else None
+    return PlanResult(model=resolved.id, engine=engine, dtype=first.dtype, kv_dtype=first.kv_dtype, batch=batch,
+                      seq=first.seq, objective=objective, ranking=_ranking(objective, priced),
+                      options=options, best=best,
+                      notes=_plan_notes(resolved.id, precision, first, options, priced, serving))
+
+
+def _ranking(objective: str, priced: bool) -> str:
+    rule = RANKING_RULES[objective]
+    if priced:
+        return rule.split(";")[0] + "; ranked by cost per hour (GPUs x price), then GPUs, then headroom per GPU; " \
+                                    "unpriced GPU types last"
+    return rule
+
+
+def _plan_notes(model: str, precision: Any, first: EstimateResult, options: list[PlanOption], priced: bool,
+                serving: bool) -> list[str]:
+    notes = []
+    _, _, checkpoint_note = served_checkpoint(model, precision)
+    if serving and checkpoint_note:
+        notes.append(checkpoint_note)
     if any("no CUDA-reported total" in n for n in first.notes):
         notes.append("GPUs without a CUDA-reported total are budgeted from the driver total")
-    return PlanResult(model=resolved.id, engine=engine, dtype=first.dtype, kv_dtype=first.kv_dtype, batch=batch,
-                      seq=first.seq, options=options, best=best, notes=notes)
+    unpriced = [o.gpu for o in options if o.fits and o.cost_per_hour is None]
+    if priced and unpriced:
+        notes.append(f"no price given for {len(unpriced)} GPU type(s) that fit ({', '.join(unpriced[:4])}"
+                     f"{', ...' if len(unpriced) > 4 else ''}): ranked after the priced ones")
+    return notes

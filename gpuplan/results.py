@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _CONFIG = ConfigDict(frozen=True, defer_build=True)
 
 # Bump the major part when a field is removed or changes meaning, the minor part when one is added.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 class ServingBudget(BaseModel):

@@ -265,9 +265,9 @@ def test_check_json(tmp_path):
     result = runner.invoke(app, ["check", str(write(tmp_path, GOOD)), "--format", "json"])
     assert result.exit_code == 1
     data = json.loads(result.stdout)
-    assert data["schema_version"] == "1.0" and data["passed"] is False and data["failed"] == ["long"]
+    assert data["schema_version"] == "1.1" and data["passed"] is False and data["failed"] == ["long"]
     long = data["deployments"][1]
-    assert long["reasons"] and long["line"] == 9 and long["estimate"]["schema_version"] == "1.0"
+    assert long["reasons"] and long["line"] == 9 and long["estimate"]["schema_version"] == "1.1"
 
 
 def test_github_annotations_and_step_summary(tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ def test_token_label():
 
 def test_sweep_points_in_order_with_fits_per_gpu():
     s = gpuplan.sweep(MODEL, seq="1k..4k", batch="1,8", gpu=["H100", "L4"], dtype="bf16,int4")
-    assert s.schema_version == "1.0" and s.engine == "transformers"
+    assert s.schema_version == "1.1" and s.engine == "transformers"
     assert s.dtypes == ["bf16", "int4-gptq"] and s.kv_dtypes == ["bf16"]
     assert s.seqs == [1024, 2048, 4096] and s.batches == [1, 8]
     assert [g.name for g in s.gpus] == ["H100-SXM-80GB", "L4"]
@@ -131,7 +131,7 @@ def test_sweep_table_csv_and_json(tmp_path):
     assert len(rows) == 6 and "H100-SXM-80GB" in result.stdout.splitlines()[2]
     assert len(target.read_text().splitlines()) == 1 + 2 * 2 * 3
     data = json.loads(runner.invoke(app, ["sweep", MODEL, "-s", "1k", "-f", "json"]).stdout)
-    assert data["schema_version"] == "1.0" and data["points"][0]["seq"] == 1024
+    assert data["schema_version"] == "1.1" and data["points"][0]["seq"] == 1024
 
 
 def test_sweep_serving_tables():

@@ -41,7 +41,8 @@ SourceOpt = Annotated[str, typer.Option(
                      "catalog, hub or modelscope (also: modelscope:owner/name).")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never use the network (also HF_HUB_OFFLINE=1): bundled catalog and Hub cache only.")]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="table for people, json for scripts.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
+                                                 help="table for people, json for scripts.")]
 
 
 def _version_callback(value: bool) -> None:
@@ -62,7 +63,8 @@ def _main(
 GpuOpt = Annotated[str | None, typer.Option(
     "--gpu", help="GPU from the catalog (`gpuplan gpus`): H100, L4, RTX 4090...")]
 GpuMemoryOpt = Annotated[str | None, typer.Option(
-    "--gpu-memory", help="Memory per GPU, for a card not in the catalog or to override it: 79.2GiB, 24GB.")]
+    "--gpu-memory", help="Memory per GPU, for a card not in the catalog or to override it, with its unit: "
+                         "79.2GiB (2^30 bytes) or 24GB (10^9 bytes); a bare number is refused.")]
 TpOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="Tensor parallel GPUs (serving engines).")]
 PpOpt = Annotated[int, typer.Option(
     "--pipeline-parallel-size", "-pp",
@@ -75,7 +77,8 @@ MaxSeqsOpt = Annotated[int | None, typer.Option("--max-num-seqs", help="vLLM: se
 MaxBatchedOpt = Annotated[int | None, typer.Option(
     "--max-num-batched-tokens", help="vLLM: tokens per forward pass (sets the profile run's activations).")]
 BlockOpt = Annotated[int, typer.Option("--block-size", help="vLLM: tokens per KV cache block.")]
-KvMemOpt = Annotated[str | None, typer.Option("--kv-cache-memory", help="vLLM: fixed KV cache size, e.g. 40GiB.")]
+KvMemOpt = Annotated[str | None, typer.Option(
+    "--kv-cache-memory", help="vLLM: fixed KV cache size with its unit, e.g. 40GiB or 40GB.")]
 MemFracOpt = Annotated[float | None, typer.Option(
     "--mem-fraction-static", help="SGLang: fraction for weights + KV cache (default: SGLang's rule).")]
 
@@ -226,7 +229,8 @@ def estimate(
             llama["--no-kv-offload"] = ("kv_offload", False)
         if no_op_offload:
             llama["--no-op-offload"] = ("op_offload", False)
-        ctx_values = parse_int_list(ctx_size, option="--ctx-size", minimum=0) if ctx_size is not None else None
+        ctx_values = (parse_int_list(ctx_size, option="--ctx-size", minimum=0, tokens=True)
+                      if ctx_size is not None else None)
         flags = list(llama) + (["--ctx-size"] if ctx_size is not None else [])
 
         def check_engine(name: str) -> None:
@@ -235,14 +239,15 @@ def estimate(
                 raise InputError(f"{', '.join(flags)} {what}, used only with --engine llama.cpp (not {name})",
                                  hint="pass a .gguf file with --engine llama.cpp, or drop the flag")
 
-        if engine is not None:
-            check_engine(engine)
+        chosen_engine = engine.strip().lower() if engine is not None else None
+        if chosen_engine is not None:
+            check_engine(chosen_engine)
         batches = parse_int_list(batch, option="--batch")
         if new_tokens < 0:
             raise InputError(f"--new-tokens must be 0 or more, got {new_tokens}")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
-        engine_name = engine or (LLAMACPP if resolved.gguf is not None else "transformers")
+        engine_name = chosen_engine or (LLAMACPP if resolved.gguf is not None else "transformers")
         check_engine(engine_name)
         serving = engine_name in SERVING_ENGINES
         if engine_name == LLAMACPP:
@@ -252,12 +257,12 @@ def estimate(
                 raise InputError("give --ctx-size or --seq, not both",
                                  hint="with llama.cpp --seq stands for --ctx-size")
             if ctx_values is None and seq is not None:
-                ctx_values = parse_int_list(seq, option="--seq")
+                ctx_values = parse_int_list(seq, option="--seq", tokens=True)
             seqs: list[int | None] = list(ctx_values) if ctx_values is not None else [None]
         elif max_model_len is not None:
-            seqs = list(parse_int_list(max_model_len, option="--max-model-len"))
+            seqs = list(parse_int_list(max_model_len, option="--max-model-len", tokens=True))
         elif seq is not None:
-            seqs = list(parse_int_list(seq, option="--seq"))
+            seqs = list(parse_int_list(seq, option="--seq", tokens=True))
         else:
             seqs = [None]
         keywords = dict(llama.values())
@@ -284,42 +289,64 @@ def plan(
     model: ModelArg,
     gpu: Annotated[list[str] | None, typer.Option(
         "--gpu", help="GPU type(s) to plan for; repeat for several. Default: every GPU in the catalog.")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="vllm, sglang, or transformers (one GPU).")] = "vllm",
+    engine: Annotated[str, typer.Option(
+        "--engine", help="vllm, sglang, or transformers (whole layers over one node's GPUs).")] = "vllm",
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Weights: auto, fp32, fp16, bf16, fp8, int8, int4, nf4.")] = "auto",
     kv_dtype: Annotated[str, typer.Option(
         "--kv-dtype", "--kv-cache-dtype", help="KV cache: auto, fp16, bf16, fp8.")] = "auto",
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Requests of --seq tokens that must fit at once.")] = 1,
+    batch: Annotated[str, typer.Option(
+        "--batch", "-b", help="Requests of --seq tokens that must fit at once; a list plans each: 1,8.")] = "1",
     seq: Annotated[str | None, typer.Option(
-        "--seq", "--max-model-len", "-s", help="Context per request (default: the model's).")] = None,
+        "--seq", "--max-model-len", "-s", help="Context per request: 4096, 32k, or a list: 8k,32k (default: "
+                                               "the model's).", show_default=False)] = None,
     gpu_memory_utilization: UtilOpt = None,
     max_num_seqs: MaxSeqsOpt = None,
     max_num_batched_tokens: MaxBatchedOpt = None,
     mem_fraction_static: MemFracOpt = None,
     max_gpus: Annotated[int, typer.Option("--max-gpus", help="Largest deployment to consider.")] = 512,
+    objective: Annotated[str, typer.Option(
+        "--objective", help="deployable: tensor parallel 1/2/4/8 inside a node, pipeline stages across nodes "
+                            "(how engineers deploy); fewest-gpus: any tensor x pipeline split inside a node, "
+                            "for the fewest GPUs whatever the layout.")] = "deployable",
+    price: Annotated[list[str] | None, typer.Option(
+        "--price", help="Price per GPU-hour, GPU=PRICE (H100=2.49); repeat for several. With prices the "
+                        "options rank by cost per hour; GPU types without one rank after.",
+        show_default=False)] = None,
+    prices_file: Annotated[str | None, typer.Option(
+        "--prices", help="YAML or JSON file mapping GPU names to prices per GPU-hour ({H100: 2.49}); --price "
+                         "entries override it.", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", help="Rows to show in the table (JSON has all).")] = 15,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
     output_format: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Which GPUs, how many, and how to split the model (tensor x pipeline parallel), cheapest first."""
+    """Which GPUs, how many, and how to split the model (tensor x pipeline parallel): ranked by GPU count then
+    headroom, or by cost per hour when prices are given."""
 
     def run() -> int:
         from gpuplan.api import load_model, resolve_gpu
         from gpuplan.cli import output
+        from gpuplan.cli.options import normalize_choice, parse_prices
+        from gpuplan.planner import OBJECTIVES, PLAN_ENGINES
         from gpuplan.planner import plan as make_plan
-        from gpuplan.units import parse_token_count
 
+        engine_name = normalize_choice(engine, PLAN_ENGINES, option="--engine")
+        objective_name = normalize_choice(objective, OBJECTIVES, option="--objective")
+        batches = parse_int_list(batch, option="--batch")
+        seqs: list[int | None] = list(parse_int_list(seq, option="--seq", tokens=True)) if seq is not None else [None]
+        prices = parse_prices(price or [], prices_file, resolve=lambda name: resolve_gpu(name).name)
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         gpus_wanted = [resolve_gpu(name) for name in gpu] if gpu else None
-        result = make_plan(resolved, gpus=gpus_wanted, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch,
-                           seq=parse_token_count(seq) if seq else None, max_gpus=max_gpus,
-                           gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                           max_num_batched_tokens=max_num_batched_tokens, mem_fraction_static=mem_fraction_static)
-        output.render_plan(result, output_format, top=top)
-        return 0 if result.best is not None else EXIT_FINDING
+        results = [make_plan(resolved, gpus=gpus_wanted, engine=engine_name, dtype=dtype, kv_dtype=kv_dtype,
+                             batch=b, seq=s, max_gpus=max_gpus, gpu_memory_utilization=gpu_memory_utilization,
+                             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                             mem_fraction_static=mem_fraction_static, objective=objective_name, prices=prices)
+                   for b, s in itertools.product(batches, seqs)]
+        output.render_plans(results, output_format, top=top)
+        return 0 if all(r.best is not None for r in results) else EXIT_FINDING
 
     run_guarded(run)
 

@@ -24,8 +24,9 @@ def check(
     file: Annotated[Path, typer.Argument(
         help="Plan file (YAML): defaults: and a deployments: list; see docs/ci.md.", show_default=False)],
     output_format: Annotated[CheckFormat, typer.Option(
-        "--format", "-f", help="table for people, json for scripts, github for GitHub Actions annotations on "
-                               "the plan file's lines.")] = CheckFormat.table,
+        "--format", "-f", case_sensitive=False,
+        help="table for people, json for scripts, github for GitHub Actions annotations on the plan file's "
+             "lines.")] = CheckFormat.table,
     junit: Annotated[Path | None, typer.Option(
         "--junit", help="Also write a JUnit XML report here: one test case per deployment.",
         show_default=False)] = None,

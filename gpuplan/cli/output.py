@@ -209,40 +209,94 @@ def probe_table(found) -> Table:
     return table
 
 
-def render_plan(result, fmt, *, top: int = 15) -> None:
+def fitted_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *, width: int,
+                 droppable: Sequence[str] = (), **table_args: Any) -> Table:
+    """A table whose cells are never cut: columns named in ``droppable`` are left out, in that order, until
+    the table fits ``width``; every cell is no_wrap, so what does not fit is dropped whole, not truncated.
+
+    ``columns`` are (header, justify) pairs; ``rows`` hold one string per column."""
+    kept = list(range(len(columns)))
+    measure = Console(width=10_000, highlight=False, emoji=False)
+
+    def build() -> Table:
+        table = Table(show_edge=False, **table_args)
+        for index in kept:
+            header, justify = columns[index]
+            table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(*(row[index] for index in kept))
+        return table
+
+    table = build()
+    for name in droppable:
+        if measure.measure(table).maximum <= width:
+            break
+        kept = [i for i in kept if columns[i][0] != name]
+        table = build()
+    return table
+
+
+def _plan_rows(result, top: int) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    priced = any(o.cost_per_hour is not None for o in result.options)
+    columns = [("GPU", "left"), ("GPUs", "right"), ("nodes", "right"), ("TPxPP", "right"), ("weights", "right"),
+               ("KV", "right"), ("total/mem", "right"), ("KV tokens", "right"), ("fits", "left")]
+    if priced:
+        columns.insert(1, ("$/hour", "right"))
+    rows = []
+    for o in result.options[:top]:
+        row = [o.gpu, str(o.count), str(o.nodes), f"{o.tensor_parallel}x{o.pipeline_parallel}",
+               f"{o.weights_bytes / GiB:,.1f}", f"{o.kv_cache_bytes / GiB:,.1f}",
+               f"{o.total_bytes / GiB:,.1f}/{o.gpu_memory_bytes / GiB:,.1f}",
+               f"{o.kv_cache_tokens:,}" if o.kv_cache_tokens is not None else "",
+               "yes" if o.fits else "[red]no[/red]"]
+        if priced:
+            row.insert(1, f"{o.cost_per_hour:,.2f}" if o.cost_per_hour is not None else "-")
+        rows.append(row)
+    return columns, rows
+
+
+def render_plans(results: Sequence[Any], fmt, *, top: int = 15) -> None:
+    """One plan per (batch, seq) asked for: JSON (an object for one plan, a list for several) or tables."""
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(result.model_dump())
+        emit_json(results[0].model_dump() if len(results) == 1 else [r.model_dump() for r in results])
     else:
-        out = stdout_console()
-        out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
-                  f"cache · {result.batch} x {result.seq:,}-token request(s)")
-        table = Table(show_edge=False, title="per GPU, GiB; best first", title_justify="left")
-        table.add_column("GPU", no_wrap=True)
-        for col in ("GPUs", "TPxPP", "weights", "KV", "total/mem", "KV tokens", "fits"):
-            table.add_column(col, justify="right", no_wrap=True)
-        for o in result.options[:top]:
-            table.add_row(o.gpu, str(o.count), f"{o.tensor_parallel}x{o.pipeline_parallel}",
-                          f"{o.weights_bytes / GiB:,.1f}", f"{o.kv_cache_bytes / GiB:,.1f}",
-                          f"{o.total_bytes / GiB:,.1f}/{o.gpu_memory_bytes / GiB:,.1f}",
-                          f"{o.kv_cache_tokens:,}" if o.kv_cache_tokens is not None else "",
-                          "yes" if o.fits else "[red]no[/red]")
-        out.print(table)
-        if len(result.options) > top:
-            out.print(f"... {len(result.options) - top} more GPU types (--top, or --format json for all)", style="dim")
-        if result.best is not None:
-            b = result.best
-            split = f"TP {b.tensor_parallel} x PP {b.pipeline_parallel}"
-            out.print(f"Best: {b.count} x {b.gpu} ({split}, {b.nodes} node{'s' if b.nodes > 1 else ''}).")
-            for line in b.launch:
-                out.print(f"  {line}", soft_wrap=True)
+        for index, result in enumerate(results):
+            if index:
+                stdout_console().print()
+            _plan_table(result, top=top)
     err = stderr_console()
-    for note in result.notes:
+    for note in dict.fromkeys(n for r in results for n in r.notes):
         err.print(f"Note: {note}", style="yellow")
-    if result.best is None:
-        err.print(f"Error: {result.model} does not fit on any GPU type tried. Try a smaller --dtype (int4, fp8), "
-                  "--kv-dtype fp8, a shorter --seq, or more --max-gpus.", style="red")
+    for result in results:
+        if result.best is None:
+            err.print(f"Error: {result.model} does not fit on any GPU type tried at batch {result.batch} x "
+                      f"{result.seq:,} tokens. Try a smaller --dtype (int4, fp8), --kv-dtype fp8, a shorter --seq, "
+                      "or more --max-gpus.", style="red")
+
+
+def render_plan(result, fmt, *, top: int = 15) -> None:
+    render_plans([result], fmt, top=top)
+
+
+def _plan_table(result, *, top: int) -> None:
+    out = stdout_console()
+    out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
+              f"cache · {result.batch} x {result.seq:,}-token request(s)")
+    columns, rows = _plan_rows(result, top)
+    table = fitted_table(columns, rows, width=out.width, droppable=("weights", "KV", "KV tokens", "nodes"),
+                         title="per GPU, GiB; best first", title_justify="left")
+    out.print(table)
+    out.print(f"Ranking: {result.ranking}.", style="dim")
+    if len(result.options) > top:
+        out.print(f"... {len(result.options) - top} more GPU types (--top, or --format json for all)", style="dim")
+    if result.best is not None:
+        b = result.best
+        split = f"TP {b.tensor_parallel} x PP {b.pipeline_parallel}"
+        out.print(f"Best: {b.count} x {b.gpu} ({split}, {b.nodes} node{'s' if b.nodes > 1 else ''}).")
+        for line in b.launch:
+            out.print(f"  {line}", soft_wrap=True)
 
 
 def render_verify(comparison, fmt, *, tolerance: float) -> None:

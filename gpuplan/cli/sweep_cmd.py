@@ -67,7 +67,7 @@ def sweep(
     offline: Annotated[bool, typer.Option(
         "--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     output_format: Annotated[SweepFormat, typer.Option(
-        "--format", "-f", help="table for people, json for scripts.")] = SweepFormat.table,
+        "--format", "-f", case_sensitive=False, help="table for people, json for scripts.")] = SweepFormat.table,
 ) -> None:
     """Memory over a grid of context lengths, batch sizes, dtypes and GPUs: table, CSV, JSON or a chart."""
     from gpuplan.cli.errors import run_guarded
@@ -83,7 +83,8 @@ def sweep(
         err = output.stderr_console()
         show_progress = not quiet and sys.stderr.isatty()
         with _Progress(err, enabled=show_progress) as progress:
-            result = run_sweep(model, seq=seq, batch=batch, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu, engine=engine,
+            result = run_sweep(model, seq=seq, batch=batch, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu,
+                               engine=engine.strip().lower() if engine else None,
                                tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
                                gpu_memory_utilization=gpu_memory_utilization,
                                mem_fraction_static=mem_fraction_static, new_tokens=new_tokens, revision=revision,
