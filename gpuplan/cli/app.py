@@ -92,11 +92,15 @@ LoraRankOpt = Annotated[int | None, typer.Option("--lora-rank", help="LoRA rank 
 LoraTargetsOpt = Annotated[str | None, typer.Option(
     "--lora-targets", help="Comma-separated modules to adapt (q_proj,v_proj). Default: every linear projection "
                            "of the blocks, as peft's all-linear.", show_default=False)]
-GradCkptOpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute each layer in the backward pass.")]
+GradCkptOpt = Annotated[bool | None, typer.Option(
+    "--grad-checkpointing/--no-grad-checkpointing",
+    help="Recompute each layer in the backward pass. Default: on with --prepare-kbit (peft's "
+         "prepare_model_for_kbit_training turns it on), else off.", show_default=False)]
 GradAccOpt = Annotated[int, typer.Option("--grad-accumulation", help="Micro-batches per optimizer step.")]
 PrepareKbitOpt = Annotated[bool, typer.Option(
     "--prepare-kbit", help="QLoRA: the script calls peft's prepare_model_for_kbit_training (QLoRA scripts, TRL), "
-                           "which keeps embeddings, norms and lm_head in float32.")]
+                           "which keeps embeddings, norms and lm_head in float32 and turns gradient "
+                           "checkpointing on (--no-grad-checkpointing keeps it off).")]
 
 # llama.cpp flags, named as llama.cpp names them (common/arg.cpp); -b is --batch here, so --batch-size has
 # no short form.
@@ -376,7 +380,7 @@ def verify(
     optimizer: TrainOptimizerOpt = "adamw",
     lora_rank: LoraRankOpt = None,
     lora_targets: LoraTargetsOpt = None,
-    grad_checkpointing: GradCkptOpt = False,
+    grad_checkpointing: GradCkptOpt = None,
     grad_accumulation: GradAccOpt = 1,
     prepare_kbit: PrepareKbitOpt = False,
     revision: RevisionOpt = None,
@@ -427,7 +431,7 @@ def verify(
 
 
 def _verify_train(resolved, *, method: str, precision: str, optimizer: str, lora_rank: int | None,
-                  lora_targets: str | None, grad_checkpointing: bool, batch: int, seq: int,
+                  lora_targets: str | None, grad_checkpointing: bool | None, batch: int, seq: int,
                   grad_accumulation: int, prepare_kbit: bool, random_weights: bool, limit: float,
                   output_format: OutputFormat) -> int:
     from gpuplan.api import train as train_estimate
@@ -455,7 +459,7 @@ def train(
     optimizer: TrainOptimizerOpt = "adamw",
     lora_rank: LoraRankOpt = None,
     lora_targets: LoraTargetsOpt = None,
-    grad_checkpointing: GradCkptOpt = False,
+    grad_checkpointing: GradCkptOpt = None,
     batch: Annotated[int, typer.Option("--batch", "-b", help="Micro-batch per GPU (sequences per forward).")] = 1,
     seq: Annotated[str, typer.Option("--seq", "-s", help="Tokens per sequence.")] = "2048",
     grad_accumulation: GradAccOpt = 1,

@@ -156,10 +156,10 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
             out.print(sweep_table(results))
         out.print(assumptions_line(first), style="dim")
     err = stderr_console()
-    for note in results[0].notes:
-        err.print(f"Note: {note}", style="yellow")
+    for note in dict.fromkeys(results[0].notes):
+        err.print(f"Note: {note}", style="yellow", markup=False)
     for warning in sorted({w for r in results for w in r.warnings}):
-        err.print(f"Warning: {warning}", style="yellow")
+        err.print(f"Warning: {warning}", style="yellow", markup=False)
     return any(r.fits is False for r in results)
 
 
@@ -268,7 +268,7 @@ def render_plans(results: Sequence[Any], fmt, *, top: int = 15) -> None:
             _plan_table(result, top=top)
     err = stderr_console()
     for note in dict.fromkeys(n for r in results for n in r.notes):
-        err.print(f"Note: {note}", style="yellow")
+        err.print(f"Note: {note}", style="yellow", markup=False)
     for result in results:
         if result.best is None:
             err.print(f"Error: {result.model} does not fit on any GPU type tried at batch {result.batch} x "
@@ -425,10 +425,10 @@ def render_train(result, fmt) -> None:
         out.print(f"{verdict} on {result.gpu} ({fmt_gib(result.gpu_memory_bytes or 0)} GiB usable, headroom "
                   f"{fmt_gib(result.headroom_bytes or 0)} GiB)")
     err = stderr_console()
-    for note in result.notes:
-        err.print(f"Note: {note}", style="yellow")
+    for note in dict.fromkeys(result.notes):
+        err.print(f"Note: {note}", style="yellow", markup=False)
     for warning in result.warnings:
-        err.print(f"Warning: {warning}", style="yellow")
+        err.print(f"Warning: {warning}", style="yellow", markup=False)
 
 
 def render_train_verify(comparison: dict, fmt, *, tolerance: float) -> None:
