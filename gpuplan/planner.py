@@ -328,9 +328,14 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
             # transformers: whole layers over the GPUs of one node (device_map="auto"), no tensor parallelism
             pairs = [(1, n) for n in range(1, min(per_node, max_gpus, spec.num_hidden_layers) + 1)]
         if whole_weights is not None and pairs:
-            # Deployments whose GPUs could not even hold their share of the weights are skipped unevaluated.
+            # Deployments whose GPUs could not even hold their share of the weights are skipped unevaluated;
+            # when none is left, the largest layout that evaluates stands for "does not fit".
             least = math.ceil(whole_weights / gpu.memory_bytes)
-            pairs = [p for p in pairs if p[0] * p[1] >= least] or pairs[-1:]
+            within = [p for p in pairs if p[0] * p[1] >= least]
+            hopeless = not within
+            pairs = within or pairs[::-1]
+        else:
+            hopeless = False
         chosen: EstimateResult | None = None
         last: EstimateResult | None = None
         for tp, pp in pairs:
@@ -348,6 +353,8 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
             if result.fits:
                 chosen = result
                 break
+            if hopeless:
+                break  # the largest layout that evaluates, and it does not fit
         if last is None:
             continue
         picked = chosen or last
