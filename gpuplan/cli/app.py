@@ -530,15 +530,7 @@ def models(
         if output_format is OutputFormat.json:
             output.emit_json([e.model_dump() for e in entries])
             return
-        from rich.table import Table
-
-        table = Table(show_edge=False, title=f"{len(entries)} bundled models", title_justify="left")
-        table.add_column("id")
-        table.add_column("aliases")
-        table.add_column("parameters", justify="right")
-        for e in entries:
-            table.add_row(e.id, ", ".join(e.aliases), f"{e.parameters:,}" if e.parameters else e.published_size or "")
-        output.stdout_console().print(table)
+        output.stdout_console().print(output.models_table(entries))
 
     run_guarded(run)
 
@@ -570,7 +562,8 @@ def gpus(
         if output_format is OutputFormat.json:
             output.emit_json([g.model_dump() for g in entries])
         else:
-            output.stdout_console().print(output.gpu_table(entries))
+            out = output.stdout_console()
+            out.print(output.gpu_table(entries, width=out.width))
 
     run_guarded(run)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gpuplan.results import EstimateResult
 from gpuplan.units import GiB
@@ -155,6 +157,7 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
         else:
             out.print(sweep_table(results))
         out.print(assumptions_line(first), style="dim")
+        out.print(UNITS_LINE, style="dim")  # a line of its own: the notes on stderr never run into it
     err = stderr_console()
     for note in dict.fromkeys(results[0].notes):
         err.print(f"Note: {note}", style="yellow", markup=False)
@@ -163,37 +166,54 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
     return any(r.fits is False for r in results)
 
 
+UNITS_LINE = "GiB = 2^30 bytes; GB = 10^9 bytes."
+
+
 def assumptions_line(result: EstimateResult) -> str:
     where = result.source + (f" @ {result.revision}" if result.revision else "")
     if result.llamacpp is not None:
         return (f"Assumed: llama.cpp buffers on one CUDA GPU (see docs/gguf.md); weights as stored in the GGUF "
-                f"file ({where}); CUDA runtime as measured on an H200. GiB = 2^30 bytes.")
+                f"file ({where}); CUDA runtime as measured on an H200.")
     if result.serving is not None:
-        return (f"Assumed: {result.engine} startup budget per GPU (see docs/serving.md); config from {where}. "
-                "GiB = 2^30 bytes.")
+        return f"Assumed: {result.engine} startup budget per GPU (see docs/serving.md); config from {where}."
     return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, activations in "
-            f"{result.compute_dtype}; config from {where}. GiB = 2^30 bytes; peak allocated = what "
-            "torch.cuda.max_memory_allocated reads; total adds the CUDA context, libraries and allocator slack.")
+            f"{result.compute_dtype}; config from {where}. Peak allocated = what torch.cuda.max_memory_allocated "
+            "reads; total adds the CUDA context, libraries and allocator slack.")
 
 
 def _opt(value: float | None, fmt: str = "{:,.0f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def gpu_table(gpus) -> Table:
-    table = Table(show_edge=False, title=f"{len(gpus)} GPUs (memory: marketed GB, and GiB as the driver reports "
-                                        "it; * = marketed size, no driver figure found)", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    for col in ("GB", "GiB", "GB/s", "bf16 TF", "fp8 TF"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("interconnect", ratio=1)
-    table.add_column("/node", justify="right")
-    for g in gpus:
-        table.add_row(g.name, _opt(g.memory_gb, "{:g}"),
-                      f"{g.memory_gib:,.2f}" + ("" if g.memory_is_measured else "*"),
-                      _opt(g.bandwidth_gbps), _opt(g.bf16_tflops, "{:,.1f}"), _opt(g.fp8_tflops, "{:,.1f}"),
-                      g.interconnect, str(g.gpus_per_node))
-    return table
+def gpu_table(gpus, *, width: int) -> Table:
+    """The catalog at ``width`` columns: the datasheet GB and the throughput columns give way first."""
+    columns = [Col("name"), Col("GB", "right"), Col("GiB", "right"), Col("GB/s", "right"), Col("bf16 TF", "right"),
+               Col("fp8 TF", "right"), Col("/node", "right"), Col("interconnect", wrap=True)]
+    rows = [[g.name, _opt(g.memory_gb, "{:g}"), f"{g.memory_gib:,.2f}" + ("" if g.memory_is_measured else "*"),
+             _opt(g.bandwidth_gbps), _opt(g.bf16_tflops, "{:,.1f}"), _opt(g.fp8_tflops, "{:,.1f}"),
+             str(g.gpus_per_node), g.interconnect] for g in gpus]
+    return fitted_table(columns, rows, width=width, droppable=("GB", "fp8 TF", "bf16 TF", "GB/s"),
+                        title=f"{len(gpus)} GPUs: GiB as the driver reports it (* = the binary size of the stated "
+                              "memory, no capture found; docs/gpus.md)",
+                        title_justify="left")
+
+
+def models_table(entries, *, width: int | None = None) -> Table:
+    """The bundled models with their exact parameter counts: published where the catalog cites one, else
+    counted from the bundled config (marked *)."""
+    from gpuplan.models.sources import resolve_model
+
+    rows = []
+    for e in entries:
+        count = f"{e.parameters:,}" if e.parameters else f"{resolve_model(e.id).spec.parameters:,}*"
+        aliases = ("\n[dim]  " + ", ".join(e.aliases) + "[/dim]") if e.aliases else ""
+        rows.append([e.id + aliases, count])
+    # Ids and aliases are single words, so the id column is as wide as the longest and none is ever cut;
+    # the aliases wrap between names under their id.
+    columns = [Col("id, then its aliases", wrap=True), Col("parameters", "right")]
+    return fitted_table(columns, rows, width=width or stdout_console().width,
+                        title=f"{len(entries)} bundled models (parameters: * = counted from the config)",
+                        title_justify="left")
 
 
 def probe_table(found) -> Table:
@@ -209,39 +229,62 @@ def probe_table(found) -> Table:
     return table
 
 
-def fitted_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *, width: int,
+class Col(NamedTuple):
+    """A column of a fitted table: its header, alignment, and whether its cells may wrap between words."""
+
+    header: str
+    justify: str = "left"
+    wrap: bool = False
+
+
+def fitted_table(columns: Sequence[Col], rows: Sequence[Sequence[str]], *, width: int,
                  droppable: Sequence[str] = (), **table_args: Any) -> Table:
     """A table whose cells are never cut: columns named in ``droppable`` are left out, in that order, until
-    the table fits ``width``; every cell is no_wrap, so what does not fit is dropped whole, not truncated.
-
-    ``columns`` are (header, justify) pairs; ``rows`` hold one string per column."""
+    the table fits ``width``. Cells of ``wrap`` columns wrap between words (never inside one); the others stay
+    on one line, so what does not fit is dropped whole, not truncated."""
     kept = list(range(len(columns)))
-    measure = Console(width=10_000, highlight=False, emoji=False)
 
-    def build() -> Table:
-        table = Table(show_edge=False, **table_args)
+    def needed() -> int:
+        """Columns at their narrowest without a cut: a one-line column as wide as its widest cell (header
+        included), a wrapping one as its longest word; one space of padding each side, one rule between."""
+        total = 3 * len(kept) - 1
         for index in kept:
-            header, justify = columns[index]
-            table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-        for row in rows:
-            table.add_row(*(row[index] for index in kept))
-        return table
+            col = columns[index]
+            cells = [Text.from_markup(col.header).plain] + [Text.from_markup(row[index]).plain for row in rows]
+            if col.wrap:
+                total += max(cell_len(word) for cell in cells for word in cell.split() or [""])
+            else:
+                total += max(cell_len(line) for cell in cells for line in cell.splitlines() or [""])
+        return total
 
-    table = build()
     for name in droppable:
-        if measure.measure(table).maximum <= width:
+        if needed() <= width:
             break
-        kept = [i for i in kept if columns[i][0] != name]
-        table = build()
+        kept = [i for i in kept if columns[i].header != name]
+    table = Table(show_edge=False, **table_args)
+    for index in kept:
+        col = columns[index]
+        table.add_column(col.header, justify=col.justify, no_wrap=not col.wrap)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*(row[index] for index in kept))
     return table
 
 
-def _plan_rows(result, top: int) -> tuple[list[tuple[str, str]], list[list[str]]]:
+def table_fits(table: Table, width: int) -> bool:
+    """Whether ``table`` renders within ``width`` columns with every cell whole (as fitted_table lays it)."""
+    console = Console(width=width, highlight=False, emoji=False)
+    with console.capture() as capture:
+        console.print(table)
+    return all(cell_len(line) <= width and "…" not in line for line in capture.get().splitlines())
+
+
+def _plan_rows(result, top: int) -> tuple[list[Col], list[list[str]]]:
     priced = any(o.cost_per_hour is not None for o in result.options)
-    columns = [("GPU", "left"), ("GPUs", "right"), ("nodes", "right"), ("TPxPP", "right"), ("weights", "right"),
-               ("KV", "right"), ("total/mem", "right"), ("KV tokens", "right"), ("fits", "left")]
+    columns = [Col("GPU"), Col("GPUs", "right"), Col("nodes", "right"), Col("TPxPP", "right"),
+               Col("weights", "right"), Col("KV", "right"), Col("total/mem", "right"), Col("KV tokens", "right"),
+               Col("fits")]
     if priced:
-        columns.insert(1, ("$/hour", "right"))
+        columns.insert(1, Col("$/hour", "right"))
     rows = []
     for o in result.options[:top]:
         row = [o.gpu, str(o.count), str(o.nodes), f"{o.tensor_parallel}x{o.pipeline_parallel}",
