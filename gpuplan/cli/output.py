@@ -244,18 +244,23 @@ def fitted_table(columns: Sequence[Col], rows: Sequence[Sequence[str]], *, width
     on one line, so what does not fit is dropped whole, not truncated."""
     kept = list(range(len(columns)))
 
+    def plain(cell: str) -> str:
+        return Text.from_markup(cell).plain if "[" in cell else cell
+
+    def column_width(index: int) -> int:
+        """A one-line column is as wide as its widest cell (header included); a wrapping one as its longest
+        word."""
+        col = columns[index]
+        cells = [plain(col.header)] + [plain(row[index]) for row in rows]
+        if col.wrap:
+            return max(cell_len(word) for cell in cells for word in cell.split() or [""])
+        return max(cell_len(line) for cell in cells for line in cell.splitlines() or [""])
+
+    widths = [column_width(index) for index in range(len(columns))]
+
     def needed() -> int:
-        """Columns at their narrowest without a cut: a one-line column as wide as its widest cell (header
-        included), a wrapping one as its longest word; one space of padding each side, one rule between."""
-        total = 3 * len(kept) - 1
-        for index in kept:
-            col = columns[index]
-            cells = [Text.from_markup(col.header).plain] + [Text.from_markup(row[index]).plain for row in rows]
-            if col.wrap:
-                total += max(cell_len(word) for cell in cells for word in cell.split() or [""])
-            else:
-                total += max(cell_len(line) for cell in cells for line in cell.splitlines() or [""])
-        return total
+        """Columns at their narrowest without a cut, one space of padding each side, one rule between."""
+        return sum(widths[index] for index in kept) + 3 * len(kept) - 1
 
     for name in droppable:
         if needed() <= width:
