@@ -26,11 +26,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from gpuplan.errors import InputError
 from gpuplan.models.sources import ResolvedModel
-from gpuplan.results import SCHEMA_VERSION, EstimateResult
+from gpuplan.results import EstimateResult, PlanOption, PlanResult
 
 # The largest deployment the planner searches: 64 nodes of 8 GPUs. Beyond that the answer is "use a
 # smaller precision or another GPU", not a bigger cluster.
@@ -49,56 +47,6 @@ RANKING_RULES = {
                   "ranked by GPUs, then headroom per GPU",
     "fewest-gpus": "any tensor x pipeline split inside a node; ranked by GPUs, then headroom per GPU",
 }
-
-
-class PlanOption(BaseModel):
-    """One way to deploy: a GPU type, how many, and how the model is split. Bytes are per GPU."""
-
-    model_config = ConfigDict(frozen=True)
-
-    gpu: str
-    count: int
-    tensor_parallel: int
-    pipeline_parallel: int
-    nodes: int
-    gpus_per_node: int
-    fits: bool
-    gpu_memory_bytes: int
-    headroom_bytes: int
-    parameters: int
-    weights_bytes: int
-    kv_cache_bytes: int
-    activation_bytes: int
-    overhead_bytes: int
-    peak_allocated_bytes: int
-    total_bytes: int
-    kv_cache_tokens: int | None = None
-    max_concurrency: float | None = None
-    max_model_len_that_fits: int | None = None
-    expert_parallel: bool = Field(default=False, description="MoE experts spread whole over the tensor-parallel "
-                                                            "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
-    price_per_gpu_hour: float | None = Field(default=None, description="the price given for this GPU type")
-    cost_per_hour: float | None = Field(default=None, description="count x price_per_gpu_hour, when priced")
-    launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
-    reason: str | None = Field(default=None, description="why it does not fit, when it does not")
-
-
-class PlanResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    schema_version: str = SCHEMA_VERSION
-    model: str
-    engine: str
-    dtype: str
-    kv_dtype: str
-    batch: int
-    seq: int
-    objective: str = Field(default="deployable", description="deployable (the layouts people run) or "
-                                                            "fewest-gpus (any split inside a node)")
-    ranking: str = Field(default=RANKING_RULES["deployable"], description="how the options are ordered")
-    options: list[PlanOption] = Field(description="one per GPU type, best first (see ranking)")
-    best: PlanOption | None = None
-    notes: list[str] = Field(default_factory=list)
 
 
 def _candidates(valid_tp: list[int], gpus_per_node: int, num_layers: int, max_gpus: int,
@@ -161,20 +109,6 @@ def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reaso
     )
 
 
-class ServeSettings(BaseModel):
-    """Engine settings the plan was made with; the launch lines spell out every one that was given."""
-
-    model_config = ConfigDict(frozen=True)
-
-    gpu_memory_utilization: float | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    mem_fraction_static: float | None = None
-
-
-_TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-
-
 def served_checkpoint(model: str, precision: Any) -> tuple[str, str | None, str | None]:
     """(model argument, --quantization value, note) that make an engine load the weights that were planned.
 
@@ -202,60 +136,16 @@ def served_checkpoint(model: str, precision: Any) -> tuple[str, str | None, str 
 
 
 def launch_commands(model: str, result: EstimateResult, *, nodes: int, precision: Any, requested_dtype: str,
-                    settings: ServeSettings, expert_parallel: bool = False) -> list[str]:
-    """The command lines that start this deployment, in the engine's own flags, serving what was planned."""
-    tp, pp, seq = result.tensor_parallel, result.pipeline_parallel, result.seq
+                    options: Any, expert_parallel: bool = False) -> list[str]:
+    """The command lines that start this deployment, in the engine's own flags (each serving engine's module
+    writes its own), serving what was planned: the checkpoint and --quantization that load the planned
+    weights, the KV cache dtype, and every engine setting given."""
+    from gpuplan.engines import engine_module
+
     served, quantization, _ = served_checkpoint(model, precision)
-    explicit_dtype = _TORCH_DTYPE.get(requested_dtype)
-    fp8_kv = precision.kv_dtype == "fp8"
-    if result.engine == "vllm":
-        cmd = f"vllm serve {served} --tensor-parallel-size {tp}"
-        if pp > 1:
-            cmd += f" --pipeline-parallel-size {pp}"
-        cmd += f" --max-model-len {seq}"
-        if explicit_dtype:
-            cmd += f" --dtype {explicit_dtype}"
-        if quantization:
-            cmd += f" --quantization {quantization}"
-        if fp8_kv:
-            cmd += " --kv-cache-dtype fp8"
-        if settings.gpu_memory_utilization is not None:
-            cmd += f" --gpu-memory-utilization {settings.gpu_memory_utilization:g}"
-        if settings.max_num_seqs is not None:
-            cmd += f" --max-num-seqs {settings.max_num_seqs}"
-        if settings.max_num_batched_tokens is not None:
-            cmd += f" --max-num-batched-tokens {settings.max_num_batched_tokens}"
-        if expert_parallel:
-            cmd += " --enable-expert-parallel"
-        if nodes == 1:
-            return [cmd]
-        # vLLM's multi-node serving runs on a Ray cluster (docs: "Distributed inference and serving").
-        return [
-            "ray start --head --port=6379                      # on the first node",
-            "ray start --address=<head-node-ip>:6379          # on each of the other "
-            f"{nodes - 1} node(s)",
-            cmd + " --distributed-executor-backend ray   # on the head node",
-        ]
-    # SGLang's flags: python/sglang/srt/server_args.py (--tp, --pp-size, --context-length, --dtype,
-    # --quantization, --kv-cache-dtype fp8_e4m3, --mem-fraction-static, --ep-size).
-    cmd = f"python -m sglang.launch_server --model-path {served} --tp {tp}"
-    if pp > 1:
-        cmd += f" --pp-size {pp}"
-    cmd += f" --context-length {seq}"
-    if explicit_dtype:
-        cmd += f" --dtype {explicit_dtype}"
-    if quantization:
-        cmd += f" --quantization {quantization}"
-    if fp8_kv:
-        cmd += " --kv-cache-dtype fp8_e4m3"
-    if settings.mem_fraction_static is not None:
-        cmd += f" --mem-fraction-static {settings.mem_fraction_static:g}"
-    if expert_parallel:
-        cmd += f" --ep-size {tp}"
-    if nodes == 1:
-        return [cmd]
-    # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").
-    return [f"{cmd} --nnodes {nodes} --node-rank <0..{nodes - 1}> --dist-init-addr <head-node-ip>:5000"]
+    return engine_module(result.engine).launch_command(
+        served, result, nodes=nodes, dtype=requested_dtype, kv_cache_dtype=precision.kv_dtype, options=options,
+        expert_parallel=expert_parallel, quantization=quantization)
 
 
 PLAN_ENGINES = ("vllm", "sglang", "transformers")
@@ -267,7 +157,7 @@ def _check_inputs(resolved: ResolvedModel, *, engine: str, dtype: str, kv_dtype:
     from gpuplan.calc.precision import resolve_precision
 
     if engine not in PLAN_ENGINES:
-        raise InputError(f"unknown --engine {engine!r} for plan", hint=f"use one of: {', '.join(PLAN_ENGINES)}")
+        raise InputError(f"plan does not take --engine {engine}", hint=f"use one of: {', '.join(PLAN_ENGINES)}")
     if objective not in OBJECTIVES:
         raise InputError(f"unknown --objective {objective!r}", hint=f"use one of: {', '.join(OBJECTIVES)}")
     if max_gpus < 1:
@@ -373,42 +263,32 @@ class _Search:
 
 def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
          kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = MAX_GPUS,
-         gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
-         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None,
-         objective: str = "deployable", prices: Mapping[str, float] | None = None) -> PlanResult:
+         objective: str = "deployable", prices: Mapping[str, float] | None = None,
+         **engine_options: Any) -> PlanResult:
     """Rank GPU types by the deployment each needs; ``gpus`` are GpuSpecs (default: the whole catalog).
 
-    ``prices`` maps catalog GPU names to a price per GPU-hour; when given, options rank by cost."""
+    ``objective``: deployable (tensor parallel 1/2/4/8 in a node, pipeline stages across nodes) or fewest-gpus
+    (any split inside a node). ``prices`` maps catalog GPU names to a price per GPU-hour; when given, options
+    rank by cost. Engine options (``gpu_memory_utilization=0.85``...) apply to every deployment tried."""
     from gpuplan.api import estimate
+    from gpuplan.engines import SERVING_ENGINES, engine_name, make_options
     from gpuplan.engines.tp import valid_tp_sizes
     from gpuplan.gpus.catalog import load_catalog
 
+    engine = engine_name(engine)
     precision = _check_inputs(resolved, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
                               max_gpus=max_gpus, objective=objective)
+    engine_opts = make_options(engine, engine_options)  # bad options are named here, not hidden by the search
     spec = resolved.spec
     candidates_gpus = gpus if gpus else list(load_catalog().gpus)
-    serving = engine in ("vllm", "sglang")
+    serving = engine in SERVING_ENGINES
     valid_tp = valid_tp_sizes(spec) if serving else [1]
-    settings = ServeSettings(gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                             max_num_batched_tokens=max_num_batched_tokens, mem_fraction_static=mem_fraction_static)
-    engine_kwargs: dict[str, Any] = {}
-    if serving:
-        engine_kwargs = {"max_model_len": seq, "max_num_seqs": max_num_seqs,
-                         "max_num_batched_tokens": max_num_batched_tokens}
-        if engine == "vllm":
-            engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        else:
-            engine_kwargs["mem_fraction_static"] = mem_fraction_static
-    if engine == "vllm":
-        from gpuplan.engines.vllm import DEFAULT_GPU_MEMORY_UTILIZATION
-
-        budget_fraction = gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
-    else:
-        budget_fraction = mem_fraction_static or 1.0
+    # The share of a card the engine may fill: vLLM's gpu_memory_utilization, SGLang's mem_fraction_static.
+    fraction = getattr(engine_opts, "gpu_memory_utilization", None) or getattr(engine_opts, "mem_fraction_static",
+                                                                              None) or 1.0
     search = _Search(lambda gpu, tp, pp: estimate(
         resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq, engine=engine, gpu=gpu,
-        **({"tensor_parallel": tp, "pipeline_parallel": pp} if serving else {"pipeline_parallel": pp}),
-        **engine_kwargs), budget_fraction=budget_fraction)
+        tensor_parallel=tp, pipeline_parallel=pp, options=engine_opts), budget_fraction=fraction)
     options: list[PlanOption] = []
     for gpu in candidates_gpus:
         per_node = gpu.gpus_per_node
@@ -424,7 +304,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
         ep = serving and expert_parallel_fits(spec, picked.tensor_parallel)
         launch = launch_commands(resolved.id, picked, nodes=nodes, precision=precision, requested_dtype=dtype,
-                                 settings=settings, expert_parallel=ep) if chosen and serving else []
+                                 options=engine_opts, expert_parallel=ep) if chosen and serving else []
         reason = None
         if chosen is None:
             reason = f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"

@@ -232,12 +232,13 @@ def test_launch_spells_out_every_setting_given():
 
 # Bad input is named, as estimate names it, not hidden behind "no GPU could be evaluated".
 PLAN_BAD = [
-    (["--engine", "foo"], "unknown --engine 'foo'"),
+    (["--engine", "foo"], "unknown engine 'foo'"),
+    (["--engine", "llama.cpp"], "plan does not take --engine llama.cpp"),
     (["--dtype", "fp5"], "unknown --dtype 'fp5'"),
     (["--kv-dtype", "int8"], "unknown --kv-dtype 'int8'"),
     (["--batch", "0"], "--batch must be at least 1, got '0'"),
     (["--seq", "0"], "--seq must be at least 1, got '0'"),
-    (["--gpu-memory-utilization", "2"], "gpu_memory_utilization"),
+    (["--gpu-memory-utilization", "2"], "--gpu-memory-utilization must be at most 1.0, got '2'"),
     (["--objective", "cheapest"], "unknown --objective 'cheapest'"),
     (["--price", "H100"], "--price expects GPU=PRICE"),
     (["--price", "H100=free"], "price of H100 must be a number"),

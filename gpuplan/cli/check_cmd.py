@@ -76,6 +76,7 @@ def render(result, fmt: CheckFormat) -> None:
         return
     from rich.markup import escape
 
+    from gpuplan.engines import budgets_whole_gpu
     from gpuplan.units import GiB
 
     out = output.stdout_console()
@@ -88,7 +89,8 @@ def render(result, fmt: CheckFormat) -> None:
         conc = f"{c.max_concurrency:.2f}/{c.min_concurrency:g}" if c.max_concurrency is not None else ""
         rows.append([f"[bold]{escape(c.name)}[/bold]\n[dim]{escape(c.model)}\n{c.engine} on {c.gpus} x {c.gpu}[/dim]",
                      f"{c.total_bytes / GiB:,.1f}/{c.gpu_memory_bytes / GiB:,.1f}",
-                     "" if c.engine == "sglang" else f"{c.free_bytes / GiB:,.1f}/{c.required_free_bytes / GiB:,.1f}",
+                     "" if budgets_whole_gpu(c.engine)
+                     else f"{c.free_bytes / GiB:,.1f}/{c.required_free_bytes / GiB:,.1f}",
                      conc, "pass" if c.passed else "[bold red]FAIL[/bold red]"])
     table = output.fitted_table(columns, rows, width=out.width, title=f"{result.file or 'plan'}: GiB per GPU",
                                 title_justify="left")
