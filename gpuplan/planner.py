@@ -116,7 +116,9 @@ def served_checkpoint(model: str, precision: Any) -> tuple[str, str | None, str 
     their own. Otherwise: fp8 is quantized on load (vLLM docs, "FP8 W8A8": "--quantization fp8", online
     dynamic quantization of a BF16/FP16 model; SGLang accepts the same flag); nf4 is bitsandbytes' in-flight
     4-bit quantization (vLLM docs, "BitsAndBytes": "--quantization bitsandbytes"); int4 and int8 have no
-    in-flight path in either engine, so they need a pre-quantized checkpoint (AWQ or GPTQ for int4).
+    in-flight path in either engine, so they need a pre-quantized checkpoint (AWQ or GPTQ for int4). Each
+    engine's launch_command spells the method its own way (SGLang: --load-format bitsandbytes, and nothing for
+    a pre-quantized checkpoint).
     """
     quant = precision.quant
     if quant is None or quant.source == "checkpoint":
@@ -128,8 +130,8 @@ def served_checkpoint(model: str, precision: Any) -> tuple[str, str | None, str 
     if quant.bits == 4:
         return (f"<AWQ int4 checkpoint of {model}>", "awq",
                 f"int4 serves a pre-quantized checkpoint: put an AWQ int4 checkpoint of {model} in the launch "
-                "line (--quantization awq), or a GPTQ one with --quantization gptq; serving "
-                f"{model} itself loads its {precision.compute_dtype} weights")
+                "line, or a GPTQ one (vLLM: --quantization awq or --quantization gptq; SGLang reads the method "
+                f"from the checkpoint); serving {model} itself loads its {precision.compute_dtype} weights")
     return (f"<int8 checkpoint of {model}>", None,
             f"int8 serves a pre-quantized checkpoint (GPTQ 8-bit or W8A8): put one of {model} in the launch line; "
             "the engine reads its quantization from its config")

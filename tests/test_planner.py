@@ -193,6 +193,10 @@ def test_int4_launch_names_a_pre_quantized_checkpoint():
     assert line.startswith("vllm serve <AWQ int4 checkpoint of meta-llama/Llama-2-7b-hf> ")
     assert "--quantization awq" in line
     assert any("--quantization gptq" in n and "loads its fp16 weights" in n for n in notes)
+    sglang, _ = _launch("meta-llama/Llama-2-7b-hf", gpus=[resolve_gpu("L4")], engine="sglang", dtype="int4",
+                        seq=4096)
+    # SGLang reads a pre-quantized checkpoint's method from its config (its docs: add no --quantization).
+    assert "<AWQ int4 checkpoint of meta-llama/Llama-2-7b-hf>" in sglang and "--quantization" not in sglang
 
 
 def test_pre_quantized_checkpoint_is_served_as_it_is():
@@ -205,6 +209,7 @@ def test_pre_quantized_checkpoint_is_served_as_it_is():
     ("vllm", "fp8", "--quantization fp8"),
     ("sglang", "fp8", "--quantization fp8"),
     ("vllm", "nf4", "--quantization bitsandbytes"),
+    ("sglang", "nf4", "--load-format bitsandbytes"),
 ])
 def test_quantized_on_load(engine, dtype, flag):
     line, _ = _launch("meta-llama/Llama-3.1-8B-Instruct", gpus=[resolve_gpu("H100")], engine=engine, dtype=dtype,
