@@ -100,7 +100,9 @@ class GpuSpec(BaseModel):
     memory_bytes: int = Field(gt=0, description="Total memory as the driver reports it, in bytes.")
     memory_bytes_source: str = Field(
         min_length=1,
-        description="Where the driver-reported figure appears (URL or repository + path), or 'marketed'.",
+        description="Where the driver-reported figure appears (URL or repository + path), 'same memory as NAME "
+        "(...): <that card's capture>', or 'binary: N GiB (...)' (docs/gpus.md); a user's catalog may say "
+        "'marketed'.",
     )
     cuda_total_bytes: int | None = Field(
         default=None, gt=0,
