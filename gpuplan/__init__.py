@@ -41,8 +41,9 @@ def plan(model: Any, *, gpus: list[Any] | None = None, engine: str = "vllm", dty
 
     resolved = as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
     specs = [resolve_gpu(g) for g in ([gpus] if isinstance(gpus, str) else gpus)] if gpus else None
+    priced = {resolve_gpu(name).name: price for name, price in prices.items()} if prices else None
     return make_plan(resolved, gpus=specs, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
-                     max_gpus=max_gpus, objective=objective, prices=prices, **engine_options)
+                     max_gpus=max_gpus, objective=objective, prices=priced, **engine_options)
 
 
 def __getattr__(name: str) -> Any:

@@ -516,8 +516,10 @@ def _consistency_issues(d: Deployment, located: _Located, base: tuple[Any, ...],
     return issues
 
 
-def load_plan(source: str | Path | dict[str, Any]) -> tuple[PlanFile, _Located]:
-    """Read and validate a plan file (a path, or the already-parsed dict)."""
+def load_plan(source: str | Path | dict[str, Any] | _Located) -> tuple[PlanFile, _Located]:
+    """Read and validate a plan file (a path, the already-parsed dict, or YAML text read by load_yaml)."""
+    if isinstance(source, _Located):
+        return parse_plan(source), source
     if isinstance(source, dict):
         located = _Located(source, {}, None)
         return parse_plan(located), located
@@ -588,7 +590,14 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
     s = result.serving
     min_concurrency: float | None = None
     if s is not None:
+        from gpuplan.engines.serving import beyond_context
+
         min_concurrency = d.min_concurrency if d.min_concurrency is not None else float(d.batch or 1)
+        refused = beyond_context(engine, resolved.spec, s.max_model_len)
+        if refused:
+            reasons.append(refused)
+        if result.total_bytes > capacity:
+            reasons.append(f"needs {_gib(result.total_bytes)} per GPU, the GPU has {_gib(capacity)}")
         if not s.fits_one_request:
             reasons.append(f"one request of {s.max_model_len:,} tokens does not fit: the KV cache holds "
                            f"{s.kv_cache_tokens:,} tokens (the longest context that fits is "
@@ -598,7 +607,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
                            f"min_concurrency is {min_concurrency:g}")
     elif result.total_bytes > capacity:
         reasons.append(f"needs {_gib(result.total_bytes)} per GPU, the GPU has {_gib(capacity)}")
-    if not reasons and not whole_gpu and free < required_free:
+    if not reasons and not whole_gpu and d.headroom is not None and free < required_free:
         reasons.append(f"leaves {_gib(free)} free per GPU, headroom {d.headroom} asks for {_gib(required_free)}")
     return DeploymentCheck(
         name=d.name, line=line, passed=not reasons, reasons=reasons, model=result.model, engine=engine,
@@ -609,7 +618,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
         estimate=result)
 
 
-def check(source: str | Path | dict[str, Any], *, offline: bool | None = None) -> CheckResult:
+def check(source: str | Path | dict[str, Any] | _Located, *, offline: bool | None = None) -> CheckResult:
     """Check every deployment of a plan file (a path or a dict); see docs/ci.md.
 
     A bad file raises :class:`PlanFileError` (an InputError); a model or GPU that cannot be found

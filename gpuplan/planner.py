@@ -154,7 +154,7 @@ PLAN_ENGINES = ("vllm", "sglang", "transformers")
 
 
 def _check_inputs(resolved: ResolvedModel, *, engine: str, dtype: str, kv_dtype: str, batch: int,
-                  seq: int | None, max_gpus: int, objective: str) -> Any:
+                  seq: int | None, max_gpus: int, objective: str, prices: Mapping[str, float] | None) -> Any:
     """Reject a bad value by name before any GPU is tried; returns the resolved precision."""
     from gpuplan.calc.precision import resolve_precision
 
@@ -169,6 +169,9 @@ def _check_inputs(resolved: ResolvedModel, *, engine: str, dtype: str, kv_dtype:
     if seq is not None and seq < 1:
         raise InputError(f"--seq must be at least 1 token, got {seq}",
                          hint="leave --seq out to plan for the model's full context")
+    for name, price in (prices or {}).items():
+        if not price > 0:
+            raise InputError(f"price of {name} must be positive, got {price!r}")
     return resolve_precision(resolved.spec, dtype, kv_dtype)
 
 
@@ -279,7 +282,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
 
     engine = engine_name(engine)
     precision = _check_inputs(resolved, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
-                              max_gpus=max_gpus, objective=objective)
+                              max_gpus=max_gpus, objective=objective, prices=prices)
     engine_opts = make_options(engine, engine_options)  # bad options are named here, not hidden by the search
     spec = resolved.spec
     candidates_gpus = gpus if gpus else list(load_catalog().gpus)

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from gpuplan import __version__
-from gpuplan.cli import check_cmd, sweep_cmd
+from gpuplan.cli import check_cmd, serve_cmd, sweep_cmd
 from gpuplan.cli.engine_flags import PanelCommand, engine_options, flag_runs, with_engine_flags
 from gpuplan.cli.errors import run_guarded
 from gpuplan.cli.formats import OutputFormat
@@ -146,10 +146,16 @@ def estimate(
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         name = named or default_engine(resolved.gguf is not None)
-        results = [estimate_one(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=s, new_tokens=new_tokens,
-                                engine=name, gpu=gpu, gpu_memory=gpu_memory, tensor_parallel=tensor_parallel_size,
-                                pipeline_parallel=pipeline_parallel_size, options=engine_options(name, flags))
-                   for b, s, flags in itertools.product(batches, seqs, runs)]
+        calls = [{"dtype": dtype, "kv_dtype": kv_dtype, "batch": b, "seq": s, "new_tokens": new_tokens,
+                  "engine": name, "gpu": gpu, "gpu_memory": gpu_memory, "tensor_parallel": tensor_parallel_size,
+                  "pipeline_parallel": pipeline_parallel_size, "options": engine_options(name, flags)}
+                 for b, s, flags in itertools.product(batches, seqs, runs)]
+        results = [estimate_one(resolved, **call) for call in calls]
+        if len(results) == 1 and results[0].fits is False:
+            from gpuplan.advice import estimate_suggestions
+
+            results[0] = results[0].model_copy(
+                update={"suggestions": estimate_suggestions(resolved, calls[0], results[0])})
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
@@ -355,12 +361,16 @@ def train(
 
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
-        result = train_estimate(resolved, method=method, precision=precision, optimizer=optimizer,
-                                lora_rank=lora_rank, lora_targets=lora_targets,
-                                grad_checkpointing=grad_checkpointing, batch=batch, seq=parse_token_count(seq),
-                                grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
-                                offload_optimizer=offload_optimizer, prepare_kbit=prepare_kbit, gpu=gpu,
-                                gpu_memory=gpu_memory, expandable_segments=expandable_segments)
+        call = {"method": method, "precision": precision, "optimizer": optimizer, "lora_rank": lora_rank,
+                "lora_targets": lora_targets, "grad_checkpointing": grad_checkpointing, "batch": batch,
+                "seq": parse_token_count(seq), "grad_accumulation": grad_accumulation, "zero": zero, "fsdp": fsdp,
+                "gpus": gpus, "offload_optimizer": offload_optimizer, "prepare_kbit": prepare_kbit, "gpu": gpu,
+                "gpu_memory": gpu_memory, "expandable_segments": expandable_segments}
+        result = train_estimate(resolved, **call)
+        if result.fits is False:
+            from gpuplan.advice import train_suggestions
+
+            result = result.model_copy(update={"suggestions": train_suggestions(resolved, call, result)})
         output.render_train(result, output_format)
         return EXIT_FINDING if result.fits is False else 0
 
@@ -393,7 +403,7 @@ def models(
 
         entries = load_catalog().search(filter_text)
         if output_format is OutputFormat.json:
-            output.emit_json([e.model_dump() for e in entries])
+            output.emit_json(output.json_payload(entries))
             return
         output.stdout_console().print(output.models_table(entries))
 
@@ -421,11 +431,9 @@ def gpus(
             else:
                 output.stdout_console().print(output.probe_table(found))
             return
-        needle = (filter_text or "").lower().replace(" ", "").replace("-", "")
-        entries = [g for g in load_catalog().gpus
-                   if not needle or any(needle in k for k in g.lookup_keys())]
+        entries = load_catalog().search(filter_text)
         if output_format is OutputFormat.json:
-            output.emit_json([g.model_dump() for g in entries])
+            output.emit_json(output.json_payload(entries))
         else:
             out = output.stdout_console()
             out.print(output.gpu_table(entries, width=out.width))
@@ -455,6 +463,7 @@ def schema(
 
 app.command("check")(check_cmd.check)
 app.command("sweep", cls=PanelCommand)(with_engine_flags(sweep_cmd.sweep))
+app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:
