@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from gpuplan.errors import InputError
 from gpuplan.models.sources import ResolvedModel
@@ -39,7 +39,6 @@ MAX_GPUS = 512
 # 4-GPU node, 8 on an 8-GPU node; NCCL all-reduce over NVLink / PCIe peers).
 NODE_TP_SIZES = (1, 2, 4, 8)
 
-Objective = Literal["deployable", "fewest-gpus"]
 OBJECTIVES: tuple[str, ...] = ("deployable", "fewest-gpus")
 
 RANKING_RULES = {
@@ -142,12 +141,13 @@ def launch_commands(model: str, result: EstimateResult, *, nodes: int, precision
     """The command lines that start this deployment, in the engine's own flags (each serving engine's module
     writes its own), serving what was planned: the checkpoint and --quantization that load the planned
     weights, the KV cache dtype, and every engine setting given."""
+    from gpuplan.calc.precision import normalize_dtype
     from gpuplan.engines import engine_module
 
     served, quantization, _ = served_checkpoint(model, precision)
     return engine_module(result.engine).launch_command(
-        served, result, nodes=nodes, dtype=requested_dtype, kv_cache_dtype=precision.kv_dtype, options=options,
-        expert_parallel=expert_parallel, quantization=quantization)
+        served, result, nodes=nodes, dtype=normalize_dtype(requested_dtype), kv_cache_dtype=precision.kv_dtype,
+        options=options, expert_parallel=expert_parallel, quantization=quantization)
 
 
 PLAN_ENGINES = ("vllm", "sglang", "transformers")

@@ -271,10 +271,11 @@ def test_plan_takes_lists_like_estimate():
 
 def test_plan_accepts_names_in_any_case():
     result = runner.invoke(app, ["plan", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "H100", "--engine", "VLLM",
-                                 "--objective", "Fewest-GPUs", "--format", "JSON", "--seq", "8k"])
+                                 "--objective", "Fewest-GPUs", "--format", "JSON", "--seq", "8k", "--dtype", "FP16"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["engine"] == "vllm" and data["objective"] == "fewest-gpus"
+    assert "--dtype float16" in data["best"]["launch"][0]
 
 
 @pytest.mark.parametrize("seq,tokens", [("32,768", 32768), ("1,000", 1000), ("131,072", 131072)])
