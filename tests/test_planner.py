@@ -284,3 +284,35 @@ def test_a_grouped_token_count_is_one_value(seq, tokens):
                                  "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["seq"] == tokens
+
+
+def _first_fit_by_trying_every_layout(model, gpu, **kw):
+    """The reference: every deployable layout in order of GPU count, the first that fits."""
+    import gpuplan
+    from gpuplan.engines.tp import valid_tp_sizes
+
+    spec = model.spec
+    for tp, pp in _candidates(valid_tp_sizes(spec), gpu.gpus_per_node, spec.num_hidden_layers, 512):
+        try:
+            result = gpuplan.estimate(model, engine="vllm", gpu=gpu, tensor_parallel=tp, pipeline_parallel=pp, **kw)
+        except Exception:  # noqa: BLE001 - a layout the model cannot take, as the planner skips it
+            continue
+        if result.fits:
+            return tp * pp
+    return None
+
+
+@pytest.mark.parametrize("model_id,kw", [
+    ("deepseek-ai/DeepSeek-R1", {"seq": 32768}),
+    ("meta-llama/Llama-3.1-70B-Instruct", {"seq": 8192, "batch": 4}),
+    ("mistralai/Mixtral-8x7B-v0.1", {"dtype": "fp16", "seq": 16384}),
+])
+def test_the_search_finds_the_same_counts_as_trying_every_layout(model_id, kw):
+    from gpuplan.gpus.catalog import load_catalog
+
+    model = resolve_model(model_id)
+    gpus = list(load_catalog().gpus)
+    result = plan(model, gpus=gpus, **kw)
+    found = {o.gpu: (o.count if o.fits else None) for o in result.options}
+    for gpu in gpus:
+        assert found[gpu.name] == _first_fit_by_trying_every_layout(model, gpu, **kw), gpu.name
