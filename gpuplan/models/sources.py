@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpuplan.errors import ConfigError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.catalog import load_catalog
 from gpuplan.models.families import config_to_spec, meta_params_to_spec
+from gpuplan.models.http import offline_mode
 from gpuplan.models.spec import ModelSpec
 
 SourceName = Literal["auto", "local", "catalog", "hub", "modelscope"]
@@ -55,10 +56,6 @@ class ResolvedModel(BaseModel):
     gguf: Any = Field(default=None, exclude=True, repr=False)
     """The GgufModel (gpuplan.models.gguf) when the model is a GGUF file: what --engine llama.cpp reads.
     Typed loosely so that the GGUF reader is imported only for GGUF files."""
-
-
-def is_truthy_env(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def read_json_file(path: Path) -> Any:
@@ -245,8 +242,7 @@ def resolve_model(ref: str, *, revision: str | None = None, source: SourceName =
         raise InputError("the model name is empty", hint="give a Hugging Face id, an alias or a path")
     if source not in SOURCES:
         raise InputError(f"unknown --source {source!r}", hint=f"use one of: {', '.join(SOURCES)}")
-    if offline is None:
-        offline = is_truthy_env("HF_HUB_OFFLINE")
+    offline = offline_mode(offline)
 
     if ref.lower().startswith(MODELSCOPE_PREFIX):
         if source not in ("auto", "modelscope"):
