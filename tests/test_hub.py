@@ -482,3 +482,20 @@ def test_bundled_id_falls_back_to_the_catalog_when_the_hub_fails(hub: FakeHub) -
     resolved = resolve_model("meta-llama/Llama-2-7b-hf", source="hub")
     assert resolved.source == "catalog"
     assert any("could not be reached" in n for n in resolved.notices)
+
+
+def test_huggingface_hub_offline_since_its_import_is_one_line(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    # HF_HUB_OFFLINE was set when huggingface_hub was first imported, and unset since (gpuplan reads it per call).
+    from huggingface_hub import constants
+
+    hub.add("acme/tiny", {"config.json": TINY_CONFIG})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    with pytest.raises(HubUnavailableError) as caught:
+        fetch_model("acme/tiny")
+
+    assert caught.value.message == (
+        f"huggingface_hub is in offline mode, so 'acme/tiny' cannot be fetched from {hub.url}"
+    )
+    assert "HF_HUB_OFFLINE" in (caught.value.hint or "")
+    assert hub.requests == []
