@@ -499,3 +499,18 @@ def test_huggingface_hub_offline_since_its_import_is_one_line(hub: FakeHub, monk
     )
     assert "HF_HUB_OFFLINE" in (caught.value.hint or "")
     assert hub.requests == []
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_line(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("acme/tiny", {"config.json": TINY_CONFIG})
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("HF_HUB_CACHE", str(blocker / "hub"))
+
+    with pytest.raises(HubUnavailableError) as caught:
+        fetch_model("acme/tiny")
+
+    assert caught.value.message.startswith(f"fetching 'acme/tiny' from {hub.url} failed: ")
+    assert caught.value.__cause__ is not None

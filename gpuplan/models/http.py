@@ -21,6 +21,7 @@ __all__ = [
     "TIMEOUT_ENV",
     "HttpStatusError",
     "get",
+    "known_network_reason",
     "library_version",
     "network_reason",
     "offline_mode",
@@ -81,7 +82,12 @@ def library_version() -> str:
 
 
 def network_reason(exc: BaseException) -> str:
-    """'timed out', 'connection refused', 'host name not resolved', or the error itself.
+    """'timed out', 'connection refused', 'host name not resolved', or the error itself."""
+    return known_network_reason(exc) or f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def known_network_reason(exc: BaseException) -> str | None:
+    """'timed out', 'connection refused' or 'host name not resolved' when one of them stopped the request.
 
     The root cause sits a few levels down: httpx wraps httpcore's error, urllib wraps the socket error in
     ``URLError.reason``, huggingface_hub raises its own error from the one that stopped the request.
@@ -106,7 +112,7 @@ def network_reason(exc: BaseException) -> str:
         reason = getattr(current, "reason", None)
         if isinstance(reason, BaseException):
             pending.append(reason)
-    return f"{type(exc).__name__}: {first_line(exc)}"
+    return None
 
 
 def first_line(exc: BaseException) -> str:

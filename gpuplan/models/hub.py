@@ -233,7 +233,6 @@ def _quiet_progress_bar() -> Any:
 def _from_cache(request: _Request) -> tuple[str, str, str | None] | None:
     """(filename, path, commit) of a config already in the local cache, or None."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     for filename in CONFIG_FILENAMES:
         try:
@@ -244,7 +243,7 @@ def _from_cache(request: _Request) -> tuple[str, str, str | None] | None:
                 cache_dir=request.cache_dir,
                 local_files_only=True,
             )
-        except LocalEntryNotFoundError:
+        except OSError:  # LocalEntryNotFoundError (not cached), or a cache folder that cannot be read
             continue
         return filename, path, _commit_from_path(path)
     return None
@@ -410,6 +409,11 @@ def _translate(exc: BaseException, request: _Request) -> Exception:
             f"huggingface_hub is in offline mode, so '{repo_id}' cannot be fetched from {endpoint}",
             hint="unset HF_HUB_OFFLINE (huggingface_hub reads it when it is first imported), use a bundled"
             " model id, or pass a local path to a config.json",
+        )
+    if http.known_network_reason(exc) is None and not isinstance(exc, (ConnectionError, TimeoutError)):
+        # Not a failed connection (a cache folder that cannot be written, an answer huggingface_hub rejects).
+        return HubUnavailableError(
+            f"fetching '{repo_id}' from {endpoint} failed: {type(exc).__name__}: {http.first_line(exc)}"
         )
     return http.unreachable_error(
         endpoint, exc, endpoint_variable="HF_ENDPOINT", fallback="use a bundled model id or a local path"
