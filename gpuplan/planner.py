@@ -11,61 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from gpuplan.errors import InputError
 from gpuplan.models.sources import ResolvedModel
-from gpuplan.results import SCHEMA_VERSION, EstimateResult
+from gpuplan.results import EstimateResult, PlanOption, PlanResult
 
 # The largest deployment the planner searches: 64 nodes of 8 GPUs. Beyond that the answer is "use a
 # smaller precision or another GPU", not a bigger cluster.
 MAX_GPUS = 512
-
-
-class PlanOption(BaseModel):
-    """One way to deploy: a GPU type, how many, and how the model is split. Bytes are per GPU."""
-
-    model_config = ConfigDict(frozen=True)
-
-    gpu: str
-    count: int
-    tensor_parallel: int
-    pipeline_parallel: int
-    nodes: int
-    gpus_per_node: int
-    fits: bool
-    gpu_memory_bytes: int
-    headroom_bytes: int
-    parameters: int
-    weights_bytes: int
-    kv_cache_bytes: int
-    activation_bytes: int
-    overhead_bytes: int
-    peak_allocated_bytes: int
-    total_bytes: int
-    kv_cache_tokens: int | None = None
-    max_concurrency: float | None = None
-    max_model_len_that_fits: int | None = None
-    expert_parallel: bool = Field(default=False, description="MoE experts spread whole over the tensor-parallel "
-                                                            "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
-    launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
-    reason: str | None = Field(default=None, description="why it does not fit, when it does not")
-
-
-class PlanResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    schema_version: str = SCHEMA_VERSION
-    model: str
-    engine: str
-    dtype: str
-    kv_dtype: str
-    batch: int
-    seq: int
-    options: list[PlanOption] = Field(description="one per GPU type, best first: fitting options by the GPU "
-                                              "memory they provision, then by fewer GPUs")
-    best: PlanOption | None = None
-    notes: list[str] = Field(default_factory=list)
 
 
 def _candidates(valid_tp: list[int], gpus_per_node: int, num_layers: int, max_gpus: int):
@@ -118,60 +70,32 @@ def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reaso
 
 
 def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: str | None,
-                    kv_cache_dtype: str | None, gpu_memory_utilization: float | None,
-                    expert_parallel: bool = False) -> list[str]:
-    """The command lines that start this deployment, in the engine's own flags."""
-    tp, pp, seq = result.tensor_parallel, result.pipeline_parallel, result.seq
-    if result.engine == "vllm":
-        cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
-        if pp > 1:
-            cmd += f" --pipeline-parallel-size {pp}"
-        cmd += f" --max-model-len {seq}"
-        if dtype in ("fp16", "bf16", "fp32"):
-            cmd += " --dtype " + {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
-        if kv_cache_dtype == "fp8":
-            cmd += " --kv-cache-dtype fp8"
-        if gpu_memory_utilization is not None:
-            cmd += f" --gpu-memory-utilization {gpu_memory_utilization:g}"
-        if expert_parallel:
-            cmd += " --enable-expert-parallel"
-        if nodes == 1:
-            return [cmd]
-        # vLLM's multi-node serving runs on a Ray cluster (docs: "Distributed inference and serving").
-        return [
-            "ray start --head --port=6379                      # on the first node",
-            "ray start --address=<head-node-ip>:6379          # on each of the other "
-            f"{nodes - 1} node(s)",
-            cmd + " --distributed-executor-backend ray   # on the head node",
-        ]
-    cmd = f"python -m sglang.launch_server --model-path {model} --tp {tp}"
-    if pp > 1:
-        cmd += f" --pp-size {pp}"
-    cmd += f" --context-length {seq}"
-    if kv_cache_dtype == "fp8":
-        cmd += " --kv-cache-dtype fp8_e4m3"
-    if expert_parallel:
-        cmd += f" --ep-size {tp}"
-    if nodes == 1:
-        return [cmd]
-    # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").
-    return [f"{cmd} --nnodes {nodes} --node-rank <0..{nodes - 1}> --dist-init-addr <head-node-ip>:5000"]
+                    kv_cache_dtype: str | None, options: Any, expert_parallel: bool = False) -> list[str]:
+    """The command lines that start this deployment, in the engine's own flags (each serving engine's module
+    writes its own)."""
+    from gpuplan.engines import engine_module
+
+    return engine_module(result.engine).launch_command(model, result, nodes=nodes, dtype=dtype,
+                                                       kv_cache_dtype=kv_cache_dtype, options=options,
+                                                       expert_parallel=expert_parallel)
 
 
 def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
          kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = MAX_GPUS,
-         gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
-         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None) -> PlanResult:
+         **engine_options: Any) -> PlanResult:
     """Rank GPU types by the fewest GPUs that fit; ``gpus`` are GpuSpecs (default: the whole catalog)."""
     from gpuplan.api import estimate
+    from gpuplan.engines import SERVING_ENGINES, engine_name, make_options
     from gpuplan.engines.tp import valid_tp_sizes
     from gpuplan.gpus.catalog import load_catalog
 
     if max_gpus < 1:
         raise InputError(f"--max-gpus must be at least 1, got {max_gpus}")
+    engine = engine_name(engine)
+    engine_opts = make_options(engine, engine_options)  # bad options are named here, not hidden by the search
     spec = resolved.spec
     candidates_gpus = gpus if gpus else list(load_catalog().gpus)
-    serving = engine in ("vllm", "sglang")
+    serving = engine in SERVING_ENGINES
     valid_tp = valid_tp_sizes(spec) if serving else [1]
     options: list[PlanOption] = []
     notes: list[str] = []
@@ -186,19 +110,9 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         chosen: EstimateResult | None = None
         last: EstimateResult | None = None
         for tp, pp in pairs:
-            kwargs: dict[str, Any] = {}
-            if serving:
-                kwargs = {"tensor_parallel": tp, "pipeline_parallel": pp, "max_model_len": seq,
-                          "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
-                if engine == "vllm":
-                    kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-                else:
-                    kwargs["mem_fraction_static"] = mem_fraction_static
-            else:
-                kwargs = {"pipeline_parallel": pp}
             try:
-                result = estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
-                                  engine=engine, gpu=gpu, **kwargs)
+                result = estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq, engine=engine,
+                                  gpu=gpu, tensor_parallel=tp, pipeline_parallel=pp, options=engine_opts)
             except InputError:
                 continue  # e.g. a TP size the padded vocabulary does not divide
             first = first or result
@@ -212,8 +126,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
         ep = serving and expert_parallel_fits(spec, picked.tensor_parallel)
         launch = launch_commands(resolved.id, picked, nodes=nodes, dtype=dtype, kv_cache_dtype=kv_dtype,
-                                 gpu_memory_utilization=gpu_memory_utilization,
-                                 expert_parallel=ep) if chosen and serving else []
+                                 options=engine_opts, expert_parallel=ep) if chosen and serving else []
         reason = None
         if chosen is None:
             reason = f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
@@ -232,3 +145,4 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         notes.append("GPUs without a CUDA-reported total are budgeted from the driver total")
     return PlanResult(model=resolved.id, engine=engine, dtype=first.dtype, kv_dtype=first.kv_dtype, batch=batch,
                       seq=first.seq, options=options, best=best, notes=notes)
+

@@ -125,7 +125,9 @@ def serving_lines(result: EstimateResult) -> list[str]:
     s = result.serving
     if s is None:
         return []
-    label = "gpu_memory_utilization" if s.engine == "vllm" else "mem_fraction_static"
+    from gpuplan.engines import engine_module
+
+    label = engine_module(s.engine).MEMORY_FRACTION_OPTION
     lines = [f"{s.engine} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
              f"{result.pipeline_parallel}): KV cache {s.kv_cache_tokens:,} tokens, {s.max_concurrency:.2f}x "
              f"requests of {s.max_model_len:,} tokens; longest context that fits {s.max_model_len_that_fits:,}"]

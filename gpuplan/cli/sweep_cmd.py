@@ -45,12 +45,6 @@ def sweep(
         "--tensor-parallel-size", "-tp", help="Tensor parallel GPUs (serving engines).")] = 1,
     pipeline_parallel_size: Annotated[int, typer.Option(
         "--pipeline-parallel-size", "-pp", help="Pipeline parallel stages (serving engines).")] = 1,
-    gpu_memory_utilization: Annotated[float | None, typer.Option(
-        "--gpu-memory-utilization", help="vLLM: fraction of GPU memory it may use (default 0.9).",
-        show_default=False)] = None,
-    mem_fraction_static: Annotated[float | None, typer.Option(
-        "--mem-fraction-static", help="SGLang: fraction for weights + KV cache (default: SGLang's rule).",
-        show_default=False)] = None,
     new_tokens: Annotated[int, typer.Option(
         "--new-tokens", help="transformers: how many of the seq tokens are generated.")] = 0,
     csv_file: Annotated[Path | None, typer.Option(
@@ -68,16 +62,23 @@ def sweep(
         "--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     output_format: Annotated[SweepFormat, typer.Option(
         "--format", "-f", help="table for people, json for scripts.")] = SweepFormat.table,
+    engine_flags: dict | None = None,
 ) -> None:
     """Memory over a grid of context lengths, batch sizes, dtypes and GPUs: table, CSV, JSON or a chart."""
     from gpuplan.cli.errors import run_guarded
 
     def run() -> int:
         from gpuplan.cli import output
+        from gpuplan.engines import SERVING_ENGINES
         from gpuplan.errors import InputError
-        from gpuplan.sweep import sweep as run_sweep
-        from gpuplan.sweep import to_csv
+        from gpuplan.sweeps import sweep as run_sweep
+        from gpuplan.sweeps import to_csv
 
+        if engine is not None:
+            from gpuplan.cli.engine_flags import engine_options
+            from gpuplan.engines import engine_name
+
+            engine_options(engine_name(engine), engine_flags or {})  # flags named as typed, before any work
         if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise InputError(f"--plot {plot}: the file must end in .png, .svg or .pdf")
         err = output.stderr_console()
@@ -85,9 +86,8 @@ def sweep(
         with _Progress(err, enabled=show_progress) as progress:
             result = run_sweep(model, seq=seq, batch=batch, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu, engine=engine,
                                tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
-                               gpu_memory_utilization=gpu_memory_utilization,
-                               mem_fraction_static=mem_fraction_static, new_tokens=new_tokens, revision=revision,
-                               source=source, offline=offline or None, progress=progress.update)
+                               new_tokens=new_tokens, revision=revision, source=source, offline=offline or None,
+                               progress=progress.update, **(engine_flags or {}))
         if csv_file is not None:
             _write_text(csv_file, to_csv(result), option="--csv")
         if output_format is SweepFormat.json:
@@ -98,7 +98,7 @@ def sweep(
                 out.print(table)
         if plot is not None:
             from gpuplan.errors import MissingDependencyError
-            from gpuplan.sweep import save_plot
+            from gpuplan.sweeps import save_plot
 
             try:
                 save_plot(result, plot)
@@ -111,7 +111,7 @@ def sweep(
                     err.print(f"Wrote {plot}", style="dim")
         for note in result.notes:
             err.print(f"Note: {note}", style="yellow", markup=False)
-        if result.engine not in ("vllm", "sglang"):  # a serving engine's warnings say what the table does
+        if result.engine not in SERVING_ENGINES:  # a serving engine's warnings say what the table does
             for warning in sorted({w for p in result.points for w in p.warnings}):
                 err.print(f"Warning: {warning}", style="yellow", markup=False)
         return 0  # a sweep explores past the limits on purpose: points that do not fit are its data
@@ -167,7 +167,9 @@ def sweep_tables(result) -> list:  # noqa: C901 - two layouts side by side read 
     from gpuplan.cli.output import fmt_gib
 
     several = len({(p.dtype, p.kv_dtype) for p in result.points}) > 1
-    serving = result.engine in ("vllm", "sglang")
+    from gpuplan.engines import SERVING_ENGINES
+
+    serving = result.engine in SERVING_ENGINES
     split = f", TP {result.tensor_parallel} x PP {result.pipeline_parallel}" if serving else ""
     heading = Text.assemble((result.model, "bold"), f" · {result.engine}{split}")
     if not several:
@@ -239,7 +241,7 @@ def terminal_chart(result, width: int = 48):
     a bar per context length, one character (and colour) per component, ┆ where each GPU's memory ends."""
     from rich.text import Text
 
-    from gpuplan.sweep import COMPONENTS, panels, token_label
+    from gpuplan.sweeps import COMPONENTS, panels, token_label
     from gpuplan.units import GiB
 
     chars = {"weights_bytes": "█", "kv_cache_bytes": "▓", "activation_bytes": "▒", "overhead_bytes": "░"}
@@ -258,7 +260,9 @@ def terminal_chart(result, width: int = 48):
         text.append("┆ GPU memory")
     text.append("\n")
     label_width = max(len(token_label(p.seq)) for _, pts, _ in groups for p in pts)
-    serving = result.engine in ("vllm", "sglang")
+    from gpuplan.engines import SERVING_ENGINES
+
+    serving = result.engine in SERVING_ENGINES
     for title, pts, gpus in groups:
         marks = {cell(g.memory_bytes) for g in gpus}
         text.append(f"\n{title}\n", style="bold")

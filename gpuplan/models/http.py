@@ -23,6 +23,7 @@ __all__ = [
     "get",
     "known_network_reason",
     "library_version",
+    "user_agent",
     "network_reason",
     "offline_mode",
     "request_timeout",
@@ -72,10 +73,20 @@ def request_timeout(timeout_s: float | None) -> float:
     return float(timeout_s)
 
 
-def library_version() -> str:
-    from gpuplan import __version__
+@functools.cache
+def library_version() -> str | None:
+    """gpuplan's installed version, for the user agent (None when running from an uninstalled source tree)."""
+    from importlib import metadata
 
-    return __version__
+    try:
+        return metadata.version(LIBRARY_NAME)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def user_agent() -> str:
+    version = library_version()
+    return f"{LIBRARY_NAME}/{version}" if version else LIBRARY_NAME
 
 
 # --- errors ----------------------------------------------------------------------------------------------
@@ -180,7 +191,7 @@ def get(url: str, *, timeout: float, max_bytes: int, headers: dict[str, str] | N
     from http.client import HTTPException
 
     request = urllib.request.Request(
-        url, headers={"User-Agent": f"{LIBRARY_NAME}/{library_version()}", **(headers or {})}, method="GET"
+        url, headers={"User-Agent": user_agent(), **(headers or {})}, method="GET"
     )
     try:
         with _opener().open(request, timeout=timeout) as response:
