@@ -121,8 +121,8 @@ def test_estimating_a_bundled_model_imports_no_http_client() -> None:
     code = (
         "import sys, gpuplan\n"
         "gpuplan.estimate('meta-llama/Llama-2-7b', dtype='fp16', seq=4096)\n"
-        "print(sorted(m for m in ('huggingface_hub', 'httpx', 'httpx2', 'requests', 'urllib.request')"
-        " if m in sys.modules))\n"
+        "print(sorted(m for m in ('huggingface_hub', 'httpx', 'httpx2', 'requests', 'urllib.request',"
+        " 'gpuplan.models.http') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"

@@ -10,8 +10,9 @@
    catalog does not hold, or for any id when ``source="hub"`` or a revision is asked for.
 
 When the Hub or ModelScope cannot be reached and the catalog holds the id, the bundled copy is used with
-a notice. ``offline`` (``--offline`` or HF_HUB_OFFLINE=1) never touches the network: the Hub cache and
-the ModelScope cache still answer.
+a notice. ``offline`` (``--offline``; None follows HF_HUB_OFFLINE, read by gpuplan.models.http.offline_mode
+in the client that would go online) never touches the network: the Hub cache and the ModelScope cache still
+answer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpuplan.errors import ConfigError, HubUnavailableError, InputError, ModelNotFoundError
 from gpuplan.models.catalog import load_catalog
 from gpuplan.models.families import config_to_spec, meta_params_to_spec
-from gpuplan.models.http import offline_mode
 from gpuplan.models.spec import ModelSpec
 
 SourceName = Literal["auto", "local", "catalog", "hub", "modelscope"]
@@ -242,7 +242,6 @@ def resolve_model(ref: str, *, revision: str | None = None, source: SourceName =
         raise InputError("the model name is empty", hint="give a Hugging Face id, an alias or a path")
     if source not in SOURCES:
         raise InputError(f"unknown --source {source!r}", hint=f"use one of: {', '.join(SOURCES)}")
-    offline = offline_mode(offline)
 
     if ref.lower().startswith(MODELSCOPE_PREFIX):
         if source not in ("auto", "modelscope"):
@@ -273,7 +272,7 @@ def resolve_model(ref: str, *, revision: str | None = None, source: SourceName =
     if entry is not None:  # an alias asked of the Hub means its full id
         name = entry.id
     if "/" not in name:
-        raise _not_found(name, offline=offline)
+        raise _not_found(name, offline=False)  # an id without '/' is never asked of the Hub
     return _load_hub(name, revision=revision, offline=offline, token=token, timeout_s=hub_timeout_s)
 
 
@@ -287,7 +286,7 @@ def _not_found(name: str, *, offline: bool) -> ModelNotFoundError:
     return ModelNotFoundError(f"model {name!r} is not in the bundled catalog", hint=hint)
 
 
-def _load_modelscope(name: str, *, revision: str | None, offline: bool,
+def _load_modelscope(name: str, *, revision: str | None, offline: bool | None,
                      timeout_s: float | None) -> ResolvedModel:
     from gpuplan.models.modelscope import fetch_modelscope_config  # plain HTTP, only when asked for
 
@@ -323,7 +322,7 @@ def _bundled_instead(name: str, service: str, exc: HubUnavailableError, revision
     return found
 
 
-def _load_hub(name: str, *, revision: str | None, offline: bool, token: str | None,
+def _load_hub(name: str, *, revision: str | None, offline: bool | None, token: str | None,
               timeout_s: float | None) -> ResolvedModel:
     from gpuplan.models import hub  # huggingface_hub is imported only when the Hub is needed
 
