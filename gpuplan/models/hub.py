@@ -10,7 +10,8 @@ whose ``get_safetensors_metadata`` takes a ``timeout``):
   ``_ETAG_RETRY_TIMEOUT``.)
 * ``hf_hub_download`` with ``etag_timeout``: the file into the standard Hugging Face cache, reused offline
   and by other tools.
-* ``get_safetensors_metadata`` with ``timeout``: the safetensors headers, by HTTP range requests.
+* ``get_safetensors_metadata`` with ``timeout``: the safetensors headers, by HTTP range requests (its
+  checks of which files exist and its download of a shard index keep huggingface_hub's own timeouts).
 * the typed errors of ``huggingface_hub.errors``, each turned into one gpuplan error.
 
 huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_CACHE`` once, when it is first imported;
@@ -93,9 +94,10 @@ def fetch_model(
     """Fetch ``config.json`` (or ``params.json``) of a Hub model and count its safetensors parameters.
 
     ``token=None`` lets huggingface_hub find one (``HF_TOKEN`` or the saved login). ``offline=None``
-    follows ``HF_HUB_OFFLINE``. ``timeout_s`` (default: ``GPUPLAN_HUB_TIMEOUT``, else 10 s) bounds each
-    request gpuplan makes and the metadata requests of the download. When the Hub cannot be reached or fails
-    with a server error, a copy of the config already in the local cache is used instead (``from_cache=True``).
+    follows ``HF_HUB_OFFLINE``. ``timeout_s`` (default: ``GPUPLAN_HUB_TIMEOUT``, else 10 s) bounds the
+    requests for the config's metadata and each safetensors header read; the download of the config itself
+    is bounded by huggingface_hub (``HF_HUB_DOWNLOAD_TIMEOUT``). When the Hub cannot be reached or fails with a
+    server error, a copy of the config already in the local cache is used instead (``from_cache=True``).
 
     Raises ModelNotFoundError, GatedRepoError, HubUnavailableError or ConfigError.
     """
