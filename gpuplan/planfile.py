@@ -588,7 +588,14 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
     s = result.serving
     min_concurrency: float | None = None
     if s is not None:
+        from gpuplan.engines.serving import beyond_context
+
         min_concurrency = d.min_concurrency if d.min_concurrency is not None else float(d.batch or 1)
+        refused = beyond_context(engine, resolved.spec, s.max_model_len)
+        if refused:
+            reasons.append(refused)
+        if result.total_bytes > capacity:
+            reasons.append(f"needs {_gib(result.total_bytes)} per GPU, the GPU has {_gib(capacity)}")
         if not s.fits_one_request:
             reasons.append(f"one request of {s.max_model_len:,} tokens does not fit: the KV cache holds "
                            f"{s.kv_cache_tokens:,} tokens (the longest context that fits is "
@@ -598,7 +605,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
                            f"min_concurrency is {min_concurrency:g}")
     elif result.total_bytes > capacity:
         reasons.append(f"needs {_gib(result.total_bytes)} per GPU, the GPU has {_gib(capacity)}")
-    if not reasons and not whole_gpu and free < required_free:
+    if not reasons and not whole_gpu and d.headroom is not None and free < required_free:
         reasons.append(f"leaves {_gib(free)} free per GPU, headroom {d.headroom} asks for {_gib(required_free)}")
     return DeploymentCheck(
         name=d.name, line=line, passed=not reasons, reasons=reasons, model=result.model, engine=engine,

@@ -16,6 +16,18 @@ _CONFIG = ConfigDict(frozen=True, defer_build=True)
 SCHEMA_VERSION = "1.1"
 
 
+class FitSuggestion(BaseModel):
+    """One change that would make a workload that does not fit fit, estimated: its figure per GPU."""
+
+    model_config = _CONFIG
+
+    change: str = Field(description="what to change, in words")
+    flag: str = Field(description="the flags that make the change")
+    total_bytes: int = Field(description="the total per GPU with the change")
+    gpu_memory_bytes: int = Field(description="memory of the GPU it is checked against")
+    fits: bool = Field(description="the workload fits with the change")
+
+
 class MemoryBreakdown(BaseModel):
     """Bytes per GPU, the fields every result shares: peak_allocated = weights + the rest the peak holds;
     total = peak_allocated + overhead (what the card must hold)."""
@@ -128,6 +140,10 @@ class EngineEstimate(InferenceMemory):
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     fits: bool | None = Field(default=None, description="the workload fits that GPU (null when no GPU was named)")
+    fit_reason: str | None = Field(default=None, description="why it does not fit, when it does not")
+    suggestions: list[FitSuggestion] = Field(
+        default_factory=list, description="when it does not fit: changes that would make it fit, each estimated "
+                                          "(the CLI adds them; gpuplan.advice computes them)")
     components: dict[str, int] = Field(
         default_factory=dict,
         description="named parts of the estimate: of the activation peak (transformers), of every GPU and host "
@@ -271,6 +287,8 @@ class TrainResult(Output, GpuFit, MemoryBreakdown):
     backward_peak_bytes: int
     step_peak_bytes: int
     peak_phase: str = Field(description="forward | backward | optimizer step: where the peak is")
+    suggestions: list[FitSuggestion] = Field(
+        default_factory=list, description="when it does not fit: changes that would make it fit, each estimated")
     components: dict[str, int] = Field(default_factory=dict, description="named parts of the estimate")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

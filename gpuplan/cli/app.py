@@ -139,10 +139,16 @@ def estimate(
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         name = named or default_engine(resolved.gguf is not None)
-        results = [estimate_one(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=s, new_tokens=new_tokens,
-                                engine=name, gpu=gpu, gpu_memory=gpu_memory, tensor_parallel=tensor_parallel_size,
-                                pipeline_parallel=pipeline_parallel_size, options=engine_options(name, flags))
-                   for b, s, flags in itertools.product(batches, seqs, runs)]
+        calls = [{"dtype": dtype, "kv_dtype": kv_dtype, "batch": b, "seq": s, "new_tokens": new_tokens,
+                  "engine": name, "gpu": gpu, "gpu_memory": gpu_memory, "tensor_parallel": tensor_parallel_size,
+                  "pipeline_parallel": pipeline_parallel_size, "options": engine_options(name, flags)}
+                 for b, s, flags in itertools.product(batches, seqs, runs)]
+        results = [estimate_one(resolved, **call) for call in calls]
+        if len(results) == 1 and results[0].fits is False:
+            from gpuplan.advice import estimate_suggestions
+
+            results[0] = results[0].model_copy(
+                update={"suggestions": estimate_suggestions(resolved, calls[0], results[0])})
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
@@ -326,12 +332,16 @@ def train(
 
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
-        result = train_estimate(resolved, method=method, precision=precision, optimizer=optimizer,
-                                lora_rank=lora_rank, lora_targets=lora_targets,
-                                grad_checkpointing=grad_checkpointing, batch=batch, seq=parse_token_count(seq),
-                                grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
-                                offload_optimizer=offload_optimizer, prepare_kbit=prepare_kbit, gpu=gpu,
-                                gpu_memory=gpu_memory, expandable_segments=expandable_segments)
+        call = {"method": method, "precision": precision, "optimizer": optimizer, "lora_rank": lora_rank,
+                "lora_targets": lora_targets, "grad_checkpointing": grad_checkpointing, "batch": batch,
+                "seq": parse_token_count(seq), "grad_accumulation": grad_accumulation, "zero": zero, "fsdp": fsdp,
+                "gpus": gpus, "offload_optimizer": offload_optimizer, "prepare_kbit": prepare_kbit, "gpu": gpu,
+                "gpu_memory": gpu_memory, "expandable_segments": expandable_segments}
+        result = train_estimate(resolved, **call)
+        if result.fits is False:
+            from gpuplan.advice import train_suggestions
+
+            result = result.model_copy(update={"suggestions": train_suggestions(resolved, call, result)})
         output.render_train(result, output_format)
         return EXIT_FINDING if result.fits is False else 0
 

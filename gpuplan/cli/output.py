@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gpuplan.results import EstimateResult
@@ -115,10 +116,24 @@ def sweep_table(results: Sequence[EstimateResult]) -> Table:
 def fit_line(result: EstimateResult) -> str | None:
     if result.fits is None or result.gpu_memory_bytes is None:
         return None
-    verdict = "[green]fits[/green]" if result.fits else "[bold red]does not fit[/bold red]"
     where = f"{result.gpus} x {result.gpu}" if result.gpus > 1 else result.gpu
-    return (f"{where}: {verdict} — {fmt_gib(result.total_bytes)} of {fmt_gib(result.gpu_memory_bytes)} GiB per "
-            f"GPU, headroom {fmt_gib(result.headroom_bytes or 0)} GiB")
+    usage = f"{fmt_gib(result.total_bytes)} of {fmt_gib(result.gpu_memory_bytes)} GiB per GPU"
+    if result.fits:
+        return f"{where}: [green]fits[/green] — {usage}, headroom {fmt_gib(result.headroom_bytes or 0)} GiB"
+    reason = escape(result.fit_reason or "")
+    return f"{where}: [bold red]does not fit[/bold red] — {reason} ({usage})"
+
+
+def suggestion_lines(result: Any) -> list[str]:
+    """What would make a workload that does not fit fit, each with the figure it gives."""
+    if not getattr(result, "suggestions", None):
+        return []
+    lines = ["To fit:"]
+    for s in result.suggestions:
+        mark = "fits" if s.fits else "still does not fit"
+        lines.append(f"  {escape(s.change)} ({escape(s.flag)}): {fmt_gib(s.total_bytes)} of "
+                     f"{fmt_gib(s.gpu_memory_bytes)} GiB per GPU, {mark}")
+    return lines
 
 
 def serving_lines(result: EstimateResult) -> list[str]:
@@ -154,6 +169,8 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
                 out.print(line)
             if (fit := fit_line(first)) is not None:
                 out.print(fit)
+            for line in suggestion_lines(first):
+                out.print(line)
         else:
             out.print(sweep_table(results))
         out.print(assumptions_line(first), style="dim")
@@ -369,9 +386,14 @@ def render_train(result, fmt) -> None:
     out.print(train_setup_line(result))
     out.print(train_table(result))
     if result.fits is not None:
-        verdict = "[green]fits[/green]" if result.fits else "[bold red]does not fit[/bold red]"
-        out.print(f"{verdict} on {result.gpu} ({fmt_gib(result.gpu_memory_bytes or 0)} GiB usable, headroom "
-                  f"{fmt_gib(result.headroom_bytes or 0)} GiB)")
+        usage = f"{fmt_gib(result.total_bytes)} of {fmt_gib(result.gpu_memory_bytes or 0)} GiB per GPU"
+        if result.fits:
+            out.print(f"[green]fits[/green] on {result.gpu} ({usage}, headroom {fmt_gib(result.headroom_bytes or 0)} "
+                      "GiB)")
+        else:
+            out.print(f"[bold red]does not fit[/bold red] on {result.gpu}: needs {usage}")
+        for line in suggestion_lines(result):
+            out.print(line)
     err = stderr_console()
     for note in result.notes:
         err.print(f"Note: {note}", style="yellow")

@@ -210,7 +210,7 @@ class Options(EngineOptions):
 def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
              options: Options) -> EngineEstimate:
     """SGLang's pool on ``hardware``; the card is spoken for by design, so activations take exactly the rest."""
-    from gpuplan.engines.serving import model_len, serving_estimate, serving_notes
+    from gpuplan.engines.serving import beyond_context, model_len, serving_estimate, serving_notes
 
     capacity = hardware.require_gpu(NAME)
     spec = model.spec
@@ -230,7 +230,8 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     # activations and CUDA graphs: the whole card is spoken for by design.
     activation = max(0, capacity - overhead - weights - kv_bytes)
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=s.kv_dtype, weights=weights,
-                            kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes)
+                            kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes,
+                            refused=beyond_context(NAME, spec, length))
 
 
 def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv_cache_dtype: str | None,

@@ -478,7 +478,7 @@ class Options(EngineOptions):
 def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
              options: Options) -> EngineEstimate:
     """vLLM's budget on ``hardware``: the workload's seq is max_model_len, its batch the concurrency to fit."""
-    from gpuplan.engines.serving import model_len, serving_estimate, serving_notes
+    from gpuplan.engines.serving import beyond_context, model_len, serving_estimate, serving_notes
 
     capacity = hardware.require_gpu(NAME)
     spec = model.spec
@@ -498,7 +498,8 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     kv_pool = max(0, b.num_blocks) * b.page_size_per_layer * b.group_size
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=b.kv_dtype, weights=b.weights,
                             kv_bytes=kv_pool, activation=b.activation_peak,
-                            overhead=b.non_torch + (b.cuda_graph or 0), notes=notes)
+                            overhead=b.non_torch + (b.cuda_graph or 0), notes=notes,
+                            refused=beyond_context(NAME, spec, length))
 
 
 # vLLM's --dtype names for the float dtypes gpuplan plans with.
