@@ -516,8 +516,10 @@ def _consistency_issues(d: Deployment, located: _Located, base: tuple[Any, ...],
     return issues
 
 
-def load_plan(source: str | Path | dict[str, Any]) -> tuple[PlanFile, _Located]:
-    """Read and validate a plan file (a path, or the already-parsed dict)."""
+def load_plan(source: str | Path | dict[str, Any] | _Located) -> tuple[PlanFile, _Located]:
+    """Read and validate a plan file (a path, the already-parsed dict, or YAML text read by load_yaml)."""
+    if isinstance(source, _Located):
+        return parse_plan(source), source
     if isinstance(source, dict):
         located = _Located(source, {}, None)
         return parse_plan(located), located
@@ -616,7 +618,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
         estimate=result)
 
 
-def check(source: str | Path | dict[str, Any], *, offline: bool | None = None) -> CheckResult:
+def check(source: str | Path | dict[str, Any] | _Located, *, offline: bool | None = None) -> CheckResult:
     """Check every deployment of a plan file (a path or a dict); see docs/ci.md.
 
     A bad file raises :class:`PlanFileError` (an InputError); a model or GPU that cannot be found

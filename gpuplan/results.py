@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _CONFIG = ConfigDict(frozen=True, defer_build=True)
 
 # Bump the major part when a field is removed or changes meaning, the minor part when one is added.
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 class FitSuggestion(BaseModel):
@@ -72,6 +72,8 @@ class ServingBudget(BaseModel):
     model_config = _CONFIG
 
     engine: str = Field(description="vllm | sglang")
+    engine_version: str | None = Field(default=None, description="the engine release whose startup budget is "
+                                                                 "modelled (--engine-version)")
     gpu_memory_bytes: int = Field(description="the total the engine budgets from (CUDA's total per GPU)")
     memory_fraction: float = Field(description="--gpu-memory-utilization (vLLM) or --mem-fraction-static (SGLang)")
     kv_cache_tokens: int = Field(description="tokens the KV cache holds (vLLM 'GPU KV cache size', SGLang "
@@ -80,7 +82,14 @@ class ServingBudget(BaseModel):
     max_concurrency: float = Field(description="requests of max_model_len tokens that fit at once")
     fits_one_request: bool = Field(description="one request of max_model_len fits (else the engine refuses "
                                                "to start)")
-    max_model_len_that_fits: int = Field(description="the longest context that fits (vLLM --max-model-len auto)")
+    max_model_len_that_fits: int = Field(description="the longest context that fits, as vLLM's startup error "
+                                                     "estimates it")
+    max_model_len_auto: int | None = Field(default=None, description="what vLLM --max-model-len auto (-1) picks: "
+                                                                     "the model's context or the longest that "
+                                                                     "fits; null in releases without it")
+    kv_cache_memory_bytes: int | None = Field(default=None, description="vLLM --kv-cache-memory that pins this KV "
+                                                                        "pool without profiling; null in releases "
+                                                                        "without the flag")
     num_blocks: int | None = Field(default=None, description="vLLM '# GPU blocks'")
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from gpuplan import __version__
-from gpuplan.cli import check_cmd, sweep_cmd
+from gpuplan.cli import check_cmd, serve_cmd, sweep_cmd
 from gpuplan.cli.engine_flags import PanelCommand, engine_options, flag_runs, with_engine_flags
 from gpuplan.cli.errors import run_guarded
 from gpuplan.cli.formats import OutputFormat
@@ -374,7 +374,7 @@ def models(
 
         entries = load_catalog().search(filter_text)
         if output_format is OutputFormat.json:
-            output.emit_json([e.model_dump() for e in entries])
+            output.emit_json(output.json_payload(entries))
             return
         from rich.table import Table
 
@@ -410,11 +410,9 @@ def gpus(
             else:
                 output.stdout_console().print(output.probe_table(found))
             return
-        needle = (filter_text or "").lower().replace(" ", "").replace("-", "")
-        entries = [g for g in load_catalog().gpus
-                   if not needle or any(needle in k for k in g.lookup_keys())]
+        entries = load_catalog().search(filter_text)
         if output_format is OutputFormat.json:
-            output.emit_json([g.model_dump() for g in entries])
+            output.emit_json(output.json_payload(entries))
         else:
             output.stdout_console().print(output.gpu_table(entries))
 
@@ -443,6 +441,7 @@ def schema(
 
 app.command("check")(check_cmd.check)
 app.command("sweep", cls=PanelCommand)(with_engine_flags(sweep_cmd.sweep))
+app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:

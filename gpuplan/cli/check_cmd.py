@@ -63,7 +63,7 @@ def render(result, fmt: CheckFormat) -> None:
     from gpuplan.cli import output, report
 
     if fmt is CheckFormat.json:
-        output.emit_json(result.model_dump())
+        output.emit_json(output.json_payload(result))
         return
     if fmt is CheckFormat.github:
         for line in report.github_lines(result):

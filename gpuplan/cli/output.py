@@ -27,6 +27,19 @@ def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
 
 
+def json_payload(value: Any) -> Any:
+    """What --format json prints for a result, a list of results or catalog entries (also the web API's
+    answer): each model's model_dump(), one result as an object, several as a list."""
+    if isinstance(value, (list, tuple)):
+        return [json_payload(item) for item in value]
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def estimates_payload(results: Sequence[EstimateResult]) -> Any:
+    """One estimate as an object, a grid of them (--batch 1,8 --seq 2k,8k) as a list."""
+    return json_payload(results[0] if len(results) == 1 else list(results))
+
+
 def fmt_gib(n_bytes: int) -> str:
     return f"{n_bytes / GiB:,.2f}"
 
@@ -143,10 +156,18 @@ def serving_lines(result: EstimateResult) -> list[str]:
     from gpuplan.engines import engine_module
 
     label = engine_module(s.engine).MEMORY_FRACTION_OPTION
-    lines = [f"{s.engine} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
+    release = f" {s.engine_version}" if s.engine_version else ""
+    lines = [f"{s.engine}{release} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
              f"{result.pipeline_parallel}): KV cache {s.kv_cache_tokens:,} tokens, {s.max_concurrency:.2f}x "
              f"requests of {s.max_model_len:,} tokens; longest context that fits {s.max_model_len_that_fits:,}"]
     lines += [f"  {line}" for line in s.log_lines]
+    extras = []
+    if s.max_model_len_auto is not None:
+        extras.append(f"--max-model-len auto would pick {s.max_model_len_auto:,}")
+    if s.kv_cache_memory_bytes is not None:
+        extras.append(f"--kv-cache-memory={s.kv_cache_memory_bytes} gives this pool without profiling")
+    if extras:
+        lines.append("; ".join(extras))
     return lines
 
 
@@ -155,7 +176,7 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(results[0].model_dump() if len(results) == 1 else [r.model_dump() for r in results])
+        emit_json(estimates_payload(results))
     else:
         out = stdout_console()
         first = results[0]
@@ -232,7 +253,7 @@ def render_plan(result, fmt, *, top: int = 15) -> None:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(result.model_dump())
+        emit_json(json_payload(result))
     else:
         out = stdout_console()
         out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
@@ -378,7 +399,7 @@ def render_train(result, fmt) -> None:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(result.model_dump())
+        emit_json(json_payload(result))
         return
     out = stdout_console()
     out.print(f"[bold]{result.model}[/bold] ({result.model_type}, {_human_params(result.parameters)} parameters, "

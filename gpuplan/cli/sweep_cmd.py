@@ -91,7 +91,7 @@ def sweep(
         if csv_file is not None:
             _write_text(csv_file, to_csv(result), option="--csv")
         if output_format is SweepFormat.json:
-            output.emit_json(result.model_dump())
+            output.emit_json(output.json_payload(result))
         else:
             out = output.stdout_console()
             for table in sweep_tables(result):

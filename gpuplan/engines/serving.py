@@ -42,6 +42,33 @@ def model_len(spec: Any, workload: Workload, max_model_len: int | None) -> int:
     return length
 
 
+def release_version(engine: str, given: str | None, notes: list[str]) -> str | None:
+    """The release to model: the one given, else the one installed here (its package metadata; the package is
+    never imported), else None, which the engine reads as the newest release gpuplan has read."""
+    if given is not None:
+        return given
+    from importlib import metadata
+
+    try:
+        installed = metadata.version(engine)
+    except metadata.PackageNotFoundError:
+        return None
+    if engine == "vllm":
+        from gpuplan.engines.vllm_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+    else:
+        from gpuplan.engines.sglang_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+    try:
+        in_range = OLDEST <= parse_release(installed) <= NEWEST
+    except ValueError:
+        in_range = False
+    if not in_range:
+        notes.append(f"{engine} {installed} is installed here, outside the releases gpuplan models ({SUPPORTED}): "
+                     "modelled as the newest; pass --engine-version to choose")
+        return None
+    notes.append(f"{engine} {installed} is installed here: modelled as that release (--engine-version to change)")
+    return installed
+
+
 def serving_notes(model: Any, engine: str, precision: Precision, hardware: Hardware) -> list[str]:
     notes = gguf_note(model, engine, precision)
     if not hardware.cuda_total_known:
