@@ -211,3 +211,39 @@ def _micro_batch(trial: _Trial, result: TrainResult, change: dict[str, Any], wor
             return _suggestion(words.format(batch=batch, steps=steps), flags.format(batch=batch, steps=steps),
                                trial(batch=batch, grad_accumulation=steps, **change))
     return None
+
+
+# The facade's own keywords; the rest of a call are the engine's options.
+_WORKLOAD_AND_HARDWARE = ("batch", "seq", "new_tokens", "dtype", "kv_dtype", "gpu", "gpu_memory", "tensor_parallel",
+                          "pipeline_parallel")
+
+
+def estimate_with_advice(model: Any, **call: Any) -> EstimateResult:
+    """``gpuplan.estimate(model, **call)``, with ``suggestions`` filled in when it does not fit (what the CLI
+    prints and the web API returns)."""
+    from gpuplan.api import as_resolved, estimate
+    from gpuplan.engines import default_engine, engine_name, make_options
+
+    resolved = as_resolved(model, revision=call.pop("revision", None), source=call.pop("source", "auto"),
+                           offline=call.pop("offline", None))
+    engine = engine_name(call["engine"]) if call.get("engine") else default_engine(resolved.gguf is not None)
+    named = {k: call.pop(k) for k in _WORKLOAD_AND_HARDWARE if k in call}
+    options = call.pop("options", None)
+    call.pop("engine", None)
+    full = {**named, "engine": engine, "options": options if options is not None else make_options(engine, call)}
+    result = estimate(resolved, **full)
+    if result.fits is False:
+        result = result.model_copy(update={"suggestions": estimate_suggestions(resolved, full, result)})
+    return result
+
+
+def train_with_advice(model: Any, **call: Any) -> TrainResult:
+    """``gpuplan.train(model, **call)``, with ``suggestions`` filled in when it does not fit."""
+    from gpuplan.api import as_resolved, train
+
+    resolved = as_resolved(model, revision=call.pop("revision", None), source=call.pop("source", "auto"),
+                           offline=call.pop("offline", None))
+    result = train(resolved, **call)
+    if result.fits is False:
+        result = result.model_copy(update={"suggestions": train_suggestions(resolved, call, result)})
+    return result

@@ -122,6 +122,7 @@ def estimate(
     """Estimate per-GPU memory: weights, KV cache, activations, overhead, peak and total."""
 
     def run() -> int:
+        from gpuplan.advice import estimate_with_advice
         from gpuplan.api import estimate as estimate_one
         from gpuplan.api import load_model
         from gpuplan.cli import output
@@ -143,12 +144,9 @@ def estimate(
                   "engine": name, "gpu": gpu, "gpu_memory": gpu_memory, "tensor_parallel": tensor_parallel_size,
                   "pipeline_parallel": pipeline_parallel_size, "options": engine_options(name, flags)}
                  for b, s, flags in itertools.product(batches, seqs, runs)]
-        results = [estimate_one(resolved, **call) for call in calls]
-        if len(results) == 1 and results[0].fits is False:
-            from gpuplan.advice import estimate_suggestions
-
-            results[0] = results[0].model_copy(
-                update={"suggestions": estimate_suggestions(resolved, calls[0], results[0])})
+        advise = len(calls) == 1  # a grid of estimates is a table; one that does not fit says what would
+        results = [estimate_with_advice(resolved, **call) if advise else estimate_one(resolved, **call)
+                   for call in calls]
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
@@ -325,8 +323,8 @@ def train(
     """Training / fine-tuning memory per GPU: weights, gradients, optimizer states, activations, peak."""
 
     def run() -> int:
+        from gpuplan.advice import train_with_advice
         from gpuplan.api import load_model
-        from gpuplan.api import train as train_estimate
         from gpuplan.cli import output
         from gpuplan.units import parse_token_count
 
@@ -337,11 +335,7 @@ def train(
                 "seq": parse_token_count(seq), "grad_accumulation": grad_accumulation, "zero": zero, "fsdp": fsdp,
                 "gpus": gpus, "offload_optimizer": offload_optimizer, "prepare_kbit": prepare_kbit, "gpu": gpu,
                 "gpu_memory": gpu_memory, "expandable_segments": expandable_segments}
-        result = train_estimate(resolved, **call)
-        if result.fits is False:
-            from gpuplan.advice import train_suggestions
-
-            result = result.model_copy(update={"suggestions": train_suggestions(resolved, call, result)})
+        result = train_with_advice(resolved, **call)
         output.render_train(result, output_format)
         return EXIT_FINDING if result.fits is False else 0
 

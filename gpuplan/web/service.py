@@ -78,12 +78,12 @@ def resolve(request: schemas.ModelRef, settings: ServerSettings) -> Any:
 
 
 def estimate(request: BaseModel, settings: ServerSettings) -> Any:
-    from gpuplan.api import estimate as estimate_one
+    from gpuplan.advice import estimate_with_advice
     from gpuplan.cli.output import json_payload
 
     resolved = resolve(request, settings)  # type: ignore[arg-type]
     keywords = request.model_dump(exclude={"model", "revision", "source"}, exclude_none=True)
-    return json_payload(estimate_one(resolved, **keywords))
+    return json_payload(estimate_with_advice(resolved, **keywords))
 
 
 def plan(request: schemas.PlanRequest, settings: ServerSettings) -> Any:
@@ -119,12 +119,12 @@ def _sweep_limits(max_points: int, deadline: float | None) -> Callable[[int, int
 
 
 def train(request: schemas.TrainRequest, settings: ServerSettings) -> Any:
-    from gpuplan.api import train as train_estimate
+    from gpuplan.advice import train_with_advice
     from gpuplan.cli.output import json_payload
 
     resolved = resolve(request, settings)
     keywords = request.model_dump(exclude={"model", "revision", "source"}, exclude_none=True)
-    return json_payload(train_estimate(resolved, **keywords))
+    return json_payload(train_with_advice(resolved, **keywords))
 
 
 def check(request: schemas.CheckRequest, settings: ServerSettings) -> Any:
