@@ -128,7 +128,6 @@ def estimate(
     """Estimate per-GPU memory: weights, KV cache, activations, overhead, peak and total."""
 
     def run() -> int:
-        from gpuplan.advice import estimate_with_advice
         from gpuplan.api import estimate as estimate_one
         from gpuplan.api import load_model
         from gpuplan.cli import output
@@ -151,9 +150,12 @@ def estimate(
                   "engine": name, "gpu": gpu, "gpu_memory": gpu_memory, "tensor_parallel": tensor_parallel_size,
                   "pipeline_parallel": pipeline_parallel_size, "options": engine_options(name, flags)}
                  for b, s, flags in itertools.product(batches, seqs, runs)]
-        advise = len(calls) == 1  # a grid of estimates is a table; one that does not fit says what would
-        results = [estimate_with_advice(resolved, **call) if advise else estimate_one(resolved, **call)
-                   for call in calls]
+        results = [estimate_one(resolved, **call) for call in calls]
+        if len(results) == 1 and results[0].fits is False:  # a grid is a table; one estimate says what would fit
+            from gpuplan.advice import estimate_suggestions
+
+            results[0] = results[0].model_copy(
+                update={"suggestions": estimate_suggestions(resolved, calls[0], results[0])})
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
