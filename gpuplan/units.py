@@ -54,7 +54,8 @@ def parse_size(text: str) -> int:
 
 _COUNT_SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
 _COUNT_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmM]?)\s*$")
-# Digits grouped in threes by commas: "32,768" as model cards and gpuplan's tables write token counts.
+# Digits grouped in threes by commas, as people, model cards and gpuplan's own tables write large numbers:
+# 1,000 or 32,768.
 _GROUPED_COUNT_RE = re.compile(r"^\s*\d{1,3}(,\d{3})+\s*$")
 
 
@@ -70,3 +71,15 @@ def parse_token_count(text: str) -> int:
     if value != int(value):
         raise InputError(f"{text!r} is not a whole number of tokens")
     return int(value)
+
+
+def is_one_grouped_number(text: str, *, tokens: bool) -> bool:
+    """Whether '1,000' / '32,768' is one number rather than a list.
+
+    A group with a leading zero ('000', '048') is never a list item, so such text is one number for every
+    option. For token counts the grouped form is one number too (model cards write "32,768 tokens"); a list
+    of token counts then separates its items with a space ('512, 768') or uses k suffixes ('4k,8k')."""
+    if not _GROUPED_COUNT_RE.match(text):
+        return False
+    groups = text.strip().split(",")[1:]
+    return tokens or any(g.startswith("0") for g in groups)

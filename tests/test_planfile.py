@@ -341,3 +341,12 @@ def test_ci_docs_quote_the_reasons_the_check_prints():
     for deployment in result.deployments:
         assert not deployment.passed
         assert f'"{deployment.reasons[0]}"' in doc, deployment.reasons
+
+
+def test_a_bare_number_of_gpu_memory_needs_a_unit(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("deployments:\n  - {name: a, model: llama-2-7b, gpu_memory: 80}\n")
+    with pytest.raises(PlanFileError) as exc:
+        check(path)
+    assert exc.value.issues[0].line == 2
+    assert "gpu_memory needs a unit: write 80GiB" in exc.value.issues[0].message

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gpuplan.errors import InputError
-from gpuplan.units import parse_token_count
-
-# Digits grouped in threes by commas, as people and gpuplan's own tables write large numbers: 1,000 or 32,768.
-_GROUPED_RE = re.compile(r"^\s*\d{1,3}(,\d{3})+\s*$")
-
-
-def _is_one_grouped_number(text: str, *, tokens: bool) -> bool:
-    """Whether '1,000' / '32,768' is one number rather than a list.
-
-    A group with a leading zero ('000', '048') is never a list item, so such text is one number for every
-    option. For token counts the grouped form is one number too (model cards write "32,768 tokens"); a list
-    of token counts then separates its items with a space ('512, 768') or uses k suffixes ('4k,8k')."""
-    if not _GROUPED_RE.match(text):
-        return False
-    groups = text.strip().split(",")[1:]
-    return tokens or any(g.startswith("0") for g in groups)
+from gpuplan.units import is_one_grouped_number, parse_token_count
 
 
 def parse_int_list(text: str, *, option: str, minimum: int = 1, tokens: bool = False) -> list[int]:
     """'1,8,32' -> [1, 8, 32]; '4k,8k' -> [4096, 8192]; '1,000' -> [1000]. Every value must be >= minimum.
 
-    ``tokens``: the values are token counts, where '32,768' is one number (see _is_one_grouped_number)."""
-    parts = [text] if _is_one_grouped_number(text, tokens=tokens) else text.split(",")
+    ``tokens``: the values are token counts, where '32,768' is one number (see gpuplan.units.is_one_grouped_number)."""
+    parts = [text] if is_one_grouped_number(text, tokens=tokens) else text.split(",")
     values: list[int] = []
     for part in parts:
         part = part.strip()
