@@ -4,7 +4,6 @@ The JSON contract (docs/json.md, ``gpuplan schema``) is ``EstimateResult.model_d
 ever added within a schema version. Byte fields are integers, per GPU.
 """
 
-from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 

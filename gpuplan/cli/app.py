@@ -1,6 +1,5 @@
 """The `gpuplan` command line: a thin shell over the library facade (gpuplan/api.py)."""
 
-from __future__ import annotations
 
 import itertools
 import os

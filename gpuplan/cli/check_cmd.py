@@ -4,7 +4,6 @@ Only typer is imported here: the command is registered on every start of the CLI
 machinery (pydantic models, YAML, the calculator) loads when the command runs.
 """
 
-from __future__ import annotations
 
 import os
 from enum import Enum

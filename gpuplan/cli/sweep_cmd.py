@@ -3,7 +3,6 @@
 Only typer is imported at the top: the command is registered on every start of the CLI.
 """
 
-from __future__ import annotations
 
 import sys
 from enum import Enum
@@ -138,7 +137,7 @@ class _Progress:
         self.bar = None
         self.task = None
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> "_Progress":
         return self
 
     def update(self, done: int, total: int) -> None:
