@@ -388,14 +388,16 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
     rope = _rope_cache_bytes(spec, precision.compute_bytes)
     logits = "sampler" if st.engine == "v0" else st.release.profile_logits
     stages = []
+    # The profile run's activations differ between stages only in whether the stage holds the LM head.
+    profiles = {last: profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
+                                         min(st.seqs, st.batched), last_stage=last, sampler=st.sampler,
+                                         logits=logits) for last in {stage == pp - 1 for stage in range(pp)}}
     for stage in range(pp):
         start = sum(split[:stage])
-        owned = set(range(start, start + split[stage]))
+        owned = range(start, start + split[stage])
         counts = tuple(sum(1 for i in g if i in owned) for g in group_layers)
         weights = st.layout.stage_weights_bytes[stage] + rope
-        forward, samp = profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
-                                           min(st.seqs, st.batched), last_stage=stage == pp - 1,
-                                           sampler=st.sampler, logits=logits)
+        forward, samp = profiles[stage == pp - 1]
         activation = max(forward, samp)
         c = charge(st.release, st.engine, requested=requested, total=total, weights=weights,
                    activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes)
