@@ -34,6 +34,7 @@ from gpuplan.engines.tp import (
 from gpuplan.engines.vllm import GiB, default_batch_limits, kv_page_size, vllm_budget
 from gpuplan.engines.vllm_releases import parse_release, vllm_release
 from gpuplan.errors import InputError
+from gpuplan.gpus.catalog import load_catalog as load_gpu_catalog
 from gpuplan.models.catalog import load_catalog
 from gpuplan.models.sources import resolve_model
 
@@ -69,6 +70,10 @@ CONFIG_FOR = {
     "RedHatAI/Llama-3.3-70B-Instruct-fp8-dynamic": "meta-llama/Llama-3.3-70B-Instruct",
     "RedHatAI/Qwen2.5-7B-Instruct-quantized.w8a8": "Qwen/Qwen2.5-7B-Instruct",
     "Qwen/Qwen3-8B": "Qwen/Qwen3-8B",
+    "Qwen/Qwen2.5-3B-Instruct": "Qwen/Qwen2.5-3B-Instruct",
+    "meta-llama/Meta-Llama-3-8B": "meta-llama/Meta-Llama-3-8B",
+    # QwQ-32B is a fine-tune of Qwen2.5-32B: same architecture and shapes (fixture notes).
+    "Qwen/QwQ-32B": "Qwen/Qwen2.5-32B",
 }
 
 # Cases left out, and why. "No verbatim copy found": the model's config.json was searched for in public code
@@ -121,6 +126,10 @@ KNOWN_MISSES = {
     "sglang-qwen3-235b-a22b-fp8-h100-tp4-01": (
         "TP=4: about 1.6 GiB per GPU more in use after loading than the weights; SGLang's communication "
         "buffers are not modelled"),
+    "sglang-qwq-32b-l4-tp4-v043": (
+        "TP=4 on four PCIe L4s: the log prints 21.63 GB free before loading and 15.54 GB used by loading, "
+        "against 21.98 and 15.26 modelled (no CUDA total is known for the L4, so the catalog's nvidia-smi "
+        "total is used, and the 0.28 GB per GPU loading uses beyond the weight shards is not modelled)"),
 }
 
 
@@ -192,7 +201,11 @@ def _gpu_total_bytes(case: dict, util: float) -> int:
         return int(obs["total_gpu_memory_gib"] * GiB)
     if obs.get("requested_memory_gib"):
         return int(obs["requested_memory_gib"] / util * GiB)
-    return int(CUDA_TOTAL_GIB[GPU_TOTAL_KEY[case["gpu"]]] * GiB)
+    if case["gpu"] in GPU_TOTAL_KEY:
+        return int(CUDA_TOTAL_GIB[GPU_TOTAL_KEY[case["gpu"]]] * GiB)
+    # No CUDA-reported total known for this GPU: the catalog's (nvidia-smi's) total, what `gpuplan estimate
+    # --gpu NAME` itself uses. It is a few hundred MiB above what CUDA reports.
+    return load_gpu_catalog().resolve(case["gpu"]).memory_bytes
 
 
 def _dtype(case: dict, spec) -> str:
@@ -415,20 +428,23 @@ def test_aggregate_share_within_tolerance():
     results = replay_all()
     single = [r for r in results if r.single_gpu]
     multi = [r for r in results if not r.single_gpu]
-    assert len(results) == 49 and len(single) == 35 and len(multi) == 14
+    assert len(results) == 54 and len(single) == 38 and len(multi) == 16
     # Single-GPU cases: the budget rule, the profile-run activations and the KV layout are all modelled.
     assert sum(r.within for r in single) / len(single) >= TARGET_SHARE
-    # All replayed cases at their own release: 46 of 49 (94%). Three of the 14 multi-GPU cases miss: vLLM 0.2.5
-    # at TP=4, an LMCache connector, SGLang at TP=4 (docs/serving.md).
+    # All replayed cases at their own release: 50 of 54 (93%). Four of the 16 multi-GPU cases miss: vLLM 0.2.5
+    # at TP=4, an LMCache connector, SGLang at TP=4 twice (docs/serving.md).
     assert sum(r.within for r in results) / len(results) >= TARGET_SHARE
-    assert sum(r.within for r in multi) == 11
+    assert sum(r.within for r in multi) == 12
 
 
 def test_held_out_cases_are_reported_apart():
     results = replay_all()
     held = [r for r in results if r.held_out]
-    assert [r.id for r in held] == ["vllm-gemma3-4b-b200-tp1-kvmem"]
-    assert all(r.within for r in held)
+    assert [r.id for r in held] == ["vllm-gemma3-4b-b200-tp1-kvmem", "vllm-qwen25-3b-t4-tp1-v066",
+                                    "vllm-llama3-8b-h100-tp1-pr10511", "vllm-llama3-8b-h100-tp2-pr10511",
+                                    "sglang-qwq-32b-l4-tp4-v043", "sglang-llama31-8b-h100-tp1-fa3"]
+    # 5 of 6 within 5%; the miss is a known one (KNOWN_MISSES), replayed once before being recorded there.
+    assert [r.id for r in held if not r.within] == ["sglang-qwq-32b-l4-tp4-v043"]
 
 
 def test_every_replayed_case_is_read_at_its_own_release():
@@ -749,6 +765,7 @@ def test_installed_engine_version_is_read_from_metadata_not_imported(monkeypatch
     from importlib import metadata
 
     import gpuplan
+    from gpuplan.engines.serving import _installed_version
 
     real = metadata.version
 
@@ -756,17 +773,21 @@ def test_installed_engine_version_is_read_from_metadata_not_imported(monkeypatch
         return {"vllm": "0.19.0", "sglang": "0.9.9"}.get(name) or real(name)
 
     monkeypatch.setattr(metadata, "version", fake)
-    r = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", max_model_len=8192)
-    assert r.serving.engine_version == "0.19.0"
-    assert any("vllm 0.19.0 is installed here" in n for n in r.notes)
-    s = gpuplan.estimate(LLAMA31_8B, engine="sglang", gpu="H100", max_model_len=8192)
-    assert s.serving.engine_version == "0.5.23"
-    assert any("outside the releases gpuplan models" in n for n in s.notes)
-    given = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", engine_version="0.6.4", max_model_len=8192)
-    assert given.serving.engine_version == "0.6.4"
-    assert "vllm" not in sys.modules and "sglang" not in sys.modules
-    with pytest.raises(InputError, match="vllm and sglang"):
-        gpuplan.estimate(LLAMA31_8B, engine="transformers", engine_version="0.19.0")
+    _installed_version.cache_clear()  # the lookup is cached per process: read the fake one, and forget it after
+    try:
+        r = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", max_model_len=8192)
+        assert r.serving.engine_version == "0.19.0"
+        assert any("vllm 0.19.0 is installed here" in n for n in r.notes)
+        s = gpuplan.estimate(LLAMA31_8B, engine="sglang", gpu="H100", max_model_len=8192)
+        assert s.serving.engine_version == "0.5.23"
+        assert any("outside the releases gpuplan models" in n for n in s.notes)
+        given = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", engine_version="0.6.4", max_model_len=8192)
+        assert given.serving.engine_version == "0.6.4"
+        assert "vllm" not in sys.modules and "sglang" not in sys.modules
+        with pytest.raises(InputError, match="vllm and sglang"):
+            gpuplan.estimate(LLAMA31_8B, engine="transformers", engine_version="0.19.0")
+    finally:
+        _installed_version.cache_clear()
 
 
 def test_v1_profile_run_logits_follow_the_release():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -145,8 +146,11 @@ def test_engines_endpoint_lists_every_engine_and_option(client):
         assert option["description"] == field.description
 
 
-def test_openapi_docs_list_every_endpoint(client):
-    assert client.get("/docs").status_code == 200
+def test_openapi_docs_list_every_endpoint_and_load_nothing_from_a_cdn(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn." not in docs.text and "https://" not in docs.text
+    script = re.search(r'src="([^"]*swagger-ui-bundle\.js)"', docs.text).group(1)
+    assert client.get(script).status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     for name in ("estimate", "plan", "sweep", "train", "check", "gpus", "models"):
         assert set(paths[f"/api/{name}"]) == {"get", "post"}, name

@@ -14,6 +14,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 
 from gpuplan import __version__
@@ -163,7 +164,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(service.warm_up, settings)
         yield
 
-    app = FastAPI(title="gpuplan", version=__version__, lifespan=lifespan,
+    # fastapi-offline serves Swagger UI's scripts from the package, not a CDN: /docs works offline as the page does.
+    app = FastAPIOffline(title="gpuplan", version=__version__, lifespan=lifespan,
                   description="GPU memory estimates for large language models: the same library and the same "
                               "JSON as the gpuplan CLI's --format json. Errors are JSON with the CLI's message "
                               "and hint.")
