@@ -1,0 +1,127 @@
+"""The smallest GPU memory in which a workload runs, found by running it under ever tighter caps.
+
+``torch.cuda.set_per_process_memory_fraction(cap / total)`` limits what PyTorch's caching allocator may reserve.
+When a request would pass the cap, the allocator frees its cached blocks and retries (c10/cuda/
+CUDACachingAllocator.cpp, ``malloc``: ``release_available_cached_blocks`` then ``release_cached_blocks``) before
+raising ``torch.OutOfMemoryError``: what it does on a card that has only ``cap`` bytes for torch. A run under the
+cap either completes or raises; the smallest cap that completes, plus the memory outside torch's allocator (the
+CUDA context, lazily loaded kernels, library handles), is the smallest card that runs the workload.
+
+The search itself (:func:`smallest_cap`) is pure: it calls ``runs(cap)`` and needs no GPU, so it is tested with
+a fake allocator. :func:`measure_min_memory` drives it on the local GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpuplan.units import MiB
+
+# Resolution of the search: the answer is at most one step above the true smallest cap. 64 MiB keeps a search
+# over a 12 GiB gap between allocated and reserved memory to 8 runs.
+SEARCH_STEP_BYTES = 64 * MiB
+
+
+@dataclass
+class CapSearch:
+    """Result of a search: ``cap_bytes`` ran, ``cap_bytes - step_bytes`` did not (or cannot: it is below the
+    peak allocation, which no allocator can serve in less)."""
+
+    cap_bytes: int
+    step_bytes: int
+    attempts: list[tuple[int, bool]] = field(default_factory=list)
+
+
+def smallest_cap(runs: Callable[[int], bool], known_fail: int, known_pass: int,
+                 step: int = SEARCH_STEP_BYTES) -> CapSearch:
+    """Binary search on multiples of ``step`` for the smallest cap at which ``runs(cap)`` is True.
+
+    ``known_fail``: a cap known not to run (the peak allocation: the allocator reserves at least what it
+    allocates); ``known_pass``: a cap known to run (the peak reserved memory of an unconstrained run). The
+    search assumes that a run that completes under a cap also completes under any larger cap.
+    """
+    if step <= 0:
+        raise ValueError("step must be positive")
+    if known_pass <= known_fail:
+        raise ValueError("known_pass must be larger than known_fail")
+    low = known_fail // step  # low * step <= known_fail: fails
+    if low * step == known_fail and known_fail > 0:
+        # The peak allocation itself may be exactly enough: only caps below it are sure to fail.
+        low -= 1
+    high = -(-known_pass // step)  # high * step >= known_pass: runs
+    attempts: list[tuple[int, bool]] = []
+    while high - low > 1:
+        middle = (low + high) // 2
+        ok = runs(middle * step)
+        attempts.append((middle * step, ok))
+        if ok:
+            high = middle
+        else:
+            low = middle
+    return CapSearch(cap_bytes=high * step, step_bytes=step, attempts=attempts)
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def clear_cuda() -> None:
+    torch = _torch()
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def capped_run(work: Callable[[], None], cap_bytes: int | None) -> bool:
+    """Run ``work`` with the caching allocator capped at ``cap_bytes`` (None: uncapped); False on OOM."""
+    torch = _torch()
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    clear_cuda()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.set_per_process_memory_fraction(1.0 if cap_bytes is None else min(1.0, cap_bytes / total))
+    try:
+        work()
+        torch.cuda.synchronize()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        # The traceback of an OOM holds the frames of the failed run and their tensors: drop them first.
+        gc.collect()
+        torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+def outside_torch_bytes() -> int:
+    """Device memory in use beyond what torch's allocator has reserved: context, kernels, library handles."""
+    torch = _torch()
+    free, total = torch.cuda.mem_get_info()
+    return int(total - free - torch.cuda.memory_reserved())
+
+
+def measure_min_memory(work: Callable[[], None], step: int = SEARCH_STEP_BYTES) -> dict[str, Any]:
+    """One uncapped run of ``work`` (its peaks bound the search), then the search; plain numbers back."""
+    torch = _torch()
+    if not capped_run(work, None):
+        return {"oom": True}
+    peak_allocated = int(torch.cuda.max_memory_allocated())
+    peak_reserved = int(torch.cuda.max_memory_reserved())
+    outside = outside_torch_bytes()
+    # Expandable segments can reserve exactly what they allocate: the known-good cap must lie above the bad one.
+    search = smallest_cap(lambda cap: capped_run(work, cap), peak_allocated, max(peak_reserved, peak_allocated + 1),
+                          step)
+    clear_cuda()
+    return {
+        "oom": False,
+        "peak_allocated": peak_allocated,
+        "peak_reserved": peak_reserved,
+        "outside_torch": outside,
+        "min_cap": search.cap_bytes,
+        "min_gpu_bytes": search.cap_bytes + outside,
+        "search_step": search.step_bytes,
+        "attempts": [[cap, ok] for cap, ok in search.attempts],
+    }
