@@ -1,0 +1,260 @@
+"""The sequence of CUDA allocations and frees that Hugging Face ``generate()`` makes, for the allocator simulation.
+
+``gpuplan/engines/transformers.py`` knows the tensors of generate() by their sizes and when they coexist; this
+module writes the same tensors as an ordered sequence of ``malloc`` / ``free`` events, which
+``gpuplan/calc/allocator.py`` replays through PyTorch's caching allocator to find the smallest GPU memory in
+which the run completes. Order matters there: the blocks a freed tensor leaves behind are reused, split and
+merged by later requests, and the cache that grows by ``torch.cat`` at every decode step is what fragments
+the memory.
+
+The order follows transformers 5.x (modeling_llama.py and the models generated from it; cache_utils.py
+``DynamicLayer.update``; generation/utils.py ``_sample``) and torch 2.11's ATen kernels, one Python
+statement at a time: a temporary dies when the statement that used it ends, a rebound name frees its old
+tensor. Tensors of 1 MiB or less go to the allocator's separate small pool; they are written too, since
+they are what fills the small pool's 2 MiB segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from gpuplan.calc.allocator import Event
+from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
+from gpuplan.calc.precision import Precision
+from gpuplan.calc.weights import tensor_bytes
+from gpuplan.calc.workload import Workload
+from gpuplan.models.spec import ModelSpec
+
+FP32 = 4
+INT64 = 8
+BOOL = 1
+
+
+@dataclass
+class _Trace:
+    """Builds the event list; ``alloc`` returns a tensor id for ``free``."""
+
+    events: list[Event] = field(default_factory=list)
+    next_id: int = 0
+
+    def alloc(self, size: int) -> int:
+        self.next_id += 1
+        if size > 0:
+            self.events.append(("a", self.next_id, size))
+        else:
+            self.events.append(("a", self.next_id, 1))  # torch allocates 512 bytes for an empty result
+        return self.next_id
+
+    def free(self, *tensors: int) -> None:
+        for tensor in tensors:
+            self.events.append(("f", tensor, 0))
+
+
+def weight_sizes(spec: ModelSpec, precision: Precision, weights_bytes: int) -> Iterator[int]:
+    """Each parameter tensor as the model is built or loaded (one allocation per tensor), then what the
+    estimate counts beyond them (buffers such as rotary ``inv_freq``)."""
+    total = 0
+    for group in spec.tensors:
+        if not group.loaded:
+            continue
+        size = tensor_bytes(group.model_copy(update={"count": 1}), precision)
+        for _ in range(group.count):
+            total += size
+            yield size
+    if weights_bytes > total:
+        yield weights_bytes - total
+
+
+def _rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
+    """LlamaRMSNorm.forward: hidden_states.to(float32); variance = pow(2).mean(-1); x * rsqrt(variance + eps);
+    weight * x.to(input_dtype). Returns the normed tensor's id."""
+    upcast = trace.alloc(rows * width * FP32) if e != FP32 else None
+    squared = trace.alloc(rows * width * FP32)
+    variance = trace.alloc(rows * FP32)
+    trace.free(squared)
+    shifted = trace.alloc(rows * FP32)
+    inverse = trace.alloc(rows * FP32)
+    trace.free(shifted)
+    scaled = trace.alloc(rows * width * FP32)
+    trace.free(variance, inverse)
+    if upcast is not None:
+        trace.free(upcast)
+    cast = trace.alloc(rows * width * e) if e != FP32 else None
+    if cast is not None:
+        trace.free(scaled)
+    out = trace.alloc(rows * width * e)
+    trace.free(cast if cast is not None else scaled)
+    return out
+
+
+def _rope(trace: _Trace, size: int) -> int:
+    """apply_rotary_pos_emb for one of q / k: (x * cos) + (rotate_half(x) * sin), rotate_half = cat(-x2, x1)."""
+    times_cos = trace.alloc(size)
+    negated = trace.alloc(size // 2)
+    rotated = trace.alloc(size)
+    trace.free(negated)
+    times_sin = trace.alloc(size)
+    trace.free(rotated)
+    out = trace.alloc(size)
+    trace.free(times_cos, times_sin)
+    return out
+
+
+@dataclass(frozen=True)
+class _Shape:
+    batch: int
+    e: int
+    kv: int  # KV cache element bytes
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    v_head_dim: int
+    intermediate: int
+    vocab: int
+    eager: bool
+    bf16: bool
+
+
+def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, keys: int,
+               cache: list[int], layer: int, first: bool) -> tuple[int, list[int]]:
+    """Self-attention of one layer over ``rows`` = batch x queries token rows, with ``keys`` cached tokens after
+    this step's update. ``cache`` holds this layer's K and V tensor ids (replaced as the cache grows)."""
+    b, e = s.batch, s.e
+    q = trace.alloc(rows * s.heads * s.head_dim * e)
+    k = trace.alloc(rows * s.kv_heads * s.head_dim * e)
+    v = trace.alloc(rows * s.kv_heads * s.v_head_dim * e)
+    q_rot = _rope(trace, rows * s.heads * s.head_dim * e)
+    k_rot = _rope(trace, rows * s.kv_heads * s.head_dim * e)
+    trace.free(q, k)
+    # DynamicLayer.update: keys = torch.cat([keys, key_states], dim=-2), then the same for values; the old
+    # tensors (empty before the prompt) are dropped as the names are rebound.
+    new_k = trace.alloc(b * keys * s.kv_heads * s.head_dim * s.kv)
+    if not first:
+        trace.free(cache[2 * layer])
+    new_v = trace.alloc(b * keys * s.kv_heads * s.v_head_dim * s.kv)
+    if not first:
+        trace.free(cache[2 * layer + 1])
+    cache[2 * layer], cache[2 * layer + 1] = new_k, new_v
+    trace.free(k_rot, v)
+    if s.eager:
+        scores = b * s.heads * queries * keys
+        expanded = trace.alloc(b * keys * s.heads * (s.head_dim + s.v_head_dim) * e) \
+            if s.kv_heads != s.heads else None
+        raw = trace.alloc(scores * e)
+        scaled = trace.alloc(scores * e)
+        trace.free(raw)
+        masked = trace.alloc(scores * e)
+        trace.free(scaled)
+        # softmax(dtype=float32) copies bf16 to float32 first; ATen fuses the upcast for float16
+        # (aten/src/ATen/native/SoftMax.cpp, "half_to_float").
+        upcast = trace.alloc(scores * FP32) if s.bf16 else None
+        probs32 = trace.alloc(scores * FP32)
+        if upcast is not None:
+            trace.free(upcast)
+        probs = trace.alloc(scores * e) if e != FP32 else probs32
+        if probs is not probs32:
+            trace.free(probs32)
+        trace.free(masked)
+        out = trace.alloc(rows * s.heads * s.v_head_dim * e)
+        if expanded is not None:
+            trace.free(expanded)
+        held = [probs]
+    else:
+        out = trace.alloc(rows * s.heads * s.v_head_dim * e)
+        logsumexp = trace.alloc(b * s.heads * queries * FP32)
+        trace.free(logsumexp)
+        held = []
+    contiguous = trace.alloc(rows * s.heads * s.v_head_dim * e)
+    trace.free(out)
+    projected = trace.alloc(rows * s.hidden * e)
+    trace.free(contiguous, q_rot, normed)
+    # Eager attention returns its probabilities, which the decoder layer keeps bound through its MLP
+    # (``hidden_states, _ = self.self_attn(...)``).
+    return projected, held
+
+
+def _mlp(trace: _Trace, s: _Shape, normed: int, rows: int) -> int:
+    """down_proj(act_fn(gate_proj(x)) * up_proj(x)) (modeling_llama.py LlamaMLP)."""
+    gate = trace.alloc(rows * s.intermediate * s.e)
+    activated = trace.alloc(rows * s.intermediate * s.e)
+    trace.free(gate)
+    up = trace.alloc(rows * s.intermediate * s.e)
+    product = trace.alloc(rows * s.intermediate * s.e)
+    trace.free(activated, up)
+    down = trace.alloc(rows * s.hidden * s.e)
+    trace.free(product, normed)
+    return down
+
+
+def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, cache: list[int],
+             first: bool) -> int:
+    """One model forward over ``queries`` new tokens per sequence; returns the fp32 next-token logits' id."""
+    rows = s.batch * queries
+    keys = cached + queries
+    hidden = trace.alloc(rows * s.hidden * s.e)  # embed_tokens
+    embedding = hidden
+    # LlamaRotaryEmbedding: freqs [b, q, d/2] and emb = cat(freqs, freqs) in fp32, cos and sin in the dtype.
+    freqs = trace.alloc(rows * s.head_dim // 2 * FP32)
+    emb = trace.alloc(rows * s.head_dim * FP32)
+    trace.free(freqs)
+    cos32 = trace.alloc(rows * s.head_dim * FP32)
+    sin32 = trace.alloc(rows * s.head_dim * FP32)
+    trace.free(emb)
+    cos = trace.alloc(rows * s.head_dim * s.e)
+    sin = trace.alloc(rows * s.head_dim * s.e)
+    trace.free(cos32, sin32)
+    mask = trace.alloc(s.batch * queries * keys * s.e) if s.eager else None
+    for layer in range(layers):
+        normed = _rms_norm(trace, rows, s.hidden, s.e)
+        attended, held = _attention(trace, s, normed, rows, queries, keys, cache, layer, first)
+        residual = trace.alloc(rows * s.hidden * s.e)
+        trace.free(attended)
+        normed = _rms_norm(trace, rows, s.hidden, s.e)
+        mlp_out = _mlp(trace, s, normed, rows)
+        out = trace.alloc(rows * s.hidden * s.e)
+        trace.free(mlp_out, residual, *held)
+        if hidden != embedding:
+            trace.free(hidden)
+        hidden = out
+    final = _rms_norm(trace, rows, s.hidden, s.e)
+    trace.free(hidden, cos, sin, embedding)
+    if mask is not None:
+        trace.free(mask)
+    # logits_to_keep=1: lm_head on the last position only; generate() copies them to float32.
+    logits = trace.alloc(s.batch * s.vocab * s.e)
+    trace.free(final)
+    logits32 = trace.alloc(s.batch * s.vocab * FP32)
+    trace.free(logits)
+    return logits32
+
+
+def generate_events(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int,
+                    attn: str = "sdpa") -> list[Event]:
+    """Every allocation and free of a greedy generate() from a fresh process: the cuBLAS workspace, the
+    weights, the prompt, the prefill and each decode step."""
+    trace = _Trace()
+    trace.alloc(CUBLAS_WORKSPACE_BYTES)
+    for size in weight_sizes(spec, precision, weights_bytes):
+        trace.alloc(size)
+    s = _Shape(batch=workload.batch, e=precision.compute_bytes, kv=precision.kv_bytes, hidden=spec.hidden_size,
+               heads=spec.num_attention_heads, kv_heads=spec.num_key_value_heads, head_dim=spec.head_dim,
+               v_head_dim=spec.v_head_dim, intermediate=spec.intermediate_size, vocab=spec.vocab_size,
+               eager=attn == "eager", bf16=precision.compute_dtype == "bf16")
+    prompt = workload.prompt_tokens
+    ids = trace.alloc(s.batch * prompt * INT64)
+    mask = trace.alloc(s.batch * prompt * INT64)
+    cache = [0] * (2 * spec.num_hidden_layers)
+    logits = _forward(trace, s, spec.num_hidden_layers, prompt, 0, cache, first=True)
+    cached = prompt
+    for _ in range(max(0, workload.new_tokens - 1)):
+        # The next token is appended to the ids and the mask (torch.cat), the logits dropped.
+        new_ids = trace.alloc(s.batch * (cached + 1) * INT64)
+        trace.free(ids)
+        new_mask = trace.alloc(s.batch * (cached + 1) * INT64)
+        trace.free(mask, logits)
+        ids, mask = new_ids, new_mask
+        logits = _forward(trace, s, spec.num_hidden_layers, 1, cached, cache, first=False)
+        cached += 1
+    return trace.events
