@@ -19,36 +19,32 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first use so `gpuplan --help` does not pay for the calculator.
 _API = {"estimate": "gpuplan.api", "load_model": "gpuplan.api", "make_workload": "gpuplan.api",
-        "train": "gpuplan.api", "check": "gpuplan.planfile", "sweep": "gpuplan.sweep"}
+        "train": "gpuplan.api", "check": "gpuplan.planfile", "sweep": "gpuplan.sweeps"}
 __all__ = sorted({*_API, "plan", "__version__"})
 
 
 def plan(model: Any, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
          kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = 512,
-         gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
-         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None,
-         revision: str | None = None, source: str = "auto", offline: bool | None = None) -> Any:
-    """Rank GPU types by the fewest GPUs that fit (a :class:`gpuplan.planner.PlanResult`, best first).
+         revision: str | None = None, source: str = "auto", offline: bool | None = None,
+         **engine_options: Any) -> Any:
+    """Rank GPU types by the fewest GPUs that fit (a :class:`gpuplan.results.PlanResult`, best first).
 
     ``model`` is a name or path (as for :func:`estimate`) or a loaded model; ``gpus`` are catalog names
     or GpuSpecs (default: the whole catalog). ``seq`` is the context per request and ``batch`` the
-    requests that must fit at once.
+    requests that must fit at once. Engine options are keywords, as for :func:`estimate`.
     """
-    from gpuplan.api import _as_resolved, resolve_gpu
+    from gpuplan.api import as_resolved, resolve_gpu
     from gpuplan.planner import plan as make_plan
 
-    resolved = _as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
+    resolved = as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
     specs = [resolve_gpu(g) for g in ([gpus] if isinstance(gpus, str) else gpus)] if gpus else None
     return make_plan(resolved, gpus=specs, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
-                     max_gpus=max_gpus, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                     max_num_batched_tokens=max_num_batched_tokens, mem_fraction_static=mem_fraction_static)
+                     max_gpus=max_gpus, **engine_options)
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
         import importlib
 
-        module = importlib.import_module(_API[name])
-        # gpuplan.sweep is a callable module (importing it makes it this package's attribute anyway).
-        return module if name == "sweep" else getattr(module, name)
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'gpuplan' has no attribute {name!r}")

@@ -26,15 +26,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from gpuplan.engines import (
+    ENGINE_NAMES,
+    SERVING_ENGINES,
+    default_engine,
+    engine_name,
+    make_options,
+    option_owners,
+    options_class,
+)
 from gpuplan.errors import GpuplanError, InputError
 from gpuplan.results import CheckResult, DeploymentCheck, EstimateResult
-
-ENGINES = ("transformers", "vllm", "sglang", "llama.cpp")
-SERVING_ENGINES = ("vllm", "sglang")
-# Keys that only a serving engine reads; anywhere else they would be silently ignored.
-SERVING_ONLY = ("max_model_len", "min_concurrency", "gpu_memory_utilization", "mem_fraction_static",
-                "max_num_seqs", "max_num_batched_tokens", "kv_cache_memory")
-LLAMACPP_ONLY = ("n_gpu_layers", "ctx_size", "parallel", "cache_type_k", "cache_type_v", "flash_attn")
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,8 @@ class DeploymentFields(BaseModel):
                                                         "'../' are relative to the plan file)")
     revision: str | None = Field(default=None, description="Hub branch, tag or commit")
     source: Literal["auto", "local", "catalog", "hub", "modelscope"] | None = None
-    engine: Literal["transformers", "vllm", "sglang", "llama.cpp"] | None = Field(
-        default=None, description="default: llama.cpp for a .gguf file, else transformers")
+    engine: str | None = Field(default=None, description="transformers, vllm, sglang or llama.cpp; default: "
+                                                          "llama.cpp for a .gguf file, else transformers")
     dtype: str | None = Field(default=None, description="weights: auto, fp16, bf16, fp8, int8, int4, nf4 ...")
     kv_dtype: str | None = Field(default=None, description="KV cache: auto, fp16, bf16, fp8")
     gpu: str | None = Field(default=None, description="GPU from the catalog (`gpuplan gpus`)")
@@ -97,34 +99,36 @@ class DeploymentFields(BaseModel):
     gpus: int | None = Field(default=None, ge=1, description="GPUs: tensor_parallel x pipeline_parallel")
     tensor_parallel: int | None = Field(default=None, ge=1)
     pipeline_parallel: int | None = Field(default=None, ge=1)
-    seq: int | None = Field(default=None, ge=1, description="transformers: tokens per sequence (4k works)")
-    batch: int | None = Field(default=None, ge=1, description="transformers: sequences at once; serving: "
-                                                              "the default min_concurrency")
+    seq: int | None = Field(default=None, ge=1, description="tokens per sequence (4k works); serving engines: "
+                                                            "max_model_len")
+    batch: int | None = Field(default=None, ge=1, description="sequences at once; serving: the default "
+                                                              "min_concurrency")
     new_tokens: int | None = Field(default=None, ge=0, description="transformers: generated tokens of seq")
-    attn: Literal["sdpa", "eager", "flash_attention_2"] | None = None
-    max_model_len: int | None = Field(default=None, ge=1, description="serving: context per request")
     min_concurrency: float | None = Field(default=None, gt=0, description="serving: requests of max_model_len "
                                                                           "tokens that must fit at once")
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, description="vLLM")
-    mem_fraction_static: float | None = Field(default=None, gt=0, lt=1, description="SGLang")
-    max_num_seqs: int | None = Field(default=None, ge=1, description="vLLM")
-    max_num_batched_tokens: int | None = Field(default=None, ge=1, description="vLLM")
-    kv_cache_memory: str | None = Field(default=None, description="vLLM: fixed KV cache size, e.g. 40GiB")
-    n_gpu_layers: int | Literal["all"] | None = Field(default=None, description="llama.cpp -ngl")
-    ctx_size: int | None = Field(default=None, ge=0, description="llama.cpp -c")
-    parallel: int | Literal["auto"] | None = Field(default=None, description="llama.cpp -np")
-    cache_type_k: str | None = Field(default=None, description="llama.cpp -ctk")
-    cache_type_v: str | None = Field(default=None, description="llama.cpp -ctv")
-    flash_attn: Literal["auto", "on", "off"] | None = Field(default=None, description="llama.cpp -fa")
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict, description="the engine's options by name (gpu_memory_utilization, ctx_size ...; "
+                                          "`gpuplan estimate --help` lists them by engine); they may also be "
+                                          "written as keys of their own")
     headroom: str | None = Field(default=None, description="GPU memory that must stay free: 10% (of the GPU) "
                                                            "or 4GiB")
 
-    @field_validator("seq", "max_model_len", "ctx_size", mode="before")
+    @field_validator("seq", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> Any:
         return _token_count(value)
 
-    @field_validator("gpu_memory", "kv_cache_memory", mode="before")
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return engine_name(value)
+        except InputError:
+            raise ValueError(f"expects one of {', '.join(ENGINE_NAMES)}, got {value!r}") from None
+
+    @field_validator("gpu_memory", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         from gpuplan.units import parse_size
@@ -149,8 +153,8 @@ class Deployment(DeploymentFields):
 
     name: str = Field(min_length=1, description="unique within the file; reports name deployments by it")
     model: str = Field(min_length=1)  # type: ignore[assignment]
-    # The keys the deployment sets itself: a key inherited from defaults that its engine does not read is
-    # ignored, one it sets itself is a mistake worth naming.
+    # The keys the deployment sets itself (engine options too): a key inherited from defaults that its engine
+    # does not read is ignored, one it sets itself is a mistake worth naming.
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())
 
 
@@ -350,7 +354,8 @@ def parse_plan(located: _Located, base_dir: Path | None = None) -> PlanFile:
     if version != 1:
         issues.append(located.issue(("version",), f"version {version!r} is not supported",
                                     "this gpuplan reads version 1"))
-    field_keys = list(DeploymentFields.model_fields)
+    owners = option_owners()
+    field_keys = [*DeploymentFields.model_fields, *owners]
     deployment_keys = ["name", *field_keys]
     raw_defaults = data.get("defaults") or {}
     defaults_bad: set[str] = set()
@@ -358,8 +363,11 @@ def parse_plan(located: _Located, base_dir: Path | None = None) -> PlanFile:
         issues.append(located.issue(("defaults",), "defaults expects a mapping of keys"))
         raw_defaults = {}
     else:
+        lifted, _, lift_issues = _lift_engine_options(raw_defaults, {k: ("defaults", k) for k in raw_defaults},
+                                                      located, "defaults", field_keys)
+        issues += lift_issues
         try:
-            defaults = DeploymentFields.model_validate(raw_defaults)
+            defaults = DeploymentFields.model_validate(lifted)
         except ValidationError as exc:
             issues += _validation_issues(exc, located, ("defaults",), "defaults", field_keys)
             defaults_bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
@@ -381,14 +389,23 @@ def parse_plan(located: _Located, base_dir: Path | None = None) -> PlanFile:
                 issues.append(located.issue(("deployments", index), f"{label} expects a mapping of keys"))
                 continue
             merged = {**{k: v for k, v in raw_defaults.items() if k not in defaults_bad}, **raw}
+            if isinstance(raw_defaults.get("engine_options"), dict) and isinstance(raw.get("engine_options"), dict):
+                merged["engine_options"] = {**raw_defaults["engine_options"], **raw["engine_options"]}
             origin = {k: ("defaults", k) for k in raw_defaults if k not in raw}
             origin.update({k: ("deployments", index, k) for k in raw})
+            merged, option_origin, lift_issues = _lift_engine_options(merged, origin, located, label, field_keys)
+            issues += lift_issues
             try:
                 deployment = Deployment.model_validate(merged)
             except ValidationError as exc:
                 issues += _validation_issues(exc, located, ("deployments", index), label, deployment_keys,
                                              skip=defaults_bad, origin=origin)
                 continue
+            explicit = _explicit_keys(raw)
+            options, option_issues = _engine_option_issues(deployment, option_origin, explicit, located, label,
+                                                           field_keys)
+            issues += option_issues
+            deployment = deployment.model_copy(update={"engine_options": options})
             if deployment.name in names:
                 issues.append(located.issue(("deployments", index, "name"),
                                             f"deployment name {deployment.name!r} is used twice (first by "
@@ -397,11 +414,66 @@ def parse_plan(located: _Located, base_dir: Path | None = None) -> PlanFile:
             issues += _consistency_issues(deployment, located, ("deployments", index), origin)
             if base_dir is not None and deployment.model.startswith(("./", "../")):
                 deployment = deployment.model_copy(update={"model": str((base_dir / deployment.model).resolve())})
-            deployment._explicit = frozenset(raw)
+            deployment._explicit = frozenset(explicit)
             deployments.append(deployment)
     if issues:
         raise PlanFileError(issues)
-    return PlanFile(defaults=DeploymentFields.model_validate(raw_defaults), deployments=deployments)
+    lifted_defaults, _, _ = _lift_engine_options(raw_defaults, {}, located, "defaults", field_keys)
+    return PlanFile(defaults=DeploymentFields.model_validate(lifted_defaults), deployments=deployments)
+
+
+def _explicit_keys(raw: dict[str, Any]) -> set[str]:
+    """The keys a deployment sets itself, its engine_options' keys among them."""
+    keys = set(raw)
+    if isinstance(raw.get("engine_options"), dict):
+        keys |= set(raw["engine_options"])
+    return keys
+
+
+def _lift_engine_options(raw: dict[str, Any], origin: dict[str, tuple[Any, ...]], located: _Located, label: str,
+                         valid_keys: list[str]) -> tuple[dict[str, Any], dict[str, tuple[Any, ...]], list[Issue]]:
+    """Engine options written as keys of their own, moved into engine_options; where each one was written."""
+    owners = option_owners()
+    options = raw.get("engine_options", {})
+    if not isinstance(options, dict):
+        return dict(raw), {}, []  # a non-mapping engine_options is reported by the model's validation
+    lifted = {k: v for k, v in raw.items() if k not in owners}
+    merged = dict(options)
+    option_origin = {k: origin.get("engine_options", ("engine_options",)) + (k,) for k in options}
+    for key in raw:
+        if key in owners:
+            merged[key] = raw[key]
+            option_origin[key] = origin.get(key, (key,))
+    issues: list[Issue] = []
+    for key in merged:
+        if key not in owners:
+            close = difflib.get_close_matches(str(key), valid_keys, n=1, cutoff=0.6)
+            issues.append(located.issue(option_origin[key], f"{label}: unknown engine option {key!r}",
+                                        f"did you mean {close[0]!r}?" if close else
+                                        f"engine options: {', '.join(owners)}"))
+    lifted["engine_options"] = {k: v for k, v in merged.items() if k in owners}
+    return lifted, option_origin, issues
+
+
+def _engine_option_issues(d: Deployment, option_origin: dict[str, tuple[Any, ...]], explicit: set[str],
+                          located: _Located, label: str, valid_keys: list[str]) -> tuple[dict[str, Any], list[Issue]]:
+    """The deployment's engine options checked against its engine's Options (when the engine is named): an
+    inherited option the engine does not read is dropped, one set here is an error, and so is a bad value."""
+    if d.engine is None:
+        return d.engine_options, []  # known only once the model is: checked when it is evaluated
+    cls = options_class(d.engine)
+    kept = {k: v for k, v in d.engine_options.items() if k in cls.model_fields or k in explicit}
+    issues: list[Issue] = []
+    for key in [k for k in kept if k not in cls.model_fields]:
+        try:
+            make_options(d.engine, {key: kept.pop(key)})
+        except InputError as exc:
+            issues.append(located.issue(option_origin.get(key, ()), f"{label}: {exc.message}"))
+    try:
+        cls(**{k: v for k, v in kept.items() if v is not None})
+    except ValidationError as exc:
+        issues += _validation_issues(exc, located, (), label, valid_keys, origin=option_origin)
+    return kept, issues
 
 
 def _gpu_issues(name: str, located: _Located, path: tuple[Any, ...], label: str) -> list[Issue]:
@@ -436,17 +508,10 @@ def _consistency_issues(d: Deployment, located: _Located, base: tuple[Any, ...],
     elif d.gpus is not None and (tp or pp) and d.gpus % (tp or pp or 1):
         which, size = ("tensor_parallel", tp) if tp else ("pipeline_parallel", pp)
         issues.append(located.issue(at("gpus"), f"{label}: gpus {d.gpus} is not a multiple of {which} {size}"))
-    if d.engine is not None:
-        if d.engine not in SERVING_ENGINES:
-            for key in SERVING_ONLY:
-                if getattr(d, key) is not None and key in origin and origin[key][0] == "deployments":
-                    issues.append(located.issue(at(key), f"{label}: {key} applies to vllm and sglang, not "
-                                                         f"{d.engine}"))
-        if d.engine != "llama.cpp":
-            for key in LLAMACPP_ONLY:
-                if getattr(d, key) is not None and key in origin and origin[key][0] == "deployments":
-                    issues.append(located.issue(at(key), f"{label}: {key} applies to llama.cpp only, not "
-                                                         f"{d.engine}"))
+    if d.engine is not None and d.engine not in SERVING_ENGINES and d.min_concurrency is not None \
+            and origin.get("min_concurrency", ("defaults",))[0] == "deployments":
+        issues.append(located.issue(at("min_concurrency"), f"{label}: min_concurrency applies to "
+                                                           f"{' and '.join(SERVING_ENGINES)}, not {d.engine}"))
     return issues
 
 
@@ -495,31 +560,25 @@ def _gib(n: int) -> str:
 def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentCheck:
     """Estimate one deployment and judge it: serving engines must start and hold min_concurrency
     requests of max_model_len tokens; every engine must leave the headroom free."""
-    from gpuplan.api import LLAMACPP, estimate
+    from gpuplan.api import estimate
 
-    engine = d.engine or (LLAMACPP if resolved.gguf is not None else "transformers")
+    engine = d.engine or default_engine(resolved.gguf is not None)
     serving = engine in SERVING_ENGINES
-    for key in (SERVING_ONLY if not serving else ()) + (LLAMACPP_ONLY if engine != LLAMACPP else ()):
-        if getattr(d, key) is not None and key in d._explicit:
-            wrong = "vllm and sglang" if key in SERVING_ONLY else "llama.cpp only"
-            raise InputError(f"{key} applies to {wrong}, not {engine}")
+    if not serving and d.min_concurrency is not None and "min_concurrency" in d._explicit:
+        raise InputError(f"min_concurrency applies to {' and '.join(SERVING_ENGINES)}, not {engine}")
     if engine == "sglang" and d.headroom is not None and "headroom" in d._explicit:
         raise InputError("headroom does not apply to sglang: it budgets the whole GPU (mem_fraction_static for "
                          "weights and KV cache, the rest for activations and CUDA graphs)",
                          hint="drop headroom from this deployment; a headroom in defaults is ignored for sglang")
     tp, pp = _sizes(d)
-    kwargs: dict[str, Any] = {}
-    if engine == LLAMACPP:
-        kwargs = {k: getattr(d, k) for k in LLAMACPP_ONLY if getattr(d, k) is not None}
-    if serving:
-        kwargs = {k: getattr(d, k) for k in ("gpu_memory_utilization", "mem_fraction_static", "max_num_seqs",
-                                              "max_num_batched_tokens", "kv_cache_memory")}
-        kwargs["max_model_len"] = d.max_model_len or d.seq
+    fields = options_class(engine).model_fields
+    options = {k: v for k, v in d.engine_options.items() if k in fields or k in d._explicit}
+    # A serving deployment's max_model_len is its seq; one set beside an inherited seq wins.
+    seq = None if serving and options.get("max_model_len") is not None else d.seq
     result: EstimateResult = estimate(
-        resolved, dtype=d.dtype or "auto", kv_dtype=d.kv_dtype or "auto", batch=d.batch or 1,
-        seq=None if serving and d.max_model_len else d.seq, new_tokens=d.new_tokens or 0, engine=engine,
-        attn=d.attn or "sdpa", gpu=d.gpu, gpu_memory=d.gpu_memory, tensor_parallel=tp, pipeline_parallel=pp,
-        **kwargs)
+        resolved, dtype=d.dtype or "auto", kv_dtype=d.kv_dtype or "auto", batch=d.batch or 1, seq=seq,
+        new_tokens=d.new_tokens or 0, engine=engine, gpu=d.gpu, gpu_memory=d.gpu_memory, tensor_parallel=tp,
+        pipeline_parallel=pp, **options)
     capacity = result.gpu_memory_bytes or 0
     required_free = parse_headroom(d.headroom, capacity=capacity) if d.headroom and engine != "sglang" else 0
     free = capacity - result.total_bytes

@@ -11,61 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from gpuplan.errors import InputError
 from gpuplan.models.sources import ResolvedModel
-from gpuplan.results import SCHEMA_VERSION, EstimateResult
+from gpuplan.results import EstimateResult, PlanOption, PlanResult
 
 # The largest deployment the planner searches: 64 nodes of 8 GPUs. Beyond that the answer is "use a
 # smaller precision or another GPU", not a bigger cluster.
 MAX_GPUS = 512
-
-
-class PlanOption(BaseModel):
-    """One way to deploy: a GPU type, how many, and how the model is split. Bytes are per GPU."""
-
-    model_config = ConfigDict(frozen=True)
-
-    gpu: str
-    count: int
-    tensor_parallel: int
-    pipeline_parallel: int
-    nodes: int
-    gpus_per_node: int
-    fits: bool
-    gpu_memory_bytes: int
-    headroom_bytes: int
-    parameters: int
-    weights_bytes: int
-    kv_cache_bytes: int
-    activation_bytes: int
-    overhead_bytes: int
-    peak_allocated_bytes: int
-    total_bytes: int
-    kv_cache_tokens: int | None = None
-    max_concurrency: float | None = None
-    max_model_len_that_fits: int | None = None
-    expert_parallel: bool = Field(default=False, description="MoE experts spread whole over the tensor-parallel "
-                                                            "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
-    launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
-    reason: str | None = Field(default=None, description="why it does not fit, when it does not")
-
-
-class PlanResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    schema_version: str = SCHEMA_VERSION
-    model: str
-    engine: str
-    dtype: str
-    kv_dtype: str
-    batch: int
-    seq: int
-    options: list[PlanOption] = Field(description="one per GPU type, best first: fitting options by the GPU "
-                                              "memory they provision, then by fewer GPUs")
-    best: PlanOption | None = None
-    notes: list[str] = Field(default_factory=list)
 
 
 def _candidates(valid_tp: list[int], gpus_per_node: int, num_layers: int, max_gpus: int):
@@ -160,18 +112,20 @@ def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: st
 
 def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
          kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = MAX_GPUS,
-         gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
-         max_num_batched_tokens: int | None = None, mem_fraction_static: float | None = None) -> PlanResult:
+         **engine_options: Any) -> PlanResult:
     """Rank GPU types by the fewest GPUs that fit; ``gpus`` are GpuSpecs (default: the whole catalog)."""
     from gpuplan.api import estimate
+    from gpuplan.engines import SERVING_ENGINES, engine_name, make_options
     from gpuplan.engines.tp import valid_tp_sizes
     from gpuplan.gpus.catalog import load_catalog
 
     if max_gpus < 1:
         raise InputError(f"--max-gpus must be at least 1, got {max_gpus}")
+    engine = engine_name(engine)
+    engine_opts = make_options(engine, engine_options)  # bad options are named here, not hidden by the search
     spec = resolved.spec
     candidates_gpus = gpus if gpus else list(load_catalog().gpus)
-    serving = engine in ("vllm", "sglang")
+    serving = engine in SERVING_ENGINES
     valid_tp = valid_tp_sizes(spec) if serving else [1]
     options: list[PlanOption] = []
     notes: list[str] = []
@@ -186,19 +140,9 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         chosen: EstimateResult | None = None
         last: EstimateResult | None = None
         for tp, pp in pairs:
-            kwargs: dict[str, Any] = {}
-            if serving:
-                kwargs = {"tensor_parallel": tp, "pipeline_parallel": pp, "max_model_len": seq,
-                          "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
-                if engine == "vllm":
-                    kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-                else:
-                    kwargs["mem_fraction_static"] = mem_fraction_static
-            else:
-                kwargs = {"pipeline_parallel": pp}
             try:
-                result = estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
-                                  engine=engine, gpu=gpu, **kwargs)
+                result = estimate(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq, engine=engine,
+                                  gpu=gpu, tensor_parallel=tp, pipeline_parallel=pp, options=engine_opts)
             except InputError:
                 continue  # e.g. a TP size the padded vocabulary does not divide
             first = first or result
@@ -212,7 +156,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
         ep = serving and expert_parallel_fits(spec, picked.tensor_parallel)
         launch = launch_commands(resolved.id, picked, nodes=nodes, dtype=dtype, kv_cache_dtype=kv_dtype,
-                                 gpu_memory_utilization=gpu_memory_utilization,
+                                 gpu_memory_utilization=_given(engine_opts, "gpu_memory_utilization"),
                                  expert_parallel=ep) if chosen and serving else []
         reason = None
         if chosen is None:
@@ -232,3 +176,8 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         notes.append("GPUs without a CUDA-reported total are budgeted from the driver total")
     return PlanResult(model=resolved.id, engine=engine, dtype=first.dtype, kv_dtype=first.kv_dtype, batch=batch,
                       seq=first.seq, options=options, best=best, notes=notes)
+
+
+def _given(options: Any, name: str) -> Any:
+    """An option's value when the caller set it (a launch line spells out only what differs from defaults)."""
+    return getattr(options, name) if name in options.model_fields_set else None

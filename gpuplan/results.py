@@ -13,7 +13,45 @@ from pydantic import BaseModel, ConfigDict, Field
 _CONFIG = ConfigDict(frozen=True, defer_build=True)
 
 # Bump the major part when a field is removed or changes meaning, the minor part when one is added.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+
+
+class MemoryBreakdown(BaseModel):
+    """Bytes per GPU, the fields every result shares: peak_allocated = weights + the rest the peak holds;
+    total = peak_allocated + overhead (what the card must hold)."""
+
+    model_config = _CONFIG
+
+    weights_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    peak_allocated_bytes: int = Field(description="weights + kv cache + activations: torch.cuda.max_memory_allocated")
+    total_bytes: int = Field(description="peak_allocated + overhead: what the card must hold")
+
+
+class InferenceMemory(MemoryBreakdown):
+    """An inference breakdown: the KV cache beside the weights and activations."""
+
+    kv_cache_bytes: int
+
+
+class GpuFit(BaseModel):
+    """The verdict against a named GPU; every field is null when no GPU was named."""
+
+    model_config = _CONFIG
+
+    gpu: str | None = Field(default=None, description="GPU the fit is checked against, when one was named")
+    gpu_memory_bytes: int | None = Field(default=None, description="memory of that GPU, per GPU")
+    fits: bool | None = Field(default=None, description="fits that GPU (null when no GPU was named)")
+    headroom_bytes: int | None = Field(default=None, description="GPU memory left after total_bytes, per GPU")
+
+
+class Output(BaseModel):
+    """A command's --format json output: versioned as a whole."""
+
+    model_config = _CONFIG
+
+    schema_version: str = SCHEMA_VERSION
 
 
 class ServingBudget(BaseModel):
@@ -66,32 +104,18 @@ class LlamaCppRun(BaseModel):
     host_output_bytes: int = Field(description="the logits kept in host memory")
 
 
-class GpuMemory(BaseModel):
+class GpuMemory(InferenceMemory):
     """One GPU's share when transformers spreads the model over several GPUs (device_map="auto")."""
-
-    model_config = _CONFIG
 
     index: int
     first_layer: int = Field(description="first decoder layer on this GPU")
     layers: int = Field(description="decoder layers on this GPU")
-    weights_bytes: int
-    kv_cache_bytes: int
-    activation_bytes: int
-    peak_allocated_bytes: int
-    total_bytes: int
 
 
-class EstimateResult(BaseModel):
-    model_config = _CONFIG
+class EngineEstimate(InferenceMemory):
+    """What an engine computes for one workload on one kind of GPU: the breakdown, the workload as the engine
+    reads it, and the engine's own details. :class:`EstimateResult` adds the model and the GPU verdict."""
 
-    schema_version: str = SCHEMA_VERSION
-    model: str = Field(description="model id or path as resolved")
-    source: str = Field(description="local | catalog | hub | hub-cache | modelscope | modelscope-cache")
-    revision: str | None = None
-    commit: str | None = None
-    model_type: str
-    attention: str = Field(description="MHA | GQA | MQA | MLA")
-    engine: str
     attn_implementation: str
     dtype: str = Field(description="weights as stored on the GPU: fp32, fp16, bf16, fp8, int8, int4-gptq, nf4 ...")
     compute_dtype: str
@@ -103,18 +127,7 @@ class EstimateResult(BaseModel):
     gpus: int = Field(default=1, description="GPUs the model is spread over: tensor x pipeline parallel")
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
-    gpu: str | None = Field(default=None, description="GPU the fit is checked against, when one was named")
-    gpu_memory_bytes: int | None = Field(default=None, description="memory of that GPU, per GPU")
     fits: bool | None = Field(default=None, description="the workload fits that GPU (null when no GPU was named)")
-    headroom_bytes: int | None = Field(default=None, description="GPU memory left after total_bytes, per GPU")
-    parameters: int = Field(description="parameters in the checkpoint's text model (published count)")
-    loaded_parameters: int = Field(description="parameters the engine loads (without MTP layers)")
-    weights_bytes: int
-    kv_cache_bytes: int
-    activation_bytes: int
-    overhead_bytes: int
-    peak_allocated_bytes: int = Field(description="weights + kv cache + activations: torch.cuda.max_memory_allocated")
-    total_bytes: int = Field(description="peak_allocated + overhead: what the card must hold")
     components: dict[str, int] = Field(
         default_factory=dict,
         description="named parts of the estimate: of the activation peak (transformers), of every GPU and host "
@@ -127,6 +140,20 @@ class EstimateResult(BaseModel):
         default=None, description="layer placement and cache layout under --engine llama.cpp")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+
+
+class EstimateResult(Output, GpuFit, EngineEstimate):
+    """``gpuplan estimate``: one workload of one model under one engine, per GPU."""
+
+    model: str = Field(description="model id or path as resolved")
+    source: str = Field(description="local | catalog | hub | hub-cache | modelscope | modelscope-cache")
+    revision: str | None = None
+    commit: str | None = None
+    model_type: str
+    attention: str = Field(description="MHA | GQA | MQA | MLA")
+    engine: str
+    parameters: int = Field(description="parameters in the checkpoint's text model (published count)")
+    loaded_parameters: int = Field(description="parameters the engine loads (without MTP layers)")
 
 
 class DeploymentCheck(BaseModel):
@@ -158,12 +185,9 @@ class DeploymentCheck(BaseModel):
     estimate: EstimateResult = Field(description="the full estimate behind the verdict")
 
 
-class CheckResult(BaseModel):
+class CheckResult(Output):
     """``gpuplan check``: every deployment of a plan file against its GPUs."""
 
-    model_config = _CONFIG
-
-    schema_version: str = SCHEMA_VERSION
     file: str | None = Field(default=None, description="the plan file as given (null for a dict)")
     passed: bool = Field(description="every deployment passed (exit code 0; else 1)")
     failed: list[str] = Field(default_factory=list, description="names of the deployments that failed")
@@ -179,38 +203,23 @@ class SweepGpu(BaseModel):
     memory_bytes: int = Field(description="memory of one GPU that a CUDA process can allocate from")
 
 
-class SweepPoint(BaseModel):
+class SweepPoint(GpuFit, InferenceMemory):
     """One point of a sweep grid. Bytes are per GPU."""
-
-    model_config = _CONFIG
 
     dtype: str = Field(description="weights as stored on the GPU (the requested --dtype, resolved)")
     kv_dtype: str
-    gpu: str | None = Field(default=None, description="GPU of this point (null when no GPU was named)")
     batch: int = Field(description="sequences at once (serving engines: concurrent requests; llama.cpp: "
                                    "--parallel)")
     seq: int = Field(description="tokens per sequence (serving engines: max_model_len; llama.cpp: per slot)")
-    weights_bytes: int
-    kv_cache_bytes: int
-    activation_bytes: int
-    overhead_bytes: int
-    peak_allocated_bytes: int
-    total_bytes: int
-    gpu_memory_bytes: int | None = None
-    fits: bool | None = Field(default=None, description="fits the GPU (null when no GPU was named)")
-    headroom_bytes: int | None = Field(default=None, description="gpu_memory_bytes - total_bytes")
     kv_cache_tokens: int | None = Field(default=None, description="serving engines: tokens the KV cache holds")
     max_concurrency: float | None = Field(
         default=None, description="serving engines: requests of seq tokens that fit at once")
     warnings: list[str] = Field(default_factory=list)
 
 
-class SweepResult(BaseModel):
+class SweepResult(Output):
     """``gpuplan sweep``: a grid of estimates over dtypes, GPUs, batch sizes and context lengths."""
 
-    model_config = _CONFIG
-
-    schema_version: str = SCHEMA_VERSION
     model: str
     model_type: str
     parameters: int
@@ -226,36 +235,12 @@ class SweepResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-#: The commands whose --format json output is a stable contract, by ``gpuplan schema --output`` name.
-OUTPUTS = ("estimate", "plan", "check", "sweep")
-
-
-def output_model(name: str) -> type[BaseModel]:
-    """The model behind a command's JSON output (the plan's lives with the planner)."""
-    if name == "plan":
-        from gpuplan.planner import PlanResult
-
-        return PlanResult
-    models: dict[str, type[BaseModel]] = {"estimate": EstimateResult, "check": CheckResult, "sweep": SweepResult}
-    if name not in models:
-        raise ValueError(f"unknown output {name!r}; one of {', '.join(OUTPUTS)}")
-    return models[name]
-
-
-def output_schema(name: str) -> dict:
-    """The JSON Schema of a command's --format json output."""
-    return output_model(name).model_json_schema()
-
-
-class TrainResult(BaseModel):
+class TrainResult(Output, GpuFit, MemoryBreakdown):
     """``gpuplan train``: memory of one training step (forward, backward, optimizer step), per GPU.
 
     ``batch`` is the micro-batch per GPU; bytes are integers. docs/training.md gives every formula.
     """
 
-    model_config = _CONFIG
-
-    schema_version: str = SCHEMA_VERSION
     model: str = Field(description="model id or path as resolved")
     source: str
     revision: str | None = None
@@ -277,25 +262,69 @@ class TrainResult(BaseModel):
     offload_optimizer: bool
     prepare_kbit: bool = Field(default=False, description="QLoRA base prepared by peft's "
                                                           "prepare_model_for_kbit_training (float32 activations)")
-    gpu: str | None = Field(default=None, description="GPU the fit is checked against, when one was named")
-    gpu_memory_bytes: int | None = Field(default=None, description="memory of that GPU, per GPU")
-    fits: bool | None = Field(default=None, description="the step fits that GPU (null when no GPU was named)")
-    headroom_bytes: int | None = Field(default=None, description="GPU memory left after total_bytes, per GPU")
     parameters: int = Field(description="parameters of the model")
     trainable_parameters: int = Field(description="parameters that receive gradients (LoRA: the adapters)")
-    weights_bytes: int = Field(description="model weights (and LoRA adapters) on this GPU")
     gradient_bytes: int = Field(description="gradients on this GPU")
     optimizer_bytes: int = Field(description="optimizer states on this GPU (ZeRO: with fp32 master weights)")
-    activation_bytes: int = Field(description="what the peak holds beyond weights, gradients and states: saved "
-                                              "activations, logits and loss, temporaries")
     step_temporary_bytes: int = Field(description="memory optimizer.step() allocates and frees again")
     forward_peak_bytes: int
     backward_peak_bytes: int
     step_peak_bytes: int
     peak_phase: str = Field(description="forward | backward | optimizer step: where the peak is")
-    peak_allocated_bytes: int = Field(description="torch.cuda.max_memory_allocated of the step")
-    overhead_bytes: int = Field(description="CUDA context, libraries and allocator slack")
-    total_bytes: int = Field(description="peak_allocated + overhead: what the card must hold")
     components: dict[str, int] = Field(default_factory=dict, description="named parts of the estimate")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+
+
+class PlanOption(InferenceMemory):
+    """One way to deploy: a GPU type, how many, and how the model is split. Bytes are per GPU."""
+
+    gpu: str
+    count: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    nodes: int
+    gpus_per_node: int
+    fits: bool
+    gpu_memory_bytes: int
+    headroom_bytes: int
+    parameters: int
+    kv_cache_tokens: int | None = None
+    max_concurrency: float | None = None
+    max_model_len_that_fits: int | None = None
+    expert_parallel: bool = Field(default=False, description="MoE experts spread whole over the tensor-parallel "
+                                                            "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
+    launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
+    reason: str | None = Field(default=None, description="why it does not fit, when it does not")
+
+
+class PlanResult(Output):
+    """``gpuplan plan``: for each GPU type, the fewest GPUs that fit and how to split the model."""
+
+    model: str
+    engine: str
+    dtype: str
+    kv_dtype: str
+    batch: int
+    seq: int
+    options: list[PlanOption] = Field(description="one per GPU type, best first: fitting options by the GPU "
+                                              "memory they provision, then by fewer GPUs")
+    best: PlanOption | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+#: The commands whose --format json output is a stable contract, by ``gpuplan schema --output`` name.
+OUTPUTS: dict[str, type[Output]] = {"estimate": EstimateResult, "plan": PlanResult, "check": CheckResult,
+                                    "sweep": SweepResult, "train": TrainResult}
+
+
+def output_model(name: str) -> type[Output]:
+    """The model behind a command's JSON output."""
+    if name not in OUTPUTS:
+        raise ValueError(f"unknown output {name!r}; one of {', '.join(OUTPUTS)}")
+    return OUTPUTS[name]
+
+
+def output_schema(name: str) -> dict:
+    """The JSON Schema of a command's --format json output."""
+    return output_model(name).model_json_schema()

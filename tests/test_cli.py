@@ -93,7 +93,7 @@ BAD = [
     (["estimate", "llama-2-7b", "--seq", "1,,2"], 2, "has an empty item"),
     (["estimate", "llama-2-7b", "--batch", "99999999999"], 2, "batch"),
     (["estimate", "llama-2-7b", "--seq", "16", "--new-tokens", "16"], 2, "must be smaller than seq"),
-    (["estimate", "llama-2-7b", "--attn", "magic"], 2, "unknown attention implementation"),
+    (["estimate", "llama-2-7b", "--attn", "magic"], 2, "--attn expects one of"),
     (["estimate", "llama-2-7b", "--engine", "tgi"], 2, "unknown engine"),
     (["estimate", "no-such-model-anywhere"], 3, "is not in the bundled catalog"),
     (["estimate", "lama-2-7b"], 3, "did you mean llama-2-7b"),
@@ -219,7 +219,7 @@ def test_fits_exits_0():
 
 SERVING_BAD = [
     (["--engine", "vllm"], "sizes its KV cache from the GPU's memory"),
-    (["--engine", "vllm", "--gpu", "H100", "--gpu-memory-utilization", "1.5"], "gpu_memory_utilization"),
+    (["--engine", "vllm", "--gpu", "H100", "--gpu-memory-utilization", "1.5"], "must be at most 1"),
     (["--engine", "vllm", "--gpu", "H100", "-tp", "3"], "tensor parallel"),
     (["--engine", "vllm", "--gpu", "H1000"], "did you mean"),
     (["--gpu-memory", "lots"], "cannot read 'lots' as a memory size"),

@@ -18,6 +18,7 @@ from gpuplan.cli.app import app
 from gpuplan.cli.report import escape_data, escape_property, workflow_command
 from gpuplan.errors import InputError, ModelNotFoundError
 from gpuplan.planfile import PlanFileError, check
+from gpuplan.results import SCHEMA_VERSION
 from gpuplan.units import GiB
 
 runner = CliRunner()
@@ -177,7 +178,7 @@ BAD = [
     ("deployments:\n  - name: a\n    model: m\n    gpu: H100\n    seq: lots\n",
      ["5: deployment 'a': seq expects a whole number of tokens such as 4096 or 4k, got 'lots'"]),
     ("deployments:\n  - name: a\n    model: m\n    gpu: H100\n    engine: tgi\n",
-     ["5: deployment 'a': engine expects one of 'transformers', 'vllm', 'sglang' or 'llama.cpp', got 'tgi'"]),
+     ["5: deployment 'a': engine expects one of transformers, vllm, sglang, llama.cpp, got 'tgi'"]),
     ("deployments:\n  - name: a\n    model: m\n    gpu: H100\n    headroom: lots\n",
      ["5: deployment 'a': headroom expects a percentage such as 10% or a size such as 4GiB, got 'lots'"]),
     ("deployments:\n  - name: a\n    model: m\n    gpu: H100\n    gpus: 0\n",
@@ -265,9 +266,9 @@ def test_check_json(tmp_path):
     result = runner.invoke(app, ["check", str(write(tmp_path, GOOD)), "--format", "json"])
     assert result.exit_code == 1
     data = json.loads(result.stdout)
-    assert data["schema_version"] == "1.0" and data["passed"] is False and data["failed"] == ["long"]
+    assert data["schema_version"] == SCHEMA_VERSION and data["passed"] is False and data["failed"] == ["long"]
     long = data["deployments"][1]
-    assert long["reasons"] and long["line"] == 9 and long["estimate"]["schema_version"] == "1.0"
+    assert long["reasons"] and long["line"] == 9 and long["estimate"]["schema_version"] == SCHEMA_VERSION
 
 
 def test_github_annotations_and_step_summary(tmp_path, monkeypatch):

@@ -158,15 +158,23 @@ def test_gguf_table_shows_the_host_part_only_when_layers_stay_on_the_host(llama3
     assert "32/32 layers + output layer on the GPU" in full.stdout
 
 
-def test_seq_stands_for_ctx_size_and_sweeps(llama3_gguf: Path) -> None:
+def test_seq_is_tokens_per_slot_and_sweeps(llama3_gguf: Path) -> None:
     result = run("estimate", str(llama3_gguf), "--seq", "4k,32k", "-np", "auto", "--format", "json")
 
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert [d["seq"] for d in data] == [4096, 32768]
-    # llama-server's auto: 4 slots sharing one unified cache, each may use the whole context.
+    # llama-server's auto: 4 slots sharing one unified cache of 4 x --seq cells; each may use all of it.
+    assert [d["llamacpp"]["n_ctx"] for d in data] == [4 * 4096, 4 * 32768]
     assert [d["batch"] for d in data] == [4, 4] and all(d["llamacpp"]["kv_unified"] for d in data)
-    assert [d["kv_cache_bytes"] for d in data] == [512 * MiB, 4096 * MiB]
+    assert [d["kv_cache_bytes"] for d in data] == [2048 * MiB, 16384 * MiB]
+
+
+def test_batch_is_parallel_slots_of_seq_tokens(llama3_gguf: Path) -> None:
+    result = run("estimate", str(llama3_gguf), "--batch", "2", "--seq", "8k", "--format", "json")
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["batch"] == 2 and data["seq"] == 8192 and data["llamacpp"]["n_ctx"] == 16384
 
 
 def test_gguf_folder_and_library_facade(tmp_path: Path) -> None:
@@ -213,7 +221,7 @@ def test_llamacpp_flags_need_the_llamacpp_engine(args: tuple[str, ...]) -> None:
 
 
 def test_llamacpp_rejects_flags_it_does_not_take(llama3_gguf: Path) -> None:
-    for extra, message in ((("--dtype", "fp16"), "own types"), (("--batch", "2"), "--parallel"),
+    for extra, message in ((("--dtype", "fp16"), "own types"), (("--batch", "2", "-np", "4"), "--parallel"),
                            (("-ngl", "auto"), "number or all"), (("-c", "4k", "--seq", "4k"), "not both")):
         result = run("estimate", str(llama3_gguf), *extra)
         assert result.exit_code == 2, result.output

@@ -15,7 +15,8 @@ import gpuplan
 from gpuplan.cli.app import app
 from gpuplan.cli.sweep_cmd import _Progress, terminal_chart
 from gpuplan.errors import InputError, MissingDependencyError
-from gpuplan.sweep import CSV_COLUMNS, parse_grid, save_plot, to_csv, token_label
+from gpuplan.results import SCHEMA_VERSION
+from gpuplan.sweeps import CSV_COLUMNS, parse_grid, save_plot, to_csv, token_label
 
 runner = CliRunner()
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -57,7 +58,7 @@ def test_token_label():
 
 def test_sweep_points_in_order_with_fits_per_gpu():
     s = gpuplan.sweep(MODEL, seq="1k..4k", batch="1,8", gpu=["H100", "L4"], dtype="bf16,int4")
-    assert s.schema_version == "1.0" and s.engine == "transformers"
+    assert s.schema_version == SCHEMA_VERSION and s.engine == "transformers"
     assert s.dtypes == ["bf16", "int4-gptq"] and s.kv_dtypes == ["bf16"]
     assert s.seqs == [1024, 2048, 4096] and s.batches == [1, 8]
     assert [g.name for g in s.gpus] == ["H100-SXM-80GB", "L4"]
@@ -104,10 +105,10 @@ def test_llamacpp_sweep_maps_batch_to_parallel(tmp_path):
     assert by[4, 4096].kv_cache_bytes == 4 * 4096 * 128 * 1024 == 2 * by[1, 8192].kv_cache_bytes
 
 
-def test_gpuplan_sweep_stays_callable_after_importing_the_module():
-    import gpuplan.sweep as module
+def test_gpuplan_sweep_is_the_function_even_after_importing_its_module():
+    import gpuplan.sweeps as module
 
-    assert gpuplan.sweep is module and callable(gpuplan.sweep)
+    assert gpuplan.sweep is module.sweep
     assert gpuplan.sweep("gpt2", seq="1k").points[0].seq == 1024
 
 
@@ -131,7 +132,7 @@ def test_sweep_table_csv_and_json(tmp_path):
     assert len(rows) == 6 and "H100-SXM-80GB" in result.stdout.splitlines()[2]
     assert len(target.read_text().splitlines()) == 1 + 2 * 2 * 3
     data = json.loads(runner.invoke(app, ["sweep", MODEL, "-s", "1k", "-f", "json"]).stdout)
-    assert data["schema_version"] == "1.0" and data["points"][0]["seq"] == 1024
+    assert data["schema_version"] == SCHEMA_VERSION and data["points"][0]["seq"] == 1024
 
 
 def test_sweep_serving_tables():

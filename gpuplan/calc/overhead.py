@@ -30,3 +30,11 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB
 def overhead_bytes(largest_transient_bytes: int = 0) -> int:
     """Bytes the card holds beyond torch's allocated peak: non-torch memory plus allocator slack."""
     return NON_TORCH_BYTES + largest_transient_bytes
+
+
+def expandable_segments_from_env() -> bool:
+    """PyTorch's allocator grows segments in place when PYTORCH_CUDA_ALLOC_CONF says expandable_segments:True
+    (the one place gpuplan reads that variable)."""
+    import os
+
+    return "expandable_segments:true" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").lower()

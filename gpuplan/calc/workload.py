@@ -1,4 +1,12 @@
-"""The workload an estimate is for: how many sequences, how long, how many tokens generated."""
+"""The workload an estimate is for: how many sequences, how long, how many tokens generated.
+
+One meaning for every engine: ``batch`` sequences (requests) at once, each holding ``seq`` tokens (prompt +
+generated), ``new_tokens`` of them generated. Each engine translates it in one place: transformers runs
+generate() on it; vLLM and SGLang read ``seq`` as max_model_len and ``batch`` as the concurrency that must
+fit; llama.cpp reads ``batch`` as --parallel and gives every slot ``seq`` tokens (--ctx-size = batch x seq).
+``seq`` None leaves the length to the engine (transformers: 2,048; serving engines and llama.cpp: the
+model's context).
+"""
 
 from __future__ import annotations
 
@@ -17,12 +25,12 @@ class Workload(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     batch: int = Field(default=1, ge=1, le=MAX_BATCH)
-    seq: int = Field(default=2048, ge=1, le=MAX_SEQ)
+    seq: int | None = Field(default=None, ge=1, le=MAX_SEQ)
     new_tokens: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _prompt_not_empty(self) -> Workload:
-        if self.new_tokens >= self.seq:
+        if self.seq is not None and self.new_tokens >= self.seq:
             raise ValueError(
                 f"new_tokens ({self.new_tokens}) must be smaller than seq ({self.seq}): seq counts the prompt "
                 "plus the generated tokens"
@@ -31,4 +39,12 @@ class Workload(BaseModel):
 
     @property
     def prompt_tokens(self) -> int:
+        if self.seq is None:
+            raise ValueError("the workload leaves seq to the engine: resolve it with with_seq() first")
         return self.seq - self.new_tokens
+
+    def with_seq(self, default: int) -> Workload:
+        """This workload with ``seq`` set to ``default`` when it was left to the engine."""
+        if self.seq is not None:
+            return self
+        return Workload(batch=self.batch, seq=default, new_tokens=self.new_tokens)

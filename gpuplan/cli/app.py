@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from enum import Enum
 
 # pydantic looks up third-party plugins through importlib.metadata entry points the first time a model
 # class is built: about 20 ms, more than the whole estimate. The CLI defines no plugin use; a user who
@@ -17,6 +16,7 @@ import typer
 
 from gpuplan import __version__
 from gpuplan.cli import check_cmd, sweep_cmd
+from gpuplan.cli.engine_flags import PanelCommand, engine_options, flag_runs, with_engine_flags
 from gpuplan.cli.errors import run_guarded
 from gpuplan.cli.formats import OutputFormat
 from gpuplan.cli.options import parse_int_list
@@ -58,7 +58,7 @@ def _main(
     """gpuplan: GPU memory estimates for large language models."""
 
 
-# Serving-engine flags, named as vLLM and SGLang name them.
+# Flags every command that estimates shares (engine options come from gpuplan/engines/, see engine_flags.py).
 GpuOpt = Annotated[str | None, typer.Option(
     "--gpu", help="GPU from the catalog (`gpuplan gpus`): H100, L4, RTX 4090...")]
 GpuMemoryOpt = Annotated[str | None, typer.Option(
@@ -67,17 +67,13 @@ TpOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="Tenso
 PpOpt = Annotated[int, typer.Option(
     "--pipeline-parallel-size", "-pp",
     help="Pipeline parallel stages; with transformers, GPUs that device_map='auto' spreads whole layers over.")]
-UtilOpt = Annotated[float | None, typer.Option(
-    "--gpu-memory-utilization", help="vLLM: fraction of GPU memory it may use (default 0.9).")]
-MaxLenOpt = Annotated[str | None, typer.Option(
-    "--max-model-len", help="Serving engines: context length per request (default: the model's).")]
-MaxSeqsOpt = Annotated[int | None, typer.Option("--max-num-seqs", help="vLLM: sequences per batch.")]
-MaxBatchedOpt = Annotated[int | None, typer.Option(
-    "--max-num-batched-tokens", help="vLLM: tokens per forward pass (sets the profile run's activations).")]
-BlockOpt = Annotated[int, typer.Option("--block-size", help="vLLM: tokens per KV cache block.")]
-KvMemOpt = Annotated[str | None, typer.Option("--kv-cache-memory", help="vLLM: fixed KV cache size, e.g. 40GiB.")]
-MemFracOpt = Annotated[float | None, typer.Option(
-    "--mem-fraction-static", help="SGLang: fraction for weights + KV cache (default: SGLang's rule).")]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="Weights: auto (the checkpoint's own), fp32, fp16, bf16, fp8, int8, int4, nf4.")]
+KvDtypeOpt = Annotated[str, typer.Option(
+    "--kv-dtype", "--kv-cache-dtype", help="KV cache: auto (= compute dtype), fp16, bf16, fp8, fp32.")]
+EngineOpt = Annotated[str | None, typer.Option(
+    "--engine", help="Runtime whose memory use is modelled: transformers, vllm, sglang, llama.cpp. Default: "
+                     "llama.cpp for a .gguf file, else transformers.", show_default=False)]
 
 # Training flags (gpuplan train, gpuplan verify --train).
 TrainMethodOpt = Annotated[str, typer.Option("--method", help="full, lora or qlora (4-bit NF4 base).")]
@@ -126,198 +122,99 @@ NoOpOffloadOpt = Annotated[bool, typer.Option(
     "--no-op-offload", help="llama.cpp: compute host layers on the CPU (no weight copies to the GPU).")]
 
 
-def _int_or(text: str, *, option: str, word: str) -> int | str:
-    """A whole number, or ``word`` (auto, all)."""
-    from gpuplan.errors import InputError
-
-    value = text.strip().lower()
-    if value == word:
-        return word
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"{option} expects a whole number or {word}, got {text!r}") from None
-
-
-@app.command()
+@app.command(cls=PanelCommand)
+@with_engine_flags
 def estimate(
     model: ModelArg,
-    dtype: Annotated[str, typer.Option(
-        "--dtype", help="Weights: auto (the checkpoint's own), fp32, fp16, bf16, fp8, int8, int4, nf4.")] = "auto",
-    kv_dtype: Annotated[str, typer.Option(
-        "--kv-dtype", "--kv-cache-dtype", help="KV cache: auto (= compute dtype), fp16, bf16, fp8, fp32.")] = "auto",
+    dtype: DtypeOpt = "auto",
+    kv_dtype: KvDtypeOpt = "auto",
     batch: Annotated[str, typer.Option(
-        "--batch", "-b", help="Sequences at once (serving: concurrent requests to fit); a list sweeps: 1,8,32.")] = "1",
+        "--batch", "-b", help="Sequences at once (serving: concurrent requests to fit; llama.cpp: --parallel); "
+                              "a list sweeps: 1,8,32.")] = "1",
     seq: Annotated[str | None, typer.Option(
         "--seq", "-s", help="Tokens per sequence in the KV cache (prompt + generated); 4096, 4k, or a list: "
-                            "2k,8k. Default 2048 (serving engines: the model's context; llama.cpp: "
-                            "--ctx-size).",
+                            "2k,8k. Default 2048 (serving engines and llama.cpp: the model's context).",
         show_default=False)] = None,
     new_tokens: Annotated[int, typer.Option(
         "--new-tokens", help="How many of the seq tokens are generated; the rest is the prompt. 0: one "
                              "forward pass over all seq tokens.")] = 0,
-    engine: Annotated[str | None, typer.Option(
-        "--engine", help="Runtime whose memory use is modelled: transformers, vllm, sglang, llama.cpp. Default: "
-                         "llama.cpp for a .gguf file, else transformers.", show_default=False)] = None,
-    attn: Annotated[str, typer.Option(
-        "--attn", help="transformers attention implementation: sdpa, eager, flash_attention_2.")] = "sdpa",
+    engine: EngineOpt = None,
     gpu: GpuOpt = None,
     gpu_memory: GpuMemoryOpt = None,
     tensor_parallel_size: TpOpt = 1,
     pipeline_parallel_size: PpOpt = 1,
-    gpu_memory_utilization: UtilOpt = None,
-    max_model_len: MaxLenOpt = None,
-    max_num_seqs: MaxSeqsOpt = None,
-    max_num_batched_tokens: MaxBatchedOpt = None,
-    block_size: BlockOpt = 16,
-    kv_cache_memory: KvMemOpt = None,
-    mem_fraction_static: MemFracOpt = None,
-    n_gpu_layers: NglOpt = None,
-    ctx_size: CtxOpt = None,
-    ubatch_size: UbatchOpt = None,
-    batch_size: NbatchOpt = None,
-    parallel: ParallelOpt = None,
-    kv_unified: KvUnifiedOpt = None,
-    cache_type_k: CacheKOpt = None,
-    cache_type_v: CacheVOpt = None,
-    flash_attn: FlashOpt = None,
-    swa_full: SwaFullOpt = False,
-    no_kv_offload: NoKvOffloadOpt = False,
-    no_op_offload: NoOpOffloadOpt = False,
-    expandable_segments: Annotated[bool | None, typer.Option(
-        "--expandable-segments/--no-expandable-segments",
-        help="transformers: PyTorch's allocator grows segments in place (PYTORCH_CUDA_ALLOC_CONF="
-             "expandable_segments:True), which removes most allocator slack. Default: read that variable.",
-        show_default=False)] = None,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
     output_format: FormatOpt = OutputFormat.table,
+    engine_flags: dict | None = None,
 ) -> None:
     """Estimate per-GPU memory: weights, KV cache, activations, overhead, peak and total."""
 
     def run() -> int:
-        from gpuplan.api import LLAMACPP, SERVING_ENGINES, load_model
         from gpuplan.api import estimate as estimate_one
+        from gpuplan.api import load_model
         from gpuplan.cli import output
+        from gpuplan.engines import default_engine, engine_name
         from gpuplan.errors import InputError
 
-        # Every llama.cpp flag given, with the keyword estimate() takes it as.
-        llama: dict[str, tuple[str, object]] = {}
-        if n_gpu_layers is not None:
-            llama["--n-gpu-layers"] = ("n_gpu_layers", _int_or(n_gpu_layers, option="--n-gpu-layers", word="all"))
-        if ubatch_size is not None:
-            llama["--ubatch-size"] = ("ubatch_size", ubatch_size)
-        if batch_size is not None:
-            llama["--batch-size"] = ("batch_size", batch_size)
-        if parallel is not None:
-            llama["--parallel"] = ("parallel", _int_or(parallel, option="--parallel", word="auto"))
-        if kv_unified is not None:
-            llama["--kv-unified" if kv_unified else "--no-kv-unified"] = ("kv_unified", kv_unified)
-        if cache_type_k is not None:
-            llama["--cache-type-k"] = ("cache_type_k", cache_type_k)
-        if cache_type_v is not None:
-            llama["--cache-type-v"] = ("cache_type_v", cache_type_v)
-        if flash_attn is not None:
-            llama["--flash-attn"] = ("flash_attn", flash_attn)
-        if swa_full:
-            llama["--swa-full"] = ("swa_full", True)
-        if no_kv_offload:
-            llama["--no-kv-offload"] = ("kv_offload", False)
-        if no_op_offload:
-            llama["--no-op-offload"] = ("op_offload", False)
-        ctx_values = parse_int_list(ctx_size, option="--ctx-size", minimum=0) if ctx_size is not None else None
-        flags = list(llama) + (["--ctx-size"] if ctx_size is not None else [])
-
-        def check_engine(name: str) -> None:
-            if flags and name != LLAMACPP:
-                what = "is a llama.cpp flag" if len(flags) == 1 else "are llama.cpp flags"
-                raise InputError(f"{', '.join(flags)} {what}, used only with --engine llama.cpp (not {name})",
-                                 hint="pass a .gguf file with --engine llama.cpp, or drop the flag")
-
-        if engine is not None:
-            check_engine(engine)
+        runs = flag_runs(engine_flags or {})
+        named = engine_name(engine) if engine is not None else None
+        if named is not None:
+            engine_options(named, runs[0])  # a flag of another engine is named before any model is loaded
         batches = parse_int_list(batch, option="--batch")
+        seqs: list[int | None] = list(parse_int_list(seq, option="--seq")) if seq is not None else [None]
         if new_tokens < 0:
             raise InputError(f"--new-tokens must be 0 or more, got {new_tokens}")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
-        engine_name = engine or (LLAMACPP if resolved.gguf is not None else "transformers")
-        check_engine(engine_name)
-        serving = engine_name in SERVING_ENGINES
-        if engine_name == LLAMACPP:
-            if max_model_len is not None:
-                raise InputError("--max-model-len is a serving engine's; llama.cpp takes --ctx-size (-c)")
-            if ctx_values is not None and seq is not None:
-                raise InputError("give --ctx-size or --seq, not both",
-                                 hint="with llama.cpp --seq stands for --ctx-size")
-            if ctx_values is None and seq is not None:
-                ctx_values = parse_int_list(seq, option="--seq")
-            seqs: list[int | None] = list(ctx_values) if ctx_values is not None else [None]
-        elif max_model_len is not None:
-            seqs = list(parse_int_list(max_model_len, option="--max-model-len"))
-        elif seq is not None:
-            seqs = list(parse_int_list(seq, option="--seq"))
-        else:
-            seqs = [None]
-        keywords = dict(llama.values())
-        results = []
-        for b, s in itertools.product(batches, seqs):
-            per_run = {**keywords, "ctx_size": s} if engine_name == LLAMACPP else {}
-            results.append(estimate_one(
-                resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=None if per_run else s,
-                new_tokens=new_tokens,
-                engine=engine_name, attn=attn, gpu=gpu, gpu_memory=gpu_memory,
-                tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=s if serving else None, max_num_seqs=max_num_seqs,
-                max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-                kv_cache_memory=kv_cache_memory, mem_fraction_static=mem_fraction_static,
-                expandable_segments=expandable_segments, **per_run))
+        name = named or default_engine(resolved.gguf is not None)
+        results = [estimate_one(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=s, new_tokens=new_tokens,
+                                engine=name, gpu=gpu, gpu_memory=gpu_memory, tensor_parallel=tensor_parallel_size,
+                                pipeline_parallel=pipeline_parallel_size, options=engine_options(name, flags))
+                   for b, s, flags in itertools.product(batches, seqs, runs)]
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
 
 
-@app.command()
+@app.command(cls=PanelCommand)
+@with_engine_flags
 def plan(
     model: ModelArg,
     gpu: Annotated[list[str] | None, typer.Option(
         "--gpu", help="GPU type(s) to plan for; repeat for several. Default: every GPU in the catalog.")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="vllm, sglang, or transformers (one GPU).")] = "vllm",
-    dtype: Annotated[str, typer.Option(
-        "--dtype", help="Weights: auto, fp32, fp16, bf16, fp8, int8, int4, nf4.")] = "auto",
-    kv_dtype: Annotated[str, typer.Option(
-        "--kv-dtype", "--kv-cache-dtype", help="KV cache: auto, fp16, bf16, fp8.")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", help="vllm, sglang, or transformers.")] = "vllm",
+    dtype: DtypeOpt = "auto",
+    kv_dtype: KvDtypeOpt = "auto",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Requests of --seq tokens that must fit at once.")] = 1,
     seq: Annotated[str | None, typer.Option(
-        "--seq", "--max-model-len", "-s", help="Context per request (default: the model's).")] = None,
-    gpu_memory_utilization: UtilOpt = None,
-    max_num_seqs: MaxSeqsOpt = None,
-    max_num_batched_tokens: MaxBatchedOpt = None,
-    mem_fraction_static: MemFracOpt = None,
+        "--seq", "-s", help="Context per request (default: the model's).")] = None,
     max_gpus: Annotated[int, typer.Option("--max-gpus", help="Largest deployment to consider.")] = 512,
     top: Annotated[int, typer.Option("--top", help="Rows to show in the table (JSON has all).")] = 15,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
     offline: OfflineOpt = False,
     output_format: FormatOpt = OutputFormat.table,
+    engine_flags: dict | None = None,
 ) -> None:
     """Which GPUs, how many, and how to split the model (tensor x pipeline parallel), cheapest first."""
 
     def run() -> int:
         from gpuplan.api import load_model, resolve_gpu
         from gpuplan.cli import output
+        from gpuplan.engines import engine_name
         from gpuplan.planner import plan as make_plan
         from gpuplan.units import parse_token_count
 
+        named = engine_name(engine)
+        options = engine_options(named, engine_flags or {})
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         gpus_wanted = [resolve_gpu(name) for name in gpu] if gpu else None
-        result = make_plan(resolved, gpus=gpus_wanted, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch,
+        result = make_plan(resolved, gpus=gpus_wanted, engine=named, dtype=dtype, kv_dtype=kv_dtype, batch=batch,
                            seq=parse_token_count(seq) if seq else None, max_gpus=max_gpus,
-                           gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                           max_num_batched_tokens=max_num_batched_tokens, mem_fraction_static=mem_fraction_static)
+                           **{k: getattr(options, k) for k in options.model_fields_set})
         output.render_plan(result, output_format, top=top)
         return 0 if result.best is not None else EXIT_FINDING
 
@@ -544,31 +441,28 @@ def gpus(
     run_guarded(run)
 
 
-class SchemaOutput(str, Enum):
-    estimate = "estimate"
-    plan = "plan"
-    check = "check"
-    sweep = "sweep"
-
-
 @app.command()
 def schema(
-    output_name: Annotated[SchemaOutput, typer.Option(
-        "--output", "-o", help="Whose --format json output: estimate, plan, check or sweep.")] = SchemaOutput.estimate,
+    output_name: Annotated[str, typer.Option(
+        "--output", "-o", help="Whose --format json output: estimate, plan, check, sweep or train.")] = "estimate",
 ) -> None:
     """Print the JSON Schema of a command's --format json output (docs/json.md describes every field)."""
 
     def run() -> None:
         from gpuplan.cli import output
-        from gpuplan.results import output_schema
+        from gpuplan.errors import InputError
+        from gpuplan.results import OUTPUTS, output_schema
 
-        output.emit_json(output_schema(output_name.value))
+        name = output_name.strip().lower()
+        if name not in OUTPUTS:
+            raise InputError(f"unknown --output {output_name!r}", hint=f"use one of: {', '.join(OUTPUTS)}")
+        output.emit_json(output_schema(name))
 
     run_guarded(run)
 
 
 app.command("check")(check_cmd.check)
-app.command("sweep")(sweep_cmd.sweep)
+app.command("sweep", cls=PanelCommand)(with_engine_flags(sweep_cmd.sweep))
 
 
 def main() -> None:

@@ -45,12 +45,6 @@ def sweep(
         "--tensor-parallel-size", "-tp", help="Tensor parallel GPUs (serving engines).")] = 1,
     pipeline_parallel_size: Annotated[int, typer.Option(
         "--pipeline-parallel-size", "-pp", help="Pipeline parallel stages (serving engines).")] = 1,
-    gpu_memory_utilization: Annotated[float | None, typer.Option(
-        "--gpu-memory-utilization", help="vLLM: fraction of GPU memory it may use (default 0.9).",
-        show_default=False)] = None,
-    mem_fraction_static: Annotated[float | None, typer.Option(
-        "--mem-fraction-static", help="SGLang: fraction for weights + KV cache (default: SGLang's rule).",
-        show_default=False)] = None,
     new_tokens: Annotated[int, typer.Option(
         "--new-tokens", help="transformers: how many of the seq tokens are generated.")] = 0,
     csv_file: Annotated[Path | None, typer.Option(
@@ -68,6 +62,7 @@ def sweep(
         "--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     output_format: Annotated[SweepFormat, typer.Option(
         "--format", "-f", help="table for people, json for scripts.")] = SweepFormat.table,
+    engine_flags: dict | None = None,
 ) -> None:
     """Memory over a grid of context lengths, batch sizes, dtypes and GPUs: table, CSV, JSON or a chart."""
     from gpuplan.cli.errors import run_guarded
@@ -75,9 +70,14 @@ def sweep(
     def run() -> int:
         from gpuplan.cli import output
         from gpuplan.errors import InputError
-        from gpuplan.sweep import sweep as run_sweep
-        from gpuplan.sweep import to_csv
+        from gpuplan.sweeps import sweep as run_sweep
+        from gpuplan.sweeps import to_csv
 
+        if engine is not None:
+            from gpuplan.cli.engine_flags import engine_options
+            from gpuplan.engines import engine_name
+
+            engine_options(engine_name(engine), engine_flags or {})  # flags named as typed, before any work
         if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise InputError(f"--plot {plot}: the file must end in .png, .svg or .pdf")
         err = output.stderr_console()
@@ -85,9 +85,8 @@ def sweep(
         with _Progress(err, enabled=show_progress) as progress:
             result = run_sweep(model, seq=seq, batch=batch, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu, engine=engine,
                                tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
-                               gpu_memory_utilization=gpu_memory_utilization,
-                               mem_fraction_static=mem_fraction_static, new_tokens=new_tokens, revision=revision,
-                               source=source, offline=offline or None, progress=progress.update)
+                               new_tokens=new_tokens, revision=revision, source=source, offline=offline or None,
+                               progress=progress.update, **(engine_flags or {}))
         if csv_file is not None:
             _write_text(csv_file, to_csv(result), option="--csv")
         if output_format is SweepFormat.json:
@@ -98,7 +97,7 @@ def sweep(
                 out.print(table)
         if plot is not None:
             from gpuplan.errors import MissingDependencyError
-            from gpuplan.sweep import save_plot
+            from gpuplan.sweeps import save_plot
 
             try:
                 save_plot(result, plot)
@@ -239,7 +238,7 @@ def terminal_chart(result, width: int = 48):
     a bar per context length, one character (and colour) per component, ┆ where each GPU's memory ends."""
     from rich.text import Text
 
-    from gpuplan.sweep import COMPONENTS, panels, token_label
+    from gpuplan.sweeps import COMPONENTS, panels, token_label
     from gpuplan.units import GiB
 
     chars = {"weights_bytes": "█", "kv_cache_bytes": "▓", "activation_bytes": "▒", "overhead_bytes": "░"}

@@ -32,12 +32,17 @@ beside each rule; the measurements that check them (H200, CUDA 13.0) are in test
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gpuplan.calc.workload import Workload
+from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, tokens_validator
 from gpuplan.errors import InputError
-from gpuplan.models.gguf import GgmlType, GgufModel, ggml_type_by_name
+
+if TYPE_CHECKING:  # the GGUF reader is imported when a GGUF file is estimated, not to list this engine's flags
+    from gpuplan.models.gguf import GgmlType, GgufModel
+from gpuplan.results import EngineEstimate, LlamaCppRun
 from gpuplan.units import MiB
 
 __all__ = [
@@ -107,7 +112,7 @@ _BLOCK = re.compile(r"^blk\.(\d+)\.")
 class LlamaCppSettings(BaseModel):
     """The llama.cpp flags that decide memory, with llama.cpp's own defaults."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     n_gpu_layers: int | None = None
     """``-ngl``: layers on the GPU out of ``block_count + 1`` (the output layer counts as one). None or a
@@ -132,7 +137,7 @@ class LlamaCppSettings(BaseModel):
 class LlamaCppMemory(BaseModel):
     """Bytes llama.cpp allocates on the GPU and in host memory for one model and settings."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     gpu_weights_bytes: int
     host_weights_bytes: int
@@ -179,6 +184,8 @@ def _cache_type(name: str, flag: str) -> GgmlType:
     key = name.strip().lower()
     if key not in KV_CACHE_TYPES:
         raise InputError(f"unknown {flag} {name!r}", hint=f"llama.cpp accepts: {', '.join(KV_CACHE_TYPES)}")
+    from gpuplan.models.gguf import ggml_type_by_name
+
     return ggml_type_by_name(key)
 
 
@@ -432,3 +439,159 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
         components=components,
         notes=tuple(notes),
     )
+
+
+# ---- the llama.cpp engine: options and the estimate behind `--engine llama.cpp` ----------------------------
+
+NAME = "llama.cpp"
+SUMMARY = "llama.cpp (llama-server, llama-cli) running a GGUF file: its model, KV, compute and output buffers"
+SERVING = False
+
+
+class Options(EngineOptions):
+    """llama.cpp's flags that decide memory, named as llama.cpp names them (common/arg.cpp)."""
+
+    n_gpu_layers: int | Literal["all"] | None = Field(
+        default=None, description="layers on the GPU, the output layer counting as one; a number or all "
+                                  "(default all).", json_schema_extra={"short": "-ngl", "metavar": "N|all"})
+    ctx_size: int | None = Field(
+        default=None, ge=0, description="context over all sequences; 0 = the model's (default: --batch x "
+                                        "--seq, else the model's); a list sweeps.",
+        json_schema_extra={"short": "-c", "sweep": True, "metavar": "TOKENS"})
+    ubatch_size: int = Field(default=DEFAULT_N_UBATCH, ge=1, description="physical batch, tokens per graph.",
+                             json_schema_extra={"short": "-ub"})
+    batch_size: int = Field(default=DEFAULT_N_BATCH, ge=1, description="logical batch.")
+    parallel: int | Literal["auto"] = Field(
+        default=1, description="sequences at once, a number or auto (llama-server's 4 slots sharing a unified "
+                               "cache); default: --batch.", json_schema_extra={"short": "-np", "metavar": "N|auto"})
+    kv_unified: bool = Field(default=False, description="one KV cache shared by all sequences.")
+    cache_type_k: str = Field(default="f16", description="K cache type: " + ", ".join(KV_CACHE_TYPES) + ".",
+                              json_schema_extra={"short": "-ctk"})
+    cache_type_v: str = Field(default="f16", description="V cache type, as --cache-type-k.",
+                              json_schema_extra={"short": "-ctv"})
+    flash_attn: FlashAttn = Field(default="auto", description="flash attention: auto, on or off.",
+                                  json_schema_extra={"short": "-fa"})
+    swa_full: bool = Field(default=False, description="full-size cache for sliding-window layers.")
+    kv_offload: bool = Field(default=True, description="keep the KV cache in host memory (--no-kv-offload).",
+                             json_schema_extra={"negative": True})
+    op_offload: bool = Field(default=True, description="compute host layers on the CPU, with no weight copies "
+                                                       "to the GPU (--no-op-offload).",
+                             json_schema_extra={"negative": True})
+
+    _tokens = tokens_validator("ctx_size")
+
+    @field_validator("cache_type_k", "cache_type_v", "flash_attn", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return _word(value)
+
+    @field_validator("n_gpu_layers", mode="before")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        value = _word(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return "all" if value < 0 else value
+        if value != "all":
+            hint = " (llama.cpp's --fit, which picks -ngl from free memory, is not modelled)" if value == "auto" else ""
+            raise ValueError(f"expects a number or all{hint}")
+        return value
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _slots(cls, value: Any) -> Any:
+        value = _word(value)
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise ValueError("expects a number or auto")
+
+
+def _word(value: Any) -> Any:
+    """Numbers and words as the CLI passes them: '20' -> 20, 'AUTO' -> 'auto', 'Q8_0' -> 'q8_0'."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
+             options: Options) -> EngineEstimate:
+    """llama.cpp's buffers for a GGUF file: ``workload.batch`` slots of ``workload.seq`` tokens each."""
+    gguf = _gguf_of(model)
+    if request.dtype != "auto":
+        raise InputError(f"--dtype {request.dtype}: llama.cpp runs the GGUF file's own types",
+                         hint="quantize the file with llama-quantize, or leave --dtype at auto")
+    if request.kv_dtype != "auto":
+        raise InputError(f"--kv-dtype {request.kv_dtype}: llama.cpp sets its cache types with --cache-type-k/-v",
+                         hint="for example -ctk q8_0 -ctv q8_0")
+    if hardware.gpus != 1:
+        raise InputError("the llama.cpp engine is estimated on one GPU",
+                         hint="its split over several GPUs (--tensor-split) is not modelled")
+    mem = estimate_llamacpp(gguf, _settings(workload, options))
+    return _result(model, gguf, mem, options)
+
+
+def _gguf_of(model: Any) -> GgufModel:
+    """The GgufModel behind a resolved model, re-read from its file when only the path was kept."""
+    if getattr(model, "gguf", None) is not None:
+        return model.gguf
+    location = getattr(model, "location", None)
+    if getattr(model, "source", None) == "local" and location and location.lower().endswith(".gguf"):
+        from gpuplan.models.gguf import load_gguf_model
+
+        return load_gguf_model(location)
+    raise InputError("--engine llama.cpp reads a .gguf file",
+                     hint="pass the path of a GGUF model (llama.cpp's convert_hf_to_gguf.py writes one)")
+
+
+def _settings(workload: Workload, options: Options) -> LlamaCppSettings:
+    """The workload in llama.cpp's terms: --batch sequences are --parallel slots, each given --seq tokens."""
+    given = options.model_fields_set
+    parallel = options.parallel
+    if workload.batch > 1 and "parallel" in given and parallel != workload.batch:
+        raise InputError(f"batch {workload.batch} and --parallel {parallel} disagree",
+                         hint="with llama.cpp the sequences at once are --parallel (-np): give one of them")
+    if workload.batch > 1:
+        parallel = workload.batch
+    if options.ctx_size is not None and workload.seq is not None:
+        raise InputError("give --ctx-size or --seq, not both",
+                         hint="with llama.cpp --seq is the context of one slot; --ctx-size of all of them")
+    ctx = options.ctx_size
+    if ctx is None and workload.seq is not None:
+        ctx = workload.seq * (parallel if isinstance(parallel, int) else SERVER_AUTO_PARALLEL)
+    try:
+        return LlamaCppSettings(
+            n_gpu_layers=None if options.n_gpu_layers == "all" else options.n_gpu_layers, ctx_size=ctx,
+            n_batch=options.batch_size, n_ubatch=options.ubatch_size,
+            parallel=None if parallel == "auto" else parallel, kv_unified=options.kv_unified,
+            cache_type_k=options.cache_type_k, cache_type_v=options.cache_type_v, flash_attn=options.flash_attn,
+            swa_full=options.swa_full, kv_offload=options.kv_offload, op_offload=options.op_offload)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}, got {err['input']!r}") from None
+
+
+def _result(model: Any, gguf: GgufModel, mem: LlamaCppMemory, options: Options) -> EngineEstimate:
+    spec = gguf.spec
+    notes = list(mem.notes)
+    if mem.host_weights_bytes and (mem.layers_on_gpu < spec.num_hidden_layers or not mem.output_on_gpu):
+        notes.append("host weights are read from the memory-mapped file (llama.cpp's default --mmap): they "
+                     "use page cache rather than allocated RAM")
+    k, v = options.cache_type_k, options.cache_type_v
+    run = LlamaCppRun(
+        file=gguf.files[0].path, file_type=gguf.file_type,
+        n_gpu_layers=None if options.n_gpu_layers == "all" else options.n_gpu_layers,
+        layers=spec.num_hidden_layers, layers_on_gpu=mem.layers_on_gpu, output_on_gpu=mem.output_on_gpu,
+        n_ctx=mem.n_ctx, n_ctx_seq=mem.n_ctx_seq, n_seq=mem.n_seq, kv_unified=mem.kv_unified,
+        n_ubatch=mem.n_ubatch, flash_attn=mem.flash_attn, cache_type_k=k, cache_type_v=v,
+        kv_offload=options.kv_offload, kv_cells_swa=mem.kv_cells_swa, host_bytes=mem.host_total_bytes,
+        host_weights_bytes=mem.host_weights_bytes, host_kv_bytes=mem.host_kv_bytes,
+        host_compute_bytes=mem.host_compute_bytes, host_output_bytes=mem.host_output_bytes)
+    return EngineEstimate(
+        attn_implementation="flash_attn" if mem.flash_attn else "no_flash_attn",
+        # ggml keeps activations in f32 between ops (the compute buffer above is counted so).
+        dtype=gguf.file_type or next(iter(gguf.bytes_by_type()), "unknown"), compute_dtype="fp32",
+        kv_dtype=k if k == v else f"{k}/{v}", batch=mem.n_seq, seq=mem.n_ctx_seq, prompt_tokens=mem.n_ctx_seq,
+        new_tokens=0, weights_bytes=mem.gpu_weights_bytes, kv_cache_bytes=mem.gpu_kv_bytes,
+        activation_bytes=mem.gpu_compute_bytes, overhead_bytes=mem.runtime_bytes,
+        peak_allocated_bytes=mem.gpu_weights_bytes + mem.gpu_kv_bytes + mem.gpu_compute_bytes,
+        total_bytes=mem.gpu_total_bytes, components=dict(mem.components), llamacpp=run, notes=notes)

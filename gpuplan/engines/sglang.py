@@ -28,12 +28,17 @@ server_args.py as indexed in 2025):
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
+from gpuplan.calc.workload import Workload
+from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, tokens_validator
 from gpuplan.engines.tp import parallel_layout, pp_layer_split
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
+from gpuplan.results import EngineEstimate, ServingBudget
 
 GiB = 1024**3
 MiB = 1024**2
@@ -47,7 +52,7 @@ DEFAULT_INIT_OVERHEAD_BYTES = int(0.51 * GiB)
 class SglangBudget(BaseModel):
     """SGLang's KV pool sizing on the most constrained GPU. Sizes in bytes."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     tp: int
     pp: int
@@ -173,3 +178,51 @@ def sglang_budget(
         kv_dtype=kv_dtype, cell_size=cell, page_size=page_size, max_total_num_tokens=tokens, k_size=k_size,
         v_size=v_size, log_lines=tuple(logs),
     )
+
+
+# ---- the SGLang engine: options and the estimate behind `--engine sglang` ---------------------------------
+
+NAME = "sglang"
+SUMMARY = "SGLang's startup budget: the token pool mem_fraction_static leaves, and how many requests fit"
+SERVING = True
+# Options of other engines that SGLang spells its own way.
+EQUIVALENTS = {"gpu_memory_utilization": "mem_fraction_static"}
+
+
+class Options(EngineOptions):
+    """SGLang's flags that decide its memory budget."""
+
+    mem_fraction_static: float | None = Field(
+        default=None, gt=0, lt=1, description="fraction for weights + KV cache (default: SGLang's rule by GPU "
+                                              "memory).")
+    max_model_len: int | None = Field(
+        default=None, ge=1, description="context length per request (--context-length; default: --seq, else "
+                                        "the model's).", json_schema_extra={"sweep": True, "metavar": "TOKENS"})
+
+    _tokens = tokens_validator("max_model_len")
+
+
+def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
+             options: Options) -> EngineEstimate:
+    """SGLang's pool on ``hardware``; the card is spoken for by design, so activations take exactly the rest."""
+    from gpuplan.engines.serving import model_len, serving_estimate, serving_notes
+
+    capacity = hardware.require_gpu(NAME)
+    spec = model.spec
+    precision = request.resolve(spec)
+    length = model_len(spec, workload, options.max_model_len)
+    notes = serving_notes(model, NAME, precision, hardware)
+    s = sglang_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
+                      mem_fraction_static=options.mem_fraction_static, device_capacity_bytes=hardware.device_bytes)
+    tokens = s.max_total_num_tokens
+    serving = ServingBudget(
+        engine=NAME, gpu_memory_bytes=capacity, memory_fraction=s.mem_fraction_static, kv_cache_tokens=tokens,
+        max_model_len=length, max_concurrency=tokens / length, fits_one_request=tokens >= length,
+        max_model_len_that_fits=tokens, log_lines=list(s.log_lines))
+    weights, kv_bytes = s.weights, s.k_size + s.v_size
+    overhead = s.total_gpu_memory - s.free_before_weights
+    # SGLang sizes its KV pool to leave the rest of the GPU, about (1 - mem_fraction_static) of it, for
+    # activations and CUDA graphs: the whole card is spoken for by design.
+    activation = max(0, capacity - overhead - weights - kv_bytes)
+    return serving_estimate(serving, precision, workload, hardware, kv_dtype=s.kv_dtype, weights=weights,
+                            kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes)

@@ -111,7 +111,7 @@ def pp_layer_split(num_layers: int, pp: int) -> tuple[int, ...]:
 class ParallelLayout(BaseModel):
     """Per-rank view of a model under tp x pp."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     tp: int
     pp: int

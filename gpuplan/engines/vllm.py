@@ -47,14 +47,17 @@ tests/fixtures/serving_logs.yaml.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
+from gpuplan.calc.workload import Workload
+from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, size_validator, tokens_validator
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec, TensorRole
+from gpuplan.results import EngineEstimate, ServingBudget
 
 GiB = 1024**3
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
@@ -82,7 +85,7 @@ SamplerKind = Literal["in_place", "sort"]
 class KvGroup(BaseModel):
     """One KV cache group: layers sharing a block table."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     window: int | None
     """None for full attention, else the sliding window in tokens."""
@@ -93,7 +96,7 @@ class KvGroup(BaseModel):
 class VllmBudget(BaseModel):
     """vLLM's startup memory budget on the most constrained GPU. All sizes in bytes."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     engine: Engine
     tp: int
@@ -439,3 +442,58 @@ def _log_lines(engine: Engine, weights: int, available: int, tokens: int, num_bl
     lines += [f"GPU KV cache size: {tokens:,} tokens",
               f"Maximum concurrency for {model_len:,} tokens per request: {concurrency:.2f}x"]
     return tuple(lines)
+
+
+# ---- the vLLM engine: options and the estimate behind `--engine vllm` -------------------------------------
+
+NAME = "vllm"
+SUMMARY = "vLLM's startup budget: the KV cache it allocates, and how many requests fit"
+SERVING = True
+
+
+class Options(EngineOptions):
+    """vLLM's flags that decide its memory budget, named as `vllm serve` names them."""
+
+    gpu_memory_utilization: float = Field(
+        default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1,
+        description="fraction of GPU memory vLLM may use (CacheConfig default 0.9).")
+    max_model_len: int | None = Field(
+        default=None, ge=1, description="context length per request (default: --seq, else the model's); a "
+                                        "list sweeps: 8k,32k.", json_schema_extra={"sweep": True, "metavar": "TOKENS"})
+    max_num_seqs: int | None = Field(default=None, ge=1, description="sequences per batch (default: vLLM's rule "
+                                                                       "by GPU).")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1, description="tokens per forward pass (sets the profile run's activations).")
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, ge=1, description="tokens per KV cache block.")
+    kv_cache_memory: int | None = Field(
+        default=None, gt=0, description="fixed KV cache size per GPU, e.g. 40GiB (skips the profiling budget).",
+        json_schema_extra={"metavar": "SIZE"})
+
+    _tokens = tokens_validator("max_model_len", "max_num_batched_tokens")
+    _size = size_validator("kv_cache_memory")
+
+
+def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
+             options: Options) -> EngineEstimate:
+    """vLLM's budget on ``hardware``: the workload's seq is max_model_len, its batch the concurrency to fit."""
+    from gpuplan.engines.serving import model_len, serving_estimate, serving_notes
+
+    capacity = hardware.require_gpu(NAME)
+    spec = model.spec
+    precision = request.resolve(spec)
+    length = model_len(spec, workload, options.max_model_len)
+    notes = serving_notes(model, NAME, precision, hardware)
+    b = vllm_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
+                    gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=length,
+                    max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,
+                    block_size=options.block_size, kv_cache_memory=options.kv_cache_memory, gpu_name=hardware.gpu)
+    serving = ServingBudget(
+        engine=NAME, gpu_memory_bytes=capacity, memory_fraction=options.gpu_memory_utilization,
+        kv_cache_tokens=b.kv_cache_tokens, max_model_len=b.max_model_len, max_concurrency=b.max_concurrency,
+        fits_one_request=b.fits_one_request, max_model_len_that_fits=b.max_model_len_that_fits,
+        num_blocks=b.num_blocks, max_num_seqs=b.max_num_seqs, max_num_batched_tokens=b.max_num_batched_tokens,
+        log_lines=list(b.log_lines))
+    kv_pool = max(0, b.num_blocks) * b.page_size_per_layer * b.group_size
+    return serving_estimate(serving, precision, workload, hardware, kv_dtype=b.kv_dtype, weights=b.weights,
+                            kv_bytes=kv_pool, activation=b.activation_peak,
+                            overhead=b.non_torch + (b.cuda_graph or 0), notes=notes)

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
-import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from gpuplan.engines import LLAMACPP, SERVING_ENGINES
 from gpuplan.errors import InputError
 from gpuplan.results import SweepGpu, SweepPoint, SweepResult
 
-# The serving engines size their KV cache from the GPU; llama.cpp decodes --parallel sequences.
-_SERVING = ("vllm", "sglang")
-_LLAMACPP = "llama.cpp"
 # A doubling range that is mistyped ("1..1m" by mistake for "1k..1m") is still small: 2^20 has 21 steps.
 # A grid beyond this many points is almost surely a typo in a list, and would take minutes.
 MAX_POINTS = 20_000
@@ -96,24 +92,23 @@ def parse_names(value: str | Iterable[str] | None, *, default: str) -> list[str]
 def sweep(model: Any, *, seq: str | int | Iterable[int | str] | None = None,
           batch: str | int | Iterable[int | str] = 1, dtype: str | Iterable[str] | None = None,
           kv_dtype: str | Iterable[str] | None = None, gpu: str | Any | Iterable[str | Any] | None = None,
-          engine: str | None = None, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-          gpu_memory_utilization: float | None = None, mem_fraction_static: float | None = None,
-          attn: str = "sdpa", new_tokens: int = 0, revision: str | None = None, source: str = "auto",
-          offline: bool | None = None,
-          progress: Callable[[int, int], None] | None = None) -> SweepResult:
+          engine: str | None = None, tensor_parallel: int = 1, pipeline_parallel: int = 1, new_tokens: int = 0,
+          revision: str | None = None, source: str = "auto", offline: bool | None = None,
+          progress: Callable[[int, int], None] | None = None, **engine_options: Any) -> SweepResult:
     """Estimate ``model`` at every combination of ``dtype`` x ``kv_dtype`` x ``gpu`` x ``batch`` x ``seq``.
 
     ``seq`` defaults to 1k doubling up to the model's context length (32k when the config gives none).
     ``gpu`` is one GPU or several (catalog names or GpuSpecs); every point says whether it fits each.
-    Under ``engine="vllm"`` / ``"sglang"`` ``seq`` is max_model_len and ``batch`` the concurrent
-    requests that must fit; under ``engine="llama.cpp"`` ``batch`` is --parallel and each sequence gets
-    ``seq`` tokens (--ctx-size = batch x seq). ``progress(done, total)`` is called after each point.
+    ``batch`` and ``seq`` mean what they mean for :func:`gpuplan.estimate` under every engine (serving
+    engines: concurrent requests of max_model_len tokens; llama.cpp: --parallel slots of seq tokens each).
+    Engine options are keywords, as for estimate. ``progress(done, total)`` is called after each point.
     """
-    from gpuplan.api import LLAMACPP, _as_resolved, resolve_gpu
-    from gpuplan.api import estimate as estimate_one
+    from gpuplan.api import as_resolved, resolve_gpu
+    from gpuplan.engines import default_engine, engine_name, make_options
 
-    resolved = _as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
-    engine_name = engine or (LLAMACPP if resolved.gguf is not None else "transformers")
+    resolved = as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
+    engine_used = engine_name(engine) if engine is not None else default_engine(resolved.gguf is not None)
+    options = make_options(engine_used, engine_options)
     if seq is None:
         context = resolved.spec.max_position_embeddings or 32768
         seqs = parse_grid(f"1k..{max(context, 1024)}", option="--seq")
@@ -122,73 +117,80 @@ def sweep(model: Any, *, seq: str | int | Iterable[int | str] | None = None,
     batches = parse_grid(batch, option="--batch")
     dtypes = parse_names(dtype, default="auto")
     kv_dtypes = parse_names(kv_dtype, default="auto")
-    if gpu is None:
-        gpu_items: list[Any] = []
-    elif isinstance(gpu, str) or not isinstance(gpu, Iterable):
-        gpu_items = [gpu]
-    else:
-        gpu_items = list(gpu)
-    gpu_specs = []
-    for item in gpu_items:
-        spec = resolve_gpu(item)
-        if spec is not None and spec.name not in {g.name for g in gpu_specs}:
-            gpu_specs.append(spec)
+    gpu_specs = _gpu_specs(gpu, resolve_gpu)
     gpu_axis: list[Any] = gpu_specs or [None]
     total = len(dtypes) * len(kv_dtypes) * len(gpu_axis) * len(batches) * len(seqs)
     if total > MAX_POINTS:
         raise InputError(f"the sweep has {total:,} points, more than {MAX_POINTS:,}",
                          hint="use fewer values, or a range such as 1k..128k (doubling)")
-    serving = engine_name in _SERVING
+    fixed = {"engine": engine_used, "options": options, "new_tokens": new_tokens,
+             "tensor_parallel": tensor_parallel, "pipeline_parallel": pipeline_parallel}
     points: list[SweepPoint] = []
     notes: list[str] = []
-    seen_precisions: dict[tuple[str, str], tuple[str, str]] = {}
-    done = 0
+    seen_precisions: set[tuple[str, str]] = set()
+    counter = _Counter(total, progress)
     for d in dtypes:
         for kv in kv_dtypes:
-            pair_points: list[SweepPoint] = []
-            for g in gpu_axis:
-                for b in batches:
-                    for s in seqs:
-                        kwargs: dict[str, Any] = {}
-                        if serving:
-                            kwargs = {"max_model_len": s, "gpu_memory_utilization": gpu_memory_utilization,
-                                      "mem_fraction_static": mem_fraction_static}
-                            run_batch, run_seq = b, s
-                        elif engine_name == LLAMACPP:
-                            kwargs = {"ctx_size": b * s, "parallel": b}
-                            run_batch, run_seq = 1, None
-                        else:
-                            run_batch, run_seq = b, s
-                        try:
-                            r = estimate_one(resolved, dtype=d, kv_dtype=kv, batch=run_batch, seq=run_seq,
-                                             new_tokens=new_tokens, engine=engine_name, attn=attn, gpu=g,
-                                             tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
-                                             **kwargs)
-                        except InputError as exc:
-                            where = f"dtype {d}, kv_dtype {kv}, " if len(dtypes) * len(kv_dtypes) > 1 else ""
-                            exc.message = f"at {where}batch {b}, seq {s:,}: {exc.message}"
-                            exc.args = (exc.message,)
-                            raise
-                        pair_points.append(_point(r))
-                        if done == 0:
-                            notes.extend(r.notes)
-                        done += 1
-                        if progress is not None:
-                            progress(done, total)
-            first = pair_points[0]
-            key = (first.dtype, first.kv_dtype)
+            where = f"dtype {d}, kv_dtype {kv}, " if len(dtypes) * len(kv_dtypes) > 1 else ""
+            grid = [(g, b, s) for g in gpu_axis for b in batches for s in seqs]
+            pair_points = [_estimate_point(resolved, d, kv, g, b, s, fixed, where, notes, counter)
+                           for g, b, s in grid]
+            key = (pair_points[0].dtype, pair_points[0].kv_dtype)
             if key in seen_precisions:
                 notes.append(f"dtype {d} with kv_dtype {kv} is {key[0]} / {key[1]}, already swept: left out")
                 continue
-            seen_precisions[key] = (d, kv)
+            seen_precisions.add(key)
             points.extend(pair_points)
     return SweepResult(
         model=resolved.id, model_type=resolved.spec.model_type, parameters=resolved.spec.parameters,
-        engine=engine_name, tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+        engine=engine_used, tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
         dtypes=list(dict.fromkeys(p.dtype for p in points)), kv_dtypes=list(dict.fromkeys(p.kv_dtype for p in points)),
         batches=batches, seqs=_result_seqs(points, seqs), gpus=[SweepGpu(name=g.name, memory_bytes=g.usable_bytes)
                                                               for g in gpu_specs],
         points=points, notes=list(dict.fromkeys(notes)))
+
+
+class _Counter:
+    """Points done, reported to the caller's progress callback."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _gpu_specs(gpu: Any, resolve_gpu: Callable[[Any], Any]) -> list[Any]:
+    if gpu is None:
+        items: list[Any] = []
+    elif isinstance(gpu, str) or not isinstance(gpu, Iterable):
+        items = [gpu]
+    else:
+        items = list(gpu)
+    specs: list[Any] = []
+    for item in items:
+        spec = resolve_gpu(item)
+        if spec is not None and spec.name not in {g.name for g in specs}:
+            specs.append(spec)
+    return specs
+
+
+def _estimate_point(resolved: Any, d: str, kv: str, g: Any, b: int, s: int, fixed: dict[str, Any], where: str,
+                    notes: list[str], counter: _Counter) -> SweepPoint:
+    from gpuplan.api import estimate
+
+    try:
+        r = estimate(resolved, dtype=d, kv_dtype=kv, batch=b, seq=s, gpu=g, **fixed)
+    except InputError as exc:
+        exc.message = f"at {where}batch {b}, seq {s:,}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+    if counter.done == 0:
+        notes.extend(r.notes)
+    counter.tick()
+    return _point(r)
 
 
 def _result_seqs(points: Sequence[SweepPoint], requested: list[int]) -> list[int]:
@@ -243,7 +245,7 @@ def token_label(n: int) -> str:
 def panels(result: SweepResult) -> list[tuple[str, list[SweepPoint], list[SweepGpu]]]:
     """The chart's panels: one per precision pair (per GPU for serving engines, whose KV cache depends on
     it) and batch, each with its points in seq order and the GPUs whose capacity it shows."""
-    serving = result.engine in _SERVING
+    serving = result.engine in SERVING_ENGINES
     several = len({(p.dtype, p.kv_dtype) for p in result.points}) > 1
     groups: dict[tuple[Any, ...], list[SweepPoint]] = {}
     for p in result.points:
@@ -253,7 +255,7 @@ def panels(result: SweepResult) -> list[tuple[str, list[SweepPoint], list[SweepG
         seen: dict[int, SweepPoint] = {}
         for p in pts:
             seen.setdefault(p.seq, p)  # non-serving points repeat per GPU with the same bytes
-        title = f"batch {batch}" if result.engine != _LLAMACPP else f"parallel {batch}"
+        title = f"batch {batch}" if result.engine != LLAMACPP else f"parallel {batch}"
         if several:
             title += f" · {dt} weights, {kv} KV"
         gpus = [g for g in result.gpus if g.name == gpu] if serving else list(result.gpus)
@@ -283,7 +285,7 @@ def save_plot(result: SweepResult, path: str | Any) -> None:
     nrows = -(-len(groups) // ncols)
     fig = Figure(figsize=(4.6 * ncols + 0.6, 3.9 * nrows + 1.0), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    serving = result.engine in _SERVING
+    serving = result.engine in SERVING_ENGINES
     xlabel = "max_model_len (tokens)" if serving else "context length (tokens per sequence)"
     line_style = {g.name: _LINE_STYLES[i % len(_LINE_STYLES)] for i, g in enumerate(result.gpus)}
     tops = [max([p.total_bytes / GiB for p in pts] + [g.memory_bytes / GiB for g in gpus]) for _, pts, gpus in groups]
@@ -343,14 +345,3 @@ def save_plot(result: SweepResult, path: str | Any) -> None:
         raise InputError(f"cannot write the plot {path}: {exc}") from None
     except OSError as exc:
         raise InputError(f"cannot write the plot {path}: {exc.strerror or exc}") from None
-
-
-class _CallableModule(types.ModuleType):
-    """``gpuplan.sweep(...)`` is the function even after ``import gpuplan.sweep`` makes the attribute this
-    module: Python sets a package's attribute to a submodule when it is imported."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SweepResult:
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,164 @@
+"""Engine options as command-line flags, made from the engines' Options classes (gpuplan/engines/).
+
+A command decorated with :func:`with_engine_flags` gets one flag per engine option, grouped in a help panel
+per engine, its help text the field's description. The command receives the flags that were given as one
+mapping, ``engine_flags``, which :func:`engine_options` validates against the chosen engine: a flag of another
+engine is one message naming it, from the registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperCommand
+
+if typing.TYPE_CHECKING:
+    from gpuplan.engines.base import EngineOptions
+
+_PANEL_NAMES = {"transformers": "transformers", "vllm": "vLLM", "sglang": "SGLang", "llama.cpp": "llama.cpp"}
+
+
+class _Flag:
+    """One engine option as a CLI parameter."""
+
+    def __init__(self, name: str, engines: list[str]) -> None:
+        from gpuplan.engines import options_class
+        from gpuplan.engines.base import flag_of, option_extra
+
+        cls = options_class(engines[0])
+        field = cls.model_fields[name]
+        extra = option_extra(cls, name)
+        self.name, self.engines = name, engines
+        self.negative = bool(extra.get("negative"))
+        self.sweep = bool(extra.get("sweep"))
+        self.flag = "--no-" + name.replace("_", "-") if self.negative else flag_of(cls, name)
+        self.short = extra.get("short")
+        self.boolean = field.annotation in (bool, bool | None)
+        self.help = field.description or ""
+        self.panel = " and ".join(_PANEL_NAMES[e] for e in engines) + " options"
+        self.metavar = extra.get("metavar") or _metavar(field.annotation)
+
+    def parameter(self) -> inspect.Parameter:
+        names = [self.flag] + ([self.short] if self.short else [])
+        if self.negative:
+            option = typer.Option(*names, help=self.help, rich_help_panel=self.panel)
+            annotation: Any = Annotated[bool, option]
+            default: Any = False
+        elif self.boolean:
+            dashed = self.name.replace("_", "-")
+            option = typer.Option(f"--{dashed}/--no-{dashed}", help=self.help, rich_help_panel=self.panel,
+                                  show_default=False)
+            annotation, default = Annotated[bool | None, option], None
+        else:
+            option = typer.Option(*names, help=self.help, rich_help_panel=self.panel, show_default=False,
+                                  metavar=self.metavar)
+            annotation, default = Annotated[str | None, option], None
+        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+    def value(self, given: Any) -> Any:
+        """The option's value from the CLI's, None when the flag was not given."""
+        if self.negative:
+            return False if given else None
+        return given
+
+
+def _metavar(annotation: Any) -> str:
+    """The CLI's <int> / <float> / <str> for an option typed so (its value reaches the Options class as text)."""
+    kinds = set(typing.get_args(annotation)) or {annotation}
+    for kind, label in ((int, "<int>"), (float, "<float>")):
+        if kind in kinds:
+            return label
+    return "<str>"
+
+
+@functools.lru_cache(maxsize=1)
+def _flags() -> tuple[_Flag, ...]:
+    from gpuplan.engines import ENGINE_NAMES, option_owners
+
+    owners = option_owners()
+    ordered = sorted(owners, key=lambda n: min(ENGINE_NAMES.index(e) for e in owners[n]))
+    return tuple(_Flag(name, owners[name]) for name in ordered)
+
+
+class _WithEngineFlags:
+    """A command with every engine option added as a flag. The flags are read from the engines' Options
+    classes when the CLI is built for a run, not when gpuplan.cli.app is imported (`gpuplan --version` and
+    the import stay light)."""
+
+    def __init__(self, command: Callable[..., Any]) -> None:
+        self.command = command
+        self.__name__, self.__doc__ = command.__name__, command.__doc__
+        self.__module__ = command.__module__
+
+    @functools.cached_property
+    def __signature__(self) -> inspect.Signature:  # type: ignore[override]
+        hints = typing.get_type_hints(self.command, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(self.command).parameters.values() if p.name != "engine_flags"]
+        return inspect.Signature([*own, *(f.parameter() for f in _flags())])
+
+    @property
+    def __annotations__(self) -> dict[str, Any]:  # type: ignore[override]
+        return {p.name: p.annotation for p in self.__signature__.parameters.values()}
+
+    def __call__(self, **kwargs: Any) -> Any:
+        given = {f.name: f.value(kwargs.pop(f.name, None)) for f in _flags()}
+        return self.command(**kwargs, engine_flags={k: v for k, v in given.items() if v is not None})
+
+
+def with_engine_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every engine option as a flag to ``command``, which takes the ones given as ``engine_flags``."""
+    return _WithEngineFlags(command)
+
+
+class PanelCommand(TyperCommand):
+    """A command whose --help lists its options in panels (``rich_help_panel``), plain text as the rest of
+    gpuplan's help: the general options first, then one panel per engine."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        args: list[tuple[str, str]] = []
+        panels: dict[str, list[tuple[str, str]]] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                args.append(record)
+            else:
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        for title, records in panels.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+def flag_runs(engine_flags: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One mapping per run: a flag that sweeps (``--max-model-len 8k,32k``) gives one run per value."""
+    from gpuplan.cli.options import parse_int_list
+
+    by_name = {f.name: f for f in _flags()}
+    axes: list[list[tuple[str, Any]]] = []
+    for name, value in engine_flags.items():
+        flag = by_name[name]
+        if flag.sweep and isinstance(value, str) and "," in value:
+            axes.append([(name, v) for v in parse_int_list(value, option=flag.flag, minimum=0)])
+        else:
+            axes.append([(name, value)])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def engine_options(engine: str, values: Mapping[str, Any]) -> EngineOptions:
+    """``values`` validated for ``engine``, errors spelled as flags (--ubatch-size, not ubatch_size)."""
+    from gpuplan.engines import make_options
+
+    return make_options(engine, values, spelling="flag")

@@ -1,0 +1,119 @@
+"""What every engine shares: its options' base class, the hardware an estimate is for, and option parsing.
+
+An engine module (gpuplan/engines/{generate,vllm,sglang,llamacpp}.py) declares
+
+* ``NAME`` and ``SUMMARY``; ``SERVING`` (True when the engine sizes a KV cache from the GPU's memory);
+* ``Options``, a subclass of :class:`EngineOptions`: every flag of the engine that changes memory, with its
+  default (declared there once) and a description that becomes the CLI help and docs/cli.md;
+* ``estimate(model, precision, workload, hardware, options) -> EngineEstimate``, where ``model`` is the
+  resolved model (its ModelSpec, and the GGUF tensors or safetensors totals when they are at hand).
+
+The registry (gpuplan/engines/__init__.py) is the only list of engine names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gpuplan.calc.precision import Precision, resolve_precision
+from gpuplan.errors import InputError
+
+
+class EngineOptions(BaseModel):
+    """Flags of one engine. A field's ``json_schema_extra`` may carry ``flag`` (its CLI spelling, default
+    ``--`` + the name with dashes), ``short`` (a short flag), ``metavar``, ``sweep`` (the CLI takes a comma
+    list and estimates each value) and ``negative`` (a boolean whose CLI flag is ``--no-...``)."""
+
+    # defer_build: a command lists every engine's flags but validates one engine's options.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+def flag_of(options_class: type[EngineOptions], name: str) -> str:
+    """The CLI flag of an option field."""
+    extra = options_class.model_fields[name].json_schema_extra
+    if isinstance(extra, dict) and extra.get("flag"):
+        return str(extra["flag"])
+    return "--" + name.replace("_", "-")
+
+
+def option_extra(options_class: type[EngineOptions], name: str) -> dict[str, Any]:
+    extra = options_class.model_fields[name].json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+class PrecisionRequest(BaseModel):
+    """--dtype and --kv-dtype as asked; each engine resolves them against the model in its own way."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    dtype: str = "auto"
+    kv_dtype: str = "auto"
+
+    def resolve(self, spec: Any) -> Precision:
+        return resolve_precision(spec, self.dtype, self.kv_dtype)
+
+
+def gguf_note(model: Any, engine: str, precision: Precision) -> list[str]:
+    """A GGUF file estimated by an engine other than llama.cpp: its weights are counted dequantized."""
+    if getattr(model, "gguf", None) is None:
+        return []
+    return [f"a GGUF file under --engine {engine}: its weights are counted as {precision.weights}, "
+            "dequantized; --engine llama.cpp counts them as stored"]
+
+
+class Hardware(BaseModel):
+    """The GPUs one estimate is for: memory per GPU and how the model is split over them."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    gpu: str | None = Field(default=None, description="catalog name, or 'custom'; None when no GPU was named")
+    memory_bytes: int | None = Field(default=None, description="memory a CUDA process can allocate, per GPU")
+    device_bytes: int | None = Field(default=None, description="the device's total as nvidia-smi shows it")
+    cuda_total_known: bool = Field(default=True, description="memory_bytes is a CUDA-reported total")
+    tensor_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: int = Field(default=1, ge=1)
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+    def require_gpu(self, engine: str) -> int:
+        """The memory per GPU, for engines that size their cache from it."""
+        if self.memory_bytes is None:
+            raise InputError(f"--engine {engine} sizes its KV cache from the GPU's memory",
+                             hint="name the GPU with --gpu (see `gpuplan gpus`) or give --gpu-memory 79.2GiB")
+        return self.memory_bytes
+
+
+def tokens_validator(*names: str):
+    """A before-validator reading token counts written as text: 4096, 4k, 1m."""
+
+    def parse(cls, value: Any) -> Any:
+        from gpuplan.units import parse_token_count
+
+        if isinstance(value, str):
+            try:
+                return parse_token_count(value)
+            except InputError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    return field_validator(*names, mode="before")(classmethod(parse))
+
+
+def size_validator(*names: str):
+    """A before-validator reading memory sizes written as text: 40GiB, 24GB."""
+
+    def parse(cls, value: Any) -> Any:
+        from gpuplan.units import parse_size
+
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except InputError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    return field_validator(*names, mode="before")(classmethod(parse))
