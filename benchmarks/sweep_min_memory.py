@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if not (REPO / "data" / "models").is_dir():  # a copy of this script run from the repository root
+    REPO = Path.cwd()
 sys.path.insert(0, str(REPO))
 
 from gpuplan.verify import measure as m  # noqa: E402
@@ -52,8 +54,8 @@ INFERENCE: list[tuple[str, str, str, str, int, int, int, str, bool]] = [
     ("google/gemma-3-1b-it", "google--gemma-3-1b-it.json", "bf16", "sdpa", 16, 2048, 64, "heldout", False),
     ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "bf16", "sdpa", 32, 1024, 128, "heldout", False),
     ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "bf16", "eager", 8, 2048, 16, "fit", False),
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "bf16", "eager", 16, 1024, 32, "fit", True),
     ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "bf16", "sdpa", 32, 512, 256, "heldout", False),
-    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "bf16", "eager", 16, 1024, 32, "fit", False),
     ("Qwen/Qwen1.5-MoE-A2.7B-Chat", "Qwen--Qwen1.5-MoE-A2.7B-Chat.json", "bf16", "sdpa", 4, 2048, 16, "fit",
      False),
     ("Qwen/Qwen1.5-MoE-A2.7B-Chat", "Qwen--Qwen1.5-MoE-A2.7B-Chat.json", "bf16", "sdpa", 8, 1024, 32, "heldout",

@@ -50,6 +50,7 @@ MIN_LARGE_ALLOC = 10 * MiB  # kMinLargeAlloc
 ROUND_LARGE = 2 * MiB  # kRoundLarge
 # Segments are placed this far apart in the simulated address space so that blocks of two segments never touch.
 _SEGMENT_GAP = 1 << 40
+_ADDRESS_TOP = 1 << 62
 
 
 class SimulatedOutOfMemory(Exception):
@@ -128,7 +129,7 @@ class CachingAllocator:
         self.peak_reserved = 0
         self.peak_allocated = 0
         self.segments_allocated = 0
-        self._next_addr = _SEGMENT_GAP
+        self._next_addr = _ADDRESS_TOP
         self._segment_count = 0
         self._segment_base: dict[int, int] = {}  # expandable segment -> its first address (pages count from it)
 
@@ -217,9 +218,12 @@ class CachingAllocator:
             return None
         if self.expandable:
             return self._allocate_expandable(pool, size)
+        # The CUDA driver hands out virtual addresses from the top down: each new segment lies below the
+        # earlier ones (seen in every recorded trace, tests/fixtures/measurements/traces/), which decides the
+        # address tie-break of best fit between free blocks of the same size.
+        self._next_addr -= alloc + _SEGMENT_GAP
         block = _Block(self._next_addr, alloc, pool.small, self._segment_count)
         self._segment_count += 1
-        self._next_addr += alloc + _SEGMENT_GAP
         self._grow(alloc)
         self.segments_allocated += 1
         return block
@@ -268,10 +272,10 @@ class CachingAllocator:
         page = self._page(pool)
         space = self.device_bytes + self.device_bytes // 8
         space = page * ((space + page - 1) // page)
+        self._next_addr -= space + _SEGMENT_GAP
         block = _Block(self._next_addr, space, pool.small, self._segment_count, mapped=False)
         self._segment_base[block.segment] = block.addr
         self._segment_count += 1
-        self._next_addr += space + _SEGMENT_GAP
         pool.unmapped[block.addr] = block
         return block
 
@@ -380,3 +384,28 @@ def smallest_limit(events: list[Event], *, expandable_segments: bool = False, st
         else:
             low = middle
     return high * step
+
+
+@dataclass(frozen=True)
+class AllocatorFit:
+    """What a sequence needs from PyTorch's allocator: ``limit_bytes``, the smallest reserved memory under which
+    it completes (a card with that much for torch runs it); ``peak_reserved_bytes``, what it reserves on a card
+    with room to spare; ``peak_allocated_bytes``, its live tensors at their peak."""
+
+    limit_bytes: int
+    peak_reserved_bytes: int
+    peak_allocated_bytes: int
+
+
+def fit_sequence(large: list[Event], small: list[Event], *, expandable_segments: bool = False,
+                 device_bytes: int = 1 << 40) -> AllocatorFit:
+    """The large pool (requests over 1 MiB) and the small pool never share a segment, so each is replayed on
+    its own: the large pool's smallest limit plus the small pool's peak reservation (its 2 MiB segments stay
+    cached; ``small`` may be a prefix of the run, since decode steps repeat the same small tensors)."""
+    kwargs = {"expandable_segments": expandable_segments, "device_bytes": device_bytes}
+    free_run = replay(large, **kwargs)  # type: ignore[arg-type]
+    small_run = replay(small, **kwargs)  # type: ignore[arg-type]
+    limit = smallest_limit(large, **kwargs) if large else 0  # type: ignore[arg-type]
+    return AllocatorFit(limit_bytes=limit + small_run.peak_reserved,
+                        peak_reserved_bytes=free_run.peak_reserved + small_run.peak_reserved,
+                        peak_allocated_bytes=free_run.peak_allocated + small_run.peak_allocated)

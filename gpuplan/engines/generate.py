@@ -10,12 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpuplan.calc.allocator import AllocatorFit
 from gpuplan.calc.overhead import expandable_segments_from_env, overhead_bytes
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import checkpoint_bytes, unloaded_bytes, weights_bytes
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, gguf_note
 from gpuplan.engines.transformers import AttnImpl, estimate_generate
+from gpuplan.engines.transformers_allocations import allocator_fit
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
 from gpuplan.results import EngineEstimate, GpuMemory
@@ -39,12 +41,13 @@ def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *
                     attn: AttnImpl = "sdpa",
                     weights_override: int | None = None, expandable_segments: bool = False) -> Breakdown:
     """``weights_override``: exact weight bytes known from elsewhere (the checkpoint's safetensors headers).
-    ``expandable_segments``: PyTorch's allocator runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,
-    which grows segments in place: measured reserved memory then stays within 1.2% of allocated memory
-    (tests/fixtures/measurements/verify-allocator-h200.jsonl), so no allocator slack is added."""
+    ``expandable_segments``: PyTorch's allocator runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.
+    ``total_bytes`` is the smallest GPU memory in which the run completes: the peak of live tensors, what the
+    caching allocator needs beyond it on such a card (simulated), and the memory outside torch."""
     weights = weights_bytes(spec, precision) if weights_override is None else weights_override
     mem = estimate_generate(spec, workload, precision, weights, attn)
-    slack = 0 if expandable_segments else mem.largest_transient_bytes
+    fit = allocator_fit(spec, workload, precision, weights, attn, expandable_segments)
+    slack, larger_card = allocator_terms(fit)
     overhead = overhead_bytes(slack)
     return Breakdown(
         weights_bytes=mem.weights_bytes,
@@ -53,8 +56,18 @@ def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *
         overhead_bytes=overhead,
         peak_allocated_bytes=mem.peak_allocated_bytes,
         total_bytes=mem.peak_allocated_bytes + overhead,
-        components={**mem.components, "allocator_slack": slack},
+        components={**mem.components, "allocator_slack": slack,
+                    "reserved_on_larger_card": mem.peak_allocated_bytes + larger_card},
     )
+
+
+def allocator_terms(fit: AllocatorFit) -> tuple[int, int]:
+    """What PyTorch's caching allocator adds to the peak of live tensors (gpuplan/calc/allocator.py, replaying
+    generate()'s allocations): on the smallest card that runs the workload, where the allocator releases its
+    cache and retries before it fails; and on a card with room to spare, where it keeps every cached block
+    (what torch.cuda.max_memory_reserved and nvidia-smi show there)."""
+    return (max(0, fit.limit_bytes - fit.peak_allocated_bytes),
+            max(0, fit.peak_reserved_bytes - fit.peak_allocated_bytes))
 
 
 def estimate_memory_split(spec: ModelSpec, workload: Workload, precision: Precision, gpus: int, *,
@@ -78,9 +91,11 @@ def estimate_memory_split(spec: ModelSpec, workload: Workload, precision: Precis
                                  peak_allocated_bytes=peak, total_bytes=peak + overhead,
                                  components={"logits": logits, "cublas_workspace": CUBLAS_WORKSPACE_BYTES}))
             continue
-        mem = estimate_generate(share_spec(spec, share), workload, precision, share.weights_bytes, attn,
+        part = share_spec(spec, share)
+        mem = estimate_generate(part, workload, precision, share.weights_bytes, attn,
                                 holds_embedding=share.holds_embedding, holds_lm_head=share.holds_lm_head)
-        slack = 0 if expandable_segments else mem.largest_transient_bytes
+        slack, _ = allocator_terms(allocator_fit(part, workload, precision, share.weights_bytes, attn,
+                                                 expandable_segments))
         overhead = overhead_bytes(slack)
         out.append(Breakdown(
             weights_bytes=mem.weights_bytes, kv_cache_bytes=mem.kv_cache_bytes,

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from gpuplan.calc.allocator import Event
+from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_sequence
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import tensor_bytes
 from gpuplan.calc.workload import Workload
-from gpuplan.models.spec import ModelSpec
+from gpuplan.models.spec import ModelSpec, MoeSpec
 
 FP32 = 4
 INT64 = 8
@@ -33,22 +34,26 @@ BOOL = 1
 
 @dataclass
 class _Trace:
-    """Builds the event list; ``alloc`` returns a tensor id for ``free``."""
+    """Builds the event list; ``alloc`` returns a tensor id for ``free``. ``smallest``: requests of this size or
+    less are left out (the small pool is replayed separately: its segments never serve large requests)."""
 
+    smallest: int = 0
     events: list[Event] = field(default_factory=list)
     next_id: int = 0
+    kept: set[int] = field(default_factory=set)
 
     def alloc(self, size: int) -> int:
         self.next_id += 1
-        if size > 0:
-            self.events.append(("a", self.next_id, size))
-        else:
-            self.events.append(("a", self.next_id, 1))  # torch allocates 512 bytes for an empty result
+        if size > self.smallest:
+            self.events.append(("a", self.next_id, max(size, 1)))
+            self.kept.add(self.next_id)
         return self.next_id
 
     def free(self, *tensors: int) -> None:
         for tensor in tensors:
-            self.events.append(("f", tensor, 0))
+            if tensor in self.kept:
+                self.kept.discard(tensor)
+                self.events.append(("f", tensor, 0))
 
 
 def weight_sizes(spec: ModelSpec, precision: Precision, weights_bytes: int) -> Iterator[int]:
@@ -115,6 +120,24 @@ class _Shape:
     vocab: int
     eager: bool
     bf16: bool
+    windows: tuple[int | None, ...]
+    moe: MoeSpec | None
+
+
+def _cache_update(trace: _Trace, s: _Shape, keys: int, cache: list[int], layer: int, first: bool) -> None:
+    """DynamicLayer.update: keys = torch.cat([keys, key_states], dim=-2), then the same for values; the old
+    tensors (empty before the prompt) are dropped as the names are rebound. A sliding-window layer
+    (DynamicSlidingWindowLayer) keeps a view of the full prompt after the prefill and, from the first decode
+    step on, a new tensor of its window (window - 1 kept tokens plus the new one)."""
+    window = s.windows[layer]
+    kept = keys if first or window is None else min(keys, window)
+    new_k = trace.alloc(s.batch * kept * s.kv_heads * s.head_dim * s.kv)
+    if not first:
+        trace.free(cache[2 * layer])
+    new_v = trace.alloc(s.batch * kept * s.kv_heads * s.v_head_dim * s.kv)
+    if not first:
+        trace.free(cache[2 * layer + 1])
+    cache[2 * layer], cache[2 * layer + 1] = new_k, new_v
 
 
 def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, keys: int,
@@ -128,15 +151,7 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
     q_rot = _rope(trace, rows * s.heads * s.head_dim * e)
     k_rot = _rope(trace, rows * s.kv_heads * s.head_dim * e)
     trace.free(q, k)
-    # DynamicLayer.update: keys = torch.cat([keys, key_states], dim=-2), then the same for values; the old
-    # tensors (empty before the prompt) are dropped as the names are rebound.
-    new_k = trace.alloc(b * keys * s.kv_heads * s.head_dim * s.kv)
-    if not first:
-        trace.free(cache[2 * layer])
-    new_v = trace.alloc(b * keys * s.kv_heads * s.v_head_dim * s.kv)
-    if not first:
-        trace.free(cache[2 * layer + 1])
-    cache[2 * layer], cache[2 * layer + 1] = new_k, new_v
+    _cache_update(trace, s, keys, cache, layer, first)
     trace.free(k_rot, v)
     if s.eager:
         scores = b * s.heads * queries * keys
@@ -175,17 +190,74 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
     return projected, held
 
 
-def _mlp(trace: _Trace, s: _Shape, normed: int, rows: int) -> int:
+def _moe(trace: _Trace, s: _Shape, moe: MoeSpec, normed: int, rows: int, decode: bool) -> int:
+    """A sparse MoE block as gpuplan/engines/transformers.py counts it: grouped_mm_experts_forward over the
+    token rows gathered in expert order (prefill), or batched_mm_experts_forward over the weights gathered per
+    selected expert (decode, when batch x experts_per_token <= experts); then the shared expert."""
+    samples = rows * moe.experts_per_token
+    width = moe.expert_intermediate_size
+    router = trace.alloc(rows * moe.num_experts * FP32)
+    if decode and samples <= moe.num_experts:
+        gathered = trace.alloc(samples * 2 * width * s.hidden * s.e)
+        down_w = trace.alloc(samples * width * s.hidden * s.e)
+        gate_up = trace.alloc(samples * 2 * width * s.e)
+        trace.free(gathered)
+        activated = trace.alloc(samples * width * s.e)
+        trace.free(gate_up)
+        expert_out = trace.alloc(samples * s.hidden * s.e)
+        trace.free(activated, down_w)
+    else:
+        gathered = trace.alloc(samples * s.hidden * s.e)
+        gate_up = trace.alloc(samples * 2 * width * s.e)
+        activated = trace.alloc(samples * width * s.e)
+        trace.free(gate_up)
+        down = trace.alloc(samples * s.hidden * s.e)
+        trace.free(activated)
+        weighted = trace.alloc(samples * s.hidden * s.e)
+        expert_out = trace.alloc(samples * s.hidden * s.e)
+        trace.free(gathered, down, weighted)
+    routed = trace.alloc(rows * s.hidden * s.e)
+    trace.free(expert_out, router)
+    if moe.shared_expert_intermediate_size:
+        shared = _dense_mlp(trace, s, normed, rows, moe.shared_expert_intermediate_size, free_input=False)
+        out = trace.alloc(rows * s.hidden * s.e)
+        trace.free(shared, routed)
+        routed = out
+    trace.free(normed)
+    return routed
+
+
+def _mlp(trace: _Trace, s: _Shape, normed: int, rows: int, decode: bool) -> int:
+    if s.moe is not None:
+        return _moe(trace, s, s.moe, normed, rows, decode)
+    return _dense_mlp(trace, s, normed, rows, s.intermediate, free_input=True)
+
+
+def _dense_mlp(trace: _Trace, s: _Shape, normed: int, rows: int, width: int, free_input: bool) -> int:
     """down_proj(act_fn(gate_proj(x)) * up_proj(x)) (modeling_llama.py LlamaMLP)."""
-    gate = trace.alloc(rows * s.intermediate * s.e)
-    activated = trace.alloc(rows * s.intermediate * s.e)
+    gate = trace.alloc(rows * width * s.e)
+    activated = trace.alloc(rows * width * s.e)
     trace.free(gate)
-    up = trace.alloc(rows * s.intermediate * s.e)
-    product = trace.alloc(rows * s.intermediate * s.e)
+    up = trace.alloc(rows * width * s.e)
+    product = trace.alloc(rows * width * s.e)
     trace.free(activated, up)
     down = trace.alloc(rows * s.hidden * s.e)
-    trace.free(product, normed)
+    trace.free(product)
+    if free_input:
+        trace.free(normed)
     return down
+
+
+def _decode_is_small(s: _Shape, keys: int, smallest: int) -> bool:
+    """Whether every tensor of a decode step's layers but the cache's is left out of the trace (one token row
+    per sequence: the widest is an fp32 norm upcast, the MLP, the eager scores or an MoE gather)."""
+    widest = max(s.hidden * FP32, s.intermediate * s.e, s.heads * max(s.head_dim, s.v_head_dim) * s.e)
+    if s.eager:
+        widest = max(widest, s.heads * keys * FP32)
+    rows = s.batch
+    if s.moe is not None:
+        return False
+    return rows * widest <= smallest
 
 
 def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, cache: list[int],
@@ -206,13 +278,18 @@ def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, c
     sin = trace.alloc(rows * s.head_dim * s.e)
     trace.free(cos32, sin32)
     mask = trace.alloc(s.batch * queries * keys * s.e) if s.eager else None
+    if not first and _decode_is_small(s, keys, trace.smallest):
+        # Every tensor of the layers but the cache is left out: only the cache's growth is replayed.
+        for layer in range(layers):
+            _cache_update(trace, s, keys, cache, layer, first)
+        layers = 0
     for layer in range(layers):
         normed = _rms_norm(trace, rows, s.hidden, s.e)
         attended, held = _attention(trace, s, normed, rows, queries, keys, cache, layer, first)
         residual = trace.alloc(rows * s.hidden * s.e)
         trace.free(attended)
         normed = _rms_norm(trace, rows, s.hidden, s.e)
-        mlp_out = _mlp(trace, s, normed, rows)
+        mlp_out = _mlp(trace, s, normed, rows, decode=not first)
         out = trace.alloc(rows * s.hidden * s.e)
         trace.free(mlp_out, residual, *held)
         if hidden != embedding:
@@ -231,24 +308,27 @@ def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, c
 
 
 def generate_events(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int,
-                    attn: str = "sdpa") -> list[Event]:
+                    attn: str = "sdpa", *, smallest: int = 0, decode_steps: int | None = None) -> list[Event]:
     """Every allocation and free of a greedy generate() from a fresh process: the cuBLAS workspace, the
-    weights, the prompt, the prefill and each decode step."""
-    trace = _Trace()
+    weights, the prompt, the prefill and each decode step. ``smallest``: leave out requests of this size or
+    less; ``decode_steps``: stop after that many decode steps (default: all)."""
+    trace = _Trace(smallest=smallest)
     trace.alloc(CUBLAS_WORKSPACE_BYTES)
     for size in weight_sizes(spec, precision, weights_bytes):
         trace.alloc(size)
     s = _Shape(batch=workload.batch, e=precision.compute_bytes, kv=precision.kv_bytes, hidden=spec.hidden_size,
                heads=spec.num_attention_heads, kv_heads=spec.num_key_value_heads, head_dim=spec.head_dim,
                v_head_dim=spec.v_head_dim, intermediate=spec.intermediate_size, vocab=spec.vocab_size,
-               eager=attn == "eager", bf16=precision.compute_dtype == "bf16")
+               eager=attn == "eager", bf16=precision.compute_dtype == "bf16", windows=spec.layer_windows,
+               moe=spec.moe if spec.moe is not None and spec.moe.num_moe_layers else None)
     prompt = workload.prompt_tokens
     ids = trace.alloc(s.batch * prompt * INT64)
     mask = trace.alloc(s.batch * prompt * INT64)
     cache = [0] * (2 * spec.num_hidden_layers)
     logits = _forward(trace, s, spec.num_hidden_layers, prompt, 0, cache, first=True)
     cached = prompt
-    for _ in range(max(0, workload.new_tokens - 1)):
+    steps = max(0, workload.new_tokens - 1)
+    for _ in range(steps if decode_steps is None else min(steps, decode_steps)):
         # The next token is appended to the ids and the mask (torch.cat), the logits dropped.
         new_ids = trace.alloc(s.batch * (cached + 1) * INT64)
         trace.free(ids)
@@ -258,3 +338,16 @@ def generate_events(spec: ModelSpec, workload: Workload, precision: Precision, w
         logits = _forward(trace, s, spec.num_hidden_layers, 1, cached, cache, first=False)
         cached += 1
     return trace.events
+
+
+@lru_cache(maxsize=512)
+def allocator_fit(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int,
+                  attn: str = "sdpa", expandable_segments: bool = False) -> AllocatorFit:
+    """generate()'s sequence through the caching-allocator simulation (gpuplan/calc/allocator.py). The small
+    pool is replayed over the prefill and the first decode step: later steps allocate the same small tensors."""
+    large = generate_events(spec, workload, precision, weights_bytes, attn, smallest=SMALL_SIZE)
+    small_all = generate_events(spec, workload, precision, weights_bytes, attn, decode_steps=1)
+    small = [event for event in small_all if event[0] != "a" or event[2] <= SMALL_SIZE]
+    kept = {tensor for action, tensor, _ in small if action == "a"}
+    small = [event for event in small if event[1] in kept]
+    return fit_sequence(large, small, expandable_segments=expandable_segments)
