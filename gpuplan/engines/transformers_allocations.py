@@ -56,19 +56,18 @@ class _Trace:
                 self.events.append(("f", tensor, 0))
 
 
-def weight_sizes(spec: ModelSpec, precision: Precision, weights_bytes: int) -> Iterator[int]:
-    """Each parameter tensor as the model is built or loaded (one allocation per tensor), then what the
-    estimate counts beyond them (buffers such as rotary ``inv_freq``)."""
+def weight_sizes(spec: ModelSpec, precision: Precision, weights_bytes: int) -> Iterator[tuple[int, int]]:
+    """(bytes, count) of the parameter tensors as the model is built or loaded (one allocation per tensor),
+    then what the estimate counts beyond them (buffers such as rotary ``inv_freq``)."""
     total = 0
     for group in spec.tensors:
         if not group.loaded:
             continue
         size = tensor_bytes(group.model_copy(update={"count": 1}), precision)
-        for _ in range(group.count):
-            total += size
-            yield size
+        total += size * group.count
+        yield size, group.count
     if weights_bytes > total:
-        yield weights_bytes - total
+        yield weights_bytes - total, 1
 
 
 def _rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
@@ -132,11 +131,18 @@ def _cache_update(trace: _Trace, s: _Shape, keys: int, cache: list[int], layer: 
     window = s.windows[layer]
     kept = keys if first or window is None else min(keys, window)
     new_k = trace.alloc(s.batch * kept * s.kv_heads * s.head_dim * s.kv)
-    if not first:
-        trace.free(cache[2 * layer])
-    new_v = trace.alloc(s.batch * kept * s.kv_heads * s.v_head_dim * s.kv)
-    if not first:
-        trace.free(cache[2 * layer + 1])
+    if window is not None:
+        # DynamicSlidingWindowLayer.update forms both full tensors before it rebinds self.keys and
+        # self.values to their last window - 1 positions.
+        new_v = trace.alloc(s.batch * kept * s.kv_heads * s.v_head_dim * s.kv)
+        if not first:
+            trace.free(cache[2 * layer], cache[2 * layer + 1])
+    else:
+        if not first:
+            trace.free(cache[2 * layer])
+        new_v = trace.alloc(s.batch * kept * s.kv_heads * s.v_head_dim * s.kv)
+        if not first:
+            trace.free(cache[2 * layer + 1])
     cache[2 * layer], cache[2 * layer + 1] = new_k, new_v
 
 
@@ -177,9 +183,16 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
             trace.free(expanded)
         held = [probs]
     else:
+        window = s.windows[layer]
+        expanded = []
+        if window is not None and window < keys and s.kv_heads != s.heads:
+            # A sliding window shorter than the keys needs a mask; with a mask transformers expands K/V to
+            # every head (repeat_kv) instead of passing enable_gqa (integrations/sdpa_attention.py).
+            expanded = [trace.alloc(b * keys * s.heads * s.head_dim * e),
+                        trace.alloc(b * keys * s.heads * s.v_head_dim * e)]
         out = trace.alloc(rows * s.heads * s.v_head_dim * e)
         logsumexp = trace.alloc(b * s.heads * queries * FP32)
-        trace.free(logsumexp)
+        trace.free(logsumexp, *expanded)
         held = []
     contiguous = trace.alloc(rows * s.heads * s.v_head_dim * e)
     trace.free(out)
@@ -277,7 +290,12 @@ def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, c
     cos = trace.alloc(rows * s.head_dim * s.e)
     sin = trace.alloc(rows * s.head_dim * s.e)
     trace.free(cos32, sin32)
-    mask = trace.alloc(s.batch * queries * keys * s.e) if s.eager else None
+    if s.eager:
+        mask: int | None = trace.alloc(s.batch * queries * keys * s.e)  # masking_utils.py eager_mask
+    elif any(w is not None and w < keys for w in s.windows):
+        mask = trace.alloc(s.batch * queries * keys * BOOL)  # masking_utils.py sliding_window_mask
+    else:
+        mask = None
     if not first and _decode_is_small(s, keys, trace.smallest):
         # Every tensor of the layers but the cache is left out: only the cache's growth is replayed.
         for layer in range(layers):
@@ -314,8 +332,9 @@ def generate_events(spec: ModelSpec, workload: Workload, precision: Precision, w
     less; ``decode_steps``: stop after that many decode steps (default: all)."""
     trace = _Trace(smallest=smallest)
     trace.alloc(CUBLAS_WORKSPACE_BYTES)
-    for size in weight_sizes(spec, precision, weights_bytes):
-        trace.alloc(size)
+    for size, count in weight_sizes(spec, precision, weights_bytes):
+        if size > trace.smallest:
+            trace.events.append(("w", count, size))
     s = _Shape(batch=workload.batch, e=precision.compute_bytes, kv=precision.kv_bytes, hidden=spec.hidden_size,
                heads=spec.num_attention_heads, kv_heads=spec.num_key_value_heads, head_dim=spec.head_dim,
                v_head_dim=spec.v_head_dim, intermediate=spec.intermediate_size, vocab=spec.vocab_size,
