@@ -125,3 +125,65 @@ def measure_min_memory(work: Callable[[], None], step: int = SEARCH_STEP_BYTES) 
         "search_step": search.step_bytes,
         "attempts": [[cap, ok] for cap, ok in search.attempts],
     }
+
+
+# ---- replaying recorded searches (tests/fixtures/measurements/min-memory-*.jsonl) ------------------------
+
+def estimate_for_row(row: dict[str, Any]) -> Any:
+    """gpuplan's estimate (generate) or TrainResult (training) for a case benchmarks/sweep_min_memory.py
+    measured, with the allocator setting it ran under."""
+    if row["kind"] == "train":
+        from gpuplan.verify.train_measure import estimate_for_row as train_estimate
+
+        return train_estimate(row)
+    from gpuplan.api import estimate
+    from gpuplan.models.sources import parse_config
+    from gpuplan.verify.compare import measured_config
+
+    spec = parse_config(measured_config(row), label=row["model_id"])
+    return estimate(spec, dtype=row["dtype"], batch=row["batch"], seq=row["prompt_tokens"] + row["new_tokens"],
+                    new_tokens=row["new_tokens"], attn=row["attn"],
+                    expandable_segments=row["allocator"] == "expandable")
+
+
+def compare_min_memory(row: dict[str, Any], estimate: Any | None = None) -> dict[str, Any]:
+    """total_bytes against the smallest GPU memory the search found (cap + memory outside torch)."""
+    est = estimate if estimate is not None else estimate_for_row(row)
+    measured = row["min_gpu_bytes"]
+    return {"case_id": row["case_id"], "kind": row["kind"], "allocator": row["allocator"], "split": row["split"],
+            "estimated_bytes": est.total_bytes, "measured_bytes": measured,
+            "error": (est.total_bytes - measured) / measured,
+            "peak_error": (est.peak_allocated_bytes - row["peak_allocated"]) / row["peak_allocated"],
+            "peak_reserved_bytes": row["peak_reserved"], "peak_allocated_bytes": row["peak_allocated"]}
+
+
+def measured_rows(path: Any) -> list[dict[str, Any]]:
+    """The searched cases of a fixture (its environment lines and skipped cases left out)."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if r.get("kind") in ("generate", "train") and "min_gpu_bytes" in r]
+
+
+def trace_events(path: Any, allocated_before: int = 0) -> list[tuple[str, int, int]]:
+    """A trace written by benchmarks/sweep_min_memory.py (``action address size`` per line, gzipped) as the
+    event sequence of gpuplan/calc/allocator.py: allocations and frees by tensor, ``torch.cuda.empty_cache()``
+    where the allocator released segments. ``allocated_before``: bytes allocated before recording started."""
+    import gzip
+
+    events: list[tuple[str, int, int]] = [("a", 0, allocated_before)] if allocated_before else []
+    live: dict[int, int] = {}
+    previous = ""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            action, address, size = line.split()
+            if action == "a":
+                live[int(address)] = len(events) + 1
+                events.append(("a", len(events) + 1, int(size)))
+            elif action == "f" and int(address) in live:
+                events.append(("f", live.pop(int(address)), 0))
+            elif action in ("s", "m") and previous not in ("s", "m"):
+                events.append(("e", 0, 0))
+            previous = action
+    return events
