@@ -106,22 +106,6 @@ def write_trace(folder: Path, case_id: str, allocator: str) -> dict[str, Any]:
     return {"trace_file": name, "trace_events": kept, "trace_total_events": len(events)}
 
 
-def generate_work(model: Any, batch: int, prompt: int, new_tokens: int) -> Any:
-    import torch
-
-    vocab = int(model.get_input_embeddings().weight.shape[0])
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, prompt), device="cuda", generator=generator)
-    mask = torch.ones_like(ids)
-
-    def work() -> None:
-        output = m._generate(model, ids, mask, new_tokens)
-        assert output.sequences.shape[1] == prompt + new_tokens
-        del output
-
-    return work
-
-
 def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
     import torch
 
@@ -137,7 +121,6 @@ def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
         if traced:
             torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python")
         model, info = m.build_model(raw, dtype=dtype, attn_implementation=cases[0][3])
-        m._prepare_for_forced_length(model)
         for model_id, _, _, attn, batch, prompt, new, split, trace in cases:
             case_id = f"{model_id} · {dtype} · {attn} · b{batch} · p{prompt} · n{new}"
             record: dict[str, Any] = {
@@ -154,7 +137,7 @@ def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
                 emit(out, {**record, "skipped": "attention switch refused"})
                 continue
             case_started = time.time()
-            work = generate_work(model, batch, prompt, new)
+            work = mm.generate_work(model, batch, prompt, new)
             if trace and traced:
                 ok = mm.capped_run(work, None)
                 record["trace_peak_allocated"] = int(torch.cuda.max_memory_allocated())
@@ -178,33 +161,6 @@ def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
         mm.clear_cuda()
 
 
-def training_work(raw: dict[str, Any], method: str, precision: str, batch: int, seq: int,
-                  checkpointing: bool) -> Any:
-    """A whole run from a fresh allocator: build, AdamW, two steps with labels (the loss inside the model)."""
-    import torch
-
-    from gpuplan.verify import train_measure as tm
-
-    def work() -> None:
-        model, _ = tm.build_train_model(raw, method, precision)
-        tm.set_checkpointing(model, checkpointing)
-        optimizer = tm.make_optimizer("adamw", [p for p in model.parameters() if p.requires_grad])
-        vocab = int(tm._base(model).get_input_embeddings().weight.shape[0])
-        generator = torch.Generator(device="cuda").manual_seed(0)
-        ids = torch.randint(0, vocab, (batch, seq), device="cuda", generator=generator)
-        for _ in range(2):
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=precision == "mixed"):
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            del loss
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        optimizer.state.clear()
-        del optimizer, model, ids
-
-    return work
-
-
 def run_training(args: argparse.Namespace, out: Any, started: float) -> None:
     import torch
 
@@ -222,7 +178,9 @@ def run_training(args: argparse.Namespace, out: Any, started: float) -> None:
             continue
         raw = json.loads((REPO / "data" / "models" / config_file).read_text())
         case_started = time.time()
-        record.update(mm.measure_min_memory(training_work(raw, method, precision, batch, seq, checkpointing)))
+        work = mm.training_work(raw, method=method, precision=precision, optimizer="adamw", batch=batch, seq=seq,
+                                grad_checkpointing=checkpointing)
+        record.update(mm.measure_min_memory(work))
         record["seconds"] = round(time.time() - case_started, 2)
         emit(out, record)
         print(case_id, args.allocator, record.get("min_gpu_bytes"), record["seconds"], flush=True)

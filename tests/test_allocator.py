@@ -141,3 +141,90 @@ def test_smallest_cap_search_rejects_bad_bounds():
         smallest_cap(lambda cap: True, known_fail=10, known_pass=10)
     with pytest.raises(ValueError):
         smallest_cap(lambda cap: True, known_fail=0, known_pass=10, step=0)
+
+
+class FakeTorch:
+    """Just enough of torch for gpuplan/verify/min_memory.py: a GPU whose workload reserves ``need`` bytes and
+    raises OutOfMemoryError under a smaller cap."""
+
+    class OutOfMemoryError(Exception):
+        pass
+
+    def __init__(self, need: int, allocated: int, reserved: int, total: int = 80 * 1024 * MiB) -> None:
+        import types
+
+        self.need, self.total, self.fraction = need, total, 1.0
+        self.peaks = (allocated, reserved)
+        self.runs: list[float] = []
+        fake = self
+
+        def set_fraction(value: float) -> None:
+            fake.fraction = value
+
+        self.cuda = types.SimpleNamespace(
+            synchronize=lambda: None, empty_cache=lambda: None, current_device=lambda: 0,
+            get_device_properties=lambda index: types.SimpleNamespace(total_memory=total),
+            reset_peak_memory_stats=lambda: None, set_per_process_memory_fraction=set_fraction,
+            max_memory_allocated=lambda: fake.peaks[0], max_memory_reserved=lambda: fake.peaks[1],
+            memory_reserved=lambda: 0, mem_get_info=lambda: (total - 700 * MiB, total))
+
+    def work(self) -> None:
+        cap = self.fraction * self.total
+        self.runs.append(cap)
+        if cap < self.need:
+            raise self.OutOfMemoryError("CUDA out of memory")
+
+
+def test_measure_min_memory_with_a_fake_allocator(monkeypatch):
+    from gpuplan.verify import min_memory
+
+    fake = FakeTorch(need=30_000 * MiB, allocated=28_000 * MiB, reserved=33_000 * MiB)
+    monkeypatch.setattr(min_memory, "_torch", lambda: fake)
+    result = min_memory.measure_min_memory(fake.work)
+    assert result["peak_allocated"] == 28_000 * MiB and result["peak_reserved"] == 33_000 * MiB
+    assert result["outside_torch"] == 700 * MiB
+    assert 30_000 * MiB <= result["min_cap"] < 30_000 * MiB + 64 * MiB
+    assert result["min_gpu_bytes"] == result["min_cap"] + 700 * MiB
+    assert fake.fraction == 1.0  # the cap is lifted after the search
+    assert len(fake.runs) == 1 + len(result["attempts"]) <= 1 + 7
+
+
+def test_measure_min_memory_reports_an_uncapped_oom(monkeypatch):
+    from gpuplan.verify import min_memory
+
+    fake = FakeTorch(need=10**15, allocated=0, reserved=0)
+    monkeypatch.setattr(min_memory, "_torch", lambda: fake)
+    assert min_memory.measure_min_memory(fake.work) == {"oom": True}
+
+
+def test_verify_min_memory_cli_prints_the_search_and_sets_the_exit_code(monkeypatch):
+    from typer.testing import CliRunner
+
+    from gpuplan.cli.app import app
+    from gpuplan.verify import min_memory
+
+    record = {"case_id": "Qwen/Qwen3-0.6B|bf16|sdpa|b8|p2032|n16", "kind": "generate", "gpu_name": "NVIDIA H100",
+              "allocator": "default", "oom": False, "peak_allocated": 5 * 1024 * MiB,
+              "peak_reserved": 6 * 1024 * MiB, "outside_torch": 700 * MiB, "min_cap": 5632 * MiB,
+              "min_gpu_bytes": 6332 * MiB, "search_step": 64 * MiB, "attempts": [[5632 * MiB, True]],
+              "estimate_total_bytes": 6400 * MiB, "estimate_peak_allocated_bytes": 5 * 1024 * MiB}
+    record["error"] = (6400 - 6332) / 6332
+    seen = {}
+
+    def fake_verify(resolved, estimate, *, random_weights, progress):
+        seen["estimate"] = estimate
+        return record
+
+    monkeypatch.setattr(min_memory, "verify_min_memory", fake_verify)
+    runner = CliRunner()
+    args = ["verify", "Qwen/Qwen3-0.6B", "--dtype", "bf16", "--batch", "8", "--random-weights", "--min-memory"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "smallest GPU that runs it" in result.output and "+1.07%" in result.output
+    assert seen["estimate"].batch == 8
+    result = runner.invoke(app, [*args, "--tolerance", "1%"])
+    assert result.exit_code == 1
+    result = runner.invoke(app, [*args, "--format", "json"])
+    assert '"min_gpu_bytes"' in result.output
+    result = runner.invoke(app, [*args, "--gpus", "2"])
+    assert result.exit_code == 2 and "one GPU" in result.output

@@ -127,6 +127,128 @@ def measure_min_memory(work: Callable[[], None], step: int = SEARCH_STEP_BYTES) 
     }
 
 
+# ---- the workloads searched: generate() and a training run ----------------------------------------------
+
+def generate_work(model: Any, batch: int, prompt: int, new_tokens: int) -> Callable[[], None]:
+    """One greedy generate() of exactly ``new_tokens`` after a random prompt (gpuplan/verify/measure.py), on a
+    model already on the GPU: what runs under each cap."""
+    torch = _torch()
+    from gpuplan.verify import measure as m
+
+    m._prepare_for_forced_length(model)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, prompt), device="cuda", generator=generator)
+    mask = torch.ones_like(ids)
+
+    def work() -> None:
+        output = m._generate(model, ids, mask, new_tokens)
+        if output.sequences.shape[1] != prompt + new_tokens:
+            raise RuntimeError("generate() stopped early")
+        del output
+
+    return work
+
+
+def training_work(config: dict[str, Any], *, method: str, precision: str, optimizer: str, batch: int, seq: int,
+                  grad_checkpointing: bool, lora_rank: int = 16, lora_targets: Any = "all-linear",
+                  location: str | None = None, steps: int = 2) -> Callable[[], None]:
+    """A whole training run from a fresh allocator: build (or load) the model, the optimizer, ``steps`` steps
+    with labels (the loss computed inside the model, as transformers' Trainer does), all freed at the end."""
+    torch = _torch()
+    from gpuplan.verify import train_measure as tm
+
+    def work() -> None:
+        model, _ = tm.build_train_model(config, method, precision, lora_rank=lora_rank, lora_targets=lora_targets,
+                                        location=location)
+        tm.set_checkpointing(model, grad_checkpointing)
+        opt = tm.make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
+        vocab = int(tm._base(model).get_input_embeddings().weight.shape[0])
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        ids = torch.randint(0, vocab, (batch, seq), device="cuda", generator=generator)
+        for _ in range(steps):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=precision == "mixed"):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            del loss
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        opt.state.clear()
+        del opt, model, ids
+
+    return work
+
+
+def _search_record(search: dict[str, Any], estimate: Any, case: dict[str, Any]) -> dict[str, Any]:
+    """The search beside the estimate: what `gpuplan verify --min-memory` prints or writes as JSON."""
+    record = {**case, **search, "estimate_total_bytes": estimate.total_bytes,
+              "estimate_peak_allocated_bytes": estimate.peak_allocated_bytes}
+    if not search.get("oom"):
+        measured = search["min_gpu_bytes"]
+        record["error"] = (estimate.total_bytes - measured) / measured
+    return record
+
+
+def verify_min_memory(resolved: Any, estimate: Any, *, random_weights: bool,
+                      progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """``gpuplan verify --min-memory``: build or load the model, then search for the smallest GPU memory in
+    which generate() of the estimate's workload completes, with the allocator this process runs."""
+    import os
+
+    from gpuplan.verify import measure as m
+    from gpuplan.verify import runner
+
+    runner.check_environment()
+    progress("starting CUDA")
+    m.init_cuda()
+    config = runner.raw_config(resolved)
+    model, _ = runner._load(m, resolved, config, estimate, random_weights, progress)
+    progress(f"searching the smallest memory for generate(): batch {estimate.batch}, {estimate.prompt_tokens} "
+             f"prompt + {estimate.new_tokens} new tokens")
+    work = generate_work(model, estimate.batch, estimate.prompt_tokens, max(1, estimate.new_tokens))
+    search = measure_min_memory(work)
+    del work, model
+    clear_cuda()
+    alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    case = {"case_id": f"{resolved.id}|{estimate.compute_dtype}|{estimate.attn_implementation}|b{estimate.batch}|"
+                       f"p{estimate.prompt_tokens}|n{estimate.new_tokens}",
+            "kind": "generate", "gpu_name": m.environment().get("gpu_name"),
+            "allocator": "expandable" if "expandable_segments:true" in alloc_conf.lower() else "default"}
+    return _search_record(search, estimate, case)
+
+
+def verify_min_memory_train(resolved: Any, estimate: Any, *, random_weights: bool,
+                            progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """``gpuplan verify --train --min-memory``: the same search over a whole training run (build, optimizer,
+    two steps), each attempt from a fresh start."""
+    import os
+
+    from gpuplan.errors import InputError
+    from gpuplan.verify import measure as m
+    from gpuplan.verify import runner
+
+    runner.check_environment()
+    if estimate.gpus != 1 or estimate.zero or estimate.fsdp or estimate.method == "qlora":
+        raise InputError("gpuplan verify --train --min-memory searches full or LoRA training on one GPU",
+                         hint="drop --zero, --fsdp, --gpus and --method qlora")
+    progress("starting CUDA")
+    m.init_cuda()
+    config = runner.raw_config(resolved)
+    location = None if random_weights else runner._require_weights(resolved)
+    work = training_work(config, method=estimate.method, precision=estimate.precision,
+                         optimizer=estimate.optimizer, batch=estimate.batch, seq=estimate.seq,
+                         grad_checkpointing=estimate.grad_checkpointing, lora_rank=estimate.lora_rank or 16,
+                         lora_targets=estimate.lora_targets or "all-linear", location=location)
+    progress(f"searching the smallest memory for two training steps: batch {estimate.batch} x {estimate.seq}")
+    search = measure_min_memory(work)
+    alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    case = {"case_id": f"{resolved.id}|{estimate.method}|{estimate.precision}|{estimate.optimizer}|"
+                       f"b{estimate.batch}|s{estimate.seq}|gc{int(estimate.grad_checkpointing)}",
+            "kind": "train", "gpu_name": m.environment().get("gpu_name"),
+            "allocator": "expandable" if "expandable_segments:true" in alloc_conf.lower() else "default"}
+    return _search_record(search, estimate, case)
+
+
 # ---- replaying recorded searches (tests/fixtures/measurements/min-memory-*.jsonl) ------------------------
 
 def estimate_for_row(row: dict[str, Any]) -> Any:
