@@ -165,6 +165,10 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
         weights_override = _stored_weights(model, request, precision, notes)
         breakdown = estimate_memory(spec, work, precision, attn=options.attn, weights_override=weights_override,
                                     expandable_segments=expandable)
+        if not expandable:
+            note = _expandable_note(spec, work, precision, options.attn, breakdown)
+            if note:
+                notes.append(note)
     warnings: list[str] = []
     if spec.max_position_embeddings and work.seq > spec.max_position_embeddings:  # type: ignore[operator]
         warnings.append(f"seq {work.seq} exceeds the model's context length of "
@@ -177,6 +181,24 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
         activation_bytes=breakdown.activation_bytes, overhead_bytes=breakdown.overhead_bytes,
         peak_allocated_bytes=breakdown.peak_allocated_bytes, total_bytes=breakdown.total_bytes,
         components=breakdown.components, per_gpu=per_gpu, notes=notes, warnings=warnings)
+
+
+# A saving worth a note: more than the 5% the estimate itself is held to (docs/accuracy.md, "Does it fit").
+EXPANDABLE_NOTE_SHARE = 0.05
+
+
+def _expandable_note(spec: ModelSpec, workload: Workload, precision: Precision, attn: str,
+                     breakdown: Breakdown) -> str | None:
+    """Say what expandable segments would save when the default allocator's slack is a large part of the total."""
+    if breakdown.components.get("allocator_slack", 0) <= EXPANDABLE_NOTE_SHARE * breakdown.total_bytes:
+        return None
+    alternative = estimate_memory(spec, workload, precision, attn=attn,  # type: ignore[arg-type]
+                                  weights_override=breakdown.weights_bytes, expandable_segments=True)
+    if breakdown.total_bytes - alternative.total_bytes <= EXPANDABLE_NOTE_SHARE * breakdown.total_bytes:
+        return None
+    return (f"with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True it needs {alternative.total_bytes / 2**30:,.1f} "
+            f"GiB instead of {breakdown.total_bytes / 2**30:,.1f} GiB: the default allocator strands freed blocks "
+            "that later, larger tensors cannot reuse")
 
 
 def _stored_weights(model: Any, request: PrecisionRequest, precision: Precision, notes: list[str]) -> int | None:
