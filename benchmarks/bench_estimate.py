@@ -129,7 +129,13 @@ def main() -> None:
     report = render(cli, api)
     print(report)
     if args.write:
-        args.write.write_text(report)
+        # benchmarks/bench_serve.py writes its own section at the end of the same report: keep it.
+        kept = ""
+        if args.write.exists():
+            old = args.write.read_text(encoding="utf-8")
+            marker = "\n## Web server under load"
+            kept = old[old.index(marker):] if marker in old else ""
+        args.write.write_text(report.rstrip("\n") + "\n" + kept)
 
 
 if __name__ == "__main__":

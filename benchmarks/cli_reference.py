@@ -1,7 +1,8 @@
-"""Write docs/cli.md from the real --help of every gpuplan command.
+"""Write docs/cli.md from the real --help of every gpuplan command, and docs/engines.md from the engines'
+Options classes (gpuplan/engines/).
 
-    python benchmarks/cli_reference.py          # rewrite docs/cli.md
-    python benchmarks/cli_reference.py --check  # exit 1 when docs/cli.md is out of date
+    python benchmarks/cli_reference.py          # rewrite docs/cli.md and docs/engines.md
+    python benchmarks/cli_reference.py --check  # exit 1 when either is out of date
 
 The help is rendered at a fixed width without colour (COLUMNS=100, NO_COLOR=1) so the page only changes
 when a command, an option or a help text does. tests/test_cli_reference.py runs the same check.
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+ENGINES_TARGET = TARGET.parent / "engines.md"
 ENV = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
 
 HEADER = """# CLI reference
@@ -64,15 +66,60 @@ def render() -> str:
     return "\n".join(parts)
 
 
+ENGINES_HEADER = """# Engines and their options
+
+gpuplan models one engine at a time (`--engine`, `engine=`, `engine:` in a plan file). Each engine lives in
+one module of `gpuplan/engines/` and declares its options once, with their defaults; this page is generated
+from those declarations by `python benchmarks/cli_reference.py` (do not edit by hand). The same names work
+everywhere: as keywords of `gpuplan.estimate()`, `plan()` and `sweep()`, as keys of a plan file (directly or
+under `engine_options:`), and as the flags in the last column on the command line. An option of another
+engine is an error that names it.
+
+The workload means the same under every engine: `batch` sequences (requests) at once, each holding `seq`
+tokens, `new_tokens` of them generated. transformers runs generate() on it; vLLM and SGLang read `seq` as
+max_model_len and `batch` as the concurrency that must fit; llama.cpp gives each of `batch` slots
+(`--parallel`) `seq` tokens (`--ctx-size` = batch x seq).
+"""
+
+
+def _default(field) -> str:
+    value = field.default
+    return "engine's rule" if value is None else f"`{value}`"
+
+
+def render_engines() -> str:
+    from gpuplan.engines import ENGINE_NAMES, engine_module
+    from gpuplan.engines.base import flag_of, option_extra
+
+    parts = [ENGINES_HEADER]
+    for name in ENGINE_NAMES:
+        module = engine_module(name)
+        cls = module.Options
+        parts.append(f"## {name}\n\n{module.SUMMARY} (`{module.__name__}`).\n")
+        if not cls.model_fields:
+            parts.append("No options.\n")
+            continue
+        rows = ["| option | default | flag | meaning |", "|---|---|---|---|"]
+        for field_name, field in cls.model_fields.items():
+            extra = option_extra(cls, field_name)
+            flag = "--no-" + field_name.replace("_", "-") if extra.get("negative") else flag_of(cls, field_name)
+            if extra.get("short"):
+                flag += f", {extra['short']}"
+            rows.append(f"| `{field_name}` | {_default(field)} | `{flag}` | {field.description or ''} |")
+        parts.append("\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
 def main(argv: list[str]) -> int:
-    text = render()
+    pages = {TARGET: render(), ENGINES_TARGET: render_engines()}
     if "--check" in argv:
-        if not TARGET.exists() or TARGET.read_text(encoding="utf-8") != text:
-            print(f"{TARGET} is out of date: run python benchmarks/cli_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text, encoding="utf-8")
-    print(f"wrote {TARGET}")
+        stale = [p for p, text in pages.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"{path} is out of date: run python benchmarks/cli_reference.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in pages.items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 

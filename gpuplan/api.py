@@ -11,6 +11,7 @@ the engine (``gpuplan.engines.vllm.Options(...)``); gpuplan/engines/ validates t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import ValidationError
@@ -80,13 +81,23 @@ def resolve_gpu(gpu: Any = None, gpu_memory: str | int | None = None):
     return base
 
 
+@functools.lru_cache(maxsize=64)
+def _no_gpu(tensor_parallel: int, pipeline_parallel: int) -> Hardware:
+    return Hardware(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+
+
+@functools.lru_cache(maxsize=256)
+def _precision_request(dtype: str, kv_dtype: str) -> PrecisionRequest:
+    return PrecisionRequest(dtype=dtype, kv_dtype=kv_dtype)
+
+
 def make_hardware(gpu_spec: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> Hardware:
     """The Hardware of an estimate: a GpuSpec (or None) and the split."""
     for name, value in (("tensor_parallel", tensor_parallel), ("pipeline_parallel", pipeline_parallel)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
     if gpu_spec is None:
-        return Hardware(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+        return _no_gpu(tensor_parallel, pipeline_parallel)
     return Hardware(gpu=gpu_spec.name, memory_bytes=gpu_spec.usable_bytes, device_bytes=gpu_spec.memory_bytes,
                     cuda_total_known=gpu_spec.cuda_total_bytes is not None, tensor_parallel=tensor_parallel,
                     pipeline_parallel=pipeline_parallel)
@@ -113,7 +124,7 @@ def estimate(model: str | ResolvedModel | ModelSpec | Any, *, batch: int = 1, se
     chosen = make_options(name, options if options is not None else engine_options)
     hardware = make_hardware(resolve_gpu(gpu, gpu_memory), tensor_parallel, pipeline_parallel)
     workload = make_workload(batch, seq, new_tokens)
-    request = PrecisionRequest(dtype=dtype, kv_dtype=kv_dtype)
+    request = _precision_request(dtype, kv_dtype)
     result: EngineEstimate = engine_module(name).estimate(resolved, request, workload, hardware, chosen)
     return assemble(resolved, name, result, hardware)
 
@@ -127,11 +138,14 @@ def assemble(resolved: ResolvedModel, engine: str, result: EngineEstimate, hardw
         fits = result.fits if result.fits is not None else result.total_bytes <= capacity
         fit = {"gpu": hardware.gpu, "gpu_memory_bytes": capacity, "fits": fits,
                "headroom_bytes": capacity - result.total_bytes}
-    fields = result.model_dump(exclude={"notes", "fits", "serving", "per_gpu", "llamacpp"})
+        if not fits and result.fit_reason is None:
+            fit["fit_reason"] = (f"needs {result.total_bytes / 2**30:,.2f} GiB per GPU, the GPU has "
+                                 f"{capacity / 2**30:,.2f} GiB")
+    # The engine's fields as they are (nested results pass as instances, not dumped and rebuilt).
+    fields = {k: v for k, v in result.__dict__.items() if k not in ("notes", "fits", *fit)}
     return EstimateResult(
-        **fields, **fit, serving=result.serving, per_gpu=result.per_gpu, llamacpp=result.llamacpp,
-        model=resolved.id, source=resolved.source, revision=resolved.revision, commit=resolved.commit,
-        model_type=spec.model_type, attention=spec.attention_kind, engine=engine,
+        **fields, **fit, model=resolved.id, source=resolved.source, revision=resolved.revision,
+        commit=resolved.commit, model_type=spec.model_type, attention=spec.attention_kind, engine=engine,
         parameters=spec.parameters, loaded_parameters=spec.loaded_parameters,
         notes=list(resolved.notices) + list(spec.notes) + list(result.notes))
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from gpuplan.engines import (
     ENGINE_NAMES,
     SERVING_ENGINES,
+    budgets_whole_gpu,
     default_engine,
     engine_name,
     make_options,
@@ -515,8 +516,10 @@ def _consistency_issues(d: Deployment, located: _Located, base: tuple[Any, ...],
     return issues
 
 
-def load_plan(source: str | Path | dict[str, Any]) -> tuple[PlanFile, _Located]:
-    """Read and validate a plan file (a path, or the already-parsed dict)."""
+def load_plan(source: str | Path | dict[str, Any] | _Located) -> tuple[PlanFile, _Located]:
+    """Read and validate a plan file (a path, the already-parsed dict, or YAML text read by load_yaml)."""
+    if isinstance(source, _Located):
+        return parse_plan(source), source
     if isinstance(source, dict):
         located = _Located(source, {}, None)
         return parse_plan(located), located
@@ -566,10 +569,11 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
     serving = engine in SERVING_ENGINES
     if not serving and d.min_concurrency is not None and "min_concurrency" in d._explicit:
         raise InputError(f"min_concurrency applies to {' and '.join(SERVING_ENGINES)}, not {engine}")
-    if engine == "sglang" and d.headroom is not None and "headroom" in d._explicit:
-        raise InputError("headroom does not apply to sglang: it budgets the whole GPU (mem_fraction_static for "
+    whole_gpu = budgets_whole_gpu(engine)
+    if whole_gpu and d.headroom is not None and "headroom" in d._explicit:
+        raise InputError(f"headroom does not apply to {engine}: it budgets the whole GPU (mem_fraction_static for "
                          "weights and KV cache, the rest for activations and CUDA graphs)",
-                         hint="drop headroom from this deployment; a headroom in defaults is ignored for sglang")
+                         hint=f"drop headroom from this deployment; a headroom in defaults is ignored for {engine}")
     tp, pp = _sizes(d)
     fields = options_class(engine).model_fields
     options = {k: v for k, v in d.engine_options.items() if k in fields or k in d._explicit}
@@ -580,13 +584,20 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
         new_tokens=d.new_tokens or 0, engine=engine, gpu=d.gpu, gpu_memory=d.gpu_memory, tensor_parallel=tp,
         pipeline_parallel=pp, **options)
     capacity = result.gpu_memory_bytes or 0
-    required_free = parse_headroom(d.headroom, capacity=capacity) if d.headroom and engine != "sglang" else 0
+    required_free = parse_headroom(d.headroom, capacity=capacity) if d.headroom and not whole_gpu else 0
     free = capacity - result.total_bytes
     reasons: list[str] = []
     s = result.serving
     min_concurrency: float | None = None
     if s is not None:
+        from gpuplan.engines.serving import beyond_context
+
         min_concurrency = d.min_concurrency if d.min_concurrency is not None else float(d.batch or 1)
+        refused = beyond_context(engine, resolved.spec, s.max_model_len)
+        if refused:
+            reasons.append(refused)
+        if result.total_bytes > capacity:
+            reasons.append(f"needs {_gib(result.total_bytes)} per GPU, the GPU has {_gib(capacity)}")
         if not s.fits_one_request:
             reasons.append(f"one request of {s.max_model_len:,} tokens does not fit: the KV cache holds "
                            f"{s.kv_cache_tokens:,} tokens (the longest context that fits is "
@@ -596,7 +607,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
                            f"min_concurrency is {min_concurrency:g}")
     elif result.total_bytes > capacity:
         reasons.append(f"needs {_gib(result.total_bytes)} per GPU, the GPU has {_gib(capacity)}")
-    if not reasons and engine != "sglang" and free < required_free:
+    if not reasons and not whole_gpu and d.headroom is not None and free < required_free:
         reasons.append(f"leaves {_gib(free)} free per GPU, headroom {d.headroom} asks for {_gib(required_free)}")
     return DeploymentCheck(
         name=d.name, line=line, passed=not reasons, reasons=reasons, model=result.model, engine=engine,
@@ -607,7 +618,7 @@ def evaluate(d: Deployment, resolved: Any, *, line: int | None) -> DeploymentChe
         estimate=result)
 
 
-def check(source: str | Path | dict[str, Any], *, offline: bool | None = None) -> CheckResult:
+def check(source: str | Path | dict[str, Any] | _Located, *, offline: bool | None = None) -> CheckResult:
     """Check every deployment of a plan file (a path or a dict); see docs/ci.md.
 
     A bad file raises :class:`PlanFileError` (an InputError); a model or GPU that cannot be found

@@ -70,44 +70,14 @@ def _option(result: EstimateResult, gpus_per_node: int, launch: list[str], reaso
 
 
 def launch_commands(model: str, result: EstimateResult, *, nodes: int, dtype: str | None,
-                    kv_cache_dtype: str | None, gpu_memory_utilization: float | None,
-                    expert_parallel: bool = False) -> list[str]:
-    """The command lines that start this deployment, in the engine's own flags."""
-    tp, pp, seq = result.tensor_parallel, result.pipeline_parallel, result.seq
-    if result.engine == "vllm":
-        cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
-        if pp > 1:
-            cmd += f" --pipeline-parallel-size {pp}"
-        cmd += f" --max-model-len {seq}"
-        if dtype in ("fp16", "bf16", "fp32"):
-            cmd += " --dtype " + {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
-        if kv_cache_dtype == "fp8":
-            cmd += " --kv-cache-dtype fp8"
-        if gpu_memory_utilization is not None:
-            cmd += f" --gpu-memory-utilization {gpu_memory_utilization:g}"
-        if expert_parallel:
-            cmd += " --enable-expert-parallel"
-        if nodes == 1:
-            return [cmd]
-        # vLLM's multi-node serving runs on a Ray cluster (docs: "Distributed inference and serving").
-        return [
-            "ray start --head --port=6379                      # on the first node",
-            "ray start --address=<head-node-ip>:6379          # on each of the other "
-            f"{nodes - 1} node(s)",
-            cmd + " --distributed-executor-backend ray   # on the head node",
-        ]
-    cmd = f"python -m sglang.launch_server --model-path {model} --tp {tp}"
-    if pp > 1:
-        cmd += f" --pp-size {pp}"
-    cmd += f" --context-length {seq}"
-    if kv_cache_dtype == "fp8":
-        cmd += " --kv-cache-dtype fp8_e4m3"
-    if expert_parallel:
-        cmd += f" --ep-size {tp}"
-    if nodes == 1:
-        return [cmd]
-    # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").
-    return [f"{cmd} --nnodes {nodes} --node-rank <0..{nodes - 1}> --dist-init-addr <head-node-ip>:5000"]
+                    kv_cache_dtype: str | None, options: Any, expert_parallel: bool = False) -> list[str]:
+    """The command lines that start this deployment, in the engine's own flags (each serving engine's module
+    writes its own)."""
+    from gpuplan.engines import engine_module
+
+    return engine_module(result.engine).launch_command(model, result, nodes=nodes, dtype=dtype,
+                                                       kv_cache_dtype=kv_cache_dtype, options=options,
+                                                       expert_parallel=expert_parallel)
 
 
 def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
@@ -156,8 +126,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
         ep = serving and expert_parallel_fits(spec, picked.tensor_parallel)
         launch = launch_commands(resolved.id, picked, nodes=nodes, dtype=dtype, kv_cache_dtype=kv_dtype,
-                                 gpu_memory_utilization=_given(engine_opts, "gpu_memory_utilization"),
-                                 expert_parallel=ep) if chosen and serving else []
+                                 options=engine_opts, expert_parallel=ep) if chosen and serving else []
         reason = None
         if chosen is None:
             reason = f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
@@ -177,7 +146,3 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
     return PlanResult(model=resolved.id, engine=engine, dtype=first.dtype, kv_dtype=first.kv_dtype, batch=batch,
                       seq=first.seq, options=options, best=best, notes=notes)
 
-
-def _given(options: Any, name: str) -> Any:
-    """An option's value when the caller set it (a launch line spells out only what differs from defaults)."""
-    return getattr(options, name) if name in options.model_fields_set else None

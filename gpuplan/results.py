@@ -13,7 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field
 _CONFIG = ConfigDict(frozen=True, defer_build=True)
 
 # Bump the major part when a field is removed or changes meaning, the minor part when one is added.
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
+
+
+class FitSuggestion(BaseModel):
+    """One change that would make a workload that does not fit fit, estimated: its figure per GPU."""
+
+    model_config = _CONFIG
+
+    change: str = Field(description="what to change, in words")
+    flag: str = Field(description="the flags that make the change")
+    total_bytes: int = Field(description="the total per GPU with the change")
+    gpu_memory_bytes: int = Field(description="memory of the GPU it is checked against")
+    fits: bool = Field(description="the workload fits with the change")
 
 
 class MemoryBreakdown(BaseModel):
@@ -60,6 +72,8 @@ class ServingBudget(BaseModel):
     model_config = _CONFIG
 
     engine: str = Field(description="vllm | sglang")
+    engine_version: str | None = Field(default=None, description="the engine release whose startup budget is "
+                                                                 "modelled (--engine-version)")
     gpu_memory_bytes: int = Field(description="the total the engine budgets from (CUDA's total per GPU)")
     memory_fraction: float = Field(description="--gpu-memory-utilization (vLLM) or --mem-fraction-static (SGLang)")
     kv_cache_tokens: int = Field(description="tokens the KV cache holds (vLLM 'GPU KV cache size', SGLang "
@@ -68,7 +82,14 @@ class ServingBudget(BaseModel):
     max_concurrency: float = Field(description="requests of max_model_len tokens that fit at once")
     fits_one_request: bool = Field(description="one request of max_model_len fits (else the engine refuses "
                                                "to start)")
-    max_model_len_that_fits: int = Field(description="the longest context that fits (vLLM --max-model-len auto)")
+    max_model_len_that_fits: int = Field(description="the longest context that fits, as vLLM's startup error "
+                                                     "estimates it")
+    max_model_len_auto: int | None = Field(default=None, description="what vLLM --max-model-len auto (-1) picks: "
+                                                                     "the model's context or the longest that "
+                                                                     "fits; null in releases without it")
+    kv_cache_memory_bytes: int | None = Field(default=None, description="vLLM --kv-cache-memory that pins this KV "
+                                                                        "pool without profiling; null in releases "
+                                                                        "without the flag")
     num_blocks: int | None = Field(default=None, description="vLLM '# GPU blocks'")
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
@@ -128,6 +149,10 @@ class EngineEstimate(InferenceMemory):
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     fits: bool | None = Field(default=None, description="the workload fits that GPU (null when no GPU was named)")
+    fit_reason: str | None = Field(default=None, description="why it does not fit, when it does not")
+    suggestions: list[FitSuggestion] = Field(
+        default_factory=list, description="when it does not fit: changes that would make it fit, each estimated "
+                                          "(the CLI adds them; gpuplan.advice computes them)")
     components: dict[str, int] = Field(
         default_factory=dict,
         description="named parts of the estimate: of the activation peak (transformers), of every GPU and host "
@@ -271,6 +296,8 @@ class TrainResult(Output, GpuFit, MemoryBreakdown):
     backward_peak_bytes: int
     step_peak_bytes: int
     peak_phase: str = Field(description="forward | backward | optimizer step: where the peak is")
+    suggestions: list[FitSuggestion] = Field(
+        default_factory=list, description="when it does not fit: changes that would make it fit, each estimated")
     components: dict[str, int] = Field(default_factory=dict, description="named parts of the estimate")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

@@ -14,7 +14,8 @@ It answers the requests huggingface_hub makes to fetch a file and read safetenso
 
 Per-repo modes: ``ok``, ``gated``, ``private`` (both unlocked by the repo's token), ``error`` (500),
 ``slow`` (waits ``slow_s`` seconds, or until the server stops, before answering), ``slow-download``
-(the same for GET only: the HEAD that locates a file answers at once).
+(the same for GET only: the HEAD that locates a file answers at once), ``error-download`` (500 for GET
+only).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class FakeHub:
 
         A dict value is served as its JSON; bytes are served as they are.
         """
-        assert mode in {"ok", "gated", "private", "error", "slow", "slow-download"}, mode
+        assert mode in {"ok", "gated", "private", "error", "slow", "slow-download", "error-download"}, mode
         snapshots = {}
         for revision, content in {"main": files or {}, **(revisions or {})}.items():
             encoded = {n: json.dumps(v).encode() if isinstance(v, dict) else v for n, v in content.items()}
@@ -267,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
                 message=f"Access to model {repo_id} is restricted.",
             )
             return
-        if repo.mode == "error":
+        if repo.mode == "error" or (repo.mode == "error-download" and self.command == "GET"):
             self._answer(500, body=body, message="Internal Error")
             return
         slow = repo.mode == "slow" or (repo.mode == "slow-download" and self.command == "GET")

@@ -195,7 +195,8 @@ def test_gpus_probe_without_driver_is_one_clear_line():
 
 def test_vllm_budget_on_l4():
     result = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--engine", "vllm", "--gpu", "L4",
-                 "--gpu-memory-utilization", "0.9", "--max-model-len", "32768", "--format", "json")
+                 "--gpu-memory-utilization", "0.9", "--max-model-len", "32768", "--engine-version", "0.19.0",
+                 "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     serving = data["serving"]

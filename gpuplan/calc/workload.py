@@ -47,4 +47,6 @@ class Workload(BaseModel):
         """This workload with ``seq`` set to ``default`` when it was left to the engine."""
         if self.seq is not None:
             return self
-        return Workload(batch=self.batch, seq=default, new_tokens=self.new_tokens)
+        if self.new_tokens >= default:
+            return Workload(batch=self.batch, seq=default, new_tokens=self.new_tokens)  # raises, as it should
+        return self.model_copy(update={"seq": default})

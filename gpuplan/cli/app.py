@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from gpuplan import __version__
-from gpuplan.cli import check_cmd, sweep_cmd
+from gpuplan.cli import check_cmd, serve_cmd, sweep_cmd
 from gpuplan.cli.engine_flags import PanelCommand, engine_options, flag_runs, with_engine_flags
 from gpuplan.cli.errors import run_guarded
 from gpuplan.cli.formats import OutputFormat
@@ -91,36 +91,6 @@ PrepareKbitOpt = Annotated[bool, typer.Option(
     "--prepare-kbit", help="QLoRA: the script calls peft's prepare_model_for_kbit_training (QLoRA scripts, TRL), "
                            "which keeps embeddings, norms and lm_head in float32.")]
 
-# llama.cpp flags, named as llama.cpp names them (common/arg.cpp); -b is --batch here, so --batch-size has
-# no short form.
-NglOpt = Annotated[str | None, typer.Option(
-    "--n-gpu-layers", "-ngl", help="llama.cpp: layers on the GPU, the output layer counting as one; a number "
-                                   "or all (default all).", show_default=False)]
-CtxOpt = Annotated[str | None, typer.Option(
-    "--ctx-size", "-c", help="llama.cpp: context over all sequences; 0 = the model's (default: --seq, else the "
-                             "model's); a list sweeps.", show_default=False)]
-UbatchOpt = Annotated[int | None, typer.Option(
-    "--ubatch-size", "-ub", help="llama.cpp: physical batch, tokens per graph (default 512).", show_default=False)]
-NbatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", help="llama.cpp: logical batch (default 2048).", show_default=False)]
-ParallelOpt = Annotated[str | None, typer.Option(
-    "--parallel", "-np", help="llama.cpp: sequences at once, a number or auto (llama-server's 4 slots sharing "
-                              "a unified cache); default 1.", show_default=False)]
-KvUnifiedOpt = Annotated[bool | None, typer.Option(
-    "--kv-unified/--no-kv-unified", help="llama.cpp: one KV cache shared by all sequences.", show_default=False)]
-CacheKOpt = Annotated[str | None, typer.Option(
-    "--cache-type-k", "-ctk", help="llama.cpp: K cache type: f16 (default), bf16, f32, q8_0, q4_0, q4_1, "
-                                   "iq4_nl, q5_0, q5_1.", show_default=False)]
-CacheVOpt = Annotated[str | None, typer.Option(
-    "--cache-type-v", "-ctv", help="llama.cpp: V cache type, as --cache-type-k.", show_default=False)]
-FlashOpt = Annotated[str | None, typer.Option(
-    "--flash-attn", "-fa", help="llama.cpp: flash attention auto (default), on or off.", show_default=False)]
-SwaFullOpt = Annotated[bool, typer.Option("--swa-full", help="llama.cpp: full-size cache for sliding-window layers.")]
-NoKvOffloadOpt = Annotated[bool, typer.Option(
-    "--no-kv-offload", help="llama.cpp: keep the KV cache in host memory.")]
-NoOpOffloadOpt = Annotated[bool, typer.Option(
-    "--no-op-offload", help="llama.cpp: compute host layers on the CPU (no weight copies to the GPU).")]
-
 
 @app.command(cls=PanelCommand)
 @with_engine_flags
@@ -152,6 +122,7 @@ def estimate(
     """Estimate per-GPU memory: weights, KV cache, activations, overhead, peak and total."""
 
     def run() -> int:
+        from gpuplan.advice import estimate_with_advice
         from gpuplan.api import estimate as estimate_one
         from gpuplan.api import load_model
         from gpuplan.cli import output
@@ -169,10 +140,13 @@ def estimate(
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         name = named or default_engine(resolved.gguf is not None)
-        results = [estimate_one(resolved, dtype=dtype, kv_dtype=kv_dtype, batch=b, seq=s, new_tokens=new_tokens,
-                                engine=name, gpu=gpu, gpu_memory=gpu_memory, tensor_parallel=tensor_parallel_size,
-                                pipeline_parallel=pipeline_parallel_size, options=engine_options(name, flags))
-                   for b, s, flags in itertools.product(batches, seqs, runs)]
+        calls = [{"dtype": dtype, "kv_dtype": kv_dtype, "batch": b, "seq": s, "new_tokens": new_tokens,
+                  "engine": name, "gpu": gpu, "gpu_memory": gpu_memory, "tensor_parallel": tensor_parallel_size,
+                  "pipeline_parallel": pipeline_parallel_size, "options": engine_options(name, flags)}
+                 for b, s, flags in itertools.product(batches, seqs, runs)]
+        advise = len(calls) == 1  # a grid of estimates is a table; one that does not fit says what would
+        results = [estimate_with_advice(resolved, **call) if advise else estimate_one(resolved, **call)
+                   for call in calls]
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
@@ -388,19 +362,19 @@ def train(
     """Training / fine-tuning memory per GPU: weights, gradients, optimizer states, activations, peak."""
 
     def run() -> int:
+        from gpuplan.advice import train_with_advice
         from gpuplan.api import load_model
-        from gpuplan.api import train as train_estimate
         from gpuplan.cli import output
         from gpuplan.units import parse_token_count
 
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
-        result = train_estimate(resolved, method=method, precision=precision, optimizer=optimizer,
-                                lora_rank=lora_rank, lora_targets=lora_targets,
-                                grad_checkpointing=grad_checkpointing, batch=batch, seq=parse_token_count(seq),
-                                grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
-                                offload_optimizer=offload_optimizer, prepare_kbit=prepare_kbit, gpu=gpu,
-                                gpu_memory=gpu_memory, expandable_segments=expandable_segments)
+        call = {"method": method, "precision": precision, "optimizer": optimizer, "lora_rank": lora_rank,
+                "lora_targets": lora_targets, "grad_checkpointing": grad_checkpointing, "batch": batch,
+                "seq": parse_token_count(seq), "grad_accumulation": grad_accumulation, "zero": zero, "fsdp": fsdp,
+                "gpus": gpus, "offload_optimizer": offload_optimizer, "prepare_kbit": prepare_kbit, "gpu": gpu,
+                "gpu_memory": gpu_memory, "expandable_segments": expandable_segments}
+        result = train_with_advice(resolved, **call)
         output.render_train(result, output_format)
         return EXIT_FINDING if result.fits is False else 0
 
@@ -433,7 +407,7 @@ def models(
 
         entries = load_catalog().search(filter_text)
         if output_format is OutputFormat.json:
-            output.emit_json([e.model_dump() for e in entries])
+            output.emit_json(output.json_payload(entries))
             return
         from rich.table import Table
 
@@ -469,11 +443,9 @@ def gpus(
             else:
                 output.stdout_console().print(output.probe_table(found))
             return
-        needle = (filter_text or "").lower().replace(" ", "").replace("-", "")
-        entries = [g for g in load_catalog().gpus
-                   if not needle or any(needle in k for k in g.lookup_keys())]
+        entries = load_catalog().search(filter_text)
         if output_format is OutputFormat.json:
-            output.emit_json([g.model_dump() for g in entries])
+            output.emit_json(output.json_payload(entries))
         else:
             output.stdout_console().print(output.gpu_table(entries))
 
@@ -502,6 +474,7 @@ def schema(
 
 app.command("check")(check_cmd.check)
 app.command("sweep", cls=PanelCommand)(with_engine_flags(sweep_cmd.sweep))
+app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:

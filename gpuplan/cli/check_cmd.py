@@ -63,7 +63,7 @@ def render(result, fmt: CheckFormat) -> None:
     from gpuplan.cli import output, report
 
     if fmt is CheckFormat.json:
-        output.emit_json(result.model_dump())
+        output.emit_json(output.json_payload(result))
         return
     if fmt is CheckFormat.github:
         for line in report.github_lines(result):
@@ -76,6 +76,7 @@ def render(result, fmt: CheckFormat) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from gpuplan.engines import budgets_whole_gpu
     from gpuplan.units import GiB
 
     out = output.stdout_console()
@@ -90,7 +91,8 @@ def render(result, fmt: CheckFormat) -> None:
         table.add_row(Text.assemble((c.name, "bold"), "\n", (f"{c.model} · {c.engine}", "dim")),
                       f"{c.gpus} x {c.gpu}",
                       f"{c.total_bytes / GiB:,.1f}/{c.gpu_memory_bytes / GiB:,.1f}",
-                      "" if c.engine == "sglang" else f"{c.free_bytes / GiB:,.1f}/{c.required_free_bytes / GiB:,.1f}",
+                      "" if budgets_whole_gpu(c.engine) else
+                      f"{c.free_bytes / GiB:,.1f}/{c.required_free_bytes / GiB:,.1f}",
                       conc,
                       "pass" if c.passed else "[bold red]FAIL[/bold red]")
     out.print(table)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gpuplan.results import EstimateResult
@@ -24,6 +25,19 @@ def stderr_console() -> Console:
 
 def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def json_payload(value: Any) -> Any:
+    """What --format json prints for a result, a list of results or catalog entries (also the web API's
+    answer): each model's model_dump(), one result as an object, several as a list."""
+    if isinstance(value, (list, tuple)):
+        return [json_payload(item) for item in value]
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def estimates_payload(results: Sequence[EstimateResult]) -> Any:
+    """One estimate as an object, a grid of them (--batch 1,8 --seq 2k,8k) as a list."""
+    return json_payload(results[0] if len(results) == 1 else list(results))
 
 
 def fmt_gib(n_bytes: int) -> str:
@@ -115,21 +129,45 @@ def sweep_table(results: Sequence[EstimateResult]) -> Table:
 def fit_line(result: EstimateResult) -> str | None:
     if result.fits is None or result.gpu_memory_bytes is None:
         return None
-    verdict = "[green]fits[/green]" if result.fits else "[bold red]does not fit[/bold red]"
     where = f"{result.gpus} x {result.gpu}" if result.gpus > 1 else result.gpu
-    return (f"{where}: {verdict} — {fmt_gib(result.total_bytes)} of {fmt_gib(result.gpu_memory_bytes)} GiB per "
-            f"GPU, headroom {fmt_gib(result.headroom_bytes or 0)} GiB")
+    usage = f"{fmt_gib(result.total_bytes)} of {fmt_gib(result.gpu_memory_bytes)} GiB per GPU"
+    if result.fits:
+        return f"{where}: [green]fits[/green] — {usage}, headroom {fmt_gib(result.headroom_bytes or 0)} GiB"
+    reason = escape(result.fit_reason or "")
+    return f"{where}: [bold red]does not fit[/bold red] — {reason} ({usage})"
+
+
+def suggestion_lines(result: Any) -> list[str]:
+    """What would make a workload that does not fit fit, each with the figure it gives."""
+    if not getattr(result, "suggestions", None):
+        return []
+    lines = ["To fit:"]
+    for s in result.suggestions:
+        mark = "fits" if s.fits else "still does not fit"
+        lines.append(f"  {escape(s.change)} ({escape(s.flag)}): {fmt_gib(s.total_bytes)} of "
+                     f"{fmt_gib(s.gpu_memory_bytes)} GiB per GPU, {mark}")
+    return lines
 
 
 def serving_lines(result: EstimateResult) -> list[str]:
     s = result.serving
     if s is None:
         return []
-    label = "gpu_memory_utilization" if s.engine == "vllm" else "mem_fraction_static"
-    lines = [f"{s.engine} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
+    from gpuplan.engines import engine_module
+
+    label = engine_module(s.engine).MEMORY_FRACTION_OPTION
+    release = f" {s.engine_version}" if s.engine_version else ""
+    lines = [f"{s.engine}{release} on {result.gpu} ({label} {s.memory_fraction:g}, TP {result.tensor_parallel}, PP "
              f"{result.pipeline_parallel}): KV cache {s.kv_cache_tokens:,} tokens, {s.max_concurrency:.2f}x "
              f"requests of {s.max_model_len:,} tokens; longest context that fits {s.max_model_len_that_fits:,}"]
     lines += [f"  {line}" for line in s.log_lines]
+    extras = []
+    if s.max_model_len_auto is not None:
+        extras.append(f"--max-model-len auto would pick {s.max_model_len_auto:,}")
+    if s.kv_cache_memory_bytes is not None:
+        extras.append(f"--kv-cache-memory={s.kv_cache_memory_bytes} gives this pool without profiling")
+    if extras:
+        lines.append("; ".join(extras))
     return lines
 
 
@@ -138,7 +176,7 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(results[0].model_dump() if len(results) == 1 else [r.model_dump() for r in results])
+        emit_json(estimates_payload(results))
     else:
         out = stdout_console()
         first = results[0]
@@ -152,6 +190,8 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
                 out.print(line)
             if (fit := fit_line(first)) is not None:
                 out.print(fit)
+            for line in suggestion_lines(first):
+                out.print(line)
         else:
             out.print(sweep_table(results))
         out.print(assumptions_line(first), style="dim")
@@ -213,7 +253,7 @@ def render_plan(result, fmt, *, top: int = 15) -> None:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(result.model_dump())
+        emit_json(json_payload(result))
     else:
         out = stdout_console()
         out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
@@ -359,7 +399,7 @@ def render_train(result, fmt) -> None:
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(result.model_dump())
+        emit_json(json_payload(result))
         return
     out = stdout_console()
     out.print(f"[bold]{result.model}[/bold] ({result.model_type}, {_human_params(result.parameters)} parameters, "
@@ -367,9 +407,14 @@ def render_train(result, fmt) -> None:
     out.print(train_setup_line(result))
     out.print(train_table(result))
     if result.fits is not None:
-        verdict = "[green]fits[/green]" if result.fits else "[bold red]does not fit[/bold red]"
-        out.print(f"{verdict} on {result.gpu} ({fmt_gib(result.gpu_memory_bytes or 0)} GiB usable, headroom "
-                  f"{fmt_gib(result.headroom_bytes or 0)} GiB)")
+        usage = f"{fmt_gib(result.total_bytes)} of {fmt_gib(result.gpu_memory_bytes or 0)} GiB per GPU"
+        if result.fits:
+            out.print(f"[green]fits[/green] on {result.gpu} ({usage}, headroom {fmt_gib(result.headroom_bytes or 0)} "
+                      "GiB)")
+        else:
+            out.print(f"[bold red]does not fit[/bold red] on {result.gpu}: needs {usage}")
+        for line in suggestion_lines(result):
+            out.print(line)
     err = stderr_console()
     for note in result.notes:
         err.print(f"Note: {note}", style="yellow")

@@ -69,6 +69,7 @@ def sweep(
 
     def run() -> int:
         from gpuplan.cli import output
+        from gpuplan.engines import SERVING_ENGINES
         from gpuplan.errors import InputError
         from gpuplan.sweeps import sweep as run_sweep
         from gpuplan.sweeps import to_csv
@@ -90,7 +91,7 @@ def sweep(
         if csv_file is not None:
             _write_text(csv_file, to_csv(result), option="--csv")
         if output_format is SweepFormat.json:
-            output.emit_json(result.model_dump())
+            output.emit_json(output.json_payload(result))
         else:
             out = output.stdout_console()
             for table in sweep_tables(result):
@@ -110,7 +111,7 @@ def sweep(
                     err.print(f"Wrote {plot}", style="dim")
         for note in result.notes:
             err.print(f"Note: {note}", style="yellow", markup=False)
-        if result.engine not in ("vllm", "sglang"):  # a serving engine's warnings say what the table does
+        if result.engine not in SERVING_ENGINES:  # a serving engine's warnings say what the table does
             for warning in sorted({w for p in result.points for w in p.warnings}):
                 err.print(f"Warning: {warning}", style="yellow", markup=False)
         return 0  # a sweep explores past the limits on purpose: points that do not fit are its data
@@ -166,7 +167,9 @@ def sweep_tables(result) -> list:  # noqa: C901 - two layouts side by side read 
     from gpuplan.cli.output import fmt_gib
 
     several = len({(p.dtype, p.kv_dtype) for p in result.points}) > 1
-    serving = result.engine in ("vllm", "sglang")
+    from gpuplan.engines import SERVING_ENGINES
+
+    serving = result.engine in SERVING_ENGINES
     split = f", TP {result.tensor_parallel} x PP {result.pipeline_parallel}" if serving else ""
     heading = Text.assemble((result.model, "bold"), f" · {result.engine}{split}")
     if not several:
@@ -257,7 +260,9 @@ def terminal_chart(result, width: int = 48):
         text.append("┆ GPU memory")
     text.append("\n")
     label_width = max(len(token_label(p.seq)) for _, pts, _ in groups for p in pts)
-    serving = result.engine in ("vllm", "sglang")
+    from gpuplan.engines import SERVING_ENGINES
+
+    serving = result.engine in SERVING_ENGINES
     for title, pts, gpus in groups:
         marks = {cell(g.memory_bytes) for g in gpus}
         text.append(f"\n{title}\n", style="bold")

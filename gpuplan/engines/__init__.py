@@ -7,6 +7,7 @@ imported only when its engine is used, so an estimate under one engine pays for 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from collections.abc import Mapping
 from types import ModuleType
@@ -45,12 +46,19 @@ def engine_name(name: str) -> str:
     raise InputError(f"unknown engine {name!r}", hint=f"{hint}use one of: {', '.join(ENGINE_NAMES)}")
 
 
+@functools.cache
 def engine_module(name: str) -> ModuleType:
+    """The engine's module, imported on first use (an estimate under one engine pays for no other)."""
     return importlib.import_module(_MODULES[engine_name(name)])
 
 
 def options_class(name: str) -> type[EngineOptions]:
     return engine_module(name).Options
+
+
+def budgets_whole_gpu(name: str) -> bool:
+    """Whether the engine spends the whole GPU by design (SGLang), so no headroom can be left free."""
+    return bool(getattr(engine_module(name), "BUDGETS_WHOLE_GPU", False))
 
 
 def default_engine(is_gguf: bool) -> str:
@@ -109,6 +117,8 @@ def make_options(engine: str, values: Mapping[str, Any] | EngineOptions | None =
                              hint=f"pass {cls.__module__}.Options, or the options as keywords")
         return values
     given = {k: v for k, v in (values or {}).items() if v is not None}
+    if not given:
+        return _defaults(name)
     unknown = [k for k in given if k not in cls.model_fields]
     if unknown:
         owners = option_owners()
@@ -126,6 +136,12 @@ def make_options(engine: str, values: Mapping[str, Any] | EngineOptions | None =
         field = str(err["loc"][0]) if err["loc"] else ""
         shown = _spell(cls, field, spelling) if field in cls.model_fields else field
         raise InputError(_describe(shown, err)) from None
+
+
+@functools.cache
+def _defaults(name: str) -> EngineOptions:
+    """An engine's options with nothing given (frozen, so one instance serves every call)."""
+    return options_class(name)()
 
 
 _BOUNDS = {"greater_than_equal": "at least", "greater_than": "more than", "less_than_equal": "at most",

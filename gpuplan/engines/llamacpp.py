@@ -32,6 +32,7 @@ beside each rule; the measurements that check them (H200, CUDA 13.0) are in test
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -210,27 +211,99 @@ def _per_layer(value: object, n: int, default: int) -> list[int]:
 def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None) -> LlamaCppMemory:
     """Bytes of each llama.cpp buffer for ``model`` under ``settings`` on one CUDA GPU."""
     s = settings or LlamaCppSettings()
-    spec, hp = model.spec, model.hparams
+    spec = model.spec
     notes: list[str] = []
-    n_layer_all = int(hp.get("block_count", spec.num_hidden_layers))
     n_layer = spec.num_hidden_layers  # without MTP layers, which llama.cpp does not load for plain decoding
+    place = _Placement.of(s.n_gpu_layers, int(model.hparams.get("block_count", n_layer)))
+    weights = _weights(model, place, n_layer, notes)
+    context = _context(s, spec.max_position_embeddings, notes)
+    type_k, type_v, flash = _attention_kernel(s, notes)
+    kv = _kv_cache(model, s, place, context, type_k, type_v, flash, notes)
+    compute = _compute_buffers(model, s, place, weights, context, kv, flash, notes)
 
-    # ---- placement (src/llama-model.cpp, load_tensors) ----
-    ngl = n_layer_all + 1 if s.n_gpu_layers is None or s.n_gpu_layers < 0 else s.n_gpu_layers
-    i_gpu_start = max(n_layer_all + 1 - ngl, 0)
-    act_gpu_layers = min(ngl, n_layer_all + 1)
+    uses_gpu = weights.gpu > 0 or kv.gpu > 0 or compute.gpu > 0
+    runtime = LLAMACPP_CUDA_RUNTIME_BYTES if uses_gpu else 0
+    if context.n_ctx != context.ctx:
+        notes.append(
+            f"a context of {context.ctx} tokens takes {context.n_ctx} cache cells (padded to multiples of {CTX_PAD})"
+        )
+    components = {
+        "weights_gpu": weights.gpu,
+        "weights_host": weights.host,
+        "kv_gpu": kv.gpu,
+        "kv_host": kv.host,
+        "compute_output_step": compute.output_step,
+        "compute_attention_step": compute.attention_step,
+        "compute_ffn_step": compute.ffn_step,
+        "compute_weight_copy": compute.weight_copy,
+        "compute_gpu": compute.gpu,
+        "compute_host": compute.host,
+        "output_host": compute.host_output,
+        "runtime": runtime,
+    }
+    return LlamaCppMemory(
+        gpu_weights_bytes=weights.gpu,
+        host_weights_bytes=weights.host,
+        gpu_kv_bytes=kv.gpu,
+        host_kv_bytes=kv.host,
+        gpu_compute_bytes=compute.gpu,
+        host_compute_bytes=compute.host,
+        host_output_bytes=compute.host_output,
+        runtime_bytes=runtime,
+        gpu_total_bytes=weights.gpu + kv.gpu + compute.gpu + runtime,
+        host_total_bytes=weights.host + kv.host + compute.host + compute.host_output,
+        n_ctx=context.n_ctx,
+        n_ctx_seq=context.n_ctx_seq,
+        n_seq=context.n_seq,
+        kv_unified=context.unified,
+        n_ubatch=context.n_ubatch,
+        flash_attn=flash,
+        layers_on_gpu=place.layers_on_gpu(n_layer),
+        output_on_gpu=place.output_on_gpu,
+        kv_cells_swa=kv.cells_swa,
+        components=components,
+        notes=tuple(notes),
+    )
 
-    def on_gpu(il: int) -> bool:
-        return not (il < i_gpu_start or (il - i_gpu_start) >= act_gpu_layers)
 
-    output_on_gpu = on_gpu(n_layer_all)
-    layers_on_gpu = sum(1 for il in range(n_layer) if on_gpu(il))
+@dataclass(frozen=True)
+class _Placement:
+    """Which of the ``block_count + 1`` layer slots ``-ngl`` puts on the GPU (src/llama-model.cpp, load_tensors);
+    slot ``block_count`` is the output layer."""
 
-    gpu_w = host_w = 0
-    # Bytes of the matrices of each layer: what a GPU-run matrix product copies from host memory (norms and
-    # biases are not copied: the measured copies equal the matrices' bytes to the byte).
+    n_layer_all: int
+    i_gpu_start: int
+    act_gpu_layers: int
+
+    @classmethod
+    def of(cls, n_gpu_layers: int | None, n_layer_all: int) -> _Placement:
+        ngl = n_layer_all + 1 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
+        return cls(n_layer_all, max(n_layer_all + 1 - ngl, 0), min(ngl, n_layer_all + 1))
+
+    def on_gpu(self, il: int) -> bool:
+        return not (il < self.i_gpu_start or (il - self.i_gpu_start) >= self.act_gpu_layers)
+
+    @property
+    def output_on_gpu(self) -> bool:
+        return self.on_gpu(self.n_layer_all)
+
+    def layers_on_gpu(self, n_layer: int) -> int:
+        return sum(1 for il in range(n_layer) if self.on_gpu(il))
+
+
+@dataclass(frozen=True)
+class _Weights:
+    gpu: int
+    host: int
+    matrices_per_layer: dict[int, int]
+    """Bytes of the matrices of each layer: what a GPU-run matrix product copies from host memory (norms and
+    biases are not copied: the measured copies equal the matrices' bytes to the byte)."""
+    output_matrices: int
+
+
+def _weights(model: GgufModel, place: _Placement, n_layer: int, notes: list[str]) -> _Weights:
+    gpu_w = host_w = output_w = 0
     layer_w: dict[int, int] = {}
-    output_w = 0
     for t in model.tensors:
         where = _layer_of(t.name)
         if isinstance(where, int) and where >= n_layer:
@@ -238,30 +311,46 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
         if where == "input":
             host_w += t.nbytes
             continue
-        il = n_layer_all if where == "output" else (0 if where is None else where)
+        il = place.n_layer_all if where == "output" else (0 if where is None else where)
         if len(t.dims) >= 2:
             if where == "output":
                 output_w += t.nbytes
             else:
                 layer_w[il] = layer_w.get(il, 0) + t.nbytes
-        if on_gpu(il):
+        if place.on_gpu(il):
             gpu_w += t.nbytes
         else:
             host_w += t.nbytes
     embd = model.tensor("token_embd.weight")
     if model.tensor("output.weight") is None and embd is not None:
         output_w += embd.nbytes
-        if output_on_gpu:
+        if place.output_on_gpu:
             gpu_w += embd.nbytes
             notes.append(
                 "no output.weight: llama.cpp puts a copy of token_embd on the GPU as the output layer"
             )
+    return _Weights(gpu_w, host_w, layer_w, output_w)
 
-    # ---- context and streams (src/llama-context.cpp) ----
-    ctx = s.ctx_size or spec.max_position_embeddings
+
+@dataclass(frozen=True)
+class _Context:
+    """The context and how llama.cpp splits it into streams (src/llama-context.cpp)."""
+
+    ctx: int
+    """The context asked for (or the trained one)."""
+    n_ctx: int
+    """Cells over all streams, padded."""
+    n_ctx_seq: int
+    n_stream: int
+    n_seq: int
+    unified: bool
+    n_ubatch: int
+
+
+def _context(s: LlamaCppSettings, trained: int | None, notes: list[str]) -> _Context:
+    ctx = s.ctx_size or trained
     if not ctx:
         raise InputError("the model states no context length", hint="give the context size (-c / --ctx-size)")
-    trained = spec.max_position_embeddings
     if trained and ctx > trained:
         notes.append(f"a context of {ctx} tokens is longer than the {trained} the model was trained with")
     n_batch = min(ctx, s.n_batch)
@@ -276,8 +365,11 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
         if n_ctx // n_seq == 0:
             raise InputError(f"a context of {ctx} tokens cannot be split over {n_seq} sequences")
         n_ctx, n_stream = n_ctx_seq * n_seq, n_seq
+    return _Context(ctx, n_ctx, n_ctx_seq, n_stream, n_seq, unified, n_ubatch)
 
-    # ---- flash attention and cache types ----
+
+def _attention_kernel(s: LlamaCppSettings, notes: list[str]) -> tuple[GgmlType, GgmlType, bool]:
+    """The K and V cache types, and whether flash attention runs."""
     type_k = _cache_type(s.cache_type_k, "--cache-type-k")
     type_v = _cache_type(s.cache_type_v, "--cache-type-v")
     v_quantized = type_v.block_size > 1
@@ -286,14 +378,39 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
             "a quantized V cache needs flash attention",
             hint="drop --flash-attn off, or use --cache-type-v f16 (llama.cpp refuses this too)",
         )
-    flash = s.flash_attn != "off"
     if s.flash_attn == "auto":
         notes.append("flash attention 'auto' counted as enabled, as llama.cpp resolves it on CUDA GPUs")
+    return type_k, type_v, s.flash_attn != "off"
 
-    # ---- KV cache (src/llama-kv-cache.cpp, src/llama-kv-cache-iswa.cpp) ----
+
+@dataclass(frozen=True)
+class _KvCache:
+    gpu: int
+    host: int
+    n_k_max: int
+    """Widest K row of any layer (elements), which the compute buffers are sized by."""
+    n_v_max: int
+    cells_swa: int | None
+    """Cells per stream of a sliding-window layer, when they are fewer than the context's."""
+    n_kv: int
+    """Cells the attention of one layer reads at reserve time."""
+
+
+def _kv_cache(
+    model: GgufModel,
+    s: LlamaCppSettings,
+    place: _Placement,
+    context: _Context,
+    type_k: GgmlType,
+    type_v: GgmlType,
+    flash: bool,
+    notes: list[str],
+) -> _KvCache:
+    """src/llama-kv-cache.cpp and src/llama-kv-cache-iswa.cpp."""
+    spec, hp = model.spec, model.hparams
     head_kv = _per_layer(
         hp.get("attention.head_count_kv", hp.get("attention.head_count")),
-        n_layer_all,
+        place.n_layer_all,
         spec.num_key_value_heads,
     )
     key_len = int(hp.get("attention.key_length") or spec.head_dim)
@@ -301,17 +418,14 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
     key_len_swa = int(hp.get("attention.key_length_swa") or key_len)
     val_len_swa = int(hp.get("attention.value_length_swa") or val_len)
     is_mla = bool(hp.get("attention.key_length_mla")) and bool(hp.get("attention.value_length_mla"))
-    kv_layers = range(n_layer)
-    shared = hp.get("attention.shared_kv_layers")
-    if model.architecture == "gemma3n":
-        kv_layers = range(min(20, n_layer))  # src/models/gemma3n.cpp: n_layer_kv_from_start = 20
-    elif isinstance(shared, int) and shared > 0:
-        kv_layers = range(min(max(n_layer_all - shared, 0), n_layer))  # src/models/gemma4.cpp
+    kv_layers = _kv_layers(model, place.n_layer_all)
     windows = spec.layer_windows
     n_swa = max((w for w in windows if w is not None), default=0)
     cells_swa: int | None = None
     if n_swa and not s.swa_full:
-        cells_swa = _pad(min(n_ctx_seq, n_swa * (n_seq if unified else 1) + n_ubatch), CTX_PAD)
+        cells_swa = _pad(
+            min(context.n_ctx_seq, n_swa * (context.n_seq if context.unified else 1) + context.n_ubatch), CTX_PAD
+        )
     v_trans_width = (
         0
         if flash
@@ -330,32 +444,65 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
         n_k = head_kv[il] * (key_len_swa if sliding else key_len)
         n_v = head_kv[il] * (val_len_swa if sliding else val_len)
         n_k_max, n_v_max = max(n_k_max, n_k), max(n_v_max, n_v)
-        cells = (cells_swa if sliding and cells_swa is not None else n_ctx_seq) * n_stream
+        cells = (cells_swa if sliding and cells_swa is not None else context.n_ctx_seq) * context.n_stream
         size = _row_bytes(type_k, n_k) * cells
         if not is_mla:
             # Without flash attention V is stored transposed, padded to the widest layer
             # ([TAG_V_CACHE_VARIABLE] in src/llama-kv-cache.cpp).
             size += _row_bytes(type_v, v_trans_width or n_v) * cells
-        if s.kv_offload and on_gpu(il):
+        if s.kv_offload and place.on_gpu(il):
             gpu_kv += size
         else:
             host_kv += size
     if is_mla:
         notes.append("MLA model: llama.cpp caches the compressed K only (the V cache is a view of it)")
+    n_kv = context.n_ctx_seq if any(w is None for w in windows) or cells_swa is None else cells_swa
+    return _KvCache(gpu_kv, host_kv, n_k_max, n_v_max, cells_swa, n_kv)
 
-    # ---- compute buffers (src/llama-context.cpp: sched_reserve; measured in tests/test_gguf.py) ----
-    n_embd = spec.hidden_size
-    n_head = spec.num_attention_heads
-    n_vocab = spec.vocab_size
-    n_kv = n_ctx_seq if any(w is None for w in windows) or cells_swa is None else cells_swa
-    ub = n_ubatch
+
+def _kv_layers(model: GgufModel, n_layer_all: int) -> range:
+    """The layers that have their own KV cache; later ones of some models reuse an earlier layer's."""
+    n_layer = model.spec.num_hidden_layers
+    shared = model.hparams.get("attention.shared_kv_layers")
+    if model.architecture == "gemma3n":
+        return range(min(20, n_layer))  # src/models/gemma3n.cpp: n_layer_kv_from_start = 20
+    if isinstance(shared, int) and shared > 0:
+        return range(min(max(n_layer_all - shared, 0), n_layer))  # src/models/gemma4.cpp
+    return range(n_layer)
+
+
+@dataclass(frozen=True)
+class _Compute:
+    output_step: int
+    attention_step: int
+    ffn_step: int
+    weight_copy: int
+    gpu: int
+    host: int
+    host_output: int
+
+
+def _compute_buffers(
+    model: GgufModel,
+    s: LlamaCppSettings,
+    place: _Placement,
+    weights: _Weights,
+    context: _Context,
+    kv: _KvCache,
+    flash: bool,
+    notes: list[str],
+) -> _Compute:
+    """src/llama-context.cpp: sched_reserve; measured in tests/test_gguf.py."""
+    spec = model.spec
+    n_embd, n_head, n_vocab = spec.hidden_size, spec.num_attention_heads, spec.vocab_size
+    n_kv, ub = kv.n_kv, context.n_ubatch
     offload_ops = s.op_offload and ub >= OP_OFFLOAD_MIN_BATCH
     # Output step: f32 logits for every token of the ubatch plus the normed hidden states they come from.
     out_step = ub * (n_vocab + n_embd) * F32_BYTES
-    if not output_on_gpu:
-        out_step = out_step + output_w if offload_ops else 0
+    if not place.output_on_gpu:
+        out_step = out_step + weights.output_matrices if offload_ops else 0
     # Attention step of one layer: residual, norm, q and the f32 scores and mask (no FA) or the f16 mask (FA).
-    per_tok = 4 * n_embd + n_k_max + n_v_max
+    per_tok = 4 * n_embd + kv.n_k_max + kv.n_v_max
     if flash:
         attn_step = ub * (n_kv * F16_BYTES + per_tok * F32_BYTES)
     else:
@@ -375,13 +522,14 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
     else:
         ffn_step = ub * F32_BYTES * (3 * spec.intermediate_size + 2 * n_embd)
     layer_step = max(attn_step, ffn_step)
-    host_layers = [il for il in range(n_layer) if not on_gpu(il)]
-    weight_copy = max((layer_w.get(il, 0) for il in host_layers), default=0) if offload_ops else 0
-    if layers_on_gpu == 0 and not offload_ops:
+    host_layers = [il for il in range(spec.num_hidden_layers) if not place.on_gpu(il)]
+    weight_copy = (
+        max((weights.matrices_per_layer.get(il, 0) for il in host_layers), default=0) if offload_ops else 0
+    )
+    if place.layers_on_gpu(spec.num_hidden_layers) == 0 and not offload_ops:
         layer_step = 0
     else:
         layer_step += weight_copy
-    gpu_compute = max(out_step, layer_step)
     if weight_copy:
         notes.append(
             f"{len(host_layers)} layer(s) in host memory: their matrix products run on the GPU for"
@@ -390,55 +538,10 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
     # Host side (CUDA_Host): the token embeddings gathered on the CPU and the mask (f16 with FA, f32 without).
     host_compute = ub * (2 * n_embd * F32_BYTES + n_kv * (F16_BYTES if flash else F32_BYTES))
     if not flash:
-        host_compute += ub * 2 * n_k_max * F32_BYTES
+        host_compute += ub * 2 * kv.n_k_max * F32_BYTES
     # Logits kept on the host: one row per sequence at reserve time (src/llama-context.cpp, output_reserve).
-    host_output = n_seq * n_vocab * F32_BYTES
-
-    uses_gpu = gpu_w > 0 or gpu_kv > 0 or gpu_compute > 0
-    runtime = LLAMACPP_CUDA_RUNTIME_BYTES if uses_gpu else 0
-    gpu_total = gpu_w + gpu_kv + gpu_compute + runtime
-    host_total = host_w + host_kv + host_compute + host_output
-    if n_ctx != ctx:
-        notes.append(
-            f"a context of {ctx} tokens takes {n_ctx} cache cells (padded to multiples of {CTX_PAD})"
-        )
-    components = {
-        "weights_gpu": gpu_w,
-        "weights_host": host_w,
-        "kv_gpu": gpu_kv,
-        "kv_host": host_kv,
-        "compute_output_step": out_step,
-        "compute_attention_step": attn_step,
-        "compute_ffn_step": ffn_step,
-        "compute_weight_copy": weight_copy,
-        "compute_gpu": gpu_compute,
-        "compute_host": host_compute,
-        "output_host": host_output,
-        "runtime": runtime,
-    }
-    return LlamaCppMemory(
-        gpu_weights_bytes=gpu_w,
-        host_weights_bytes=host_w,
-        gpu_kv_bytes=gpu_kv,
-        host_kv_bytes=host_kv,
-        gpu_compute_bytes=gpu_compute,
-        host_compute_bytes=host_compute,
-        host_output_bytes=host_output,
-        runtime_bytes=runtime,
-        gpu_total_bytes=gpu_total,
-        host_total_bytes=host_total,
-        n_ctx=n_ctx,
-        n_ctx_seq=n_ctx_seq,
-        n_seq=n_seq,
-        kv_unified=unified,
-        n_ubatch=n_ubatch,
-        flash_attn=flash,
-        layers_on_gpu=layers_on_gpu,
-        output_on_gpu=output_on_gpu,
-        kv_cells_swa=cells_swa,
-        components=components,
-        notes=tuple(notes),
-    )
+    host_output = context.n_seq * n_vocab * F32_BYTES
+    return _Compute(out_step, attn_step, ffn_step, weight_copy, max(out_step, layer_step), host_compute, host_output)
 
 
 # ---- the llama.cpp engine: options and the estimate behind `--engine llama.cpp` ----------------------------

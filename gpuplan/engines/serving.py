@@ -11,6 +11,25 @@ from gpuplan.engines.base import Hardware, gguf_note
 from gpuplan.errors import InputError
 from gpuplan.results import EngineEstimate, ServingBudget
 
+# Environment variables that let each engine start with a context longer than the model's: vLLM's
+# vllm/config.py _get_and_verify_max_len raises "User-specified max_model_len (...) is greater than the derived
+# max_model_len (...)" unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set; SGLang's model_config.py the same unless
+# SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN is set.
+LONG_CONTEXT_VARIABLES = {"vllm": "VLLM_ALLOW_LONG_MAX_MODEL_LEN",
+                          "sglang": "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"}
+
+
+def beyond_context(engine: str, spec: Any, length: int) -> str | None:
+    """Why the engine refuses to start with ``length`` tokens per request, when it does."""
+    import os
+
+    context = spec.max_position_embeddings
+    variable = LONG_CONTEXT_VARIABLES[engine]
+    if not context or length <= context or os.environ.get(variable, "").strip() not in ("", "0", "false"):
+        return None
+    return (f"a context of {length:,} tokens is longer than the model's {context:,}: {engine} refuses to start "
+            f"unless {variable}=1 is set")
+
 
 def model_len(spec: Any, workload: Workload, max_model_len: int | None) -> int:
     """The context per request: --max-model-len, else the workload's seq, else the model's context."""
@@ -23,6 +42,33 @@ def model_len(spec: Any, workload: Workload, max_model_len: int | None) -> int:
     return length
 
 
+def release_version(engine: str, given: str | None, notes: list[str]) -> str | None:
+    """The release to model: the one given, else the one installed here (its package metadata; the package is
+    never imported), else None, which the engine reads as the newest release gpuplan has read."""
+    if given is not None:
+        return given
+    from importlib import metadata
+
+    try:
+        installed = metadata.version(engine)
+    except metadata.PackageNotFoundError:
+        return None
+    if engine == "vllm":
+        from gpuplan.engines.vllm_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+    else:
+        from gpuplan.engines.sglang_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+    try:
+        in_range = OLDEST <= parse_release(installed) <= NEWEST
+    except ValueError:
+        in_range = False
+    if not in_range:
+        notes.append(f"{engine} {installed} is installed here, outside the releases gpuplan models ({SUPPORTED}): "
+                     "modelled as the newest; pass --engine-version to choose")
+        return None
+    notes.append(f"{engine} {installed} is installed here: modelled as that release (--engine-version to change)")
+    return installed
+
+
 def serving_notes(model: Any, engine: str, precision: Precision, hardware: Hardware) -> list[str]:
     notes = gguf_note(model, engine, precision)
     if not hardware.cuda_total_known:
@@ -33,22 +79,29 @@ def serving_notes(model: Any, engine: str, precision: Precision, hardware: Hardw
 
 def serving_estimate(serving: ServingBudget, precision: Precision, workload: Workload, hardware: Hardware, *,
                      kv_dtype: str, weights: int, kv_bytes: int, activation: int, overhead: int,
-                     notes: list[str]) -> EngineEstimate:
-    """The estimate of a serving engine's budget: it fits when one request of max_model_len fits and the KV
-    cache holds ``workload.batch`` of them at once."""
+                     notes: list[str], refused: str | None = None) -> EngineEstimate:
+    """The estimate of a serving engine's budget: it fits when the engine starts (``refused`` says why it
+    would not), the whole budget is within the GPU, one request of max_model_len fits and the KV cache holds
+    ``workload.batch`` of them at once."""
     batch, length = workload.batch, serving.max_model_len
-    fits = serving.fits_one_request and (batch <= 1 or serving.kv_cache_tokens >= batch * length)
-    warnings: list[str] = []
-    if not serving.fits_one_request:
-        warnings.append(f"one request of {length:,} tokens does not fit; the longest that fits is "
-                        f"{serving.max_model_len_that_fits:,}")
-    elif not fits:
-        warnings.append(f"{batch} concurrent requests of {length:,} tokens do not fit: "
-                        f"{serving.max_concurrency:.2f}x do")
     peak = weights + kv_bytes + activation
+    capacity = hardware.memory_bytes or 0
+    reasons: list[str] = [refused] if refused else []
+    if peak + overhead > capacity:
+        reasons.append(f"weights, KV cache and activations need {(peak + overhead) / 2**30:,.2f} GiB per GPU, the "
+                       f"GPU has {capacity / 2**30:,.2f} GiB")
+    if not serving.fits_one_request:
+        reasons.append(f"one request of {length:,} tokens does not fit; the longest that fits is "
+                       f"{serving.max_model_len_that_fits:,}")
+    elif batch > 1 and serving.kv_cache_tokens < batch * length:
+        reasons.append(f"{batch} concurrent requests of {length:,} tokens do not fit: "
+                       f"{serving.max_concurrency:.2f}x do")
+    fits = not reasons
+    warnings = list(reasons)
     return EngineEstimate(
         attn_implementation=serving.engine, dtype=precision.weights, compute_dtype=precision.compute_dtype,
         kv_dtype=kv_dtype, batch=batch, seq=length, prompt_tokens=length, new_tokens=0, gpus=hardware.gpus,
         tensor_parallel=hardware.tensor_parallel, pipeline_parallel=hardware.pipeline_parallel, fits=fits,
         weights_bytes=weights, kv_cache_bytes=kv_bytes, activation_bytes=activation, overhead_bytes=overhead,
-        peak_allocated_bytes=peak, total_bytes=peak + overhead, serving=serving, notes=notes, warnings=warnings)
+        peak_allocated_bytes=peak, total_bytes=peak + overhead, serving=serving, notes=notes, warnings=warnings,
+        fit_reason=reasons[0] if reasons else None)

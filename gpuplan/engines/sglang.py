@@ -35,6 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, tokens_validator
+from gpuplan.engines.sglang_releases import default_chunk_and_graph as release_chunk_and_graph
+from gpuplan.engines.sglang_releases import (
+    fraction_gpu_class,
+    fraction_reserved,
+    fraction_tp_table,
+    sglang_release,
+)
 from gpuplan.engines.tp import parallel_layout, pp_layer_split
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
@@ -54,6 +61,9 @@ class SglangBudget(BaseModel):
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
+    engine_version: str
+    """The SGLang release modelled (gpuplan.engines.sglang_releases)."""
+    release_era: str
     tp: int
     pp: int
     total_gpu_memory: int
@@ -74,33 +84,26 @@ class SglangBudget(BaseModel):
     log_lines: tuple[str, ...]
 
 
-def default_chunk_and_graph(gpu_mem_mb: float, tp: int = 1) -> tuple[int, int]:
-    """(chunked_prefill_size, cuda_graph_max_bs) SGLang picks for a GPU of ``gpu_mem_mb`` MB (CUDA GPUs)."""
-    if gpu_mem_mb < 20 * 1024:
-        return 2048, 8
-    if gpu_mem_mb < 35 * 1024:
-        return 2048, 24 if tp < 4 else 80
-    if gpu_mem_mb < 60 * 1024:
-        return 4096, 32 if tp < 4 else 160
-    if gpu_mem_mb < 160 * 1024:
-        return 8192, 256 if tp < 4 else 512
-    return 16384, 512
+def default_chunk_and_graph(gpu_mem_mb: float, tp: int = 1, *, engine_version: str | None = None) -> tuple[int, int]:
+    """(chunked_prefill_size, cuda_graph_max_bs) SGLang ``engine_version`` picks for a GPU of ``gpu_mem_mb`` MB."""
+    return release_chunk_and_graph(sglang_release(engine_version), gpu_mem_mb, tp)
 
 
 def default_mem_fraction_static(gpu_mem_mb: float, *, tp: int = 1, pp: int = 1,
                                 chunked_prefill_size: int | None = None,
-                                cuda_graph_max_bs: int | None = None) -> float:
-    """SGLang's default ``mem_fraction_static`` (server_args.py _handle_gpu_memory_settings)."""
-    chunk, graph_bs = default_chunk_and_graph(gpu_mem_mb, tp)
+                                cuda_graph_max_bs: int | None = None, engine_version: str | None = None,
+                                mla: bool = False, multimodal: bool = False) -> float:
+    """SGLang ``engine_version``'s default ``mem_fraction_static`` (gpuplan.engines.sglang_releases)."""
+    release = sglang_release(engine_version)
+    if release.fraction_rule == "tp_table":
+        return fraction_tp_table(release, gpu_mem_mb, tp)
+    if release.fraction_rule == "gpu_class":
+        return fraction_gpu_class(gpu_mem_mb, tp, pp)
+    chunk, graph_bs = release_chunk_and_graph(release, gpu_mem_mb, tp)
     chunk = chunked_prefill_size if chunked_prefill_size is not None else chunk
     graph_bs = cuda_graph_max_bs if cuda_graph_max_bs is not None else graph_bs
-    reserved = 512.0
-    reserved += max(chunk, 2048) * 1.5
-    reserved += graph_bs * 2
-    reserved += tp * pp / 8 * 1024
-    if gpu_mem_mb > 60 * 1024:
-        reserved = max(reserved, 10 * 1024)
-    return round((gpu_mem_mb - reserved) / gpu_mem_mb, 3)
+    return fraction_reserved(release, gpu_mem_mb, tp=tp, pp=pp, chunk=chunk, graph_bs=graph_bs, mla=mla,
+                             multimodal=multimodal)
 
 
 def sglang_cell_size(spec: ModelSpec, kv_heads_per_rank: int, layers: int, kv_bytes: int) -> int:
@@ -124,6 +127,7 @@ def sglang_budget(
     chunked_prefill_size: int | None = None,
     cuda_graph_max_bs: int | None = None,
     init_overhead_bytes: int = DEFAULT_INIT_OVERHEAD_BYTES,
+    engine_version: str | None = None,
 ) -> SglangBudget:
     """SGLang's ``max_total_num_tokens`` for ``spec`` on GPUs with ``gpu_memory_bytes`` total (as CUDA
     reports it). ``device_capacity_bytes`` is nvidia-smi's total, which the default-fraction rule reads
@@ -133,13 +137,15 @@ def sglang_budget(
     if page_size < 1:
         raise InputError(f"page_size must be at least 1, got {page_size}")
     layout = parallel_layout(spec, precision, tp, pp)
+    release = sglang_release(engine_version)
     capacity_mb = (device_capacity_bytes or gpu_memory_bytes) / MiB
-    chunk, graph_bs = default_chunk_and_graph(capacity_mb, tp)
+    chunk, graph_bs = release_chunk_and_graph(release, capacity_mb, tp)
     chunk = chunked_prefill_size if chunked_prefill_size is not None else chunk
     graph_bs = cuda_graph_max_bs if cuda_graph_max_bs is not None else graph_bs
     from_rule = mem_fraction_static is None
     fraction = (default_mem_fraction_static(capacity_mb, tp=tp, pp=pp, chunked_prefill_size=chunk,
-                                            cuda_graph_max_bs=graph_bs)
+                                            cuda_graph_max_bs=graph_bs, engine_version=release.version,
+                                            mla=spec.mla is not None, multimodal=spec.vision_parameters > 0)
                 if mem_fraction_static is None else mem_fraction_static)
     if not 0 < fraction < 1:
         raise InputError(f"mem_fraction_static must be between 0 and 1, got {fraction}")
@@ -172,7 +178,8 @@ def sglang_budget(
     else:
         logs.append(f"KV Cache is allocated. #tokens: {tokens}, KV size: {k_size / GiB:.2f} GB")
     return SglangBudget(
-        tp=tp, pp=pp, total_gpu_memory=gpu_memory_bytes, mem_fraction_static=fraction,
+        engine_version=release.version, release_era=release.era, tp=tp, pp=pp, total_gpu_memory=gpu_memory_bytes,
+        mem_fraction_static=fraction,
         mem_fraction_from_default_rule=from_rule, chunked_prefill_size=chunk, cuda_graph_max_bs=graph_bs,
         free_before_weights=free_before, weights=weights, free_after_weights=free_after, rest_memory=rest,
         kv_dtype=kv_dtype, cell_size=cell, page_size=page_size, max_total_num_tokens=tokens, k_size=k_size,
@@ -187,11 +194,19 @@ SUMMARY = "SGLang's startup budget: the token pool mem_fraction_static leaves, a
 SERVING = True
 # Options of other engines that SGLang spells its own way.
 EQUIVALENTS = {"gpu_memory_utilization": "mem_fraction_static"}
+# SGLang budgets the whole GPU (mem_fraction_static for weights and KV cache, the rest for activations and CUDA
+# graphs): a headroom left free is not something its deployments can ask for.
+BUDGETS_WHOLE_GPU = True
+# The option that sets the fraction of GPU memory the engine budgets (its log's word for it).
+MEMORY_FRACTION_OPTION = "mem_fraction_static"
 
 
 class Options(EngineOptions):
     """SGLang's flags that decide its memory budget."""
 
+    engine_version: str | None = Field(
+        default=None, description="SGLang release whose startup budget is modelled, 0.2.15 to 0.5.23 (default: "
+                                  "the sglang installed here, else 0.5.23).", json_schema_extra={"metavar": "X.Y.Z"})
     mem_fraction_static: float | None = Field(
         default=None, gt=0, lt=1, description="fraction for weights + KV cache (default: SGLang's rule by GPU "
                                               "memory).")
@@ -205,18 +220,21 @@ class Options(EngineOptions):
 def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
              options: Options) -> EngineEstimate:
     """SGLang's pool on ``hardware``; the card is spoken for by design, so activations take exactly the rest."""
-    from gpuplan.engines.serving import model_len, serving_estimate, serving_notes
+    from gpuplan.engines.serving import beyond_context, model_len, release_version, serving_estimate, serving_notes
 
     capacity = hardware.require_gpu(NAME)
     spec = model.spec
     precision = request.resolve(spec)
     length = model_len(spec, workload, options.max_model_len)
     notes = serving_notes(model, NAME, precision, hardware)
+    version = release_version(NAME, options.engine_version, notes)
     s = sglang_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
-                      mem_fraction_static=options.mem_fraction_static, device_capacity_bytes=hardware.device_bytes)
+                      mem_fraction_static=options.mem_fraction_static, device_capacity_bytes=hardware.device_bytes,
+                      engine_version=version)
     tokens = s.max_total_num_tokens
     serving = ServingBudget(
-        engine=NAME, gpu_memory_bytes=capacity, memory_fraction=s.mem_fraction_static, kv_cache_tokens=tokens,
+        engine=NAME, engine_version=s.engine_version, gpu_memory_bytes=capacity,
+        memory_fraction=s.mem_fraction_static, kv_cache_tokens=tokens,
         max_model_len=length, max_concurrency=tokens / length, fits_one_request=tokens >= length,
         max_model_len_that_fits=tokens, log_lines=list(s.log_lines))
     weights, kv_bytes = s.weights, s.k_size + s.v_size
@@ -225,4 +243,23 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     # activations and CUDA graphs: the whole card is spoken for by design.
     activation = max(0, capacity - overhead - weights - kv_bytes)
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=s.kv_dtype, weights=weights,
-                            kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes)
+                            kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes,
+                            refused=beyond_context(NAME, spec, length))
+
+
+def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv_cache_dtype: str | None,
+                   options: Options, expert_parallel: bool = False) -> list[str]:
+    """`python -m sglang.launch_server` for a planned deployment; on several nodes, one per node."""
+    tp, pp = result.tensor_parallel, result.pipeline_parallel
+    cmd = f"python -m sglang.launch_server --model-path {model} --tp {tp}"
+    if pp > 1:
+        cmd += f" --pp-size {pp}"
+    cmd += f" --context-length {result.seq}"
+    if kv_cache_dtype == "fp8":
+        cmd += " --kv-cache-dtype fp8_e4m3"
+    if expert_parallel:
+        cmd += f" --ep-size {tp}"
+    if nodes == 1:
+        return [cmd]
+    # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").
+    return [f"{cmd} --nnodes {nodes} --node-rank <0..{nodes - 1}> --dist-init-addr <head-node-ip>:5000"]

@@ -1,5 +1,8 @@
 """How vLLM sizes its KV cache at startup, per GPU.
 
+What changes between releases (the budget rule, defaults, profile run, KV layout and report) is read from
+``gpuplan.engines.vllm_releases``; the description below is the V1 snapshot rule of 0.9.1-0.19.
+
 vLLM (the V1 engine; the V0 worker's "Memory profiling" lines in 2024-2025 logs show the same rule) loads
 the weights, runs one dummy forward pass at ``max_num_batched_tokens`` tokens plus one dummy sampler pass, and
 gives the KV cache what is left of ``total x gpu_memory_utilization``::
@@ -55,31 +58,33 @@ from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, size_validator, tokens_validator
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
+from gpuplan.engines.vllm_releases import (
+    TENSOR_PARALLEL_NON_TORCH_BYTES,
+    Engine,
+    GiB,
+    ProfileLogits,
+    SamplerKind,
+    VllmRelease,
+    charge,
+    kv_cache_memory_suggestions,
+    vllm_release,
+)
+from gpuplan.engines.vllm_releases import default_batch_limits as release_batch_limits
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec, TensorRole
 from gpuplan.results import EngineEstimate, ServingBudget
 
-GiB = 1024**3
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+__all__ = ["GiB", "TENSOR_PARALLEL_NON_TORCH_BYTES", "VllmBudget", "default_batch_limits", "kv_page_size",
+           "profile_activation", "vllm_budget"]
+
 DEFAULT_BLOCK_SIZE = 16
-# non_torch_increase printed by vLLM 0.19.0 on an H100 at TP=1 for six models: 0.25-0.26 GiB ("non-torch
-# forward increase memory", llm-d-incubation/llm-d-planner accuracy/results/v0.19.0/logs @ d3121e0). V0
-# logs of 2024-2025 show 0.16-0.43 GiB (tests/fixtures/serving_logs.yaml). Not derived from the config.
-DEFAULT_NON_TORCH_BYTES = GiB // 4
-# With tensor parallelism the workers also hold communication buffers (NCCL, vLLM's custom all-reduce),
-# which memory_profiling counts as non-torch memory since vllm-project/vllm#2031 ("Fix peak memory
-# profiling": 31,615 -> 20,865 blocks for Llama-2-70B at TP=4). vLLM 0.19.0 printed 2.06 to 2.21 GiB per GPU
-# at TP=2 and TP=4 on H100 in eight runs (tests/fixtures/serving_logs.yaml); gpuplan uses their median. Also
-# a measurement, not derived from the config: NVLink topology, NCCL version and vLLM version move it.
-TENSOR_PARALLEL_NON_TORCH_BYTES = round(2.085 * GiB)
+"""CacheConfig.DEFAULT_BLOCK_SIZE up to 0.33 (64 from 0.34.0; each release's own is VllmRelease.block_size)."""
 # vllm/model_executor/layers/fused_moe/fused_moe.py fused_experts_impl: M = min(num_tokens, CHUNK_SIZE),
 # VLLM_FUSED_MOE_CHUNK_SIZE defaults to 32768 (vllm/envs.py).
 FUSED_MOE_CHUNK = 32768
 FP32 = 4
 
-Engine = Literal["v1", "v0"]
 UsageContext = Literal["openai", "llm"]
-SamplerKind = Literal["in_place", "sort"]
 
 
 class KvGroup(BaseModel):
@@ -98,6 +103,11 @@ class VllmBudget(BaseModel):
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
+    engine_version: str
+    """The vLLM release modelled (gpuplan.engines.vllm_releases)."""
+    release_era: str
+    """The releases that share this release's rules."""
+    budget_rule: str
     engine: Engine
     tp: int
     pp: int
@@ -110,8 +120,8 @@ class VllmBudget(BaseModel):
     activation_sampler: int
     non_torch: int
     cuda_graph: int | None = None
-    """Not modelled: vLLM captures graphs after sizing the KV cache, outside this budget (0.19 logs an
-    estimate of 0.8-1.1 GiB for 7-27B models)."""
+    """The CUDA graph memory charged before the KV cache (0.20+: the profiler's estimate); None where the
+    release captures graphs after sizing the KV cache, outside this budget."""
     available_kv: int
     kv_cache_memory_given: bool
     block_size: int
@@ -129,6 +139,15 @@ class VllmBudget(BaseModel):
     max_concurrency: float
     fits_one_request: bool
     max_model_len_that_fits: int
+    max_model_len_auto: int | None = None
+    """What ``--max-model-len auto`` / ``-1`` picks (releases from 0.14.0): the model's context, or the longest
+    that fits when that is shorter; None before 0.14.0."""
+    kv_cache_memory_to_pin: int | None = None
+    """``--kv-cache-memory`` bytes that give this pool without profiling (the blocks times their bytes;
+    releases from 0.10.2, V1); None where the release has no such flag."""
+    kv_cache_memory_suggested: tuple[int, int] | None = None
+    """vLLM's own suggestions after CUDA graph capture (to fit the requested memory, to fill the GPU), releases
+    from 0.10.2."""
     log_lines: tuple[str, ...]
 
     @property
@@ -142,16 +161,11 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def default_batch_limits(total_gpu_memory: int, gpu_name: str | None = None, *, engine: Engine = "v1",
-                         usage_context: UsageContext = "openai",
-                         max_model_len: int = 2048) -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) vLLM picks when neither is given."""
-    if engine == "v0":
-        # V0 without chunked prefill (the default up to 32K context): max(max_model_len, 2048) tokens.
-        return max(max_model_len, 2048), 256
-    large = total_gpu_memory >= 70 * GiB and "a100" not in (gpu_name or "").lower()
-    if large:
-        return (8192 if usage_context == "openai" else 16384), 1024
-    return (2048 if usage_context == "openai" else 8192), 256
+                         usage_context: UsageContext = "openai", max_model_len: int = 2048,
+                         engine_version: str = "0.19.0", sliding_window: bool = False) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM ``engine_version`` picks when neither is given."""
+    return release_batch_limits(vllm_release(engine_version), engine, total_gpu_memory, gpu_name, usage_context,
+                                max_model_len, sliding_window)
 
 
 def kv_page_size(spec: ModelSpec, kv_heads_per_rank: int, kv_bytes: int,
@@ -205,7 +219,8 @@ def _sampler_bytes_per_logit(e: int, sampler: SamplerKind) -> int:
 
 
 def profile_activation(spec: ModelSpec, layout: ParallelLayout, e: int, tokens: int, seqs: int, *,
-                       last_stage: bool = True, sampler: SamplerKind = "in_place") -> tuple[int, int]:
+                       last_stage: bool = True, sampler: SamplerKind = "in_place",
+                       logits: ProfileLogits = "sampler") -> tuple[int, int]:
     """(forward peak, sampler peak) in bytes of vLLM's profile run on one GPU.
 
     Forward (``_dummy_run(max_num_batched_tokens)``; attention kernels are skipped in the profile run, so no
@@ -251,10 +266,20 @@ def profile_activation(spec: ModelSpec, layout: ParallelLayout, e: int, tokens: 
     sampler_peak = 0
     if last_stage:
         vocab = spec.vocab_size
-        per_logit = _sampler_bytes_per_logit(e, sampler)
-        # The model-dtype logits span the padded vocabulary before the slice to vocab_size.
-        pad_extra = (padded_vocab(vocab) - vocab) * e
-        sampler_peak = tokens * h * e + 2 * seqs * h * e + seqs * (vocab * per_logit + pad_extra)
+        padded = padded_vocab(vocab)
+        if logits == "all_tokens":
+            # V1 0.7.0 profile_run: compute_logits over every batched token, [T, vocab] in the model dtype,
+            # gathered to the full vocabulary beside each rank's [T, padded / tp] shard.
+            shard = _cdiv(padded, tp) if tp > 1 else 0
+            sampler_peak = tokens * h * e + tokens * (padded + shard) * e
+        elif logits == "per_request":
+            # V1 0.7.3 profile_run: hidden_states[logit_indices], logits for one row per request, no sampler.
+            sampler_peak = tokens * h * e + seqs * h * e + seqs * padded * e
+        else:
+            per_logit = _sampler_bytes_per_logit(e, sampler)
+            # The model-dtype logits span the padded vocabulary before the slice to vocab_size.
+            pad_extra = (padded - vocab) * e
+            sampler_peak = tokens * h * e + 2 * seqs * h * e + seqs * (vocab * per_logit + pad_extra)
     return forward, sampler_peak
 
 
@@ -274,6 +299,157 @@ def _group_blocks_for(length: int, window: int | None, block_size: int, max_num_
     return _cdiv(min(window - 1 + max_num_batched_tokens, length), block_size) + 1
 
 
+class _Setup(BaseModel):
+    """The inputs of one budget after the release's defaults are applied."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    release: VllmRelease
+    engine: Engine
+    layout: ParallelLayout
+    utilization: float
+    model_len: int
+    auto_len: bool
+    batched: int
+    seqs: int
+    block_size: int
+    sampler: SamplerKind
+    hybrid: bool
+    kv_dtype: str
+    kv_bytes: int
+    page: int
+
+
+def _setup(spec: ModelSpec, precision: Precision, gpu_memory_bytes: int, *, tp: int, pp: int,
+           gpu_memory_utilization: float | None, max_model_len: int | None, max_num_seqs: int | None,
+           max_num_batched_tokens: int | None, block_size: int | None, kv_cache_dtype: str | None,
+           engine: Engine | None, gpu_name: str | None, usage_context: UsageContext, sampler: SamplerKind | None,
+           hybrid_kv_cache_manager: bool | None, engine_version: str | None) -> _Setup:
+    release = vllm_release(engine_version)
+    if engine is None:
+        engine = release.engines[0]
+    elif engine not in release.engines:
+        raise InputError(f"vLLM {release.version} has no {engine.upper()} engine",
+                         hint=f"it ships {', '.join(e.upper() for e in release.engines)}")
+    utilization = release.gpu_memory_utilization if gpu_memory_utilization is None else gpu_memory_utilization
+    if not 0 < utilization <= 1:
+        raise InputError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
+    if gpu_memory_bytes <= 0:
+        raise InputError("GPU memory must be positive")
+    block = release.block_size if block_size is None else block_size
+    if block < 1:
+        raise InputError(f"block_size must be at least 1, got {block}")
+    layout = parallel_layout(spec, precision, tp, pp)
+    auto_len = max_model_len == -1
+    if auto_len and not release.max_model_len_auto:
+        raise InputError(f"vLLM {release.version} has no --max-model-len auto (-1)",
+                         hint="releases from 0.14.0 have it; give a length")
+    model_len = spec.max_position_embeddings if auto_len or max_model_len is None else max_model_len
+    if model_len is None:
+        raise InputError("the model's config gives no context length", hint="pass max_model_len")
+    if model_len < 1:
+        raise InputError(f"max_model_len must be at least 1, got {model_len}")
+    default_tokens, default_seqs = release_batch_limits(
+        release, engine, gpu_memory_bytes, gpu_name, usage_context, model_len,
+        any(w is not None for w in spec.layer_windows))
+    kv_dtype = engine_kv_dtype(precision, kv_cache_dtype)
+    kv_bytes = DTYPE_BYTES[kv_dtype]
+    return _Setup(
+        release=release, engine=engine, layout=layout, utilization=utilization, model_len=model_len,
+        auto_len=auto_len, batched=max_num_batched_tokens or default_tokens, seqs=max_num_seqs or default_seqs,
+        block_size=block, sampler=release.sampler if sampler is None else sampler,
+        hybrid=engine == "v1" and (release.hybrid_kv if hybrid_kv_cache_manager is None
+                                   else hybrid_kv_cache_manager),
+        kv_dtype=kv_dtype, kv_bytes=kv_bytes, page=kv_page_size(spec, layout.kv_heads_per_rank, kv_bytes, block))
+
+
+class _Stage(BaseModel):
+    """One pipeline stage's pool."""
+
+    model_config = ConfigDict(frozen=True)
+
+    blocks: int
+    available: int
+    weights: int
+    forward: int
+    sampler: int
+    activation: int
+    non_torch: int
+    cuda_graph: int
+    counts: tuple[int, ...]
+    group_size: int
+
+
+def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers: list[list[int]], *,
+                 total: int, requested: int, kv_cache_memory: int | None, non_torch_bytes: int | None) -> _Stage:
+    """Each pipeline stage sizes its own pool; the engine keeps the smallest block count."""
+    pp = st.layout.pp
+    split = pp_layer_split(spec.num_hidden_layers, pp)
+    rope = _rope_cache_bytes(spec, precision.compute_bytes)
+    logits = "sampler" if st.engine == "v0" else st.release.profile_logits
+    stages = []
+    for stage in range(pp):
+        start = sum(split[:stage])
+        owned = set(range(start, start + split[stage]))
+        counts = tuple(sum(1 for i in g if i in owned) for g in group_layers)
+        weights = st.layout.stage_weights_bytes[stage] + rope
+        forward, samp = profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
+                                           min(st.seqs, st.batched), last_stage=stage == pp - 1,
+                                           sampler=st.sampler, logits=logits)
+        activation = max(forward, samp)
+        c = charge(st.release, st.engine, requested=requested, total=total, weights=weights,
+                   activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes)
+        available = c.available if kv_cache_memory is None else kv_cache_memory
+        group_size = max(counts)
+        if st.engine == "v0":
+            layers = sum(counts)
+            blocks = max(0, available // (st.page * layers)) if layers else 0
+        else:
+            blocks = max(0, available // st.page // group_size) if group_size else 0
+        stages.append(_Stage(blocks=blocks, available=available, weights=weights, forward=forward, sampler=samp,
+                             activation=activation, non_torch=c.non_torch, cuda_graph=c.cuda_graph,
+                             counts=counts, group_size=group_size))
+    return min(stages, key=lambda s: s.blocks)
+
+
+def _longest_that_fits(upper: int, fits) -> int:
+    """_estimate_max_model_len_from_groups: binary search for the longest context that fits."""
+    lo, hi, best = 1, upper, 0
+    if not fits(1):
+        return 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _v1_layout(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: list[int | None]) -> dict:
+    """Tokens, blocks per request, concurrency and the longest context for V1's grouped pool."""
+    num_blocks = stage.blocks
+
+    def blocks_needed(length: int) -> int:
+        return sum(_group_blocks_for(length, w, st.block_size, st.batched) for w in group_windows)
+
+    per_request = blocks_needed(st.model_len)
+    concurrency = num_blocks / per_request
+    report = st.release.token_report
+    if report == "concurrency":
+        tokens = int(concurrency * st.model_len)
+    elif report == "blocks_per_group":
+        tokens = num_blocks // len(group_windows) * st.block_size
+    else:
+        tokens = num_blocks * st.block_size
+    group_bytes = stage.group_size * st.page
+    upper = max(st.model_len, spec.max_position_embeddings or st.model_len)
+    longest = _longest_that_fits(upper, lambda n: group_bytes * blocks_needed(n) <= stage.available)
+    return {"tokens": tokens, "blocks_per_request": per_request, "concurrency": concurrency,
+            "fits": stage.available > 0 and group_bytes * per_request <= stage.available,
+            "max_len_fit": longest, "needed": group_bytes * per_request}
+
+
 def vllm_budget(
     spec: ModelSpec,
     precision: Precision,
@@ -281,128 +457,80 @@ def vllm_budget(
     *,
     tp: int = 1,
     pp: int = 1,
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    gpu_memory_utilization: float | None = None,
     max_model_len: int | None = None,
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     kv_cache_dtype: str | None = None,
     kv_cache_memory: int | None = None,
-    engine: Engine = "v1",
+    engine: Engine | None = None,
     gpu_name: str | None = None,
     usage_context: UsageContext = "openai",
-    sampler: SamplerKind = "in_place",
+    sampler: SamplerKind | None = None,
     non_torch_bytes: int | None = None,
-    hybrid_kv_cache_manager: bool = True,
+    hybrid_kv_cache_manager: bool | None = None,
+    engine_version: str | None = None,
 ) -> VllmBudget:
-    """vLLM's KV cache budget for ``spec`` on GPUs of ``gpu_memory_bytes`` (the total CUDA reports:
-    ``torch.cuda.mem_get_info()[1]``, which is a few hundred MiB under nvidia-smi's figure).
+    """vLLM ``engine_version``'s KV cache budget for ``spec`` on GPUs of ``gpu_memory_bytes`` (the total CUDA
+    reports: ``torch.cuda.mem_get_info()[1]``, which is a few hundred MiB under nvidia-smi's figure).
 
-    ``sampler="sort"`` models vLLM releases whose dummy sampler sorted the vocabulary (V0, and V1 before the
-    Triton top-k/top-p kernel); ``engine="v0"`` switches the batch defaults and the log format.
+    ``engine_version`` (default: the newest release read, gpuplan.engines.vllm_releases.NEWEST) picks the
+    budget rule, the defaults (utilization, block size, batch limits), the profile run and the KV layout;
+    ``engine``, ``sampler`` and ``hybrid_kv_cache_manager`` override the release's choice.
+    ``max_model_len=-1`` is ``--max-model-len auto``.
     """
-    if not 0 < gpu_memory_utilization <= 1:
-        raise InputError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-    if gpu_memory_bytes <= 0:
-        raise InputError("GPU memory must be positive")
-    if block_size < 1:
-        raise InputError(f"block_size must be at least 1, got {block_size}")
-    layout = parallel_layout(spec, precision, tp, pp)
-    model_len = max_model_len or spec.max_position_embeddings
-    if model_len is None:
-        raise InputError("the model's config gives no context length", hint="pass max_model_len")
-    if model_len < 1:
-        raise InputError(f"max_model_len must be at least 1, got {model_len}")
-
-    default_tokens, default_seqs = default_batch_limits(gpu_memory_bytes, gpu_name, engine=engine,
-                                                        usage_context=usage_context, max_model_len=model_len)
-    batched = max_num_batched_tokens or default_tokens
-    seqs = max_num_seqs or default_seqs
-    sample_rows = min(seqs, batched)
-
-    e = precision.compute_bytes
-    kv_dtype = engine_kv_dtype(precision, kv_cache_dtype)
-    kv_bytes = DTYPE_BYTES[kv_dtype]
-    page = kv_page_size(spec, layout.kv_heads_per_rank, kv_bytes, block_size)
-
+    st = _setup(spec, precision, gpu_memory_bytes, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
+                kv_cache_dtype=kv_cache_dtype, engine=engine, gpu_name=gpu_name, usage_context=usage_context,
+                sampler=sampler, hybrid_kv_cache_manager=hybrid_kv_cache_manager, engine_version=engine_version)
     total = gpu_memory_bytes
-    requested = int(total * gpu_memory_utilization)
-    if non_torch_bytes is not None:
-        non_torch = non_torch_bytes
+    # utils.py request_memory (0.34.0) rounds up; earlier releases multiply floats (the difference is a byte).
+    requested = int(total * st.utilization)
+    group_layers, group_windows = _kv_groups(spec, st.hybrid)
+    stage = _size_stages(spec, precision, st, group_layers, total=total, requested=requested,
+                         kv_cache_memory=kv_cache_memory, non_torch_bytes=non_torch_bytes)
+    num_blocks = stage.blocks
+    if st.engine == "v0":
+        groups = (KvGroup(window=None, layers=sum(stage.counts)),)
+        group_size = sum(stage.counts)
+        tokens = num_blocks * st.block_size
+        kv = {"tokens": tokens, "blocks_per_request": _cdiv(st.model_len, st.block_size),
+              "concurrency": tokens / st.model_len, "fits": st.model_len <= tokens, "max_len_fit": tokens,
+              "needed": group_size * st.page * _cdiv(st.model_len, st.block_size)}
     else:
-        non_torch = TENSOR_PARALLEL_NON_TORCH_BYTES if tp > 1 else DEFAULT_NON_TORCH_BYTES
-    rope = _rope_cache_bytes(spec, e)
-
-    hybrid = engine == "v1" and hybrid_kv_cache_manager
-    group_layers, group_windows = _kv_groups(spec, hybrid)
-    split = pp_layer_split(spec.num_hidden_layers, pp)
-
-    # Each pipeline stage sizes its own pool; the engine keeps the smallest block count.
-    stage_results = []
-    for stage in range(pp):
-        start = sum(split[:stage])
-        owned = set(range(start, start + split[stage]))
-        counts = [sum(1 for i in g if i in owned) for g in group_layers]
-        group_size = max(counts)
-        weights = layout.stage_weights_bytes[stage] + rope
-        forward, samp = profile_activation(spec, layout, e, batched, sample_rows,
-                                           last_stage=stage == pp - 1, sampler=sampler)
-        activation = max(forward, samp)
-        if kv_cache_memory is not None:
-            available = kv_cache_memory
-        else:
-            available = requested - weights - activation - non_torch
-        if engine == "v0":
-            layers = sum(counts)
-            blocks = max(0, available // (page * layers)) if layers else 0
-        else:
-            blocks = max(0, available // page // group_size) if group_size else 0
-        stage_results.append((blocks, available, weights, forward, samp, activation, counts, group_size))
-    limiting = min(range(pp), key=lambda s: stage_results[s][0])
-    num_blocks, available, weights, forward, samp, activation, counts, group_size = stage_results[limiting]
-
-    if engine == "v0":
-        groups = (KvGroup(window=None, layers=sum(counts)),)
-        tokens = num_blocks * block_size
-        blocks_per_request = _cdiv(model_len, block_size)
-        concurrency = tokens / model_len
-        fits = model_len <= tokens
-        max_len_fit = tokens
-    else:
-        groups = tuple(KvGroup(window=w, layers=c) for w, c in zip(group_windows, counts, strict=True))
-        tokens = num_blocks // len(groups) * block_size
-
-        def blocks_needed(length: int) -> int:
-            return sum(_group_blocks_for(length, w, block_size, batched) for w in group_windows)
-
-        blocks_per_request = blocks_needed(model_len)
-        concurrency = num_blocks / blocks_per_request
-        needed = group_size * page * blocks_per_request
-        fits = available > 0 and needed <= available
-        # _estimate_max_model_len_from_groups: binary search for the longest context that fits.
-        upper = max(model_len, spec.max_position_embeddings or model_len)
-        lo, hi, best = 1, upper, 0
-        if group_size * page * blocks_needed(1) <= available:
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                if group_size * page * blocks_needed(mid) <= available:
-                    best, lo = mid, mid + 1
-                else:
-                    hi = mid - 1
-        max_len_fit = best
-
-    logs = _log_lines(engine, weights, available, tokens, num_blocks, model_len, concurrency, fits,
-                      max_len_fit, group_size * page * blocks_per_request)
+        groups = tuple(KvGroup(window=w, layers=c) for w, c in zip(group_windows, stage.counts, strict=True))
+        group_size = stage.group_size
+        kv = _v1_layout(spec, st, stage, group_windows)
+    release = st.release
+    auto = None
+    if release.max_model_len_auto:
+        auto = min(spec.max_position_embeddings or st.model_len, kv["max_len_fit"])
+    suggested = None
+    if release.kv_cache_memory_flag and st.engine == "v1":
+        suggested = kv_cache_memory_suggestions(
+            requested=requested, total=total, weights=stage.weights, activation=stage.activation,
+            non_torch=stage.non_torch, cuda_graph=stage.cuda_graph)
+    logs = _log_lines(release, st.engine, stage.weights, stage.available, kv["tokens"], num_blocks, st.model_len,
+                      kv["concurrency"], kv["fits"], kv["max_len_fit"], kv["needed"])
+    given = kv_cache_memory is not None
     return VllmBudget(
-        engine=engine, tp=tp, pp=pp, total_gpu_memory=total, gpu_memory_utilization=gpu_memory_utilization,
-        requested=requested, weights=weights, activation_peak=activation, activation_forward=forward,
-        activation_sampler=samp, non_torch=non_torch if kv_cache_memory is None else 0,
-        available_kv=available, kv_cache_memory_given=kv_cache_memory is not None, block_size=block_size,
-        kv_dtype=kv_dtype, kv_bytes_per_element=kv_bytes, page_size_per_layer=page, groups=groups,
-        group_size=group_size if engine == "v1" else sum(counts), num_blocks=num_blocks,
-        kv_cache_tokens=tokens, max_model_len=model_len, max_num_seqs=seqs, max_num_batched_tokens=batched,
-        blocks_per_request=blocks_per_request, max_concurrency=concurrency, fits_one_request=fits,
-        max_model_len_that_fits=max_len_fit, log_lines=logs,
+        engine_version=release.version, release_era=release.era,
+        budget_rule=release.v0_budget_rule if st.engine == "v0" else release.budget_rule,
+        engine=st.engine, tp=tp, pp=pp, total_gpu_memory=total, gpu_memory_utilization=st.utilization,
+        requested=requested, weights=stage.weights, activation_peak=stage.activation,
+        activation_forward=stage.forward, activation_sampler=stage.sampler,
+        non_torch=0 if given else stage.non_torch, cuda_graph=stage.cuda_graph or None,
+        available_kv=stage.available, kv_cache_memory_given=given, block_size=st.block_size,
+        kv_dtype=st.kv_dtype, kv_bytes_per_element=st.kv_bytes, page_size_per_layer=st.page, groups=groups,
+        group_size=group_size, num_blocks=num_blocks, kv_cache_tokens=kv["tokens"], max_model_len=st.model_len,
+        max_num_seqs=st.seqs, max_num_batched_tokens=st.batched, blocks_per_request=kv["blocks_per_request"],
+        max_concurrency=kv["concurrency"], fits_one_request=kv["fits"], max_model_len_that_fits=kv["max_len_fit"],
+        max_model_len_auto=auto,
+        kv_cache_memory_to_pin=(num_blocks * group_size * st.page
+                                if release.kv_cache_memory_flag and st.engine == "v1" else None),
+        kv_cache_memory_suggested=suggested, log_lines=logs,
     )
 
 
@@ -410,8 +538,8 @@ def _gib2(n: int) -> str:
     return f"{n / GiB:.2f}"
 
 
-def _log_lines(engine: Engine, weights: int, available: int, tokens: int, num_blocks: int, model_len: int,
-               concurrency: float, fits: bool, max_len_fit: int, needed: int) -> tuple[str, ...]:
+def _log_lines(release: VllmRelease, engine: Engine, weights: int, available: int, tokens: int, num_blocks: int,
+               model_len: int, concurrency: float, fits: bool, max_len_fit: int, needed: int) -> tuple[str, ...]:
     """The startup lines vLLM prints, with its formats (gpu_model_runner.py, gpu_worker.py,
     kv_cache_utils.py for V1; worker.py / executor_base.py / llm_engine.py for V0)."""
     if engine == "v0":
@@ -439,6 +567,11 @@ def _log_lines(engine: Engine, weights: int, available: int, tokens: int, num_bl
                      f"cache memory ({available / GiB:.2f} GiB). {estimate}Try increasing "
                      "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.")
         return tuple(lines)
+    if release.token_report == "blocks" and release.profile_logits != "sampler":
+        # 0.7.x kv_cache_utils.py: "# GPU blocks: N" and the concurrency over blocks x block_size.
+        lines += [f"# GPU blocks: {num_blocks}",
+                  f"Maximum concurrency for {model_len} tokens per request: {concurrency:.2f}x"]
+        return tuple(lines)
     lines += [f"GPU KV cache size: {tokens:,} tokens",
               f"Maximum concurrency for {model_len:,} tokens per request: {concurrency:.2f}x"]
     return tuple(lines)
@@ -449,14 +582,20 @@ def _log_lines(engine: Engine, weights: int, available: int, tokens: int, num_bl
 NAME = "vllm"
 SUMMARY = "vLLM's startup budget: the KV cache it allocates, and how many requests fit"
 SERVING = True
+BUDGETS_WHOLE_GPU = False
+MEMORY_FRACTION_OPTION = "gpu_memory_utilization"
 
 
 class Options(EngineOptions):
     """vLLM's flags that decide its memory budget, named as `vllm serve` names them."""
 
-    gpu_memory_utilization: float = Field(
-        default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1,
-        description="fraction of GPU memory vLLM may use (CacheConfig default 0.9).")
+    engine_version: str | None = Field(
+        default=None, description="vLLM release whose startup budget is modelled, 0.2.5 to 0.34.0 (default: the "
+                                  "vllm installed here, else 0.34.0).", json_schema_extra={"metavar": "X.Y.Z"})
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1,
+        description="fraction of GPU memory vLLM may use (default: the release's, 0.9 up to 0.19, 0.92 from 0.20, "
+                    "1.0 in 0.34).")
     max_model_len: int | None = Field(
         default=None, ge=1, description="context length per request (default: --seq, else the model's); a "
                                         "list sweeps: 8k,32k.", json_schema_extra={"sweep": True, "metavar": "TOKENS"})
@@ -464,7 +603,8 @@ class Options(EngineOptions):
                                                                        "by GPU).")
     max_num_batched_tokens: int | None = Field(
         default=None, ge=1, description="tokens per forward pass (sets the profile run's activations).")
-    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, ge=1, description="tokens per KV cache block.")
+    block_size: int | None = Field(default=None, ge=1, description="tokens per KV cache block (default: the "
+                                                                      "release's, 16; 64 in 0.34).")
     kv_cache_memory: int | None = Field(
         default=None, gt=0, description="fixed KV cache size per GPU, e.g. 40GiB (skips the profiling budget).",
         json_schema_extra={"metavar": "SIZE"})
@@ -476,24 +616,59 @@ class Options(EngineOptions):
 def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
              options: Options) -> EngineEstimate:
     """vLLM's budget on ``hardware``: the workload's seq is max_model_len, its batch the concurrency to fit."""
-    from gpuplan.engines.serving import model_len, serving_estimate, serving_notes
+    from gpuplan.engines.serving import beyond_context, model_len, release_version, serving_estimate, serving_notes
 
     capacity = hardware.require_gpu(NAME)
     spec = model.spec
     precision = request.resolve(spec)
     length = model_len(spec, workload, options.max_model_len)
     notes = serving_notes(model, NAME, precision, hardware)
+    version = release_version(NAME, options.engine_version, notes)
     b = vllm_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                     gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=length,
                     max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,
-                    block_size=options.block_size, kv_cache_memory=options.kv_cache_memory, gpu_name=hardware.gpu)
+                    block_size=options.block_size, kv_cache_memory=options.kv_cache_memory, gpu_name=hardware.gpu,
+                    engine_version=version)
     serving = ServingBudget(
-        engine=NAME, gpu_memory_bytes=capacity, memory_fraction=options.gpu_memory_utilization,
-        kv_cache_tokens=b.kv_cache_tokens, max_model_len=b.max_model_len, max_concurrency=b.max_concurrency,
-        fits_one_request=b.fits_one_request, max_model_len_that_fits=b.max_model_len_that_fits,
-        num_blocks=b.num_blocks, max_num_seqs=b.max_num_seqs, max_num_batched_tokens=b.max_num_batched_tokens,
-        log_lines=list(b.log_lines))
+        engine=NAME, engine_version=b.engine_version, gpu_memory_bytes=capacity,
+        memory_fraction=b.gpu_memory_utilization, kv_cache_tokens=b.kv_cache_tokens, max_model_len=b.max_model_len,
+        max_concurrency=b.max_concurrency, fits_one_request=b.fits_one_request,
+        max_model_len_that_fits=b.max_model_len_that_fits, max_model_len_auto=b.max_model_len_auto,
+        kv_cache_memory_bytes=b.kv_cache_memory_to_pin, num_blocks=b.num_blocks, max_num_seqs=b.max_num_seqs,
+        max_num_batched_tokens=b.max_num_batched_tokens, log_lines=list(b.log_lines))
     kv_pool = max(0, b.num_blocks) * b.page_size_per_layer * b.group_size
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=b.kv_dtype, weights=b.weights,
                             kv_bytes=kv_pool, activation=b.activation_peak,
-                            overhead=b.non_torch + (b.cuda_graph or 0), notes=notes)
+                            overhead=b.non_torch + (b.cuda_graph or 0), notes=notes,
+                            refused=beyond_context(NAME, spec, length))
+
+
+# vLLM's --dtype names for the float dtypes gpuplan plans with.
+_VLLM_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv_cache_dtype: str | None,
+                   options: Options, expert_parallel: bool = False) -> list[str]:
+    """`vllm serve` for a planned deployment; on several nodes, the Ray cluster it runs on."""
+    tp, pp = result.tensor_parallel, result.pipeline_parallel
+    cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
+    if pp > 1:
+        cmd += f" --pipeline-parallel-size {pp}"
+    cmd += f" --max-model-len {result.seq}"
+    if dtype in _VLLM_DTYPES:
+        cmd += f" --dtype {_VLLM_DTYPES[dtype]}"
+    if kv_cache_dtype == "fp8":
+        cmd += " --kv-cache-dtype fp8"
+    if "gpu_memory_utilization" in options.model_fields_set:
+        cmd += f" --gpu-memory-utilization {options.gpu_memory_utilization:g}"
+    if expert_parallel:
+        cmd += " --enable-expert-parallel"
+    if nodes == 1:
+        return [cmd]
+    # vLLM's multi-node serving runs on a Ray cluster (docs: "Distributed inference and serving").
+    return [
+        "ray start --head --port=6379                      # on the first node",
+        "ray start --address=<head-node-ip>:6379          # on each of the other "
+        f"{nodes - 1} node(s)",
+        cmd + " --distributed-executor-backend ray   # on the head node",
+    ]

@@ -225,6 +225,11 @@ class GpuCatalog:
         )
         raise InputError(f"unknown GPU {name!r}", hint=hint)
 
+    def search(self, text: str | None) -> list[GpuSpec]:
+        """Entries any of whose names contains ``text`` (spaces and dashes ignored); all without one."""
+        needle = (text or "").lower().replace(" ", "").replace("-", "")
+        return [g for g in self._gpus if not needle or any(needle in k for k in g.lookup_keys())]
+
     def suggest(self, name: str, limit: int = 3) -> list[str]:
         """Canonical names closest to ``name`` (difflib ratio on the normalized keys)."""
         key = normalize_gpu_name(name)

@@ -19,6 +19,7 @@ and type size ``s`` stores ``n / b * s`` bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import mmap
 import os
@@ -744,123 +745,25 @@ def gguf_to_spec(
     """Map llama.cpp's architecture keys (gguf-py/gguf/constants.py: Keys.LLM, Keys.Attention) to a ModelSpec
     whose tensor groups are the file's own tensors, so parameter counts are exact."""
     notes: list[str] = []
-    n_layer_all = _scalar(hp, "block_count", label)
-    if not n_layer_all:
-        raise ConfigError(f"{label}: {arch}.block_count is missing", hint="is this a language model GGUF?")
-    n_nextn = _scalar(hp, "nextn_predict_layers", label, default=0) or 0
+    n_layer_all, n_nextn = _layer_counts(arch, hp, label)
     n_layer = n_layer_all - n_nextn
-    if n_layer <= 0:
-        raise ConfigError(f"{label}: nextn_predict_layers ({n_nextn}) leaves no decoder layers")
     n_embd = _scalar(hp, "embedding_length", label)
     if not n_embd:
         raise ConfigError(f"{label}: {arch}.embedding_length is missing")
-    n_head = _scalar(hp, "attention.head_count", label, per_layer=n_layer_all)
-    n_head_max = _max(n_head)
-    if not n_head_max:
-        raise UnsupportedModelError(
-            f"{label}: '{arch}' has no attention heads (a recurrent model such as Mamba or RWKV)",
-            hint="gpuplan models attention-based decoders",
-        )
-    n_head_kv = _scalar(hp, "attention.head_count_kv", label, default=n_head, per_layer=n_layer_all)
-    kv_max = _max(n_head_kv)
-    if isinstance(n_head, list) or isinstance(n_head_kv, list):
-        notes.append("head counts vary per layer; the spec shows the largest, the KV cache uses each layer's")
-    head_dim = _scalar(hp, "attention.key_length", label) or (
-        n_embd // n_head_max if n_embd % n_head_max == 0 else None
-    )
-    if head_dim is None:
-        raise ConfigError(
-            f"{label}: embedding_length {n_embd} is not divisible by {n_head_max} heads"
-            " and attention.key_length is missing"
-        )
-    v_head_dim = _scalar(hp, "attention.value_length", label) or head_dim
-
-    embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    vocab = _scalar(hp, "vocab_size", label)
-    if not vocab:
-        tokens = meta.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if isinstance(tokens, (list, StringArray)) else None
-    if not vocab and embd is not None:
-        vocab = embd.dims[-1]
-    if not vocab:
-        raise ConfigError(
-            f"{label}: cannot tell the vocabulary size (no {arch}.vocab_size, tokenizer or token_embd.weight)"
-        )
-
+    heads = _attention_heads(arch, hp, n_layer_all, n_embd, label, notes)
+    vocab = _vocab_size(arch, hp, tensors, meta, label)
     names = {t.name for t in tensors}
-
-    def has(suffix: str) -> bool:
-        return any(n.endswith(suffix) and n.startswith("blk.") for n in names)
-
     n_ff = _scalar(hp, "feed_forward_length", label, per_layer=n_layer_all)
-    n_expert = _scalar(hp, "expert_count", label, default=0) or 0
-    n_ff_exp = _scalar(hp, "expert_feed_forward_length", label, default=0) or 0
-    moe: MoeSpec | None = None
-    if n_expert:
-        used = _scalar(hp, "expert_used_count", label, per_layer=n_layer_all)
-        moe_layers = {
-            int(m[1])
-            for t in tensors
-            if (m := _BLOCK_NAME.match(t.name)) and "_exps." in m[2] and int(m[1]) < n_layer
-        }
-        if not n_ff_exp:
-            down = next((t for t in tensors if t.name.endswith("ffn_down_exps.weight")), None)
-            n_ff_exp = down.dims[0] if down is not None else 0
-        if not moe_layers or not n_ff_exp or not _max(used):
-            raise ConfigError(
-                f"{label}: expert_count is {n_expert} but the expert tensors or expert_used_count are missing"
-            )
-        n_shared = _scalar(hp, "expert_shared_count", label, default=0) or 0
-        shared_width = _scalar(hp, "expert_shared_feed_forward_length", label, default=0) or 0
-        if n_shared and not shared_width:
-            shexp = next((t for t in tensors if t.name.endswith("ffn_down_shexp.weight")), None)
-            shared_width = shexp.dims[0] if shexp is not None else n_ff_exp * n_shared
-        moe = MoeSpec(
-            num_experts=n_expert,
-            experts_per_token=_max(used),
-            expert_intermediate_size=n_ff_exp,
-            num_shared_experts=n_shared,
-            shared_expert_intermediate_size=shared_width,
-            num_moe_layers=len(moe_layers),
-            num_dense_layers=n_layer - len(moe_layers),
-        )
-    intermediate = _max(n_ff) or n_ff_exp
+    moe = _moe_spec(hp, tensors, n_layer_all, n_layer, label)
+    intermediate = _max(n_ff) or (
+        moe.expert_intermediate_size
+        if moe is not None
+        else _scalar(hp, "expert_feed_forward_length", label, default=0) or 0
+    )
     if not intermediate:
         raise ConfigError(f"{label}: {arch}.feed_forward_length is missing")
-
-    mla: MlaSpec | None = None
-    kv_lora = _scalar(hp, "attention.kv_lora_rank", label, default=0) or 0
-    if kv_lora:
-        rope_dim = _scalar(hp, "rope.dimension_count", label, default=0) or 0
-        # DeepSeek-V2/V3 GGUFs (convert_hf_to_gguf.py, DeepseekV2Model): key_length_mla and
-        # value_length_mla hold the per-head q/k (nope + rope) and v widths when key_length holds the
-        # latent (kv_lora_rank + rope).
-        k_mla = _scalar(hp, "attention.key_length_mla", label, default=0) or 0
-        v_mla = _scalar(hp, "attention.value_length_mla", label, default=0) or 0
-        qk_dim = k_mla or head_dim
-        v_dim = v_mla or v_head_dim
-        if rope_dim and qk_dim > rope_dim:
-            mla = MlaSpec(
-                kv_lora_rank=kv_lora,
-                q_lora_rank=_scalar(hp, "attention.q_lora_rank", label, default=0) or None,
-                qk_nope_head_dim=qk_dim - rope_dim,
-                qk_rope_head_dim=rope_dim,
-                v_head_dim=v_dim,
-            )
-            head_dim, v_head_dim = qk_dim, v_dim
-        else:
-            notes.append("kv_lora_rank is set but the MLA head widths could not be read; MLA is not modelled")
-
+    mla, heads = _mla_spec(hp, heads, label, notes)
     windows = _layer_windows(arch, hp, n_layer, label, notes)
-    tied = "output.weight" not in names
-    gated = (
-        has("ffn_gate.weight")
-        or has("ffn_gate_exps.weight")
-        or has("ffn_gate_up_exps.weight")
-        or has("ffn_gate_shexp.weight")
-        or not (has("ffn_up.weight") or has("ffn_up_exps.weight"))
-    )
-    layer_norm = has("attn_norm.bias")
     context = _scalar(hp, "context_length", label, default=None)
     types = sorted({t.type_name for t in tensors})
     notes.append(f"weights stored as GGUF tensors of type {', '.join(types)}")
@@ -876,22 +779,159 @@ def gguf_to_spec(
             num_hidden_layers=n_layer,
             hidden_size=n_embd,
             vocab_size=vocab,
-            num_attention_heads=n_head_max,
-            num_key_value_heads=kv_max or n_head_max,
-            head_dim=head_dim,
-            v_head_dim=v_head_dim,
+            num_attention_heads=heads.n_head,
+            num_key_value_heads=heads.n_head_kv,
+            head_dim=heads.head_dim,
+            v_head_dim=heads.v_head_dim,
             intermediate_size=intermediate,
-            ffn_gated=gated,
+            ffn_gated=_ffn_gated(names),
             mla=mla,
             moe=moe,
             layer_windows=windows,
-            tie_word_embeddings=tied,
+            tie_word_embeddings="output.weight" not in names,
             max_position_embeddings=context or None,
             native_dtype=None,
             mtp_layers=n_nextn,
-            norm_kind="layer" if layer_norm else "rms",
+            norm_kind="layer" if _has_block_tensor(names, "attn_norm.bias") else "rms",
             tensors=_tensor_groups(tensors, n_layer),
             notes=tuple(notes),
         )
     except ValueError as exc:  # pydantic's ValidationError derives from ValueError
         raise ConfigError(f"{label}: the metadata describes an impossible model: {exc}") from exc
+
+
+def _layer_counts(arch: str, hp: dict[str, Any], label: str) -> tuple[int, int]:
+    """(blocks in the file, multi-token-prediction blocks among them): decoding runs the others."""
+    n_layer_all = _scalar(hp, "block_count", label)
+    if not n_layer_all:
+        raise ConfigError(f"{label}: {arch}.block_count is missing", hint="is this a language model GGUF?")
+    n_nextn = _scalar(hp, "nextn_predict_layers", label, default=0) or 0
+    if n_layer_all - n_nextn <= 0:
+        raise ConfigError(f"{label}: nextn_predict_layers ({n_nextn}) leaves no decoder layers")
+    return n_layer_all, n_nextn
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """Attention widths: the largest head counts of any layer, and the per-head widths of K and V."""
+
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    v_head_dim: int
+
+
+def _attention_heads(
+    arch: str, hp: dict[str, Any], n_layer_all: int, n_embd: int, label: str, notes: list[str]
+) -> _Heads:
+    n_head = _scalar(hp, "attention.head_count", label, per_layer=n_layer_all)
+    n_head_max = _max(n_head)
+    if not n_head_max:
+        raise UnsupportedModelError(
+            f"{label}: '{arch}' has no attention heads (a recurrent model such as Mamba or RWKV)",
+            hint="gpuplan models attention-based decoders",
+        )
+    n_head_kv = _scalar(hp, "attention.head_count_kv", label, default=n_head, per_layer=n_layer_all)
+    if isinstance(n_head, list) or isinstance(n_head_kv, list):
+        notes.append("head counts vary per layer; the spec shows the largest, the KV cache uses each layer's")
+    head_dim = _scalar(hp, "attention.key_length", label) or (
+        n_embd // n_head_max if n_embd % n_head_max == 0 else None
+    )
+    if head_dim is None:
+        raise ConfigError(
+            f"{label}: embedding_length {n_embd} is not divisible by {n_head_max} heads"
+            " and attention.key_length is missing"
+        )
+    v_head_dim = _scalar(hp, "attention.value_length", label) or head_dim
+    return _Heads(n_head_max, _max(n_head_kv) or n_head_max, head_dim, v_head_dim)
+
+
+def _vocab_size(
+    arch: str, hp: dict[str, Any], tensors: tuple[GgufTensor, ...], meta: dict[str, Any], label: str
+) -> int:
+    """The vocabulary: the architecture's key, else the tokenizer's token list, else token_embd's width."""
+    vocab = _scalar(hp, "vocab_size", label)
+    if not vocab:
+        tokens = meta.get("tokenizer.ggml.tokens")
+        vocab = len(tokens) if isinstance(tokens, (list, StringArray)) else None
+    if not vocab:
+        embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
+        vocab = embd.dims[-1] if embd is not None else None
+    if not vocab:
+        raise ConfigError(
+            f"{label}: cannot tell the vocabulary size (no {arch}.vocab_size, tokenizer or token_embd.weight)"
+        )
+    return vocab
+
+
+def _moe_spec(
+    hp: dict[str, Any], tensors: tuple[GgufTensor, ...], n_layer_all: int, n_layer: int, label: str
+) -> MoeSpec | None:
+    """The experts, when expert_count is set: widths from the keys, else from the expert tensors' shapes."""
+    n_expert = _scalar(hp, "expert_count", label, default=0) or 0
+    n_ff_exp = _scalar(hp, "expert_feed_forward_length", label, default=0) or 0
+    if not n_expert:
+        return None
+    used = _scalar(hp, "expert_used_count", label, per_layer=n_layer_all)
+    moe_layers = {
+        int(m[1]) for t in tensors if (m := _BLOCK_NAME.match(t.name)) and "_exps." in m[2] and int(m[1]) < n_layer
+    }
+    if not n_ff_exp:
+        down = next((t for t in tensors if t.name.endswith("ffn_down_exps.weight")), None)
+        n_ff_exp = down.dims[0] if down is not None else 0
+    if not moe_layers or not n_ff_exp or not _max(used):
+        raise ConfigError(
+            f"{label}: expert_count is {n_expert} but the expert tensors or expert_used_count are missing"
+        )
+    n_shared = _scalar(hp, "expert_shared_count", label, default=0) or 0
+    shared_width = _scalar(hp, "expert_shared_feed_forward_length", label, default=0) or 0
+    if n_shared and not shared_width:
+        shexp = next((t for t in tensors if t.name.endswith("ffn_down_shexp.weight")), None)
+        shared_width = shexp.dims[0] if shexp is not None else n_ff_exp * n_shared
+    return MoeSpec(
+        num_experts=n_expert,
+        experts_per_token=_max(used),
+        expert_intermediate_size=n_ff_exp,
+        num_shared_experts=n_shared,
+        shared_expert_intermediate_size=shared_width,
+        num_moe_layers=len(moe_layers),
+        num_dense_layers=n_layer - len(moe_layers),
+    )
+
+
+def _mla_spec(hp: dict[str, Any], heads: _Heads, label: str, notes: list[str]) -> tuple[MlaSpec | None, _Heads]:
+    """Multi-head latent attention, when kv_lora_rank is set, and the head widths it implies."""
+    kv_lora = _scalar(hp, "attention.kv_lora_rank", label, default=0) or 0
+    if not kv_lora:
+        return None, heads
+    rope_dim = _scalar(hp, "rope.dimension_count", label, default=0) or 0
+    # DeepSeek-V2/V3 GGUFs (convert_hf_to_gguf.py, DeepseekV2Model): key_length_mla and
+    # value_length_mla hold the per-head q/k (nope + rope) and v widths when key_length holds the
+    # latent (kv_lora_rank + rope).
+    k_mla = _scalar(hp, "attention.key_length_mla", label, default=0) or 0
+    v_mla = _scalar(hp, "attention.value_length_mla", label, default=0) or 0
+    qk_dim = k_mla or heads.head_dim
+    v_dim = v_mla or heads.v_head_dim
+    if not (rope_dim and qk_dim > rope_dim):
+        notes.append("kv_lora_rank is set but the MLA head widths could not be read; MLA is not modelled")
+        return None, heads
+    mla = MlaSpec(
+        kv_lora_rank=kv_lora,
+        q_lora_rank=_scalar(hp, "attention.q_lora_rank", label, default=0) or None,
+        qk_nope_head_dim=qk_dim - rope_dim,
+        qk_rope_head_dim=rope_dim,
+        v_head_dim=v_dim,
+    )
+    return mla, dataclasses.replace(heads, head_dim=qk_dim, v_head_dim=v_dim)
+
+
+def _has_block_tensor(names: set[str], suffix: str) -> bool:
+    return any(n.endswith(suffix) and n.startswith("blk.") for n in names)
+
+
+def _ffn_gated(names: set[str]) -> bool:
+    """A gated (SwiGLU-style) feed-forward: a gate tensor, or no up projection at all."""
+    gates = ("ffn_gate.weight", "ffn_gate_exps.weight", "ffn_gate_up_exps.weight", "ffn_gate_shexp.weight")
+    if any(_has_block_tensor(names, suffix) for suffix in gates):
+        return True
+    return not (_has_block_tensor(names, "ffn_up.weight") or _has_block_tensor(names, "ffn_up_exps.weight"))

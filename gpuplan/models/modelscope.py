@@ -24,19 +24,15 @@ import hashlib
 import json
 import os
 import re
-import socket
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from gpuplan.errors import ConfigError, GatedRepoError, HubUnavailableError, InputError, ModelNotFoundError
-from gpuplan.models.hub import TIMEOUT_ENV, request_timeout
+from gpuplan.models import http
 
 __all__ = ["ModelScopeInfo", "fetch_modelscope_config", "DEFAULT_ENDPOINT", "DEFAULT_REVISION"]
 
@@ -50,7 +46,6 @@ TOKEN_ENV = "MODELSCOPE_API_TOKEN"
 CACHE_ENV = "MODELSCOPE_CACHE"
 # Configs are small (see gpuplan.models.sources.MAX_CONFIG_BYTES): more than this is not a config.json.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
-_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 # ModelScope ids: owner/name with letters, digits, '-', '_' and '.' (the site's naming rule for both parts).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -93,10 +88,8 @@ def fetch_modelscope_config(
     if not revision:
         raise InputError("the revision is empty")
     endpoint = _endpoint()
-    timeout = request_timeout(timeout_s)
+    timeout = http.request_timeout(timeout_s)
     token = token or os.environ.get(TOKEN_ENV) or None
-    if offline is None:
-        offline = (os.environ.get("HF_HUB_OFFLINE") or "").strip().upper() in _TRUE_VALUES
     owner, name = repo_id.split("/")
     url = (
         f"{endpoint}/api/v1/models/{urllib.parse.quote(owner)}/{urllib.parse.quote(name)}/repo"
@@ -112,7 +105,7 @@ def fetch_modelscope_config(
         cache_path=str(cache_path),
     )
 
-    if offline:
+    if http.offline_mode(offline):
         cached = _read_cache(cache_path, repo_id)
         if cached is None:
             raise HubUnavailableError(
@@ -205,42 +198,19 @@ def _at(revision: str) -> str:
 # --- HTTP ---------------------------------------------------------------------------------------------
 
 
-class _SameHostAuthRedirect(urllib.request.HTTPRedirectHandler):
-    """Follow redirects (ModelScope sends file downloads to object storage) but drop the token and cookie
-    when the new location is another host, as requests does (Session.rebuild_auth)."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None:
-            old_host = urllib.parse.urlsplit(req.full_url).netloc
-            new_host = urllib.parse.urlsplit(newurl).netloc
-            if old_host != new_host:
-                for header in ("Authorization", "Cookie"):
-                    new.headers.pop(header, None)
-                    new.unredirected_hdrs.pop(header, None)
-        return new
-
-
-_OPENER = urllib.request.build_opener(_SameHostAuthRedirect)
-
-
 def _get(url: str, *, endpoint: str, repo_id: str, revision: str, token: str | None, timeout: float) -> bytes:
-    headers = {"User-Agent": "gpuplan", "Accept": "application/json, */*"}
+    headers = {"Accept": "application/json, */*"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
         headers["Cookie"] = f"m_session_id={token}"
-    request = urllib.request.Request(url, headers=headers, method="GET")
+
+    def unreachable(exc: BaseException) -> HubUnavailableError:
+        return http.unreachable_error(endpoint, exc, endpoint_variable=ENDPOINT_ENV, fallback="pass a local path")
+
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            body = response.read(MAX_CONFIG_BYTES + 1)
-    except urllib.error.HTTPError as exc:
+        body = http.get(url, timeout=timeout, max_bytes=MAX_CONFIG_BYTES, headers=headers, on_unreachable=unreachable)
+    except http.HttpStatusError as exc:
         raise _http_error(exc, endpoint, repo_id, revision) from exc
-    except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException, OSError) as exc:
-        raise HubUnavailableError(
-            f"cannot reach {endpoint} ({_network_reason(exc)})",
-            hint=f"check the network or {ENDPOINT_ENV}; offline, pass a local path (raise {TIMEOUT_ENV} for a"
-            " slow link)",
-        ) from exc
     if len(body) > MAX_CONFIG_BYTES:
         raise ConfigError(
             f"config.json of '{repo_id}' on {endpoint} is over {MAX_CONFIG_BYTES:,} bytes: not a config file"
@@ -248,24 +218,9 @@ def _get(url: str, *, endpoint: str, repo_id: str, revision: str, token: str | N
     return body
 
 
-def _server_message(exc: urllib.error.HTTPError) -> str | None:
-    """The ``Message`` of ModelScope's JSON error body ({"Code": ..., "Message": ..., "Success": false})."""
-    try:
-        raw = exc.read(64 * 1024)
-        data = json.loads(raw.decode("utf-8"))
-    except Exception:
-        return None
-    if isinstance(data, dict):
-        for key in ("Message", "message", "msg", "error", "detail"):
-            value = data.get(key)
-            if isinstance(value, str) and value.strip():
-                return value.strip().splitlines()[0][:300]
-    return None
-
-
-def _http_error(exc: urllib.error.HTTPError, endpoint: str, repo_id: str, revision: str) -> Exception:
-    status = exc.code
-    message = _server_message(exc)
+def _http_error(exc: http.HttpStatusError, endpoint: str, repo_id: str, revision: str) -> Exception:
+    status = exc.status
+    message = exc.server_message()
     detail = f"HTTP {status}" + (f": {message}" if message else "")
     page = f"{endpoint}/models/{repo_id}"
     if status == 404:
@@ -278,37 +233,7 @@ def _http_error(exc: urllib.error.HTTPError, endpoint: str, repo_id: str, revisi
             f"access to '{repo_id}' on {endpoint} was refused ({detail})",
             hint=f"set {TOKEN_ENV} to a ModelScope access token that may read this model",
         )
-    if status == 429:
-        return HubUnavailableError(
-            f"{endpoint} is rate-limiting requests ({detail})", hint="wait a minute and try again"
-        )
-    if status >= 500:
-        return HubUnavailableError(
-            f"server error at {endpoint} ({detail}) while fetching '{repo_id}'", hint="try again later"
-        )
-    return HubUnavailableError(f"unexpected answer from {endpoint} for '{repo_id}' ({detail})")
-
-
-def _network_reason(exc: BaseException) -> str:
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending and len(seen) < 50:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, (TimeoutError, socket.timeout)) or "timed out" in str(current):
-            return "timed out"
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(current, socket.gaierror):
-            return "host name not resolved"
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            pending.append(reason)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    return http.status_error(status, detail, endpoint=endpoint, what=f"'{repo_id}'")
 
 
 def _parse(body: bytes, repo_id: str, endpoint: str, revision: str) -> dict[str, Any]:

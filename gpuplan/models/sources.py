@@ -10,8 +10,9 @@
    catalog does not hold, or for any id when ``source="hub"`` or a revision is asked for.
 
 When the Hub or ModelScope cannot be reached and the catalog holds the id, the bundled copy is used with
-a notice. ``offline`` (``--offline`` or HF_HUB_OFFLINE=1) never touches the network: the Hub cache and
-the ModelScope cache still answer.
+a notice. ``offline`` (``--offline``; None follows HF_HUB_OFFLINE, read by gpuplan.models.http.offline_mode
+in the client that would go online) never touches the network: the Hub cache and the ModelScope cache still
+answer.
 """
 
 from __future__ import annotations
@@ -55,10 +56,6 @@ class ResolvedModel(BaseModel):
     gguf: Any = Field(default=None, exclude=True, repr=False)
     """The GgufModel (gpuplan.models.gguf) when the model is a GGUF file: what --engine llama.cpp reads.
     Typed loosely so that the GGUF reader is imported only for GGUF files."""
-
-
-def is_truthy_env(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def read_json_file(path: Path) -> Any:
@@ -245,8 +242,6 @@ def resolve_model(ref: str, *, revision: str | None = None, source: SourceName =
         raise InputError("the model name is empty", hint="give a Hugging Face id, an alias or a path")
     if source not in SOURCES:
         raise InputError(f"unknown --source {source!r}", hint=f"use one of: {', '.join(SOURCES)}")
-    if offline is None:
-        offline = is_truthy_env("HF_HUB_OFFLINE")
 
     if ref.lower().startswith(MODELSCOPE_PREFIX):
         if source not in ("auto", "modelscope"):
@@ -277,7 +272,7 @@ def resolve_model(ref: str, *, revision: str | None = None, source: SourceName =
     if entry is not None:  # an alias asked of the Hub means its full id
         name = entry.id
     if "/" not in name:
-        raise _not_found(name, offline=offline)
+        raise _not_found(name, offline=False)  # an id without '/' is never asked of the Hub
     return _load_hub(name, revision=revision, offline=offline, token=token, timeout_s=hub_timeout_s)
 
 
@@ -291,7 +286,7 @@ def _not_found(name: str, *, offline: bool) -> ModelNotFoundError:
     return ModelNotFoundError(f"model {name!r} is not in the bundled catalog", hint=hint)
 
 
-def _load_modelscope(name: str, *, revision: str | None, offline: bool,
+def _load_modelscope(name: str, *, revision: str | None, offline: bool | None,
                      timeout_s: float | None) -> ResolvedModel:
     from gpuplan.models.modelscope import fetch_modelscope_config  # plain HTTP, only when asked for
 
@@ -327,7 +322,7 @@ def _bundled_instead(name: str, service: str, exc: HubUnavailableError, revision
     return found
 
 
-def _load_hub(name: str, *, revision: str | None, offline: bool, token: str | None,
+def _load_hub(name: str, *, revision: str | None, offline: bool | None, token: str | None,
               timeout_s: float | None) -> ResolvedModel:
     from gpuplan.models import hub  # huggingface_hub is imported only when the Hub is needed
 
