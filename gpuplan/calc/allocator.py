@@ -214,6 +214,46 @@ class CachingAllocator:
         self._grow(segment * count)
         self.peak_allocated = max(self.peak_allocated, self.allocated)
 
+    def clone(self) -> CachingAllocator:
+        """An independent copy of the allocator's state (blocks, pools, counters)."""
+        twin = CachingAllocator.__new__(CachingAllocator)
+        twin.__dict__.update(self.__dict__)
+        copies: dict[int, _Block] = {}
+
+        def copy(block: _Block | None) -> _Block | None:
+            if block is None:
+                return None
+            twin_block = copies.get(id(block))
+            if twin_block is None:
+                twin_block = _Block(block.addr, block.size, block.small, block.segment, block.allocated,
+                                    block.mapped)
+                copies[id(block)] = twin_block
+            return twin_block
+
+        originals = [*self.active.values(), *self.small.by_addr.values(), *self.large.by_addr.values(),
+                     *self.small.unmapped.values(), *self.large.unmapped.values()]
+        seen: set[int] = set()
+        while originals:
+            block = originals.pop()
+            if id(block) in seen:
+                continue
+            seen.add(id(block))
+            twin_block = copy(block)
+            assert twin_block is not None
+            twin_block.prev, twin_block.next = copy(block.prev), copy(block.next)
+            originals.extend(b for b in (block.prev, block.next) if b is not None and id(b) not in seen)
+        twin.active = {addr: copies[id(b)] for addr, b in self.active.items()}
+        twin.small = self._clone_pool(self.small, copies)
+        twin.large = self._clone_pool(self.large, copies)
+        twin._segment_base = dict(self._segment_base)
+        return twin
+
+    @staticmethod
+    def _clone_pool(pool: _Pool, copies: dict[int, _Block]) -> _Pool:
+        return _Pool(small=pool.small, free=list(pool.free),
+                     by_addr={addr: copies[id(b)] for addr, b in pool.by_addr.items()},
+                     unmapped={addr: copies[id(b)] for addr, b in pool.unmapped.items()})
+
     def reset_peaks(self) -> None:
         self.peak_reserved = self.reserved
         self.peak_allocated = self.allocated
@@ -303,7 +343,9 @@ class CachingAllocator:
             if available(candidate):
                 return candidate
         page = self._page(pool)
-        space = self.device_bytes + self.device_bytes // 8
+        # 1 1/8 of the card's memory (find_expandable_block); a request larger than that would fail on the
+        # card, but the estimate simulates a card with room to spare, so the space is then made to fit it.
+        space = max(self.device_bytes + self.device_bytes // 8, size)
         space = page * ((space + page - 1) // page)
         self._next_addr -= space + _SEGMENT_GAP
         block = _Block(self._next_addr, space, pool.small, self._segment_count, mapped=False)
@@ -378,12 +420,9 @@ class CachingAllocator:
 Event = tuple[str, int, int]
 
 
-def replay(events: Iterable[Event], *, expandable_segments: bool = False, limit: int | None = None,
-           device_bytes: int = 1 << 40) -> CachingAllocator:
-    """Run a sequence through a fresh allocator; raises :class:`SimulatedOutOfMemory` when it does not fit."""
-    allocator = CachingAllocator(expandable_segments=expandable_segments, limit=limit, device_bytes=device_bytes)
-    handles: dict[int, int] = {}
-    for action, tensor, size in events:
+def _run(allocator: CachingAllocator, handles: dict[int, int], events: list[Event], start: int = 0,
+         stop: int | None = None) -> None:
+    for action, tensor, size in events[start:stop]:
         if action == "a":
             handles[tensor] = allocator.malloc(size)
         elif action == "f":
@@ -394,7 +433,29 @@ def replay(events: Iterable[Event], *, expandable_segments: bool = False, limit:
             allocator.release_cached_blocks()
         else:
             raise ValueError(f"unknown event {action!r}")
+
+
+def replay(events: Iterable[Event], *, expandable_segments: bool = False, limit: int | None = None,
+           device_bytes: int = 1 << 40) -> CachingAllocator:
+    """Run a sequence through a fresh allocator; raises :class:`SimulatedOutOfMemory` when it does not fit."""
+    allocator = CachingAllocator(expandable_segments=expandable_segments, limit=limit, device_bytes=device_bytes)
+    _run(allocator, {}, list(events))
     return allocator
+
+
+def _first_over(events: list[Event], limit: int, *, expandable_segments: bool, device_bytes: int) -> int:
+    """Index of the first event at which a run under ``limit`` can differ from an unlimited one: the first
+    request that would make the allocator reserve more than ``limit``. Up to it both runs are the same."""
+    allocator = CachingAllocator(expandable_segments=expandable_segments, device_bytes=device_bytes)
+    handles: dict[int, int] = {}
+    for index, event in enumerate(events):
+        action, _, size = event
+        if action == "w" and allocator.reserved + allocation_size(round_size(size)) * max(1, event[1]) > limit:
+            return index
+        if action == "a" and allocator.reserved + allocation_size(round_size(size)) > limit:
+            return index
+        _run(allocator, handles, events, index, index + 1)
+    return len(events)
 
 
 def search_step(peak_allocated: int) -> int:
@@ -417,9 +478,19 @@ def smallest_limit(events: list[Event], *, expandable_segments: bool = False, st
     low = free_run.peak_allocated // step - 1
     high = -(-free_run.peak_reserved // step)
 
+    # Every limit tried is at least (low + 1) * step: the runs share their events up to the first request that
+    # would pass it, so that part is replayed once and each run continues from a copy of its state.
+    prefix = _first_over(events, (low + 1) * step, expandable_segments=expandable_segments,
+                         device_bytes=device_bytes)
+    base = CachingAllocator(expandable_segments=expandable_segments, device_bytes=device_bytes)
+    base_handles: dict[int, int] = {}
+    _run(base, base_handles, events, 0, prefix)
+
     def fits(limit: int) -> bool:
+        allocator = base.clone()
+        allocator.limit = limit
         try:
-            replay(events, expandable_segments=expandable_segments, limit=limit, device_bytes=device_bytes)
+            _run(allocator, dict(base_handles), events, prefix)
         except SimulatedOutOfMemory:
             return False
         return True
