@@ -197,7 +197,11 @@ def held_out_training_lines() -> list[str]:
            "| run | measured GiB | estimate GiB | error |", "|---|---:|---:|---:|"]
     for entry in load_measurements(path):
         peak = next(c for c in entry["components"] if c["component"] == "peak allocated (torch)")
-        out.append(f"| `gpuplan verify {entry['args']} --train` | {peak['measured_bytes'] / GiB:,.3f} | "
+        args = entry["args"]
+        estimate = entry["estimate"]
+        if estimate.get("prepare_kbit") and not estimate["grad_checkpointing"] and "checkpointing" not in args:
+            args += " --no-grad-checkpointing"  # recorded before --prepare-kbit turned checkpointing on by default
+        out.append(f"| `gpuplan verify {args} --train` | {peak['measured_bytes'] / GiB:,.3f} | "
                    f"{peak['estimated_bytes'] / GiB:,.3f} | {entry['error']:+.2%} |")
     return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 ENGINES_TARGET = TARGET.parent / "engines.md"
+FLAGS_TARGET = TARGET.parent.parent / "gpuplan" / "cli" / "engine_flags_table.py"
 ENV = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
 
 HEADER = """# CLI reference
@@ -110,8 +111,26 @@ def render_engines() -> str:
     return "\n".join(parts)
 
 
+FLAGS_HEADER = '''"""Every engine option as a CLI flag: what gpuplan/cli/engine_flags.py builds its flags from.
+
+Generated from the engines' Options classes by `python benchmarks/cli_reference.py` (do not edit by hand;
+tests/test_cli_reference.py fails when it is out of date). The CLI reads this table at start-up rather than
+importing every engine to list its options.
+"""
+
+'''
+
+
+def render_flags_table() -> str:
+    import pprint
+
+    from gpuplan.cli.engine_flags import flag_rows
+
+    return FLAGS_HEADER + "ROWS = " + pprint.pformat(flag_rows(), width=110, sort_dicts=False) + "\n"
+
+
 def main(argv: list[str]) -> int:
-    pages = {TARGET: render(), ENGINES_TARGET: render_engines()}
+    pages = {FLAGS_TARGET: render_flags_table(), TARGET: render(), ENGINES_TARGET: render_engines()}
     if "--check" in argv:
         stale = [p for p, text in pages.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         for path in stale:

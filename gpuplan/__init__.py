@@ -25,21 +25,25 @@ __all__ = sorted({*_API, "plan", "__version__"})
 
 def plan(model: Any, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
          kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = 512,
+         objective: str = "deployable", prices: dict[str, float] | None = None,
          revision: str | None = None, source: str = "auto", offline: bool | None = None,
          **engine_options: Any) -> Any:
-    """Rank GPU types by the fewest GPUs that fit (a :class:`gpuplan.results.PlanResult`, best first).
+    """For each GPU type, the deployment an engineer would run (a :class:`gpuplan.results.PlanResult`, best
+    first: by GPUs then headroom, or by cost when ``prices`` are given; docs/gpus.md).
 
     ``model`` is a name or path (as for :func:`estimate`) or a loaded model; ``gpus`` are catalog names
     or GpuSpecs (default: the whole catalog). ``seq`` is the context per request and ``batch`` the
-    requests that must fit at once. Engine options are keywords, as for :func:`estimate`.
+    requests that must fit at once. ``objective`` is deployable or fewest-gpus; ``prices`` maps catalog
+    GPU names to a price per GPU-hour. Engine options are keywords, as for :func:`estimate`.
     """
     from gpuplan.api import as_resolved, resolve_gpu
     from gpuplan.planner import plan as make_plan
 
     resolved = as_resolved(model, revision=revision, source=source, offline=offline)  # type: ignore[arg-type]
     specs = [resolve_gpu(g) for g in ([gpus] if isinstance(gpus, str) else gpus)] if gpus else None
+    priced = {resolve_gpu(name).name: price for name, price in prices.items()} if prices else None
     return make_plan(resolved, gpus=specs, engine=engine, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq,
-                     max_gpus=max_gpus, **engine_options)
+                     max_gpus=max_gpus, objective=objective, prices=priced, **engine_options)
 
 
 def __getattr__(name: str) -> Any:

@@ -152,7 +152,7 @@ def assemble(resolved: ResolvedModel, engine: str, result: EngineEstimate, hardw
 
 def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full", precision: str = "bf16",
           optimizer: str = "adamw", lora_rank: int | None = None, lora_targets: list[str] | str | None = None,
-          grad_checkpointing: bool = False, batch: int = 1, seq: int = 2048, grad_accumulation: int = 1,
+          grad_checkpointing: bool | None = None, batch: int = 1, seq: int = 2048, grad_accumulation: int = 1,
           zero: int = 0, fsdp: bool = False, gpus: int = 1, offload_optimizer: bool = False,
           prepare_kbit: bool = False, gpu: Any = None, gpu_memory: str | int | None = None,
           revision: str | None = None, source: SourceName = "auto", offline: bool | None = None,
@@ -164,7 +164,8 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
     names (q_proj, v_proj ...) or None for every linear projection of the blocks (peft "all-linear").
     ``batch`` is the micro-batch per GPU; ``zero`` (DeepSpeed stage) or ``fsdp`` shard over ``gpus``.
     ``prepare_kbit``: the QLoRA base goes through peft's prepare_model_for_kbit_training (float32 embeddings,
-    norms and lm_head, so float32 activations), as QLoRA scripts and TRL do.
+    norms and lm_head, so float32 activations), as QLoRA scripts and TRL do. ``grad_checkpointing`` None
+    follows that function's default: on with ``prepare_kbit``, off otherwise.
     Returns a :class:`gpuplan.results.TrainResult`; docs/training.md has the formulas.
     """
     from gpuplan.calc.overhead import NON_TORCH_BYTES, expandable_segments_from_env
@@ -220,7 +221,7 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
         model=resolved.id, source=resolved.source, revision=resolved.revision, commit=resolved.commit,
         model_type=spec.model_type, method=method, precision=precision, optimizer=optimizer,
         lora_rank=setup.lora_rank if method != "full" else None,
-        lora_targets=list(targets) if targets is not None else None, grad_checkpointing=grad_checkpointing,
+        lora_targets=list(targets) if targets is not None else None, grad_checkpointing=setup.grad_checkpointing,
         batch=batch, seq=seq, grad_accumulation=grad_accumulation, zero=zero, fsdp=fsdp, gpus=gpus,
         offload_optimizer=offload_optimizer, prepare_kbit=prepare_kbit, parameters=spec.loaded_parameters,
         trainable_parameters=mem.trainable_parameters, weights_bytes=mem.weights_bytes,

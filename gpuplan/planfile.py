@@ -132,6 +132,8 @@ class DeploymentFields(BaseModel):
     @field_validator("gpu_memory", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f"needs a unit: write {value:g}GiB (2^30 bytes, as nvidia-smi counts) or {value:g}GB")
         from gpuplan.units import parse_size
 
         if isinstance(value, str):

@@ -4,7 +4,6 @@ The JSON contract (docs/json.md, ``gpuplan schema``) is ``EstimateResult.model_d
 ever added within a schema version. Byte fields are integers, per GPU.
 """
 
-from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _CONFIG = ConfigDict(frozen=True, defer_build=True)
 
 # Bump the major part when a field is removed or changes meaning, the minor part when one is added.
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 class FitSuggestion(BaseModel):
@@ -321,12 +320,14 @@ class PlanOption(InferenceMemory):
     max_model_len_that_fits: int | None = None
     expert_parallel: bool = Field(default=False, description="MoE experts spread whole over the tensor-parallel "
                                                             "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
+    price_per_gpu_hour: float | None = Field(default=None, description="the price given for this GPU type")
+    cost_per_hour: float | None = Field(default=None, description="count x price_per_gpu_hour, when priced")
     launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
     reason: str | None = Field(default=None, description="why it does not fit, when it does not")
 
 
 class PlanResult(Output):
-    """``gpuplan plan``: for each GPU type, the fewest GPUs that fit and how to split the model."""
+    """``gpuplan plan``: for each GPU type, the deployment an engineer would run, ranked (docs/gpus.md)."""
 
     model: str
     engine: str
@@ -334,8 +335,10 @@ class PlanResult(Output):
     kv_dtype: str
     batch: int
     seq: int
-    options: list[PlanOption] = Field(description="one per GPU type, best first: fitting options by the GPU "
-                                              "memory they provision, then by fewer GPUs")
+    objective: str = Field(default="deployable", description="deployable (the layouts people run) or "
+                                                            "fewest-gpus (any split inside a node)")
+    ranking: str = Field(default="", description="how the options are ordered, in words")
+    options: list[PlanOption] = Field(description="one per GPU type, best first (see ranking)")
     best: PlanOption | None = None
     notes: list[str] = Field(default_factory=list)
 

@@ -30,10 +30,12 @@ def parse_grid(value: str | int | Iterable[int | str], *, option: str, minimum: 
 
     Items of a comma list may themselves be ranges (``"1k..8k,12k"``); duplicates are dropped, order kept.
     """
-    from gpuplan.units import parse_token_count
+    from gpuplan.units import is_one_grouped_number, parse_token_count
 
     if isinstance(value, int) and not isinstance(value, bool):
         items: list[int | str] = [value]
+    elif isinstance(value, str) and is_one_grouped_number(value, tokens=option == "--seq"):
+        items = [value.replace(",", "")]  # 32,768 is one number, as people write it
     elif isinstance(value, str):
         items = [part.strip() for part in value.split(",")]
     else:

@@ -20,6 +20,11 @@ def test_cli_md_is_up_to_date():
         "docs/cli.md is out of date: run python benchmarks/cli_reference.py")
 
 
+def test_the_cli_flag_table_is_what_the_engines_options_say():
+    assert cli_reference.FLAGS_TARGET.read_text(encoding="utf-8") == cli_reference.render_flags_table(), (
+        "gpuplan/cli/engine_flags_table.py is out of date: run python benchmarks/cli_reference.py")
+
+
 def test_engines_md_is_up_to_date():
     assert cli_reference.ENGINES_TARGET.read_text(encoding="utf-8") == cli_reference.render_engines(), (
         "docs/engines.md is out of date: run python benchmarks/cli_reference.py")

@@ -765,6 +765,7 @@ def test_installed_engine_version_is_read_from_metadata_not_imported(monkeypatch
     from importlib import metadata
 
     import gpuplan
+    from gpuplan.engines.serving import _installed_version
 
     real = metadata.version
 
@@ -772,17 +773,21 @@ def test_installed_engine_version_is_read_from_metadata_not_imported(monkeypatch
         return {"vllm": "0.19.0", "sglang": "0.9.9"}.get(name) or real(name)
 
     monkeypatch.setattr(metadata, "version", fake)
-    r = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", max_model_len=8192)
-    assert r.serving.engine_version == "0.19.0"
-    assert any("vllm 0.19.0 is installed here" in n for n in r.notes)
-    s = gpuplan.estimate(LLAMA31_8B, engine="sglang", gpu="H100", max_model_len=8192)
-    assert s.serving.engine_version == "0.5.23"
-    assert any("outside the releases gpuplan models" in n for n in s.notes)
-    given = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", engine_version="0.6.4", max_model_len=8192)
-    assert given.serving.engine_version == "0.6.4"
-    assert "vllm" not in sys.modules and "sglang" not in sys.modules
-    with pytest.raises(InputError, match="vllm and sglang"):
-        gpuplan.estimate(LLAMA31_8B, engine="transformers", engine_version="0.19.0")
+    _installed_version.cache_clear()  # the lookup is cached per process: read the fake one, and forget it after
+    try:
+        r = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", max_model_len=8192)
+        assert r.serving.engine_version == "0.19.0"
+        assert any("vllm 0.19.0 is installed here" in n for n in r.notes)
+        s = gpuplan.estimate(LLAMA31_8B, engine="sglang", gpu="H100", max_model_len=8192)
+        assert s.serving.engine_version == "0.5.23"
+        assert any("outside the releases gpuplan models" in n for n in s.notes)
+        given = gpuplan.estimate(LLAMA31_8B, engine="vllm", gpu="H100", engine_version="0.6.4", max_model_len=8192)
+        assert given.serving.engine_version == "0.6.4"
+        assert "vllm" not in sys.modules and "sglang" not in sys.modules
+        with pytest.raises(InputError, match="vllm and sglang"):
+            gpuplan.estimate(LLAMA31_8B, engine="transformers", engine_version="0.19.0")
+    finally:
+        _installed_version.cache_clear()
 
 
 def test_v1_profile_run_logits_follow_the_release():

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from gpuplan.errors import EXIT_USAGE, InputError, MissingDependencyError
 from gpuplan.gpus import (
+    BINARY_PREFIX,
     MARKETED,
     GpuCatalog,
     GpuSpec,
@@ -83,17 +84,25 @@ def test_loading_is_cached() -> None:
 
 @pytest.mark.parametrize("gpu", CATALOG.gpus, ids=lambda g: g.name)
 def test_every_entry_is_sourced(gpu: GpuSpec) -> None:
+    """docs/gpus.md's rule: a capture of the card, else one of a card with the same memory, else binary."""
     assert gpu.source.strip()
-    assert gpu.memory_bytes_source.strip()
-    if gpu.memory_is_measured:
-        # A driver-reported figure names where it appears: a public URL or a fixture in this repository.
-        source = gpu.memory_bytes_source
-        assert source.startswith("https://") or source.startswith("tests/fixtures/"), source
-        if source.startswith("tests/fixtures/"):
-            assert (REPO_ROOT / source.split()[0]).is_file()
-    else:
-        assert gpu.memory_bytes_source == MARKETED
-        assert gpu.memory_bytes == round(gpu.memory_gb * GB)
+    source = gpu.memory_bytes_source
+    assert source != MARKETED, "the bundled catalog never reads marketed GB as 10^9 bytes"
+    if source.startswith(BINARY_PREFIX):
+        stated_gib = int(source.removeprefix(BINARY_PREFIX).split()[0])
+        assert gpu.memory_bytes == stated_gib * GiB
+        assert not gpu.memory_is_measured
+        return
+    assert gpu.memory_is_measured
+    if source.startswith("same memory as "):
+        sibling = CATALOG.resolve(source.removeprefix("same memory as ").split()[0])
+        assert sibling.name != gpu.name and sibling.memory_bytes == gpu.memory_bytes
+        assert source.endswith(sibling.memory_bytes_source)
+        source = sibling.memory_bytes_source
+    # A driver-reported figure names where it appears: a public URL or a fixture in this repository.
+    assert source.startswith("https://") or source.startswith("tests/fixtures/"), source
+    if source.startswith("tests/fixtures/"):
+        assert (REPO_ROOT / source.split()[0]).is_file()
 
 
 @pytest.mark.parametrize("gpu", CATALOG.gpus, ids=lambda g: g.name)

@@ -328,3 +328,25 @@ def test_cli_start_up_does_not_load_the_plan_file_machinery():
             "'yaml', 'matplotlib', 'gpuplan.api', 'pydantic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ci_docs_quote_the_reasons_the_check_prints():
+    """docs/ci.md's example reasons are what `gpuplan check` says for those deployments today."""
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "ci.md").read_text().split())
+    result = gpuplan.check({"version": 1, "deployments": [
+        {"name": "long", "model": "meta-llama/Llama-3.1-70B-Instruct", "engine": "vllm", "gpu": "H100", "gpus": 4,
+         "max_model_len": 131072, "min_concurrency": 4},
+        {"name": "l4", "model": "meta-llama/Llama-2-7b-hf", "engine": "transformers", "dtype": "fp16", "gpu": "L4",
+         "batch": 4, "seq": 4096}]})
+    for deployment in result.deployments:
+        assert not deployment.passed
+        assert f'"{deployment.reasons[0]}"' in doc, deployment.reasons
+
+
+def test_a_bare_number_of_gpu_memory_needs_a_unit(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("deployments:\n  - {name: a, model: llama-2-7b, gpu_memory: 80}\n")
+    with pytest.raises(PlanFileError) as exc:
+        check(path)
+    assert exc.value.issues[0].line == 2
+    assert "gpu_memory needs a unit: write 80GiB" in exc.value.issues[0].message

@@ -195,3 +195,9 @@ def test_progress_bar_draws_only_when_asked():
     quiet = _Progress(Console(file=io.StringIO()), enabled=False)
     quiet.update(1, 1000)
     assert quiet.bar is None
+
+
+def test_a_grouped_number_is_one_context_length_not_a_list():
+    s = gpuplan.sweep(MODEL, seq="32,768")
+    assert s.seqs == [32768]
+    assert gpuplan.sweep(MODEL, seq="1k,2k").seqs == [1024, 2048]

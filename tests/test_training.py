@@ -261,13 +261,30 @@ def test_cli_train_prepare_kbit_json():
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
-    plain, prepared = run(), run("--prepare-kbit")
+    plain, prepared = run("--no-grad-checkpointing"), run("--prepare-kbit", "--no-grad-checkpointing")
     assert prepared["prepare_kbit"] is True and plain["prepare_kbit"] is False
     # the tied 128,256 x 2,048 embedding goes from 2 to 4 bytes (the norms add 2 x 33 x 2,048 x 2 bytes)
     assert prepared["weights_bytes"] - plain["weights_bytes"] == 128_256 * 2_048 * 2 + 33 * 2_048 * 2
     assert prepared["peak_allocated_bytes"] > 2 * plain["peak_allocated_bytes"]
     assert any("--prepare-kbit" in note for note in plain["notes"])
     assert any("math SDPA" in note for note in prepared["notes"])
+    # peft's prepare_model_for_kbit_training turns gradient checkpointing on unless told not to.
+    default = run("--prepare-kbit")
+    assert default["grad_checkpointing"] is True and not plain["grad_checkpointing"]
+    assert default["peak_allocated_bytes"] < prepared["peak_allocated_bytes"] / 2
+    assert any("use_gradient_checkpointing=True" in note for note in default["notes"])
+    assert run()["grad_checkpointing"] is False  # without --prepare-kbit the default stays off
+
+
+def test_lora_targets_are_the_models_linear_modules():
+    result = runner.invoke(app, ["train", "meta-llama/Llama-3.2-1B", "--method", "lora", "--offline",
+                                 "--lora-targets", "q_proj,foo_proj"])
+    assert result.exit_code == 2, result.output
+    assert "--lora-targets foo_proj is not a linear module of this model" in result.stderr
+    assert "q_proj" in result.stderr and "down_proj" in result.stderr and "Traceback" not in result.output
+    ok = runner.invoke(app, ["train", "meta-llama/Llama-3.2-1B", "--method", "lora", "--offline",
+                             "--lora-targets", "q_proj,v_proj", "--format", "json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["lora_targets"] == ["q_proj", "v_proj"]
 
 
 def test_cli_verify_gpus_needs_one_or_more_and_no_train():

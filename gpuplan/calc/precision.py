@@ -1,6 +1,5 @@
 """Precisions: what a user asks for (--dtype, --kv-dtype) resolved against what the checkpoint holds."""
 
-from __future__ import annotations
 
 from typing import Literal
 
@@ -41,7 +40,7 @@ def normalize_dtype(name: str, *, allowed: tuple[str, ...] = WEIGHT_DTYPES, what
     return norm
 
 
-def engine_kv_dtype(precision: Precision, kv_cache_dtype: str | None) -> KvDtype:
+def engine_kv_dtype(precision: "Precision", kv_cache_dtype: str | None) -> KvDtype:
     """The KV-cache dtype a serving engine stores: its --kv-cache-dtype, where ``auto`` (or unset)
     keeps the precision's own KV dtype, as vLLM's and SGLang's ``--kv-cache-dtype auto`` do."""
     if kv_cache_dtype is None:

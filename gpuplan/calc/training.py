@@ -19,9 +19,9 @@ token rows per micro-batch, ``h`` hidden size, ``I`` FFN width, ``q`` = heads x 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
@@ -82,6 +82,9 @@ class TrainingSetup(BaseModel):
     """Module names to adapt (q_proj, v_proj ...); None: every linear projection of the blocks (peft's
     ``target_modules="all-linear"``)."""
     grad_checkpointing: bool = False
+    """Recompute each layer in the backward pass. Not given (or None), it follows the script: on with
+    ``prepare_kbit``, as peft's prepare_model_for_kbit_training(use_gradient_checkpointing=True) turns it on
+    (peft/utils/other.py), off otherwise."""
     batch: int = 1
     seq: int = 2048
     grad_accumulation: int = 1
@@ -91,6 +94,13 @@ class TrainingSetup(BaseModel):
     offload_optimizer: bool = False
     prepare_kbit: bool = False
     """QLoRA base passed through peft's prepare_model_for_kbit_training (the QLoRA scripts', TRL's recipe)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpointing_follows_prepare_kbit(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("grad_checkpointing") is None:
+            data = {**data, "grad_checkpointing": bool(data.get("prepare_kbit", False))}
+        return data
 
     @property
     def param_bytes(self) -> int:
@@ -159,6 +169,9 @@ def _module_name(tensor: TensorGroup) -> str:
     return parts[-2] if len(parts) >= 2 else parts[-1]
 
 
+_LORA_ROLES = (TensorRole.LINEAR, TensorRole.ROUTER, TensorRole.EXPERT_LINEAR, TensorRole.LM_HEAD)
+
+
 def lora_target_tensors(spec: ModelSpec, targets: tuple[str, ...] | None) -> list[TensorGroup]:
     """The weights LoRA adapts.
 
@@ -173,15 +186,29 @@ def lora_target_tensors(spec: ModelSpec, targets: tuple[str, ...] | None) -> lis
         if targets is None:
             if t.role in (TensorRole.LINEAR, TensorRole.ROUTER):
                 chosen.append(t)
-        elif t.role in (TensorRole.LINEAR, TensorRole.ROUTER, TensorRole.EXPERT_LINEAR, TensorRole.LM_HEAD):
+        elif t.role in _LORA_ROLES:
             if _module_name(t) in targets:
                 chosen.append(t)
     return chosen
 
 
+def linear_module_names(spec: ModelSpec) -> list[str]:
+    """Names LoRA can target in this model: its linear modules (projections, router, experts, lm_head)."""
+    return sorted({_module_name(t) for t in spec.tensors if t.loaded and len(t.shape) == 2
+                   and t.name.endswith("weight") and t.role in _LORA_ROLES})
+
+
 def lora_parameters(spec: ModelSpec, rank: int, targets: tuple[str, ...] | None = None) -> int:
     """Adapter parameters: lora_A [r, in] + lora_B [out, r] per adapted weight (peft/tuners/lora/layer.py
-    LoraLayer.update_layer)."""
+    LoraLayer.update_layer). A target the model lacks is an error: peft would adapt the others silently and
+    the adapter would not be the one planned."""
+    if targets is not None:
+        names = linear_module_names(spec)
+        unknown = [t for t in targets if t not in names]
+        if unknown:
+            what = "is not a linear module" if len(unknown) == 1 else "are not linear modules"
+            raise InputError(f"--lora-targets {', '.join(unknown)} {what} of this model",
+                             hint=f"its linear modules are: {', '.join(names)}")
     tensors = lora_target_tensors(spec, targets)
     if not tensors:
         names = sorted({_module_name(t) for t in spec.tensors if t.role is TensorRole.LINEAR})
@@ -516,6 +543,9 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup) -> TrainingMemory:
         activations_setup = setup.model_copy(update={"precision": "fp32"})
         notes.append("prepare_model_for_kbit_training: embeddings, norms and lm_head in float32, so the "
                      "activations are float32")
+        notes.append("gradient checkpointing " + ("on, as prepare_model_for_kbit_training turns it on by "
+                     "default (use_gradient_checkpointing=True)" if setup.grad_checkpointing else "off: the "
+                     "script passes use_gradient_checkpointing=False"))
     else:
         activations_setup = setup
     if setup.method == "qlora" and not setup.prepare_kbit:

@@ -8,7 +8,6 @@ fit; llama.cpp reads ``batch`` as --parallel and gives every slot ``seq`` tokens
 model's context).
 """
 
-from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,7 +28,7 @@ class Workload(BaseModel):
     new_tokens: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
-    def _prompt_not_empty(self) -> Workload:
+    def _prompt_not_empty(self) -> "Workload":
         if self.seq is not None and self.new_tokens >= self.seq:
             raise ValueError(
                 f"new_tokens ({self.new_tokens}) must be smaller than seq ({self.seq}): seq counts the prompt "
@@ -43,7 +42,7 @@ class Workload(BaseModel):
             raise ValueError("the workload leaves seq to the engine: resolve it with with_seq() first")
         return self.seq - self.new_tokens
 
-    def with_seq(self, default: int) -> Workload:
+    def with_seq(self, default: int) -> "Workload":
         """This workload with ``seq`` set to ``default`` when it was left to the engine."""
         if self.seq is not None:
             return self

@@ -1,6 +1,5 @@
 """The `gpuplan` command line: a thin shell over the library facade (gpuplan/api.py)."""
 
-from __future__ import annotations
 
 import itertools
 import os
@@ -41,7 +40,8 @@ SourceOpt = Annotated[str, typer.Option(
                      "catalog, hub or modelscope (also: modelscope:owner/name).")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never use the network (also HF_HUB_OFFLINE=1): bundled catalog and Hub cache only.")]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="table for people, json for scripts.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
+                                                 help="table for people, json for scripts.")]
 
 
 def _version_callback(value: bool) -> None:
@@ -62,7 +62,8 @@ def _main(
 GpuOpt = Annotated[str | None, typer.Option(
     "--gpu", help="GPU from the catalog (`gpuplan gpus`): H100, L4, RTX 4090...")]
 GpuMemoryOpt = Annotated[str | None, typer.Option(
-    "--gpu-memory", help="Memory per GPU, for a card not in the catalog or to override it: 79.2GiB, 24GB.")]
+    "--gpu-memory", help="Memory per GPU, for a card not in the catalog or to override it, with its unit: "
+                         "79.2GiB (2^30 bytes) or 24GB (10^9 bytes); a bare number is refused.")]
 TpOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="Tensor parallel GPUs (serving engines).")]
 PpOpt = Annotated[int, typer.Option(
     "--pipeline-parallel-size", "-pp",
@@ -85,11 +86,15 @@ LoraRankOpt = Annotated[int | None, typer.Option("--lora-rank", help="LoRA rank 
 LoraTargetsOpt = Annotated[str | None, typer.Option(
     "--lora-targets", help="Comma-separated modules to adapt (q_proj,v_proj). Default: every linear projection "
                            "of the blocks, as peft's all-linear.", show_default=False)]
-GradCkptOpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute each layer in the backward pass.")]
+GradCkptOpt = Annotated[bool | None, typer.Option(
+    "--grad-checkpointing/--no-grad-checkpointing",
+    help="Recompute each layer in the backward pass. Default: on with --prepare-kbit (peft's "
+         "prepare_model_for_kbit_training turns it on), else off.", show_default=False)]
 GradAccOpt = Annotated[int, typer.Option("--grad-accumulation", help="Micro-batches per optimizer step.")]
 PrepareKbitOpt = Annotated[bool, typer.Option(
     "--prepare-kbit", help="QLoRA: the script calls peft's prepare_model_for_kbit_training (QLoRA scripts, TRL), "
-                           "which keeps embeddings, norms and lm_head in float32.")]
+                           "which keeps embeddings, norms and lm_head in float32 and turns gradient "
+                           "checkpointing on (--no-grad-checkpointing keeps it off).")]
 
 
 @app.command(cls=PanelCommand)
@@ -122,7 +127,6 @@ def estimate(
     """Estimate per-GPU memory: weights, KV cache, activations, overhead, peak and total."""
 
     def run() -> int:
-        from gpuplan.advice import estimate_with_advice
         from gpuplan.api import estimate as estimate_one
         from gpuplan.api import load_model
         from gpuplan.cli import output
@@ -134,7 +138,8 @@ def estimate(
         if named is not None:
             engine_options(named, runs[0])  # a flag of another engine is named before any model is loaded
         batches = parse_int_list(batch, option="--batch")
-        seqs: list[int | None] = list(parse_int_list(seq, option="--seq")) if seq is not None else [None]
+        seqs: list[int | None] = ([*parse_int_list(seq, option="--seq", tokens=True)] if seq is not None
+                                  else [None])
         if new_tokens < 0:
             raise InputError(f"--new-tokens must be 0 or more, got {new_tokens}")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
@@ -144,9 +149,12 @@ def estimate(
                   "engine": name, "gpu": gpu, "gpu_memory": gpu_memory, "tensor_parallel": tensor_parallel_size,
                   "pipeline_parallel": pipeline_parallel_size, "options": engine_options(name, flags)}
                  for b, s, flags in itertools.product(batches, seqs, runs)]
-        advise = len(calls) == 1  # a grid of estimates is a table; one that does not fit says what would
-        results = [estimate_with_advice(resolved, **call) if advise else estimate_one(resolved, **call)
-                   for call in calls]
+        results = [estimate_one(resolved, **call) for call in calls]
+        if len(results) == 1 and results[0].fits is False:  # a grid is a table; one estimate says what would fit
+            from gpuplan.advice import estimate_suggestions
+
+            results[0] = results[0].model_copy(
+                update={"suggestions": estimate_suggestions(resolved, calls[0], results[0])})
         return EXIT_FINDING if output.render_estimates(results, output_format) else 0
 
     run_guarded(run)
@@ -158,13 +166,27 @@ def plan(
     model: ModelArg,
     gpu: Annotated[list[str] | None, typer.Option(
         "--gpu", help="GPU type(s) to plan for; repeat for several. Default: every GPU in the catalog.")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="vllm, sglang, or transformers.")] = "vllm",
+    engine: Annotated[str, typer.Option(
+        "--engine", help="vllm, sglang, or transformers (whole layers over one node's GPUs).")] = "vllm",
     dtype: DtypeOpt = "auto",
     kv_dtype: KvDtypeOpt = "auto",
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Requests of --seq tokens that must fit at once.")] = 1,
+    batch: Annotated[str, typer.Option(
+        "--batch", "-b", help="Requests of --seq tokens that must fit at once; a list plans each: 1,8.")] = "1",
     seq: Annotated[str | None, typer.Option(
-        "--seq", "-s", help="Context per request (default: the model's).")] = None,
+        "--seq", "-s", help="Context per request: 4096, 32k, or a list: 8k,32k (default: the model's).",
+        show_default=False)] = None,
     max_gpus: Annotated[int, typer.Option("--max-gpus", help="Largest deployment to consider.")] = 512,
+    objective: Annotated[str, typer.Option(
+        "--objective", help="deployable: tensor parallel 1/2/4/8 inside a node, pipeline stages across nodes "
+                            "(how engineers deploy); fewest-gpus: any tensor x pipeline split inside a node, "
+                            "for the fewest GPUs whatever the layout.")] = "deployable",
+    price: Annotated[list[str] | None, typer.Option(
+        "--price", help="Price per GPU-hour, GPU=PRICE (H100=2.49); repeat for several. With prices the "
+                        "options rank by cost per hour; GPU types without one rank after.",
+        show_default=False)] = None,
+    prices_file: Annotated[str | None, typer.Option(
+        "--prices", help="YAML or JSON file mapping GPU names to prices per GPU-hour ({H100: 2.49}); --price "
+                         "entries override it.", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", help="Rows to show in the table (JSON has all).")] = 15,
     revision: RevisionOpt = None,
     source: SourceOpt = "auto",
@@ -172,25 +194,33 @@ def plan(
     output_format: FormatOpt = OutputFormat.table,
     engine_flags: dict | None = None,
 ) -> None:
-    """Which GPUs, how many, and how to split the model (tensor x pipeline parallel), cheapest first."""
+    """Which GPUs, how many, and how to split the model (tensor x pipeline parallel): ranked by GPU count then
+    headroom, or by cost per hour when prices are given."""
 
     def run() -> int:
         from gpuplan.api import load_model, resolve_gpu
         from gpuplan.cli import output
+        from gpuplan.cli.options import normalize_choice, parse_prices
         from gpuplan.engines import engine_name
+        from gpuplan.planner import OBJECTIVES
         from gpuplan.planner import plan as make_plan
-        from gpuplan.units import parse_token_count
 
         named = engine_name(engine)
         options = engine_options(named, engine_flags or {})
+        objective_name = normalize_choice(objective, OBJECTIVES, option="--objective")
+        batches = parse_int_list(batch, option="--batch")
+        seqs: list[int | None] = ([*parse_int_list(seq, option="--seq", tokens=True)] if seq is not None
+                                  else [None])
+        prices = parse_prices(price or [], prices_file, resolve=lambda name: resolve_gpu(name).name)
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
         gpus_wanted = [resolve_gpu(name) for name in gpu] if gpu else None
-        result = make_plan(resolved, gpus=gpus_wanted, engine=named, dtype=dtype, kv_dtype=kv_dtype, batch=batch,
-                           seq=parse_token_count(seq) if seq else None, max_gpus=max_gpus,
-                           **{k: getattr(options, k) for k in options.model_fields_set})
-        output.render_plan(result, output_format, top=top)
-        return 0 if result.best is not None else EXIT_FINDING
+        results = [make_plan(resolved, gpus=gpus_wanted, engine=named, dtype=dtype, kv_dtype=kv_dtype, batch=b,
+                             seq=s, max_gpus=max_gpus, objective=objective_name, prices=prices,
+                             **{k: getattr(options, k) for k in options.model_fields_set})
+                   for b, s in itertools.product(batches, seqs)]
+        output.render_plans(results, output_format, top=top)
+        return 0 if all(r.best is not None for r in results) else EXIT_FINDING
 
     run_guarded(run)
 
@@ -224,7 +254,7 @@ def verify(
     optimizer: TrainOptimizerOpt = "adamw",
     lora_rank: LoraRankOpt = None,
     lora_targets: LoraTargetsOpt = None,
-    grad_checkpointing: GradCkptOpt = False,
+    grad_checkpointing: GradCkptOpt = None,
     grad_accumulation: GradAccOpt = 1,
     prepare_kbit: PrepareKbitOpt = False,
     revision: RevisionOpt = None,
@@ -310,7 +340,7 @@ def _verify_min_memory(resolved, *, limit: float, output_format: OutputFormat, r
 
 
 def _verify_train(resolved, *, method: str, precision: str, optimizer: str, lora_rank: int | None,
-                  lora_targets: str | None, grad_checkpointing: bool, batch: int, seq: int,
+                  lora_targets: str | None, grad_checkpointing: bool | None, batch: int, seq: int,
                   grad_accumulation: int, prepare_kbit: bool, random_weights: bool, limit: float,
                   output_format: OutputFormat) -> int:
     from gpuplan.api import train as train_estimate
@@ -338,7 +368,7 @@ def train(
     optimizer: TrainOptimizerOpt = "adamw",
     lora_rank: LoraRankOpt = None,
     lora_targets: LoraTargetsOpt = None,
-    grad_checkpointing: GradCkptOpt = False,
+    grad_checkpointing: GradCkptOpt = None,
     batch: Annotated[int, typer.Option("--batch", "-b", help="Micro-batch per GPU (sequences per forward).")] = 1,
     seq: Annotated[str, typer.Option("--seq", "-s", help="Tokens per sequence.")] = "2048",
     grad_accumulation: GradAccOpt = 1,
@@ -409,15 +439,7 @@ def models(
         if output_format is OutputFormat.json:
             output.emit_json(output.json_payload(entries))
             return
-        from rich.table import Table
-
-        table = Table(show_edge=False, title=f"{len(entries)} bundled models", title_justify="left")
-        table.add_column("id")
-        table.add_column("aliases")
-        table.add_column("parameters", justify="right")
-        for e in entries:
-            table.add_row(e.id, ", ".join(e.aliases), f"{e.parameters:,}" if e.parameters else e.published_size or "")
-        output.stdout_console().print(table)
+        output.stdout_console().print(output.models_table(entries))
 
     run_guarded(run)
 
@@ -447,7 +469,8 @@ def gpus(
         if output_format is OutputFormat.json:
             output.emit_json(output.json_payload(entries))
         else:
-            output.stdout_console().print(output.gpu_table(entries))
+            out = output.stdout_console()
+            out.print(output.gpu_table(entries, width=out.width))
 
     run_guarded(run)
 

@@ -4,7 +4,6 @@ Only typer is imported here: the command is registered on every start of the CLI
 machinery (pydantic models, YAML, the calculator) loads when the command runs.
 """
 
-from __future__ import annotations
 
 import os
 from enum import Enum
@@ -24,8 +23,9 @@ def check(
     file: Annotated[Path, typer.Argument(
         help="Plan file (YAML): defaults: and a deployments: list; see docs/ci.md.", show_default=False)],
     output_format: Annotated[CheckFormat, typer.Option(
-        "--format", "-f", help="table for people, json for scripts, github for GitHub Actions annotations on "
-                               "the plan file's lines.")] = CheckFormat.table,
+        "--format", "-f", case_sensitive=False,
+        help="table for people, json for scripts, github for GitHub Actions annotations on the plan file's "
+             "lines.")] = CheckFormat.table,
     junit: Annotated[Path | None, typer.Option(
         "--junit", help="Also write a JUnit XML report here: one test case per deployment.",
         show_default=False)] = None,
@@ -73,28 +73,26 @@ def render(result, fmt: CheckFormat) -> None:
             with open(summary, "a", encoding="utf-8") as handle:
                 handle.write(report.step_summary(result))
         return
-    from rich.table import Table
-    from rich.text import Text
+    from rich.markup import escape
 
     from gpuplan.engines import budgets_whole_gpu
     from gpuplan.units import GiB
 
     out = output.stdout_console()
-    table = Table(show_edge=False, title=f"{result.file or 'plan'}: GiB per GPU", title_justify="left")
-    table.add_column("deployment: model · engine", overflow="fold", ratio=1)
-    table.add_column("GPUs", no_wrap=True)
-    for col in ("used/GPU", "free/need", "req./need"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("result", no_wrap=True)
+    # The deployment, its model id and where it runs stack in one column whose words never break: ids are
+    # what people copy, so they are never cut; the figures stay on one line each.
+    columns = [output.Col("deployment, model, engine on GPUs", wrap=True), output.Col("used/GPU", "right"),
+               output.Col("free/need", "right"), output.Col("req./need", "right"), output.Col("result")]
+    rows = []
     for c in result.deployments:
         conc = f"{c.max_concurrency:.2f}/{c.min_concurrency:g}" if c.max_concurrency is not None else ""
-        table.add_row(Text.assemble((c.name, "bold"), "\n", (f"{c.model} · {c.engine}", "dim")),
-                      f"{c.gpus} x {c.gpu}",
-                      f"{c.total_bytes / GiB:,.1f}/{c.gpu_memory_bytes / GiB:,.1f}",
-                      "" if budgets_whole_gpu(c.engine) else
-                      f"{c.free_bytes / GiB:,.1f}/{c.required_free_bytes / GiB:,.1f}",
-                      conc,
-                      "pass" if c.passed else "[bold red]FAIL[/bold red]")
+        rows.append([f"[bold]{escape(c.name)}[/bold]\n[dim]{escape(c.model)}\n{c.engine} on {c.gpus} x {c.gpu}[/dim]",
+                     f"{c.total_bytes / GiB:,.1f}/{c.gpu_memory_bytes / GiB:,.1f}",
+                     "" if budgets_whole_gpu(c.engine)
+                     else f"{c.free_bytes / GiB:,.1f}/{c.required_free_bytes / GiB:,.1f}",
+                     conc, "pass" if c.passed else "[bold red]FAIL[/bold red]"])
+    table = output.fitted_table(columns, rows, width=out.width, title=f"{result.file or 'plan'}: GiB per GPU",
+                                title_justify="left")
     out.print(table)
     for c in result.deployments:
         for reason in c.reasons:

@@ -15,35 +15,31 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperCommand
 
-if typing.TYPE_CHECKING:
+if typing.TYPE_CHECKING:  # click's types only name the arguments; typer carries its own copy of click
+    import click
+
     from gpuplan.engines.base import EngineOptions
 
 _PANEL_NAMES = {"transformers": "transformers", "vllm": "vLLM", "sglang": "SGLang", "llama.cpp": "llama.cpp"}
 
 
 class _Flag:
-    """One engine option as a CLI parameter."""
+    """One engine option as a CLI parameter, from its row of gpuplan/cli/engine_flags_table.py."""
 
-    def __init__(self, name: str, engines: list[str]) -> None:
-        from gpuplan.engines import options_class
-        from gpuplan.engines.base import flag_of, option_extra
-
-        cls = options_class(engines[0])
-        field = cls.model_fields[name]
-        extra = option_extra(cls, name)
-        self.name, self.engines = name, engines
-        self.negative = bool(extra.get("negative"))
-        self.sweep = bool(extra.get("sweep"))
-        self.flag = "--no-" + name.replace("_", "-") if self.negative else flag_of(cls, name)
-        self.short = extra.get("short")
-        self.boolean = field.annotation in (bool, bool | None)
-        self.help = field.description or ""
-        self.panel = " and ".join(_PANEL_NAMES[e] for e in engines) + " options"
-        self.metavar = extra.get("metavar") or _metavar(field.annotation)
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self.name: str = row["name"]
+        self.engines: list[str] = list(row["engines"])
+        self.flag: str = row["flag"]
+        self.short: str | None = row["short"]
+        self.negative: bool = row["negative"]
+        self.sweep: bool = row["sweep"]
+        self.boolean: bool = row["boolean"]
+        self.metavar: str = row["metavar"]
+        self.help: str = row["help"]
+        self.panel = " and ".join(_PANEL_NAMES[e] for e in self.engines) + " options"
 
     def parameter(self) -> inspect.Parameter:
         names = [self.flag] + ([self.short] if self.short else [])
@@ -78,19 +74,41 @@ def _metavar(annotation: Any) -> str:
     return "<str>"
 
 
-@functools.lru_cache(maxsize=1)
-def _flags() -> tuple[_Flag, ...]:
-    from gpuplan.engines import ENGINE_NAMES, option_owners
+def flag_rows() -> list[dict[str, Any]]:
+    """Every engine option as a CLI flag, read from the engines' Options classes (imports every engine).
+
+    benchmarks/cli_reference.py writes these rows to gpuplan/cli/engine_flags_table.py, which the CLI reads
+    at start-up instead of importing four engines to list their flags; tests/test_cli_reference.py checks
+    that the table is what the Options classes say."""
+    from gpuplan.engines import ENGINE_NAMES, option_owners, options_class
+    from gpuplan.engines.base import flag_of, option_extra
 
     owners = option_owners()
-    ordered = sorted(owners, key=lambda n: min(ENGINE_NAMES.index(e) for e in owners[n]))
-    return tuple(_Flag(name, owners[name]) for name in ordered)
+    rows = []
+    for name in sorted(owners, key=lambda n: min(ENGINE_NAMES.index(e) for e in owners[n])):
+        cls = options_class(owners[name][0])
+        field = cls.model_fields[name]
+        extra = option_extra(cls, name)
+        negative = bool(extra.get("negative"))
+        rows.append({
+            "name": name, "engines": owners[name],
+            "flag": "--no-" + name.replace("_", "-") if negative else flag_of(cls, name),
+            "short": extra.get("short"), "negative": negative, "sweep": bool(extra.get("sweep")),
+            "boolean": field.annotation in (bool, bool | None),
+            "metavar": extra.get("metavar") or _metavar(field.annotation), "help": field.description or ""})
+    return rows
+
+
+@functools.lru_cache(maxsize=1)
+def _flags() -> tuple[_Flag, ...]:
+    from gpuplan.cli.engine_flags_table import ROWS
+
+    return tuple(_Flag(row) for row in ROWS)
 
 
 class _WithEngineFlags:
-    """A command with every engine option added as a flag. The flags are read from the engines' Options
-    classes when the CLI is built for a run, not when gpuplan.cli.app is imported (`gpuplan --version` and
-    the import stay light)."""
+    """A command with every engine option added as a flag. The flags are added when the CLI is built for a
+    run, not when gpuplan.cli.app is imported (`gpuplan --version` and the import stay light)."""
 
     def __init__(self, command: Callable[..., Any]) -> None:
         self.command = command
@@ -151,7 +169,8 @@ def flag_runs(engine_flags: Mapping[str, Any]) -> list[dict[str, Any]]:
     for name, value in engine_flags.items():
         flag = by_name[name]
         if flag.sweep and isinstance(value, str) and "," in value:
-            axes.append([(name, v) for v in parse_int_list(value, option=flag.flag, minimum=0)])
+            # Sweeping flags take token counts, where "32,768" is one value (cli/options.py).
+            axes.append([(name, v) for v in parse_int_list(value, option=flag.flag, minimum=0, tokens=True)])
         else:
             axes.append([(name, value)])
     return [dict(combo) for combo in itertools.product(*axes)]

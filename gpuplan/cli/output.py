@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from gpuplan.results import EstimateResult
 from gpuplan.units import GiB
@@ -195,45 +197,63 @@ def render_estimates(results: Sequence[EstimateResult], fmt) -> bool:
         else:
             out.print(sweep_table(results))
         out.print(assumptions_line(first), style="dim")
+        out.print(UNITS_LINE, style="dim")  # a line of its own: the notes on stderr never run into it
     err = stderr_console()
-    for note in results[0].notes:
-        err.print(f"Note: {note}", style="yellow")
+    for note in dict.fromkeys(results[0].notes):
+        err.print(f"Note: {note}", style="yellow", markup=False)
     for warning in sorted({w for r in results for w in r.warnings}):
-        err.print(f"Warning: {warning}", style="yellow")
+        err.print(f"Warning: {warning}", style="yellow", markup=False)
     return any(r.fits is False for r in results)
+
+
+UNITS_LINE = "GiB = 2^30 bytes; GB = 10^9 bytes."
 
 
 def assumptions_line(result: EstimateResult) -> str:
     where = result.source + (f" @ {result.revision}" if result.revision else "")
     if result.llamacpp is not None:
         return (f"Assumed: llama.cpp buffers on one CUDA GPU (see docs/gguf.md); weights as stored in the GGUF "
-                f"file ({where}); CUDA runtime as measured on an H200. GiB = 2^30 bytes.")
+                f"file ({where}); CUDA runtime as measured on an H200.")
     if result.serving is not None:
-        return (f"Assumed: {result.engine} startup budget per GPU (see docs/serving.md); config from {where}. "
-                "GiB = 2^30 bytes.")
+        return f"Assumed: {result.engine} startup budget per GPU (see docs/serving.md); config from {where}."
     return (f"Assumed: {result.engine} generate() with {result.attn_implementation} attention, activations in "
-            f"{result.compute_dtype}; config from {where}. GiB = 2^30 bytes; peak allocated = what "
-            "torch.cuda.max_memory_allocated reads; total adds the CUDA context, libraries and allocator slack.")
+            f"{result.compute_dtype}; config from {where}. Peak allocated = what torch.cuda.max_memory_allocated "
+            "reads; total adds the CUDA context, libraries and allocator slack.")
 
 
 def _opt(value: float | None, fmt: str = "{:,.0f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def gpu_table(gpus) -> Table:
-    table = Table(show_edge=False, title=f"{len(gpus)} GPUs (memory: marketed GB, and GiB as the driver reports "
-                                        "it; * = marketed size, no driver figure found)", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    for col in ("GB", "GiB", "GB/s", "bf16 TF", "fp8 TF"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("interconnect", ratio=1)
-    table.add_column("/node", justify="right")
-    for g in gpus:
-        table.add_row(g.name, _opt(g.memory_gb, "{:g}"),
-                      f"{g.memory_gib:,.2f}" + ("" if g.memory_is_measured else "*"),
-                      _opt(g.bandwidth_gbps), _opt(g.bf16_tflops, "{:,.1f}"), _opt(g.fp8_tflops, "{:,.1f}"),
-                      g.interconnect, str(g.gpus_per_node))
-    return table
+def gpu_table(gpus, *, width: int) -> Table:
+    """The catalog at ``width`` columns: the datasheet GB and the throughput columns give way first."""
+    columns = [Col("name"), Col("GB", "right"), Col("GiB", "right"), Col("GB/s", "right"), Col("bf16 TF", "right"),
+               Col("fp8 TF", "right"), Col("/node", "right"), Col("interconnect", wrap=True)]
+    rows = [[g.name, _opt(g.memory_gb, "{:g}"), f"{g.memory_gib:,.2f}" + ("" if g.memory_is_measured else "*"),
+             _opt(g.bandwidth_gbps), _opt(g.bf16_tflops, "{:,.1f}"), _opt(g.fp8_tflops, "{:,.1f}"),
+             str(g.gpus_per_node), g.interconnect] for g in gpus]
+    return fitted_table(columns, rows, width=width, droppable=("GB", "fp8 TF", "bf16 TF", "GB/s"),
+                        title=f"{len(gpus)} GPUs: GiB as the driver reports it (* = the binary size of the stated "
+                              "memory, no capture found; docs/gpus.md)",
+                        title_justify="left")
+
+
+def models_table(entries, *, width: int | None = None) -> Table:
+    """The bundled models with their exact parameter counts: published where the catalog cites one, else
+    counted from the bundled config (marked *)."""
+    from gpuplan.models.sources import resolve_model
+
+    rows = []
+    for e in entries:
+        count = f"{e.parameters:,}" if e.parameters else f"{resolve_model(e.id).spec.parameters:,}*"
+        aliases = ("\n[dim]  " + ", ".join(e.aliases) + "[/dim]") if e.aliases else ""
+        rows.append([e.id + aliases, count])
+    # Ids and aliases are single words, so the id column is as wide as the longest and none is ever cut;
+    # the aliases wrap between names under their id.
+    columns = [Col("id, then its aliases", wrap=True), Col("parameters", "right")]
+    return fitted_table(columns, rows, width=width or stdout_console().width,
+                        title=f"{len(entries)} bundled models (parameters: * = counted from the config)",
+                        title_justify="left")
 
 
 def probe_table(found) -> Table:
@@ -249,40 +269,123 @@ def probe_table(found) -> Table:
     return table
 
 
-def render_plan(result, fmt, *, top: int = 15) -> None:
+class Col(NamedTuple):
+    """A column of a fitted table: its header, alignment, and whether its cells may wrap between words."""
+
+    header: str
+    justify: str = "left"
+    wrap: bool = False
+
+
+def fitted_table(columns: Sequence[Col], rows: Sequence[Sequence[str]], *, width: int,
+                 droppable: Sequence[str] = (), **table_args: Any) -> Table:
+    """A table whose cells are never cut: columns named in ``droppable`` are left out, in that order, until
+    the table fits ``width``. Cells of ``wrap`` columns wrap between words (never inside one); the others stay
+    on one line, so what does not fit is dropped whole, not truncated."""
+    kept = list(range(len(columns)))
+
+    def plain(cell: str) -> str:
+        return Text.from_markup(cell).plain if "[" in cell else cell
+
+    def column_width(index: int) -> int:
+        """A one-line column is as wide as its widest cell (header included); a wrapping one as its longest
+        word."""
+        col = columns[index]
+        cells = [plain(col.header)] + [plain(row[index]) for row in rows]
+        if col.wrap:
+            return max(cell_len(word) for cell in cells for word in cell.split() or [""])
+        return max(cell_len(line) for cell in cells for line in cell.splitlines() or [""])
+
+    widths = [column_width(index) for index in range(len(columns))]
+
+    def needed() -> int:
+        """Columns at their narrowest without a cut, one space of padding each side, one rule between."""
+        return sum(widths[index] for index in kept) + 3 * len(kept) - 1
+
+    for name in droppable:
+        if needed() <= width:
+            break
+        kept = [i for i in kept if columns[i].header != name]
+    table = Table(show_edge=False, **table_args)
+    for index in kept:
+        col = columns[index]
+        table.add_column(col.header, justify=col.justify, no_wrap=not col.wrap)  # type: ignore[arg-type]
+    for row in rows:
+        # Cells as Text: rich would parse every string for markup (most of a large table's rendering time).
+        table.add_row(*(Text.from_markup(row[index]) if "[" in row[index] else Text(row[index]) for index in kept))
+    return table
+
+
+def table_fits(table: Table, width: int) -> bool:
+    """Whether ``table`` renders within ``width`` columns with every cell whole (as fitted_table lays it)."""
+    console = Console(width=width, highlight=False, emoji=False)
+    with console.capture() as capture:
+        console.print(table)
+    return all(cell_len(line) <= width and "…" not in line for line in capture.get().splitlines())
+
+
+def _plan_rows(result, top: int) -> tuple[list[Col], list[list[str]]]:
+    priced = any(o.cost_per_hour is not None for o in result.options)
+    columns = [Col("GPU"), Col("GPUs", "right"), Col("nodes", "right"), Col("TPxPP", "right"),
+               Col("weights", "right"), Col("KV", "right"), Col("total/mem", "right"), Col("KV tokens", "right"),
+               Col("fits")]
+    if priced:
+        columns.insert(1, Col("$/hour", "right"))
+    rows = []
+    for o in result.options[:top]:
+        row = [o.gpu, str(o.count), str(o.nodes), f"{o.tensor_parallel}x{o.pipeline_parallel}",
+               f"{o.weights_bytes / GiB:,.1f}", f"{o.kv_cache_bytes / GiB:,.1f}",
+               f"{o.total_bytes / GiB:,.1f}/{o.gpu_memory_bytes / GiB:,.1f}",
+               f"{o.kv_cache_tokens:,}" if o.kv_cache_tokens is not None else "",
+               "yes" if o.fits else "[red]no[/red]"]
+        if priced:
+            row.insert(1, f"{o.cost_per_hour:,.2f}" if o.cost_per_hour is not None else "-")
+        rows.append(row)
+    return columns, rows
+
+
+def render_plans(results: Sequence[Any], fmt, *, top: int = 15) -> None:
+    """One plan per (batch, seq) asked for: JSON (an object for one plan, a list for several) or tables."""
     from gpuplan.cli.formats import OutputFormat
 
     if fmt is OutputFormat.json:
-        emit_json(json_payload(result))
+        emit_json(json_payload(results[0] if len(results) == 1 else list(results)))
     else:
-        out = stdout_console()
-        out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
-                  f"cache · {result.batch} x {result.seq:,}-token request(s)")
-        table = Table(show_edge=False, title="per GPU, GiB; best first", title_justify="left")
-        table.add_column("GPU", no_wrap=True)
-        for col in ("GPUs", "TPxPP", "weights", "KV", "total/mem", "KV tokens", "fits"):
-            table.add_column(col, justify="right", no_wrap=True)
-        for o in result.options[:top]:
-            table.add_row(o.gpu, str(o.count), f"{o.tensor_parallel}x{o.pipeline_parallel}",
-                          f"{o.weights_bytes / GiB:,.1f}", f"{o.kv_cache_bytes / GiB:,.1f}",
-                          f"{o.total_bytes / GiB:,.1f}/{o.gpu_memory_bytes / GiB:,.1f}",
-                          f"{o.kv_cache_tokens:,}" if o.kv_cache_tokens is not None else "",
-                          "yes" if o.fits else "[red]no[/red]")
-        out.print(table)
-        if len(result.options) > top:
-            out.print(f"... {len(result.options) - top} more GPU types (--top, or --format json for all)", style="dim")
-        if result.best is not None:
-            b = result.best
-            split = f"TP {b.tensor_parallel} x PP {b.pipeline_parallel}"
-            out.print(f"Best: {b.count} x {b.gpu} ({split}, {b.nodes} node{'s' if b.nodes > 1 else ''}).")
-            for line in b.launch:
-                out.print(f"  {line}", soft_wrap=True)
+        for index, result in enumerate(results):
+            if index:
+                stdout_console().print()
+            _plan_table(result, top=top)
     err = stderr_console()
-    for note in result.notes:
-        err.print(f"Note: {note}", style="yellow")
-    if result.best is None:
-        err.print(f"Error: {result.model} does not fit on any GPU type tried. Try a smaller --dtype (int4, fp8), "
-                  "--kv-dtype fp8, a shorter --seq, or more --max-gpus.", style="red")
+    for note in dict.fromkeys(n for r in results for n in r.notes):
+        err.print(f"Note: {note}", style="yellow", markup=False)
+    for result in results:
+        if result.best is None:
+            err.print(f"Error: {result.model} does not fit on any GPU type tried at batch {result.batch} x "
+                      f"{result.seq:,} tokens. Try a smaller --dtype (int4, fp8), --kv-dtype fp8, a shorter --seq, "
+                      "or more --max-gpus.", style="red")
+
+
+def render_plan(result, fmt, *, top: int = 15) -> None:
+    render_plans([result], fmt, top=top)
+
+
+def _plan_table(result, *, top: int) -> None:
+    out = stdout_console()
+    out.print(f"[bold]{result.model}[/bold] · {result.engine} · {result.dtype} weights, {result.kv_dtype} KV "
+              f"cache · {result.batch} x {result.seq:,}-token request(s)")
+    columns, rows = _plan_rows(result, top)
+    table = fitted_table(columns, rows, width=out.width, droppable=("weights", "KV", "KV tokens", "nodes"),
+                         title="per GPU, GiB; best first", title_justify="left")
+    out.print(table)
+    out.print(f"Ranking: {result.ranking}.", style="dim")
+    if len(result.options) > top:
+        out.print(f"... {len(result.options) - top} more GPU types (--top, or --format json for all)", style="dim")
+    if result.best is not None:
+        b = result.best
+        split = f"TP {b.tensor_parallel} x PP {b.pipeline_parallel}"
+        out.print(f"Best: {b.count} x {b.gpu} ({split}, {b.nodes} node{'s' if b.nodes > 1 else ''}).")
+        for line in b.launch:
+            out.print(f"  {line}", soft_wrap=True)
 
 
 def render_verify(comparison, fmt, *, tolerance: float) -> None:
@@ -416,10 +519,10 @@ def render_train(result, fmt) -> None:
         for line in suggestion_lines(result):
             out.print(line)
     err = stderr_console()
-    for note in result.notes:
-        err.print(f"Note: {note}", style="yellow")
+    for note in dict.fromkeys(result.notes):
+        err.print(f"Note: {note}", style="yellow", markup=False)
     for warning in result.warnings:
-        err.print(f"Warning: {warning}", style="yellow")
+        err.print(f"Warning: {warning}", style="yellow", markup=False)
 
 
 def render_train_verify(comparison: dict, fmt, *, tolerance: float) -> None:

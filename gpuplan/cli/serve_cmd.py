@@ -4,7 +4,6 @@ Only typer is imported here: the command is registered on every start of the CLI
 (the web extra) load only when the command runs.
 """
 
-from __future__ import annotations
 
 from typing import Annotated
 

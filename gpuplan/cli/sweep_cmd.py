@@ -3,7 +3,6 @@
 Only typer is imported at the top: the command is registered on every start of the CLI.
 """
 
-from __future__ import annotations
 
 import sys
 from enum import Enum
@@ -61,7 +60,7 @@ def sweep(
     offline: Annotated[bool, typer.Option(
         "--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     output_format: Annotated[SweepFormat, typer.Option(
-        "--format", "-f", help="table for people, json for scripts.")] = SweepFormat.table,
+        "--format", "-f", case_sensitive=False, help="table for people, json for scripts.")] = SweepFormat.table,
     engine_flags: dict | None = None,
 ) -> None:
     """Memory over a grid of context lengths, batch sizes, dtypes and GPUs: table, CSV, JSON or a chart."""
@@ -84,7 +83,8 @@ def sweep(
         err = output.stderr_console()
         show_progress = not quiet and sys.stderr.isatty()
         with _Progress(err, enabled=show_progress) as progress:
-            result = run_sweep(model, seq=seq, batch=batch, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu, engine=engine,
+            result = run_sweep(model, seq=seq, batch=batch, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu,
+                               engine=engine.strip().lower() if engine else None,
                                tensor_parallel=tensor_parallel_size, pipeline_parallel=pipeline_parallel_size,
                                new_tokens=new_tokens, revision=revision, source=source, offline=offline or None,
                                progress=progress.update, **(engine_flags or {}))
@@ -94,7 +94,7 @@ def sweep(
             output.emit_json(output.json_payload(result))
         else:
             out = output.stdout_console()
-            for table in sweep_tables(result):
+            for table in sweep_tables(result, width=out.width):
                 out.print(table)
         if plot is not None:
             from gpuplan.errors import MissingDependencyError
@@ -137,7 +137,7 @@ class _Progress:
         self.bar = None
         self.task = None
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> "_Progress":
         return self
 
     def update(self, done: int, total: int) -> None:
@@ -157,61 +157,61 @@ class _Progress:
             self.bar.stop()
 
 
-def sweep_tables(result) -> list:  # noqa: C901 - two layouts side by side read better than split apart
-    """The sweep for people. transformers and llama.cpp: a row per dtype, batch and seq with one fit column
-    per GPU. Serving engines allocate a fixed budget per GPU whatever the context, so a budget table per
-    dtype and GPU, then the requests that fit per max_model_len with one fit column per batch."""
-    from rich.table import Table
+def sweep_tables(result, width: int = 10_000) -> list:
+    """The sweep for people, at ``width`` columns with no cell cut. transformers and llama.cpp: a row per
+    dtype, batch and seq with a fit column per GPU (one "fits on" column naming them when those do not fit).
+    Serving engines allocate a fixed budget per GPU whatever the context, so a budget table per dtype and
+    GPU, then the requests that fit per max_model_len with one fit column per batch."""
     from rich.text import Text
 
-    from gpuplan.cli.output import fmt_gib
-
-    several = len({(p.dtype, p.kv_dtype) for p in result.points}) > 1
     from gpuplan.engines import SERVING_ENGINES
 
+    several = len({(p.dtype, p.kv_dtype) for p in result.points}) > 1
     serving = result.engine in SERVING_ENGINES
     split = f", TP {result.tensor_parallel} x PP {result.pipeline_parallel}" if serving else ""
     heading = Text.assemble((result.model, "bold"), f" · {result.engine}{split}")
     if not several:
         heading.append(f" · {result.dtypes[0]} weights, {result.kv_dtypes[0]} KV cache")
     if not serving:
-        table = Table(show_edge=False, title_justify="left", title="GiB per GPU")
-        if several:
-            table.add_column("dtype/KV", no_wrap=True)
-        for col in ("batch", "seq", "weights", "KV cache", "activ.", "overhead", "total"):
-            table.add_column(col, justify="right")
-        gpu_columns = [g.name for g in result.gpus]
-        for name in gpu_columns:
-            table.add_column(name, no_wrap=True)
-        rows: dict[tuple, list] = {}
-        for p in result.points:
-            key = (p.dtype, p.kv_dtype, p.batch, p.seq)
-            if key not in rows:
-                rows[key] = ([f"{p.dtype}/{p.kv_dtype}"] if several else []) + [
-                    f"{p.batch:,}", f"{p.seq:,}", fmt_gib(p.weights_bytes), fmt_gib(p.kv_cache_bytes),
-                    fmt_gib(p.activation_bytes), fmt_gib(p.overhead_bytes), fmt_gib(p.total_bytes)] + [""] * len(
-                    gpu_columns)
-            if p.gpu is not None:
-                rows[key][len(rows[key]) - len(gpu_columns) + gpu_columns.index(p.gpu)] = _fit(p.fits)
-        for row in rows.values():
-            table.add_row(*row)
-        return [heading, table]
-    budget = Table(show_edge=False, title_justify="left", title="startup budget, GiB per GPU")
-    if several:
-        budget.add_column("dtype/KV", no_wrap=True)
-    budget.add_column("GPU", no_wrap=True)
-    for col in ("weights", "KV cache", "activ.", "overhead", "total", "KV tokens"):
-        budget.add_column(col, justify="right")
-    fits = Table(show_edge=False, title_justify="left",
-                 title="requests of max_model_len that fit; batch N: do N fit")
-    if several:
-        fits.add_column("dtype/KV", no_wrap=True)
-    fits.add_column("GPU", no_wrap=True)
-    fits.add_column("max_model_len", justify="right")
-    fits.add_column("requests", justify="right")
+        return [heading, _generate_table(result, several, width)]
+    return [heading, *_serving_tables(result, several, width)]
+
+
+def _generate_table(result, several: bool, width: int):
+    from gpuplan.cli.output import Col, fitted_table, fmt_gib, table_fits
+
+    gpu_names = [g.name for g in result.gpus]
+    rows: dict[tuple, list] = {}
+    fits_on: dict[tuple, list[str]] = {}
+    for p in result.points:
+        key = (p.dtype, p.kv_dtype, p.batch, p.seq)
+        if key not in rows:
+            rows[key] = ([f"{p.dtype}/{p.kv_dtype}"] if several else []) + [
+                f"{p.batch:,}", f"{p.seq:,}", fmt_gib(p.weights_bytes), fmt_gib(p.kv_cache_bytes),
+                fmt_gib(p.activation_bytes), fmt_gib(p.overhead_bytes), fmt_gib(p.total_bytes)] + [""] * len(gpu_names)
+            fits_on[key] = []
+        if p.gpu is not None:
+            rows[key][len(rows[key]) - len(gpu_names) + gpu_names.index(p.gpu)] = _fit(p.fits)
+            if p.fits:
+                fits_on[key].append(p.gpu)
+    columns = ([Col("dtype/KV")] if several else []) + [
+        Col(c, "right") for c in ("batch", "seq", "weights", "KV cache", "activ.", "overhead", "total")]
+    args = {"title": "GiB per GPU", "title_justify": "left"}
+    table = fitted_table(columns + [Col(n) for n in gpu_names], list(rows.values()), width=width,
+                         droppable=("activ.", "overhead", "weights"), **args)
+    if table_fits(table, width) or not gpu_names:
+        return table
+    # Too many GPUs side by side: one column names those each row fits on, wrapped between names.
+    merged = [row[:len(columns)] + [", ".join(fits_on[key]) or "[red]none[/red]"] for key, row in rows.items()]
+    return fitted_table(columns + [Col("fits on", wrap=True)], merged, width=width,
+                        droppable=("activ.", "overhead", "weights"), **args)
+
+
+def _serving_tables(result, several: bool, width: int) -> list:
+    from gpuplan.cli.output import Col, fitted_table, fmt_gib
+
+    head_columns = ([Col("dtype/KV")] if several else []) + [Col("GPU")]
     batches = list(result.batches)
-    for b in batches:
-        fits.add_column(f"batch {b}", no_wrap=True)
     budget_rows: dict[tuple, list] = {}
     fit_rows: dict[tuple, list] = {}
     for p in result.points:
@@ -225,11 +225,15 @@ def sweep_tables(result) -> list:  # noqa: C901 - two layouts side by side read 
         row = fit_rows.setdefault(fkey, head + [f"{p.seq:,}", f"{p.max_concurrency:,.2f}"
                                                 if p.max_concurrency is not None else ""] + [""] * len(batches))
         row[len(row) - len(batches) + batches.index(p.batch)] = _fit(p.fits)
-    for row in budget_rows.values():
-        budget.add_row(*row)
-    for row in fit_rows.values():
-        fits.add_row(*row)
-    return [heading, budget, fits]
+    budget = fitted_table(head_columns + [Col(c, "right") for c in ("weights", "KV cache", "activ.", "overhead",
+                                                                     "total", "KV tokens")],
+                          list(budget_rows.values()), width=width, droppable=("activ.", "overhead"),
+                          title="startup budget, GiB per GPU", title_justify="left")
+    fits = fitted_table(head_columns + [Col("context", "right"), Col("requests", "right")]
+                        + [Col(f"batch {b}") for b in batches], list(fit_rows.values()), width=width,
+                        title="requests of one context (max_model_len) that fit; batch N: do N fit",
+                        title_justify="left")
+    return [budget, fits]
 
 
 def _fit(fits: bool | None) -> str:

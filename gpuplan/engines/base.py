@@ -11,7 +11,6 @@ An engine module (gpuplan/engines/{generate,vllm,sglang,llamacpp}.py) declares
 The registry (gpuplan/engines/__init__.py) is the only list of engine names.
 """
 
-from __future__ import annotations
 
 from typing import Any
 

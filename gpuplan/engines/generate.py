@@ -4,7 +4,6 @@ The memory model itself (what generate() allocates, term by term) is gpuplan/eng
 module adds the weights, the overhead and the allocator's slack, and declares the engine's options.
 """
 
-from __future__ import annotations
 
 from typing import Any, Literal
 

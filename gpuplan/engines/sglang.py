@@ -247,16 +247,32 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
                             refused=beyond_context(NAME, spec, length))
 
 
+_SGLANG_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
 def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv_cache_dtype: str | None,
-                   options: Options, expert_parallel: bool = False) -> list[str]:
-    """`python -m sglang.launch_server` for a planned deployment; on several nodes, one per node."""
+                   options: Options, expert_parallel: bool = False, quantization: str | None = None) -> list[str]:
+    """`python -m sglang.launch_server` for a planned deployment, with every setting that was planned spelled
+    out; on several nodes, one per node. Flags: python/sglang/srt/server_args.py (--tp, --pp-size,
+    --context-length, --dtype, --quantization, --load-format, --kv-cache-dtype fp8_e4m3, --mem-fraction-static,
+    --ep-size)."""
     tp, pp = result.tensor_parallel, result.pipeline_parallel
     cmd = f"python -m sglang.launch_server --model-path {model} --tp {tp}"
     if pp > 1:
         cmd += f" --pp-size {pp}"
     cmd += f" --context-length {result.seq}"
+    if dtype in _SGLANG_DTYPES:
+        cmd += f" --dtype {_SGLANG_DTYPES[dtype]}"
+    if quantization == "bitsandbytes":
+        cmd += " --load-format bitsandbytes"  # SGLang's in-flight 4-bit load (server_args.py load_format)
+    elif quantization in ("fp8",):
+        cmd += f" --quantization {quantization}"
+    # A pre-quantized checkpoint (awq, gptq) carries its method in its config, which SGLang reads; its docs
+    # (advanced_features/quantization) say not to add --quantization then.
     if kv_cache_dtype == "fp8":
         cmd += " --kv-cache-dtype fp8_e4m3"
+    if options.mem_fraction_static is not None:
+        cmd += f" --mem-fraction-static {options.mem_fraction_static:g}"
     if expert_parallel:
         cmd += f" --ep-size {tp}"
     if nodes == 1:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from gpuplan.calc.precision import Precision
-from gpuplan.calc.weights import weights_bytes
+from gpuplan.calc.weights import tensor_bytes
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec, TensorGroup, TensorRole
 
@@ -243,13 +243,67 @@ def stage_spec(spec: ModelSpec, tp: int, pp: int, stage: int) -> ModelSpec:
     return spec.model_copy(update={"tensors": tuple(tensors), "num_hidden_layers": max(1, len(layers))})
 
 
+# parallel_layout is pure, and a plan asks for the same (model, precision, tp, pp) once per GPU type: the
+# last layouts are kept by the spec's identity (the spec itself is held, so its id cannot be reused).
+_LAYOUT_CACHE: dict[tuple[int, Precision, int, int], tuple[ModelSpec, ParallelLayout]] = {}
+_LAYOUT_CACHE_SIZE = 256
+
+
 def parallel_layout(spec: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1) -> ParallelLayout:
+    key = (id(spec), precision, tp, pp)
+    cached = _LAYOUT_CACHE.get(key)
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    layout = _parallel_layout(spec, precision, tp, pp)
+    if len(_LAYOUT_CACHE) >= _LAYOUT_CACHE_SIZE:
+        _LAYOUT_CACHE.clear()
+    _LAYOUT_CACHE[key] = (spec, layout)
+    return layout
+
+
+def stage_weights_bytes(spec: ModelSpec, precision: Precision, tp: int, pp: int) -> list[int]:
+    """Weight bytes of one GPU of each pipeline stage: what ``weights_bytes(stage_spec(...))`` gives for
+    every stage, with each tensor sharded once rather than once per stage (a tensor's bytes are its copies
+    times the bytes of one, so a stage's share is a multiplication)."""
+    split = pp_layer_split(spec.num_hidden_layers, pp)
+    starts = [sum(split[:stage]) for stage in range(pp)]
+    has_lm_head = any(t.role is TensorRole.LM_HEAD and t.loaded for t in spec.tensors)
+    per_stage = [0] * pp
+    layer_tensors: list[tuple[int, TensorGroup]] = []
+    for t in spec.tensors:
+        if not t.loaded:
+            continue
+        if t.name.startswith(("layers.", "h.")):
+            layer_tensors.append((tensor_bytes(_shard_tensor(t.model_copy(update={"count": 1}), spec, tp),
+                                               precision), t))
+        elif t.name == "vision_tower":
+            per_stage[0] += tensor_bytes(t.model_copy(update={"shape": (_ceil_div(t.shape[0], tp),)}), precision)
+        elif t.role in (TensorRole.EMBEDDING, TensorRole.POSITION_EMBEDDING):
+            per_stage[0] += tensor_bytes(_shard_tensor(t, spec, tp), precision)
+            if pp > 1 and t.role is TensorRole.EMBEDDING and not has_lm_head:
+                tied = t.model_copy(update={"name": "lm_head.weight", "role": TensorRole.LM_HEAD})
+                per_stage[-1] += tensor_bytes(_shard_tensor(tied, spec, tp), precision)
+        else:
+            per_stage[-1] += tensor_bytes(_shard_tensor(t, spec, tp), precision)
+    # A stage's layer tensors depend only on how many layers it has and how many of them are MoE or dense
+    # blocks, so stages alike in that are summed once.
+    moe = spec.moe
+    first_moe = spec.num_hidden_layers - moe.num_moe_layers if moe is not None else spec.num_hidden_layers
+    dense = moe.num_dense_layers if moe is not None else 0
+    by_kind: dict[tuple[int, int, int], int] = {}
+    for stage in range(pp):
+        layers = range(starts[stage], starts[stage] + split[stage])
+        kind = (len(layers), sum(1 for i in layers if i >= first_moe), sum(1 for i in layers if i < dense))
+        if kind not in by_kind:
+            by_kind[kind] = sum(one * layer_share(t, spec, layers) for one, t in layer_tensors)
+        per_stage[stage] += by_kind[kind]
+    return per_stage
+
+
+def _parallel_layout(spec: ModelSpec, precision: Precision, tp: int, pp: int) -> ParallelLayout:
     validate_parallel(spec, tp, pp)
     split = pp_layer_split(spec.num_hidden_layers, pp)
-    stage_bytes = []
-    for stage in range(pp):
-        sspec = stage_spec(spec, tp, pp, stage)
-        stage_bytes.append(weights_bytes(sspec, precision))
+    stage_bytes = stage_weights_bytes(spec, precision, tp, pp)
     largest = max(range(pp), key=lambda i: stage_bytes[i])
     return ParallelLayout(
         tp=tp, pp=pp, stage_layers=split, largest_stage=largest,
@@ -267,5 +321,5 @@ def weights_per_gpu(spec: ModelSpec, precision: Precision, tp: int = 1, pp: int 
 
 __all__ = [
     "ParallelLayout", "kv_heads_per_rank", "padded_vocab", "parallel_layout", "pp_layer_split",
-    "stage_spec", "valid_tp_sizes", "validate_parallel", "weights_per_gpu",
+    "stage_spec", "stage_weights_bytes", "valid_tp_sizes", "validate_parallel", "weights_per_gpu",
 ]

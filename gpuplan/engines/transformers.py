@@ -12,7 +12,6 @@ against memory measured on an H200 (tests/fixtures/measurements/, docs/accuracy.
 peak in every measured case. ``T = batch x prompt`` token rows; ``e`` is the compute dtype's bytes.
 """
 
-from __future__ import annotations
 
 from typing import Literal
 

@@ -388,14 +388,16 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
     rope = _rope_cache_bytes(spec, precision.compute_bytes)
     logits = "sampler" if st.engine == "v0" else st.release.profile_logits
     stages = []
+    # The profile run's activations differ between stages only in whether the stage holds the LM head.
+    profiles = {last: profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
+                                         min(st.seqs, st.batched), last_stage=last, sampler=st.sampler,
+                                         logits=logits) for last in {stage == pp - 1 for stage in range(pp)}}
     for stage in range(pp):
         start = sum(split[:stage])
-        owned = set(range(start, start + split[stage]))
+        owned = range(start, start + split[stage])
         counts = tuple(sum(1 for i in g if i in owned) for g in group_layers)
         weights = st.layout.stage_weights_bytes[stage] + rope
-        forward, samp = profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
-                                           min(st.seqs, st.batched), last_stage=stage == pp - 1,
-                                           sampler=st.sampler, logits=logits)
+        forward, samp = profiles[stage == pp - 1]
         activation = max(forward, samp)
         c = charge(st.release, st.engine, requested=requested, total=total, weights=weights,
                    activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes)
@@ -648,8 +650,10 @@ _VLLM_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv_cache_dtype: str | None,
-                   options: Options, expert_parallel: bool = False) -> list[str]:
-    """`vllm serve` for a planned deployment; on several nodes, the Ray cluster it runs on."""
+                   options: Options, expert_parallel: bool = False, quantization: str | None = None) -> list[str]:
+    """`vllm serve` for a planned deployment, with every setting that was planned spelled out; on several
+    nodes, the Ray cluster it runs on. ``quantization``: the --quantization that loads the planned weights
+    (fp8 or bitsandbytes quantized on load, awq / gptq for a pre-quantized checkpoint)."""
     tp, pp = result.tensor_parallel, result.pipeline_parallel
     cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
     if pp > 1:
@@ -657,10 +661,17 @@ def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv
     cmd += f" --max-model-len {result.seq}"
     if dtype in _VLLM_DTYPES:
         cmd += f" --dtype {_VLLM_DTYPES[dtype]}"
+    if quantization:
+        cmd += f" --quantization {quantization}"
     if kv_cache_dtype == "fp8":
         cmd += " --kv-cache-dtype fp8"
-    if "gpu_memory_utilization" in options.model_fields_set:
+    given = options.model_fields_set
+    if "gpu_memory_utilization" in given:
         cmd += f" --gpu-memory-utilization {options.gpu_memory_utilization:g}"
+    for field, flag in (("max_num_seqs", "--max-num-seqs"), ("max_num_batched_tokens", "--max-num-batched-tokens"),
+                        ("block_size", "--block-size"), ("kv_cache_memory", "--kv-cache-memory-bytes")):
+        if field in given and getattr(options, field) is not None:
+            cmd += f" {flag} {getattr(options, field)}"
     if expert_parallel:
         cmd += " --enable-expert-parallel"
     if nodes == 1:

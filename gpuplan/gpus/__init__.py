@@ -1,6 +1,7 @@
 """GPU catalog (data/gpus.yaml), name resolution and local NVML probing."""
 
 from gpuplan.gpus.catalog import (
+    BINARY_PREFIX,
     MARKETED,
     GpuCatalog,
     GpuSpec,
@@ -12,6 +13,7 @@ from gpuplan.gpus.catalog import (
 from gpuplan.gpus.nvml import ProbedDevice, ProbeResult, probe
 
 __all__ = [
+    "BINARY_PREFIX",
     "MARKETED",
     "GpuCatalog",
     "GpuSpec",

@@ -24,6 +24,7 @@ from gpuplan.errors import InputError
 from gpuplan.units import GB, GiB, parse_size
 
 __all__ = [
+    "BINARY_PREFIX",
     "MARKETED",
     "GpuCatalog",
     "GpuSpec",
@@ -35,10 +36,14 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-#: ``memory_bytes_source`` value for entries whose driver-reported total could not be found in a public
-#: source: ``memory_bytes`` then holds the marketed capacity in decimal GB, which differs from what the
-#: driver reports by several percent (an "80 GB" H100 reports 81559 MiB, 85.5 GB).
+#: ``memory_bytes_source`` value a user's catalog may give when it holds only the marketed capacity in
+#: decimal GB, which differs from what the driver reports by several percent (an "80 GB" H100 reports
+#: 81559 MiB, 85.5 GB). The bundled catalog never uses it (docs/gpus.md, "Memory sizes").
 MARKETED = "marketed"
+
+#: Prefix of ``memory_bytes_source`` for entries without a capture of their own or of a card with the same
+#: memory: ``memory_bytes`` then holds the binary size of the stated memory ("binary: 16 GiB (16 GB GDDR6)").
+BINARY_PREFIX = "binary:"
 
 #: Memory a driver reports is below the marketed size (ECC, firmware and reserved regions); anything more
 #: than 10 % above it is a typo in the data, not a measurement.
@@ -95,7 +100,9 @@ class GpuSpec(BaseModel):
     memory_bytes: int = Field(gt=0, description="Total memory as the driver reports it, in bytes.")
     memory_bytes_source: str = Field(
         min_length=1,
-        description="Where the driver-reported figure appears (URL or repository + path), or 'marketed'.",
+        description="Where the driver-reported figure appears (URL or repository + path), 'same memory as NAME "
+        "(...): <that card's capture>', or 'binary: N GiB (...)' (docs/gpus.md); a user's catalog may say "
+        "'marketed'.",
     )
     cuda_total_bytes: int | None = Field(
         default=None, gt=0,
@@ -143,8 +150,9 @@ class GpuSpec(BaseModel):
 
     @property
     def memory_is_measured(self) -> bool:
-        """True when ``memory_bytes`` is a driver-reported figure rather than the marketed capacity."""
-        return self.memory_bytes_source != MARKETED
+        """True when ``memory_bytes`` is a driver-reported figure (of this card or of one with the same
+        memory) rather than a stated capacity."""
+        return self.memory_bytes_source != MARKETED and not self.memory_bytes_source.startswith(BINARY_PREFIX)
 
     def lookup_keys(self) -> tuple[str, ...]:
         """Normalized keys this entry answers to in :meth:`GpuCatalog.resolve`."""

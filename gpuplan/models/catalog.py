@@ -1,6 +1,5 @@
 """The bundled catalog of model configs (data/models/): gpuplan's offline default source."""
 
-from __future__ import annotations
 
 import difflib
 import re

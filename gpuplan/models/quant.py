@@ -1,6 +1,5 @@
 """Read a checkpoint's ``quantization_config`` into a QuantSpec."""
 
-from __future__ import annotations
 
 from typing import Any
 

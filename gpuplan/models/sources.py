@@ -15,7 +15,6 @@ in the client that would go online) never touches the network: the Hub cache and
 answer.
 """
 
-from __future__ import annotations
 
 import json
 import os

@@ -7,7 +7,6 @@ times it repeats, and its role. Parameter counts and weight bytes (quantized or 
 layout, so they come out exact when the layout mirrors the checkpoint.
 """
 
-from __future__ import annotations
 
 import math
 from enum import Enum

@@ -120,6 +120,9 @@ class _PlanBase(ModelRef):
     batch: int = Field(1, ge=1, description="Requests of seq tokens that must fit at once.")
     seq: TokenCount | None = Field(None, description="Context per request (default: the model's).")
     max_gpus: int = Field(512, ge=1, le=512, description="Largest deployment to consider.")
+    objective: str = Field("deployable", description="deployable (tensor parallel 1/2/4/8 in a node, pipeline "
+                                                     "stages across nodes) or fewest-gpus (any split in a node).")
+    prices: dict[str, float] | None = Field(None, description="Price per GPU-hour by GPU name; ranks by cost.")
 
 
 class _SweepBase(ModelRef):
