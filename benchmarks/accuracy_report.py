@@ -68,9 +68,9 @@ def render(rows: list[dict], cases: list[CaseComparison]) -> str:
         _summary_row("peak_allocated_bytes", peak, "torch.cuda.max_memory_allocated"),
         _summary_row("weights_bytes", [c.weights.error for c in measured], "allocated after building the model"),
         _summary_row("kv_cache_bytes", [c.kv_cache.error for c in measured], "storage of the returned cache"),
-        _summary_row("peak reserved", [c.peak_reserved.error for c in measured],
+        _summary_row("simulated reservation", [c.peak_reserved.error for c in measured],
                      "torch.cuda.max_memory_reserved"),
-        _summary_row("total_bytes", [c.device_used.error for c in measured],
+        _summary_row("simulated reservation + outside torch", [c.device_used.error for c in measured],
                      "the process's memory in NVML (nvidia-smi)"),
         _summary_row("(weights + KV) x 1.2", rule_of_thumb_errors(measured), "max_memory_allocated (a rule "
                      "of thumb, for contrast)"),
@@ -119,16 +119,18 @@ def render(rows: list[dict], cases: list[CaseComparison]) -> str:
         "more allocated than their parameters and buffers (weights up to -2.6%); it is not known whether "
         "loading a real checkpoint does the same.",
         "",
-        "## total_bytes against nvidia-smi",
+        "## What nvidia-smi shows on a card with room to spare",
         "",
-        "`total_bytes` = peak allocated + overhead, where overhead = memory outside torch's allocator (CUDA "
-        "context, lazily loaded kernels, library handles: 731 to 815 MiB here, median used) + the caching "
-        "allocator's slack, estimated as the largest single temporary tensor. The slack is the weak part: "
-        "reserved memory exceeded allocated memory by 0% to 52% in these runs (median 6%), most where "
-        "differently sized temporaries alternate (eager attention) and where the KV cache grows by "
-        "`torch.cat` at every decode step. Setting `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` lets "
-        "the allocator grow segments in place instead of leaving them stranded, which is what to use when the "
-        "card is tight; measured below.",
+        "On a card larger than the workload needs, PyTorch's caching allocator keeps every block it has freed: "
+        "nvidia-smi then shows the allocator's peak reservation plus the memory outside it (CUDA context, "
+        "lazily loaded kernels, library handles: 731 to 815 MiB here, median used). gpuplan simulates the "
+        "reservation by replaying generate()'s allocations through the allocator's rules "
+        "(`reserved_on_larger_card` in the JSON components; the rows above and the \"total est.\" column "
+        "below). `total_bytes` itself is the smallest card that runs the workload, where the allocator releases "
+        "its cache and retries before it fails: see \"Does it fit\" below. Reserved memory exceeded allocated "
+        "memory by 0% to 52% in these runs, most where the KV cache grows by `torch.cat` at every decode step "
+        "with the default allocator; `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` lets the allocator "
+        "grow segments in place instead (measured below).",
         "",
     ]
     lines += allocator_section()
@@ -137,7 +139,7 @@ def render(rows: list[dict], cases: list[CaseComparison]) -> str:
         "",
         f"{len(measured)} measured cases over {len(models)} models. GiB = 2^30 bytes.",
         "",
-        "| case | estimate GiB | measured GiB | error | total est. GiB | nvidia-smi GiB | error |",
+        "| case | estimate GiB | measured GiB | error | nvidia-smi est. GiB | nvidia-smi GiB | error |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in measured:
@@ -421,11 +423,91 @@ def distributed_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fit_table(comparisons: list[dict]) -> list[str]:
+    out = ["| case | allocator | peak allocated GiB | peak reserved GiB | smallest GPU GiB | total_bytes GiB | error |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for c in comparisons:
+        out.append(f"| {_case(c['case_id'])} | {c['allocator']} | {c['peak_allocated_bytes'] / GiB:,.2f} | "
+                   f"{c['peak_reserved_bytes'] / GiB:,.2f} | {c['measured_bytes'] / GiB:,.2f} | "
+                   f"{c['estimated_bytes'] / GiB:,.2f} | {c['error']:+.1%} |")
+    return out
+
+
+def _fit_summary(name: str, comparisons: list[dict]) -> str:
+    errors = [c["error"] for c in comparisons]
+    within = sum(abs(e) <= 0.05 for e in errors)
+    under = sum(e < -0.02 for e in errors)
+    return (f"| {name} | {len(errors)} | {within} ({within / len(errors):.0%}) | {under} | "
+            f"{min(errors):+.1%} | {max(errors):+.1%} |")
+
+
+def fit_section() -> str:
+    """Does it fit: total_bytes against the smallest GPU memory in which the run completed."""
+    from gpuplan.verify.min_memory import compare_min_memory, measured_rows
+
+    path = FIXTURES / "min-memory-h100.jsonl"
+    if not path.exists():
+        return ""
+    rows = measured_rows(path)
+    cases = [compare_min_memory(r) for r in rows]
+    generate = [c for c in cases if c["kind"] == "generate"]
+    train = [c for c in cases if c["kind"] == "train"]
+    lines = [
+        "",
+        "## Does it fit: total_bytes against the smallest GPU that runs the workload",
+        "",
+        "`total_bytes` is the smallest GPU memory in which the workload completes: what `fits` compares with a "
+        "card. `benchmarks/sweep_min_memory.py` measured it on one NVIDIA H100 80GB HBM3 (torch 2.11, "
+        "transformers 5.17) the way `gpuplan verify --min-memory` does: the workload runs under ever tighter "
+        "caps of PyTorch's caching allocator (`torch.cuda.set_per_process_memory_fraction`, 64 MiB steps; under "
+        "a cap the allocator releases its cache and retries before it fails, as on a smaller card); the "
+        "smallest cap that runs plus the memory outside torch's allocator (`mem_get_info` used - "
+        "`memory_reserved`: 0.68 to 0.74 GiB for generate(), 0.81 GiB for training) is the smallest GPU. "
+        "Each allocator setting ran in its own process; results: `tests/fixtures/measurements/"
+        "min-memory-h100.jsonl`.",
+        "",
+        "The estimate replays generate()'s allocations (`gpuplan/engines/transformers_allocations.py`) through "
+        "a simulation of PyTorch's CUDACachingAllocator (`gpuplan/calc/allocator.py`) and searches the smallest "
+        "limit under which the simulated allocator serves them all; total_bytes = the peak of live tensors + "
+        "what the allocator needs beyond it there + the memory outside torch. Replaying the allocator traces "
+        "recorded with `torch.cuda.memory._record_memory_history()` (`tests/fixtures/measurements/traces/`) "
+        "through the simulation gives the measured peak reservation within 0.1% and the measured smallest cap "
+        "exactly. Nothing is fitted to these cases: the rules and sizes come from the torch and transformers "
+        "sources. The cases were split before the sweep ran: `fit` cases were looked at while the "
+        "allocation sequence was written, `held-out` cases were measured with them but are reported apart.",
+        "",
+        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|",
+        _fit_summary("generate(), both allocators", generate),
+        _fit_summary("generate(), default allocator", [c for c in generate if c["allocator"] == "default"]),
+        _fit_summary("generate(), expandable segments", [c for c in generate if c["allocator"] == "expandable"]),
+        _fit_summary("generate(), held-out only", [c for c in generate if c["split"] == "heldout"]),
+        _fit_summary("training (whole run from a fresh start)", train),
+        "",
+        "Targets: generate(), both allocators: at least 95% within 5%, none under by more than 2%; training: "
+        "at least 90% within 5%, none under by more than 2%. Met for generate() but for one case: "
+        "`mistralai/Mistral-7B-v0.1 · bf16 · sdpa · b16 · p1024 · n128` with the default allocator is 2.4% "
+        "under (no allocator trace of it was recorded to find what the sequence misses). Not met for training: "
+        "its peak of live tensors matches the measurement (within 0.1% in all six runs, the float32 loss of a "
+        "152k vocabulary included), but its total still adds the older slack term (the largest temporary "
+        "tensor), not a simulation of the training run's allocations.",
+        "",
+        "### Fit cases",
+        "",
+    ]
+    lines += _fit_table([c for c in generate if c["split"] == "fit"])
+    lines += ["", "### Held-out cases", ""]
+    lines += _fit_table([c for c in generate if c["split"] == "heldout"])
+    lines += ["", "### Training runs", ""]
+    lines += _fit_table(train)
+    return "\n".join(lines) + "\n"
+
+
 def report() -> str:
     """docs/accuracy.md: every section, from the fixtures."""
     rows = load_measurements(FIXTURES / "transformers-h200.jsonl")
-    return (render(rows, [compare(r) for r in rows]) + multi_gpu_section() + training_section() + bnb_section()
-            + distributed_section())
+    return (render(rows, [compare(r) for r in rows]) + fit_section() + multi_gpu_section() + training_section()
+            + bnb_section() + distributed_section())
 
 
 def main() -> None:

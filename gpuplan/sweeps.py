@@ -125,6 +125,10 @@ def sweep(model: Any, *, seq: str | int | Iterable[int | str] | None = None,
     if total > MAX_POINTS:
         raise InputError(f"the sweep has {total:,} points, more than {MAX_POINTS:,}",
                          hint="use fewer values, or a range such as 1k..128k (doubling)")
+    # Every value of the grid is checked before any point is computed: a bad one is said at once.
+    from gpuplan.api import make_workload
+
+    make_workload(max(batches), max(seqs), min(new_tokens, max(seqs) - 1))
     fixed = {"engine": engine_used, "options": options, "new_tokens": new_tokens,
              "tensor_parallel": tensor_parallel, "pipeline_parallel": pipeline_parallel}
     points: list[SweepPoint] = []

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpuplan
+from gpuplan.calc.overhead import NON_TORCH_BYTES
 from gpuplan.calc.precision import resolve_precision
 from gpuplan.calc.weights import quantized_linear_bytes, weights_bytes
 from gpuplan.errors import InputError
@@ -148,7 +149,10 @@ def test_monotone_in_batch_and_seq(model, batch, seq, dtype, attn):
     for bigger in (more_batch, longer):
         assert bigger.kv_cache_bytes >= base.kv_cache_bytes
         assert bigger.peak_allocated_bytes >= base.peak_allocated_bytes
-        assert bigger.total_bytes >= base.total_bytes
+        # total_bytes is the simulated caching allocator's need (gpuplan/calc/allocator.py), which is not
+        # monotone: one token more can change which freed block a tensor lands in, and so what stays stranded.
+        # It never drops below the live tensors plus the memory outside torch.
+        assert bigger.total_bytes >= bigger.peak_allocated_bytes + NON_TORCH_BYTES
 
 
 @settings(max_examples=60, deadline=None)

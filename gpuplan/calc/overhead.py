@@ -8,9 +8,9 @@ the process adds two things, both measured on an H200 (tests/fixtures/measuremen
   730.7 to 814.5 MiB over the 163 measured cases (torch 2.11, CUDA 13, driver 580), median 770,506,752
   bytes: ``NON_TORCH_BYTES``.
 * the caching allocator's slack: segments it keeps reserved after a temporary tensor is freed, which a
-  later request of another size cannot reuse (c10/cuda/CUDACachingAllocator.cpp). It is estimated as the
-  largest single temporary tensor of the workload; PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True lets
-  segments grow in place and removes most of it.
+  later request of another size cannot reuse (c10/cuda/CUDACachingAllocator.cpp). For generate() it is
+  simulated (gpuplan/calc/allocator.py); training estimates it as the largest single temporary tensor;
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True lets segments grow in place and removes most of it.
 """
 
 from __future__ import annotations

@@ -245,6 +245,10 @@ def verify(
     train_step: Annotated[bool, typer.Option(
         "--train", help="Measure a training step (forward with labels, backward, optimizer step) instead of "
                         "generate(); takes the training flags below.")] = False,
+    min_memory: Annotated[bool, typer.Option(
+        "--min-memory", help="Search for the smallest GPU memory in which the workload runs: it is run again "
+                             "under ever tighter caps of PyTorch's allocator (torch.cuda."
+                             "set_per_process_memory_fraction, 64 MiB steps) and compared with total_bytes.")] = False,
     method: TrainMethodOpt = "full",
     precision: TrainPrecisionOpt = "bf16",
     optimizer: TrainOptimizerOpt = "adamw",
@@ -277,6 +281,15 @@ def verify(
                              hint="drop --gpus; `gpuplan train --fsdp --gpus N` estimates sharded training")
         resolved = load_model(model, revision=revision, source=source,  # type: ignore[arg-type]
                               offline=offline or None)
+        if min_memory and gpus != 1:
+            raise InputError("gpuplan verify --min-memory searches one GPU", hint="drop --gpus")
+        if train_step and min_memory:
+            return _verify_min_memory(resolved, limit=limit, output_format=output_format,
+                                      random_weights=random_weights, train_args={
+                                          "method": method, "precision": precision, "optimizer": optimizer,
+                                          "lora_rank": lora_rank, "lora_targets": lora_targets,
+                                          "grad_checkpointing": grad_checkpointing, "batch": batch,
+                                          "seq": parse_token_count(seq)})
         if train_step:
             return _verify_train(resolved, method=method, precision=precision, optimizer=optimizer,
                                  lora_rank=lora_rank, lora_targets=lora_targets,
@@ -288,6 +301,9 @@ def verify(
         if est.compute_dtype != est.dtype:
             raise InputError(f"gpuplan verify builds {est.dtype} weights only through their checkpoint",
                              hint="use --dtype fp32, fp16 or bf16")
+        if min_memory:
+            return _verify_min_memory(resolved, limit=limit, output_format=output_format,
+                                      random_weights=random_weights, estimate=est)
         err = output.stderr_console()
         with err.status("gpuplan verify") as status:
             comparison = measure(resolved, est, random_weights=random_weights,
@@ -298,6 +314,29 @@ def verify(
         return 0
 
     run_guarded(run)
+
+
+def _verify_min_memory(resolved, *, limit: float, output_format: OutputFormat, random_weights: bool,
+                       estimate=None, train_args: dict | None = None) -> int:
+    """The smallest-GPU search (gpuplan/verify/min_memory.py) beside total_bytes; exit code 1 when the estimate
+    is off by more than the tolerance or the workload does not run at all."""
+    from gpuplan.cli import output
+    from gpuplan.cli.min_memory_output import render_min_memory
+    from gpuplan.verify import min_memory
+
+    err = output.stderr_console()
+    with err.status("gpuplan verify --min-memory") as status:
+        if train_args is not None:
+            from gpuplan.api import train as train_estimate
+
+            est = train_estimate(resolved, **train_args)
+            record = min_memory.verify_min_memory_train(resolved, est, random_weights=random_weights,
+                                                        progress=lambda message: status.update(message))
+        else:
+            record = min_memory.verify_min_memory(resolved, estimate, random_weights=random_weights,
+                                                  progress=lambda message: status.update(message))
+    render_min_memory(record, output_format, tolerance=limit)
+    return EXIT_FINDING if record.get("oom") or abs(record["error"]) > limit else 0
 
 
 def _verify_train(resolved, *, method: str, precision: str, optimizer: str, lora_rank: int | None,

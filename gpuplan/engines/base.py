@@ -86,33 +86,27 @@ class Hardware(BaseModel):
         return self.memory_bytes
 
 
-def tokens_validator(*names: str):
-    """A before-validator reading token counts written as text: 4096, 4k, 1m."""
+def _text_validator(parser_name: str, names: tuple[str, ...]):
+    """A before-validator reading a value written as text with one of gpuplan.units' parsers."""
 
     def parse(cls, value: Any) -> Any:
-        from gpuplan.units import parse_token_count
+        from gpuplan import units
 
         if isinstance(value, str):
             try:
-                return parse_token_count(value)
+                return getattr(units, parser_name)(value)
             except InputError as exc:
                 raise ValueError(exc.message) from None
         return value
 
     return field_validator(*names, mode="before")(classmethod(parse))
+
+
+def tokens_validator(*names: str):
+    """A before-validator reading token counts written as text: 4096, 4k, 1m."""
+    return _text_validator("parse_token_count", names)
 
 
 def size_validator(*names: str):
     """A before-validator reading memory sizes written as text: 40GiB, 24GB."""
-
-    def parse(cls, value: Any) -> Any:
-        from gpuplan.units import parse_size
-
-        if isinstance(value, str):
-            try:
-                return parse_size(value)
-            except InputError as exc:
-                raise ValueError(exc.message) from None
-        return value
-
-    return field_validator(*names, mode="before")(classmethod(parse))
+    return _text_validator("parse_size", names)

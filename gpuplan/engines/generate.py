@@ -9,12 +9,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpuplan.calc.allocator import AllocatorFit
 from gpuplan.calc.overhead import expandable_segments_from_env, overhead_bytes
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import checkpoint_bytes, unloaded_bytes, weights_bytes
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, gguf_note
 from gpuplan.engines.transformers import AttnImpl, estimate_generate
+from gpuplan.engines.transformers_allocations import allocator_fit
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
 from gpuplan.results import EngineEstimate, GpuMemory
@@ -38,12 +40,13 @@ def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *
                     attn: AttnImpl = "sdpa",
                     weights_override: int | None = None, expandable_segments: bool = False) -> Breakdown:
     """``weights_override``: exact weight bytes known from elsewhere (the checkpoint's safetensors headers).
-    ``expandable_segments``: PyTorch's allocator runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,
-    which grows segments in place: measured reserved memory then stays within 1.2% of allocated memory
-    (tests/fixtures/measurements/verify-allocator-h200.jsonl), so no allocator slack is added."""
+    ``expandable_segments``: PyTorch's allocator runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.
+    ``total_bytes`` is the smallest GPU memory in which the run completes: the peak of live tensors, what the
+    caching allocator needs beyond it on such a card (simulated), and the memory outside torch."""
     weights = weights_bytes(spec, precision) if weights_override is None else weights_override
     mem = estimate_generate(spec, workload, precision, weights, attn)
-    slack = 0 if expandable_segments else mem.largest_transient_bytes
+    fit = allocator_fit(spec, workload, precision, weights, attn, expandable_segments)
+    slack, larger_card = allocator_terms(fit)
     overhead = overhead_bytes(slack)
     return Breakdown(
         weights_bytes=mem.weights_bytes,
@@ -52,8 +55,18 @@ def estimate_memory(spec: ModelSpec, workload: Workload, precision: Precision, *
         overhead_bytes=overhead,
         peak_allocated_bytes=mem.peak_allocated_bytes,
         total_bytes=mem.peak_allocated_bytes + overhead,
-        components={**mem.components, "allocator_slack": slack},
+        components={**mem.components, "allocator_slack": slack,
+                    "reserved_on_larger_card": mem.peak_allocated_bytes + larger_card},
     )
+
+
+def allocator_terms(fit: AllocatorFit) -> tuple[int, int]:
+    """What PyTorch's caching allocator adds to the peak of live tensors (gpuplan/calc/allocator.py, replaying
+    generate()'s allocations): on the smallest card that runs the workload, where the allocator releases its
+    cache and retries before it fails; and on a card with room to spare, where it keeps every cached block
+    (what torch.cuda.max_memory_reserved and nvidia-smi show there)."""
+    return (max(0, fit.limit_bytes - fit.peak_allocated_bytes),
+            max(0, fit.peak_reserved_bytes - fit.peak_allocated_bytes))
 
 
 def estimate_memory_split(spec: ModelSpec, workload: Workload, precision: Precision, gpus: int, *,
@@ -77,9 +90,11 @@ def estimate_memory_split(spec: ModelSpec, workload: Workload, precision: Precis
                                  peak_allocated_bytes=peak, total_bytes=peak + overhead,
                                  components={"logits": logits, "cublas_workspace": CUBLAS_WORKSPACE_BYTES}))
             continue
-        mem = estimate_generate(share_spec(spec, share), workload, precision, share.weights_bytes, attn,
+        part = share_spec(spec, share)
+        mem = estimate_generate(part, workload, precision, share.weights_bytes, attn,
                                 holds_embedding=share.holds_embedding, holds_lm_head=share.holds_lm_head)
-        slack = 0 if expandable_segments else mem.largest_transient_bytes
+        slack, _ = allocator_terms(allocator_fit(part, workload, precision, share.weights_bytes, attn,
+                                                 expandable_segments))
         overhead = overhead_bytes(slack)
         out.append(Breakdown(
             weights_bytes=mem.weights_bytes, kv_cache_bytes=mem.kv_cache_bytes,
@@ -149,6 +164,10 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
         weights_override = _stored_weights(model, request, precision, notes)
         breakdown = estimate_memory(spec, work, precision, attn=options.attn, weights_override=weights_override,
                                     expandable_segments=expandable)
+        if not expandable:
+            note = _expandable_note(spec, work, precision, options.attn, breakdown)
+            if note:
+                notes.append(note)
     warnings: list[str] = []
     if spec.max_position_embeddings and work.seq > spec.max_position_embeddings:  # type: ignore[operator]
         warnings.append(f"seq {work.seq} exceeds the model's context length of "
@@ -161,6 +180,24 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
         activation_bytes=breakdown.activation_bytes, overhead_bytes=breakdown.overhead_bytes,
         peak_allocated_bytes=breakdown.peak_allocated_bytes, total_bytes=breakdown.total_bytes,
         components=breakdown.components, per_gpu=per_gpu, notes=notes, warnings=warnings)
+
+
+# A saving worth a note: more than the 5% the estimate itself is held to (docs/accuracy.md, "Does it fit").
+EXPANDABLE_NOTE_SHARE = 0.05
+
+
+def _expandable_note(spec: ModelSpec, workload: Workload, precision: Precision, attn: str,
+                     breakdown: Breakdown) -> str | None:
+    """Say what expandable segments would save when the default allocator's slack is a large part of the total."""
+    if breakdown.components.get("allocator_slack", 0) <= EXPANDABLE_NOTE_SHARE * breakdown.total_bytes:
+        return None
+    alternative = estimate_memory(spec, workload, precision, attn=attn,  # type: ignore[arg-type]
+                                  weights_override=breakdown.weights_bytes, expandable_segments=True)
+    if breakdown.total_bytes - alternative.total_bytes <= EXPANDABLE_NOTE_SHARE * breakdown.total_bytes:
+        return None
+    return (f"with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True it needs {alternative.total_bytes / 2**30:,.1f} "
+            f"GiB instead of {breakdown.total_bytes / 2**30:,.1f} GiB: the default allocator strands freed blocks "
+            "that later, larger tensors cannot reuse")
 
 
 def _stored_weights(model: Any, request: PrecisionRequest, precision: Precision, notes: list[str]) -> int | None:

@@ -115,3 +115,14 @@ def serving_estimate(serving: ServingBudget, precision: Precision, workload: Wor
         weights_bytes=weights, kv_cache_bytes=kv_bytes, activation_bytes=activation, overhead_bytes=overhead,
         peak_allocated_bytes=peak, total_bytes=peak + overhead, serving=serving, notes=notes, warnings=warnings,
         fit_reason=reasons[0] if reasons else None)
+
+
+def prepare(engine: str, model: Any, request: Any, workload: Workload, hardware: Hardware,
+            options: Any) -> tuple[int, Precision, int, list[str], str]:
+    """What both serving engines read first: the GPU's memory, the precision, the context per request, the
+    notes so far and the release modelled."""
+    capacity = hardware.require_gpu(engine)
+    precision = request.resolve(model.spec)
+    length = model_len(model.spec, workload, options.max_model_len)
+    notes = serving_notes(model, engine, precision, hardware)
+    return capacity, precision, length, notes, release_version(engine, options.engine_version, notes)

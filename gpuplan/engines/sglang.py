@@ -220,17 +220,13 @@ class Options(EngineOptions):
 def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
              options: Options) -> EngineEstimate:
     """SGLang's pool on ``hardware``; the card is spoken for by design, so activations take exactly the rest."""
-    from gpuplan.engines.serving import beyond_context, model_len, release_version, serving_estimate, serving_notes
+    from gpuplan.engines.serving import beyond_context, prepare, serving_estimate
 
-    capacity = hardware.require_gpu(NAME)
+    capacity, precision, length, notes, version = prepare(NAME, model, request, workload, hardware, options)
     spec = model.spec
-    precision = request.resolve(spec)
-    length = model_len(spec, workload, options.max_model_len)
-    notes = serving_notes(model, NAME, precision, hardware)
     if spec.has_state_layers:
         notes.append("SGLang's separate pool for Mamba / linear-attention state is not modelled: the state layers "
                      "are counted as attention layers, so the KV cache per token is over-estimated")
-    version = release_version(NAME, options.engine_version, notes)
     s = sglang_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                       mem_fraction_static=options.mem_fraction_static, device_capacity_bytes=hardware.device_bytes,
                       engine_version=version)

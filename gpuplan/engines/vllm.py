@@ -627,17 +627,13 @@ class Options(EngineOptions):
 def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware: Hardware,
              options: Options) -> EngineEstimate:
     """vLLM's budget on ``hardware``: the workload's seq is max_model_len, its batch the concurrency to fit."""
-    from gpuplan.engines.serving import beyond_context, model_len, release_version, serving_estimate, serving_notes
+    from gpuplan.engines.serving import beyond_context, prepare, serving_estimate
 
-    capacity = hardware.require_gpu(NAME)
+    capacity, precision, length, notes, version = prepare(NAME, model, request, workload, hardware, options)
     spec = model.spec
-    precision = request.resolve(spec)
-    length = model_len(spec, workload, options.max_model_len)
-    notes = serving_notes(model, NAME, precision, hardware)
     if spec.has_state_layers:
         notes.append("the profile run's activations of Mamba / linear-attention mixers are not modelled (those of "
                      "the attention and MLP blocks are)")
-    version = release_version(NAME, options.engine_version, notes)
     b = vllm_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                     gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=length,
                     max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpuplan.calc.overhead import NON_TORCH_BYTES
 from gpuplan.data_files import data_dir
 from gpuplan.engines.transformers import SLIDING_WINDOW_SCALAR_BYTES
 from gpuplan.models.sources import parse_config, read_json_file
@@ -128,7 +129,10 @@ def compare(row: dict[str, Any], estimate: EstimateResult | None = None,
     before = row["allocated_before_build"]
     workspace = row["context"]["allocated_after_warmup"]
     rebase = before - workspace  # what earlier cases left allocated beyond the workspace
-    est_reserved = est.peak_allocated_bytes + est.components.get("allocator_slack", 0)
+    # What the allocator reserves on this card, which has room to spare (the simulated peak reservation), and
+    # what nvidia-smi then shows; total_bytes is the smaller card on which the run still completes.
+    est_reserved = est.components.get("reserved_on_larger_card",
+                                      est.peak_allocated_bytes + est.components.get("allocator_slack", 0))
     process_used = row["nvml_used_peak"] - row["context"]["nvml_used_before_cuda_init"]
     sliding_layers = sum(n for kind, n in (row.get("kv_cache_layer_classes") or {}).items() if "Sliding" in kind)
     window_scalars = sliding_layers * SLIDING_WINDOW_SCALAR_BYTES
@@ -142,7 +146,7 @@ def compare(row: dict[str, Any], estimate: EstimateResult | None = None,
                                            measured_bytes=row["peak_allocated"] - rebase),
         peak_reserved=ComponentComparison(component="peak_reserved", estimated_bytes=est_reserved,
                                           measured_bytes=row["peak_reserved"] - rebase),
-        device_used=ComponentComparison(component="device_used", estimated_bytes=est.total_bytes,
+        device_used=ComponentComparison(component="device_used", estimated_bytes=est_reserved + NON_TORCH_BYTES,
                                         measured_bytes=process_used),
     )
 

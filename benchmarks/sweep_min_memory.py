@@ -1,0 +1,212 @@
+"""Measure the smallest GPU memory in which generate() and training runs complete, with PyTorch's allocator.
+
+For every case: one uncapped run (peak allocated, peak reserved, the memory outside torch's allocator), then the
+binary search of ``gpuplan/verify/min_memory.py`` over ``torch.cuda.set_per_process_memory_fraction`` caps.
+One process per allocator setting (PYTORCH_CUDA_ALLOC_CONF is read when CUDA starts):
+
+    python3 benchmarks/sweep_min_memory.py --out $OUT/min-memory.jsonl --traces $OUT/traces
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 benchmarks/sweep_min_memory.py --out ...
+
+Cases marked ``trace`` also record the allocator's event sequence (``torch.cuda.memory._record_memory_history``,
+from before the model is built to the end of the uncapped run), written compactly: one line per event with its
+action, address and size. Every case carries ``split`` ("fit" or "heldout"), fixed here before any measurement.
+Needs torch, transformers (and peft for LoRA) and a CUDA GPU; gpuplan's own dependencies are not needed beyond
+pydantic for ``gpuplan.verify``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if not (REPO / "data" / "models").is_dir():  # a copy of this script run from the repository root
+    REPO = Path.cwd()
+sys.path.insert(0, str(REPO))
+
+from gpuplan.verify import measure as m  # noqa: E402
+
+try:
+    from gpuplan.verify import min_memory as mm
+except ImportError:  # a checkout without it: the copy sent next to this script
+    import min_memory as mm  # type: ignore[no-redef]
+
+# (model id, config file, dtype, attention, batch, prompt, new tokens, split, trace)
+INFERENCE: list[tuple[str, str, str, str, int, int, int, str, bool]] = [
+    ("meta-llama/Llama-2-7b-hf", "meta-llama--Llama-2-7b-hf.json", "fp16", "sdpa", 8, 4000, 16, "fit", True),
+    ("meta-llama/Llama-2-7b-hf", "meta-llama--Llama-2-7b-hf.json", "fp16", "sdpa", 32, 1024, 32, "heldout", False),
+    ("meta-llama/Llama-2-7b-hf", "meta-llama--Llama-2-7b-hf.json", "fp16", "eager", 4, 2048, 64, "fit", False),
+    ("meta-llama/Llama-2-7b-hf", "meta-llama--Llama-2-7b-hf.json", "fp16", "sdpa", 2, 1024, 256, "heldout", False),
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "fp32", "sdpa", 8, 2048, 64, "fit", True),
+    ("microsoft/Phi-3-mini-4k-instruct", "microsoft--Phi-3-mini-4k-instruct.json", "bf16", "sdpa", 8, 3000, 16,
+     "fit", True),
+    ("microsoft/Phi-3-mini-4k-instruct", "microsoft--Phi-3-mini-4k-instruct.json", "bf16", "eager", 2, 2048, 64,
+     "heldout", False),
+    ("mistralai/Mistral-7B-v0.1", "mistralai--Mistral-7B-v0.1.json", "bf16", "sdpa", 4, 6000, 32, "fit", False),
+    ("mistralai/Mistral-7B-v0.1", "mistralai--Mistral-7B-v0.1.json", "bf16", "sdpa", 16, 1024, 128, "heldout",
+     False),
+    ("google/gemma-3-1b-it", "google--gemma-3-1b-it.json", "bf16", "sdpa", 16, 2048, 64, "heldout", False),
+    ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "bf16", "sdpa", 32, 1024, 128, "heldout", False),
+    ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "bf16", "eager", 8, 2048, 16, "fit", False),
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "bf16", "eager", 16, 1024, 32, "fit", True),
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "bf16", "sdpa", 32, 512, 256, "heldout", False),
+    ("Qwen/Qwen1.5-MoE-A2.7B-Chat", "Qwen--Qwen1.5-MoE-A2.7B-Chat.json", "bf16", "sdpa", 4, 2048, 16, "fit",
+     False),
+    ("Qwen/Qwen1.5-MoE-A2.7B-Chat", "Qwen--Qwen1.5-MoE-A2.7B-Chat.json", "bf16", "sdpa", 8, 1024, 32, "heldout",
+     False),
+    ("facebook/opt-1.3b", "facebook--opt-1.3b.json", "fp16", "sdpa", 16, 1024, 64, "heldout", False),
+    ("openai-community/gpt2", "openai-community--gpt2.json", "fp32", "sdpa", 32, 512, 256, "fit", False),
+    ("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", "fp32", "eager", 4, 1024, 16, "fit", False),
+    ("Qwen/Qwen3-1.7B", "Qwen--Qwen3-1.7B.json", "bf16", "sdpa", 1, 4000, 256, "heldout", False),
+    ("google/gemma-2-2b-it", "google--gemma-2-2b-it.json", "bf16", "eager", 4, 2048, 32, "fit", False),
+    ("Qwen/Qwen2.5-7B", "Qwen--Qwen2.5-7B.json", "bf16", "sdpa", 16, 2048, 32, "heldout", False),
+]
+
+# (model id, config file, method, precision, batch, seq, checkpointing, split)
+TRAINING: list[tuple[str, str, str, str, int, int, bool, str]] = [
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "full", "bf16", 4, 2048, False, "fit"),
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "lora", "bf16", 4, 2048, True, "heldout"),
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "full", "mixed", 4, 2048, True, "fit"),
+    ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "full", "bf16", 2, 1024, False, "heldout"),
+    ("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", "lora", "bf16", 8, 1024, False, "fit"),
+    ("openai-community/gpt2", "openai-community--gpt2.json", "full", "fp32", 8, 1024, False, "heldout"),
+]
+
+ACTIONS = {"alloc": "a", "free_completed": "f", "segment_alloc": "S", "segment_free": "s", "segment_map": "M",
+           "segment_unmap": "m", "oom": "o"}
+
+
+def emit(handle: Any, record: dict[str, Any]) -> None:
+    handle.write(json.dumps(record, sort_keys=True) + "\n")
+    handle.flush()
+
+
+def write_trace(folder: Path, case_id: str, allocator: str) -> dict[str, Any]:
+    """The recorded events since recording started, one ``action addr size`` line each, gzipped."""
+    import torch
+
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    events = snapshot["device_traces"][0]
+    folder.mkdir(parents=True, exist_ok=True)
+    name = case_id.replace("/", "--").replace(" ", "").replace("·", "_") + f"-{allocator}.trace.gz"
+    kept = 0
+    with gzip.open(folder / name, "wt", encoding="utf-8") as handle:
+        for event in events:
+            code = ACTIONS.get(event["action"])
+            if code is not None:
+                handle.write(f"{code} {event['addr']} {event['size']}\n")
+                kept += 1
+    return {"trace_file": name, "trace_events": kept, "trace_total_events": len(events)}
+
+
+def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
+    import torch
+
+    groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for case in INFERENCE:
+        groups.setdefault((case[1], case[2]), []).append(case)
+    for (config_file, dtype), cases in groups.items():
+        if time.time() - started > args.inference_budget_s:
+            emit(out, {"skipped_group": config_file, "dtype": dtype, "reason": "time budget"})
+            continue
+        raw = json.loads((REPO / "data" / "models" / config_file).read_text())
+        traced = args.traces and any(c[8] for c in cases)
+        if traced:
+            torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python")
+        model, info = m.build_model(raw, dtype=dtype, attn_implementation=cases[0][3])
+        for model_id, _, _, attn, batch, prompt, new, split, trace in cases:
+            case_id = f"{model_id} · {dtype} · {attn} · b{batch} · p{prompt} · n{new}"
+            record: dict[str, Any] = {
+                "kind": "generate", "case_id": case_id, "model_id": model_id, "model_type": info.get("model_type"),
+                "config_file": f"data/models/{config_file}", "config_overrides": {}, "dtype": dtype, "attn": attn,
+                "batch": batch, "prompt_tokens": prompt, "new_tokens": new, "split": split,
+                "allocator": args.allocator, "weights_allocated": info["weights_allocated"],
+                "allocated_before_build": info["allocated_before_build"],
+            }
+            if time.time() - started > args.inference_budget_s:
+                emit(out, {**record, "skipped": "time budget"})
+                continue
+            if not m.set_attention(model, attn):
+                emit(out, {**record, "skipped": "attention switch refused"})
+                continue
+            case_started = time.time()
+            work = mm.generate_work(model, batch, prompt, new)
+            if trace and traced:
+                ok = mm.capped_run(work, None)
+                record["trace_peak_allocated"] = int(torch.cuda.max_memory_allocated())
+                record["trace_peak_reserved"] = int(torch.cuda.max_memory_reserved())
+                record.update(write_trace(Path(args.traces), case_id, args.allocator))
+                traced = False
+                if not ok:
+                    emit(out, {**record, "oom": True})
+                    continue
+            record["allocated_before_case"] = int(torch.cuda.memory_allocated())
+            record.update(mm.measure_min_memory(work))
+            record["stats"] = {k: int(v) for k, v in torch.cuda.memory_stats().items()
+                               if k in ("num_alloc_retries", "num_ooms", "num_device_alloc", "num_device_free")}
+            record["seconds"] = round(time.time() - case_started, 2)
+            del work
+            emit(out, record)
+            print(case_id, args.allocator, record.get("min_gpu_bytes"), record["seconds"], flush=True)
+        if traced:
+            torch.cuda.memory._record_memory_history(enabled=None)
+        del model
+        mm.clear_cuda()
+
+
+def run_training(args: argparse.Namespace, out: Any, started: float) -> None:
+    import torch
+
+    for model_id, config_file, method, precision, batch, seq, checkpointing, split in TRAINING:
+        case_id = f"{model_id}|{method}|{precision}|adamw|b{batch}|s{seq}|gc{int(checkpointing)}|ga1"
+        record: dict[str, Any] = {
+            "kind": "train", "case_id": case_id, "model_id": model_id, "config_file": f"data/models/{config_file}",
+            "config_overrides": {}, "method": method, "precision": precision, "optimizer": "adamw",
+            "batch": batch, "seq": seq, "grad_checkpointing": checkpointing, "grad_accumulation": 1,
+            "lora_rank": 16 if method == "lora" else None, "split": split, "allocator": args.allocator,
+            "allocated_before_case": int(torch.cuda.memory_allocated()),
+        }
+        if time.time() - started > args.budget_s:
+            emit(out, {**record, "skipped": "time budget"})
+            continue
+        raw = json.loads((REPO / "data" / "models" / config_file).read_text())
+        case_started = time.time()
+        work = mm.training_work(raw, method=method, precision=precision, optimizer="adamw", batch=batch, seq=seq,
+                                grad_checkpointing=checkpointing)
+        record.update(mm.measure_min_memory(work))
+        record["seconds"] = round(time.time() - case_started, 2)
+        emit(out, record)
+        print(case_id, args.allocator, record.get("min_gpu_bytes"), record["seconds"], flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--traces", default=None, help="folder for the allocator traces (none when left out)")
+    parser.add_argument("--inference-budget-s", type=float, default=240)
+    parser.add_argument("--budget-s", type=float, default=330, help="no case starts after this many seconds")
+    parser.add_argument("--no-training", action="store_true")
+    args = parser.parse_args(argv)
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    args.allocator = "expandable" if "expandable_segments:True" in conf else "default"
+    started = time.time()
+    context = m.init_cuda()
+    versions = m.environment()
+    with open(args.out, "a", encoding="utf-8") as out:
+        emit(out, {"kind": "environment", "allocator": args.allocator, "alloc_conf": conf, "context": context,
+                   "versions": versions})
+        run_inference(args, out, started)
+        if not args.no_training:
+            run_training(args, out, started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
