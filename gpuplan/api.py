@@ -142,7 +142,8 @@ def assemble(resolved: ResolvedModel, engine: str, result: EngineEstimate, hardw
             fit["fit_reason"] = (f"needs {result.total_bytes / 2**30:,.2f} GiB per GPU, the GPU has "
                                  f"{capacity / 2**30:,.2f} GiB")
     # The engine's fields as they are (nested results pass as instances, not dumped and rebuilt).
-    fields = {k: v for k, v in result.__dict__.items() if k not in ("notes", "fits", *fit)}
+    skip = {"notes", "fits", *fit}
+    fields = {k: v for k, v in result.__dict__.items() if k not in skip}
     return EstimateResult(
         **fields, **fit, model=resolved.id, source=resolved.source, revision=resolved.revision,
         commit=resolved.commit, model_type=spec.model_type, attention=spec.attention_kind, engine=engine,

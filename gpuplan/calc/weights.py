@@ -100,9 +100,23 @@ def tensor_bytes(tensor: TensorGroup, precision: Precision) -> int:
     return tensor.total_numel * precision.compute_bytes
 
 
+# Sums already taken, by model object: one model is estimated many times (sweeps, plans, the library in a
+# loop). Each entry keeps its spec alive, so the id in its key cannot be reused by another object meanwhile.
+_SUMS: dict[tuple, tuple[ModelSpec, int]] = {}
+_SUMS_KEPT = 256
+
+
 def weights_bytes(spec: ModelSpec, precision: Precision, *, loaded_only: bool = True) -> int:
     """Bytes of every weight the engine loads (``loaded_only``) or that the checkpoint stores."""
-    return sum(tensor_bytes(t, precision) for t in spec.tensors if t.loaded or not loaded_only)
+    key = (id(spec), precision, loaded_only)
+    hit = _SUMS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    total = sum(tensor_bytes(t, precision) for t in spec.tensors if t.loaded or not loaded_only)
+    if len(_SUMS) >= _SUMS_KEPT:
+        _SUMS.pop(next(iter(_SUMS)))
+    _SUMS[key] = (spec, total)
+    return total
 
 
 # Bytes per element of each safetensors dtype (safetensors/src/tensor.rs, Dtype::size / bitsize).

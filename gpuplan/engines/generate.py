@@ -191,11 +191,11 @@ def _expandable_note(spec: ModelSpec, workload: Workload, precision: Precision, 
     """Say what expandable segments would save when the default allocator's slack is a large part of the total."""
     if breakdown.components.get("allocator_slack", 0) <= EXPANDABLE_NOTE_SHARE * breakdown.total_bytes:
         return None
-    alternative = estimate_memory(spec, workload, precision, attn=attn,  # type: ignore[arg-type]
-                                  weights_override=breakdown.weights_bytes, expandable_segments=True)
-    if breakdown.total_bytes - alternative.total_bytes <= EXPANDABLE_NOTE_SHARE * breakdown.total_bytes:
+    slack, _ = allocator_terms(allocator_fit(spec, workload, precision, breakdown.weights_bytes, attn, True))
+    alternative = breakdown.peak_allocated_bytes + overhead_bytes(slack)  # the same tensors, segments grown in place
+    if breakdown.total_bytes - alternative <= EXPANDABLE_NOTE_SHARE * breakdown.total_bytes:
         return None
-    return (f"with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True it needs {alternative.total_bytes / 2**30:,.1f} "
+    return (f"with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True it needs {alternative / 2**30:,.1f} "
             f"GiB instead of {breakdown.total_bytes / 2**30:,.1f} GiB: the default allocator strands freed blocks "
             "that later, larger tensors cannot reuse")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_sequence
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
@@ -359,11 +358,32 @@ def generate_events(spec: ModelSpec, workload: Workload, precision: Precision, w
     return trace.events
 
 
-@lru_cache(maxsize=512)
+# Simulations already run, by model object and workload: a model is usually estimated many times (a sweep, a
+# plan, the library in a loop), and hashing a whole ModelSpec for each lookup would cost more than the estimate.
+# Each entry keeps its spec alive, so the id in its key cannot be reused by another object while it is cached.
+_FITS: dict[tuple, tuple[ModelSpec, AllocatorFit]] = {}
+_FITS_KEPT = 512
+
+
 def allocator_fit(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int,
                   attn: str = "sdpa", expandable_segments: bool = False) -> AllocatorFit:
-    """generate()'s sequence through the caching-allocator simulation (gpuplan/calc/allocator.py). The small
-    pool is replayed over the prefill and the first decode step: later steps allocate the same small tensors."""
+    """generate()'s sequence through the caching-allocator simulation (gpuplan/calc/allocator.py), cached."""
+    key = (id(spec), workload.batch, workload.seq, workload.new_tokens, precision, weights_bytes, attn,
+           expandable_segments)
+    hit = _FITS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    fit = _simulate(spec, workload, precision, weights_bytes, attn, expandable_segments)
+    if len(_FITS) >= _FITS_KEPT:
+        _FITS.pop(next(iter(_FITS)))  # the oldest entry
+    _FITS[key] = (spec, fit)
+    return fit
+
+
+def _simulate(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int, attn: str,
+              expandable_segments: bool) -> AllocatorFit:
+    """The small pool is replayed over the prefill and the first decode step: later steps allocate the same
+    small tensors."""
     large = generate_events(spec, workload, precision, weights_bytes, attn, smallest=SMALL_SIZE)
     small_all = generate_events(spec, workload, precision, weights_bytes, attn, decode_steps=1)
     small = [event for event in small_all if event[0] != "a" or event[2] <= SMALL_SIZE]
