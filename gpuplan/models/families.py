@@ -74,58 +74,114 @@ def _layer_windows(c: ConfigReader, num_layers: int, model_type: str) -> tuple[i
 
 
 def _llama_like(c: ConfigReader, model_type: str) -> ModelSpec:
-    hidden = c.int("hidden_size")
-    layers = c.int("num_hidden_layers")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    _check_heads(c, heads, kv_heads)
-    vocab = c.int("vocab_size")
-    explicit_head_dim = c.int("head_dim", default=None)
-    if explicit_head_dim is None and hidden % heads:
-        raise ConfigError(f"{c.label}: hidden_size {hidden} is not divisible by {heads} heads and no head_dim is given")
-    head_dim = explicit_head_dim or hidden // heads
-    intermediate = c.int("intermediate_size", default=None)
-    # Config classes whose tie_word_embeddings defaults to True: Gemma*, Starcoder2 (configuration_*.py).
-    tied = c.bool("tie_word_embeddings", default=model_type.startswith("gemma") or model_type == "starcoder2")
-    notes: list[str] = []
+    """A Llama-style decoder and its relatives (options of transformers' modeling_llama.py and its copies)."""
+    return _LlamaLike(c, model_type).build()
 
-    attn_bias_default = model_type in ("qwen2", "qwen2_moe", "gpt_oss", "starcoder2")
-    qkv_bias = c.bool("attention_bias", "use_bias", "qkv_bias", default=attn_bias_default)
-    # Qwen2 puts biases on q/k/v only (modeling_qwen2.py); llama's attention_bias covers o_proj too.
-    o_bias = qkv_bias and model_type not in ("qwen2", "qwen2_moe")
-    if model_type == "starcoder2":
-        o_bias = c.bool("use_bias", default=True)
-    mlp_bias = c.bool("mlp_bias", default=model_type == "starcoder2")
-    layer_norm = model_type in ("starcoder2",)
-    gated = model_type not in ("starcoder2",)
 
-    lay = _Layout()
-    lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+class _LlamaLike:
+    """Reads a Llama-style config once; each method lays out one part of the model's tensors."""
 
-    mla: MlaSpec | None = None
-    v_head_dim = head_dim
-    mtp = c.int("num_nextn_predict_layers", default=0, minimum=0) if model_type == "deepseek_v3" else 0
+    def __init__(self, c: ConfigReader, model_type: str) -> None:
+        self.c, self.model_type = c, model_type
+        self.hidden = hidden = c.int("hidden_size")
+        self.layers = c.int("num_hidden_layers")
+        self.heads = heads = c.int("num_attention_heads")
+        self.kv_heads = c.int("num_key_value_heads", default=heads)
+        _check_heads(c, heads, self.kv_heads)
+        self.vocab = c.int("vocab_size")
+        explicit_head_dim = c.int("head_dim", default=None)
+        if explicit_head_dim is None and hidden % heads:
+            raise ConfigError(f"{c.label}: hidden_size {hidden} is not divisible by {heads} heads and no head_dim "
+                              "is given")
+        self.head_dim = explicit_head_dim or hidden // heads
+        self.v_head_dim = self.head_dim
+        self.intermediate = c.int("intermediate_size", default=None)
+        # Config classes whose tie_word_embeddings defaults to True: Gemma*, Starcoder2 (configuration_*.py).
+        self.tied = c.bool("tie_word_embeddings", default=model_type.startswith("gemma") or model_type == "starcoder2")
+        self.notes: list[str] = []
+        attn_bias_default = model_type in ("qwen2", "qwen2_moe", "gpt_oss", "starcoder2")
+        self.qkv_bias = c.bool("attention_bias", "use_bias", "qkv_bias", default=attn_bias_default)
+        # Qwen2 puts biases on q/k/v only (modeling_qwen2.py); llama's attention_bias covers o_proj too.
+        self.o_bias = self.qkv_bias and model_type not in ("qwen2", "qwen2_moe")
+        if model_type == "starcoder2":
+            self.o_bias = c.bool("use_bias", default=True)
+        self.mlp_bias = c.bool("mlp_bias", default=model_type == "starcoder2")
+        self.layer_norm = model_type in ("starcoder2",)
+        self.gated = model_type not in ("starcoder2",)
+        self.mtp = c.int("num_nextn_predict_layers", default=0, minimum=0) if model_type == "deepseek_v3" else 0
+        self.lay = _Layout()
+        self.mla = self._mla()
+        self.moe, self.moe_layer_ids = self._moe()
+        self.dense_layers = self.layers - len(self.moe_layer_ids)
+        if self.dense_layers and self.intermediate is None:
+            raise ConfigError(f"{c.label}: missing 'intermediate_size' for the dense feed-forward layers")
 
-    def attention(prefix: str, n: int, loaded: bool = True) -> None:
+    def _mla(self) -> MlaSpec | None:
+        if self.model_type not in ("deepseek_v2", "deepseek_v3"):
+            return None
+        c = self.c
+        mla = MlaSpec(kv_lora_rank=c.int("kv_lora_rank"), q_lora_rank=c.int("q_lora_rank", default=None),
+                      qk_nope_head_dim=c.int("qk_nope_head_dim"), qk_rope_head_dim=c.int("qk_rope_head_dim"),
+                      v_head_dim=c.int("v_head_dim"))
+        self.head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        self.v_head_dim = mla.v_head_dim
+        self.kv_heads = self.heads  # transformers' DeepSeek attention expands K/V to every head
+        return mla
+
+    def _moe(self) -> tuple[MoeSpec | None, list[int]]:
+        """Which layers are sparse, and their experts."""
+        c, model_type, layers = self.c, self.model_type, self.layers
+        num_experts = c.int("num_local_experts", "n_routed_experts", "num_experts", default=0, minimum=0)
+        if not num_experts:
+            return None, []
+        if model_type in ("deepseek_v2", "deepseek_v3"):
+            first_dense = c.int("first_k_dense_replace", default=0, minimum=0)
+            freq = c.int("moe_layer_freq", default=1)
+            ids = [i for i in range(layers) if i >= first_dense and i % freq == 0]
+        elif model_type in ("qwen2_moe", "qwen3_moe"):
+            step = c.int("decoder_sparse_step", default=1)
+            dense_only = set(c.list("mlp_only_layers") or [])
+            ids = [i for i in range(layers) if i not in dense_only and (i + 1) % step == 0]
+        else:
+            ids = list(range(layers))
+        expert_width = c.int("moe_intermediate_size", "intermediate_size")
+        shared_count = c.int("n_shared_experts", default=0, minimum=0)
+        shared_width = c.int("shared_expert_intermediate_size", default=0, minimum=0)
+        if model_type in ("deepseek_v2", "deepseek_v3"):
+            shared_width = expert_width * shared_count
+        elif shared_width:
+            shared_count = 1
+        moe = MoeSpec(
+            num_experts=num_experts,
+            experts_per_token=c.int("num_experts_per_tok", "num_experts_per_token", "experts_per_token",
+                                    "moe_topk"),
+            expert_intermediate_size=expert_width, num_shared_experts=shared_count,
+            shared_expert_intermediate_size=shared_width, num_moe_layers=len(ids),
+            num_dense_layers=layers - len(ids))
+        return moe, ids
+
+    def attention(self, prefix: str, n: int, loaded: bool = True) -> None:
+        lay, hidden, heads, mla = self.lay, self.hidden, self.heads, self.mla
         if mla is not None:
             qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
             if mla.q_lora_rank:
-                lay.linear(f"{prefix}.q_a_proj", mla.q_lora_rank, hidden, n, bias=qkv_bias, loaded=loaded)
+                lay.linear(f"{prefix}.q_a_proj", mla.q_lora_rank, hidden, n, bias=self.qkv_bias, loaded=loaded)
                 lay.norm(f"{prefix}.q_a_layernorm", mla.q_lora_rank, n, loaded=loaded)
                 lay.linear(f"{prefix}.q_b_proj", heads * qk_dim, mla.q_lora_rank, n, loaded=loaded)
             else:
                 lay.linear(f"{prefix}.q_proj", heads * qk_dim, hidden, n, loaded=loaded)
             lay.linear(f"{prefix}.kv_a_proj_with_mqa", mla.kv_lora_rank + mla.qk_rope_head_dim, hidden, n,
-                       bias=qkv_bias, loaded=loaded)
+                       bias=self.qkv_bias, loaded=loaded)
             lay.norm(f"{prefix}.kv_a_layernorm", mla.kv_lora_rank, n, loaded=loaded)
             lay.linear(f"{prefix}.kv_b_proj", heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank,
                        n, loaded=loaded)
-            lay.linear(f"{prefix}.o_proj", hidden, heads * mla.v_head_dim, n, bias=qkv_bias, loaded=loaded)
+            lay.linear(f"{prefix}.o_proj", hidden, heads * mla.v_head_dim, n, bias=self.qkv_bias, loaded=loaded)
             return
-        lay.linear(f"{prefix}.q_proj", heads * head_dim, hidden, n, bias=qkv_bias, loaded=loaded)
-        lay.linear(f"{prefix}.k_proj", kv_heads * head_dim, hidden, n, bias=qkv_bias, loaded=loaded)
-        lay.linear(f"{prefix}.v_proj", kv_heads * head_dim, hidden, n, bias=qkv_bias, loaded=loaded)
-        lay.linear(f"{prefix}.o_proj", hidden, heads * head_dim, n, bias=o_bias, loaded=loaded)
+        head_dim, kv_heads, model_type = self.head_dim, self.kv_heads, self.model_type
+        lay.linear(f"{prefix}.q_proj", heads * head_dim, hidden, n, bias=self.qkv_bias, loaded=loaded)
+        lay.linear(f"{prefix}.k_proj", kv_heads * head_dim, hidden, n, bias=self.qkv_bias, loaded=loaded)
+        lay.linear(f"{prefix}.v_proj", kv_heads * head_dim, hidden, n, bias=self.qkv_bias, loaded=loaded)
+        lay.linear(f"{prefix}.o_proj", hidden, heads * head_dim, n, bias=self.o_bias, loaded=loaded)
         if model_type in ("qwen3", "qwen3_moe", "gemma3_text", "gemma3"):
             # per-head RMSNorm on q and k (modeling_qwen3.py / modeling_gemma3.py: q_norm, k_norm)
             lay.norm(f"{prefix}.q_norm", head_dim, n, loaded=loaded)
@@ -138,65 +194,18 @@ def _llama_like(c: ConfigReader, model_type: str) -> ModelSpec:
             # modeling_gpt_oss.py: learned attention sinks, one logit per head
             lay.add(f"{prefix}.sinks", (heads,), R.OTHER, n, loaded=loaded)
 
-    def dense_mlp(prefix: str, width: int, n: int, loaded: bool = True) -> None:
-        if gated:
-            lay.linear(f"{prefix}.gate_proj", width, hidden, n, bias=mlp_bias, loaded=loaded)
-            lay.linear(f"{prefix}.up_proj", width, hidden, n, bias=mlp_bias, loaded=loaded)
-            lay.linear(f"{prefix}.down_proj", hidden, width, n, bias=mlp_bias, loaded=loaded)
+    def dense_mlp(self, prefix: str, width: int, n: int, loaded: bool = True) -> None:
+        lay, hidden, bias = self.lay, self.hidden, self.mlp_bias
+        if self.gated:
+            lay.linear(f"{prefix}.gate_proj", width, hidden, n, bias=bias, loaded=loaded)
+            lay.linear(f"{prefix}.up_proj", width, hidden, n, bias=bias, loaded=loaded)
+            lay.linear(f"{prefix}.down_proj", hidden, width, n, bias=bias, loaded=loaded)
         else:
-            lay.linear(f"{prefix}.c_fc", width, hidden, n, bias=mlp_bias, loaded=loaded)
-            lay.linear(f"{prefix}.c_proj", hidden, width, n, bias=mlp_bias, loaded=loaded)
+            lay.linear(f"{prefix}.c_fc", width, hidden, n, bias=bias, loaded=loaded)
+            lay.linear(f"{prefix}.c_proj", hidden, width, n, bias=bias, loaded=loaded)
 
-    # ---- MLA ----
-    if model_type in ("deepseek_v2", "deepseek_v3"):
-        mla = MlaSpec(
-            kv_lora_rank=c.int("kv_lora_rank"),
-            q_lora_rank=c.int("q_lora_rank", default=None),
-            qk_nope_head_dim=c.int("qk_nope_head_dim"),
-            qk_rope_head_dim=c.int("qk_rope_head_dim"),
-            v_head_dim=c.int("v_head_dim"),
-        )
-        head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
-        v_head_dim = mla.v_head_dim
-        kv_heads = heads  # transformers' DeepSeek attention expands K/V to every head
-
-    # ---- MoE layout: which layers are sparse ----
-    moe: MoeSpec | None = None
-    num_experts = c.int("num_local_experts", "n_routed_experts", "num_experts", default=0, minimum=0)
-    moe_layer_ids: list[int] = []
-    if num_experts:
-        if model_type in ("deepseek_v2", "deepseek_v3"):
-            first_dense = c.int("first_k_dense_replace", default=0, minimum=0)
-            freq = c.int("moe_layer_freq", default=1)
-            moe_layer_ids = [i for i in range(layers) if i >= first_dense and i % freq == 0]
-        elif model_type in ("qwen2_moe", "qwen3_moe"):
-            step = c.int("decoder_sparse_step", default=1)
-            dense_only = set(c.list("mlp_only_layers") or [])
-            moe_layer_ids = [i for i in range(layers) if i not in dense_only and (i + 1) % step == 0]
-        else:
-            moe_layer_ids = list(range(layers))
-        expert_width = c.int("moe_intermediate_size", "intermediate_size")
-        shared_count = c.int("n_shared_experts", default=0, minimum=0)
-        shared_width = c.int("shared_expert_intermediate_size", default=0, minimum=0)
-        if model_type in ("deepseek_v2", "deepseek_v3"):
-            shared_width = expert_width * shared_count
-        elif shared_width:
-            shared_count = 1
-        moe = MoeSpec(
-            num_experts=num_experts,
-            experts_per_token=c.int("num_experts_per_tok", "num_experts_per_token", "experts_per_token",
-                                    "moe_topk"),
-            expert_intermediate_size=expert_width,
-            num_shared_experts=shared_count,
-            shared_expert_intermediate_size=shared_width,
-            num_moe_layers=len(moe_layer_ids),
-            num_dense_layers=layers - len(moe_layer_ids),
-        )
-    dense_layers = layers - len(moe_layer_ids)
-    if dense_layers and intermediate is None:
-        raise ConfigError(f"{c.label}: missing 'intermediate_size' for the dense feed-forward layers")
-
-    def moe_mlp(prefix: str, n: int, loaded: bool = True) -> None:
+    def moe_mlp(self, prefix: str, n: int, loaded: bool = True) -> None:
+        moe, lay, hidden, model_type = self.moe, self.lay, self.hidden, self.model_type
         assert moe is not None
         E, w = moe.num_experts, moe.expert_intermediate_size
         if model_type == "gpt_oss":
@@ -209,75 +218,65 @@ def _llama_like(c: ConfigReader, model_type: str) -> ModelSpec:
             lay.add(f"{prefix}.experts.down_proj_bias", (E, hidden), R.BIAS, n, loaded=loaded)
             return
         lay.add(f"{prefix}.gate.weight", (E, hidden), R.ROUTER, n, loaded=loaded)
-        if model_type == "deepseek_v3" and c.str("topk_method", default="noaux_tc") == "noaux_tc":
+        if model_type == "deepseek_v3" and self.c.str("topk_method", default="noaux_tc") == "noaux_tc":
             # modeling_deepseek_v3.py: e_score_correction_bias for aux-loss-free balancing
             lay.add(f"{prefix}.gate.e_score_correction_bias", (E,), R.ROUTER, n, loaded=loaded)
         for proj, shape in (("gate_proj", (w, hidden)), ("up_proj", (w, hidden)), ("down_proj", (hidden, w))):
             lay.add(f"{prefix}.experts.{proj}.weight", shape, R.EXPERT_LINEAR, n * E, loaded=loaded)
         if moe.num_shared_experts and moe.shared_expert_intermediate_size:
             name = "shared_experts" if model_type in ("deepseek_v2", "deepseek_v3") else "shared_expert"
-            dense_mlp(f"{prefix}.{name}", moe.shared_expert_intermediate_size, n, loaded=loaded)
+            self.dense_mlp(f"{prefix}.{name}", moe.shared_expert_intermediate_size, n, loaded=loaded)
             if model_type == "qwen2_moe":
                 # modeling_qwen2_moe.py: sigmoid gate on the shared expert's output
                 lay.add(f"{prefix}.shared_expert_gate.weight", (1, hidden), R.ROUTER, n, loaded=loaded)
 
-    def norms_per_layer() -> int:
-        return 4 if model_type in ("gemma2", "gemma3_text", "gemma3") else 2
-
-    def decoder_layers(prefix: str, n_dense: int, n_moe: int, loaded: bool = True) -> None:
-        attention(f"{prefix}.self_attn", n_dense + n_moe, loaded)
-        lay.norm(f"{prefix}.norms", hidden, norms_per_layer() * (n_dense + n_moe), bias=layer_norm, loaded=loaded)
-        dense_mlp(f"{prefix}.mlp", intermediate or 0, n_dense, loaded)
+    def decoder_layers(self, prefix: str, n_dense: int, n_moe: int, loaded: bool = True) -> None:
+        norms = 4 if self.model_type in ("gemma2", "gemma3_text", "gemma3") else 2
+        self.attention(f"{prefix}.self_attn", n_dense + n_moe, loaded)
+        self.lay.norm(f"{prefix}.norms", self.hidden, norms * (n_dense + n_moe), bias=self.layer_norm, loaded=loaded)
+        self.dense_mlp(f"{prefix}.mlp", self.intermediate or 0, n_dense, loaded)
         if n_moe:
-            moe_mlp(f"{prefix}.mlp", n_moe, loaded)
+            self.moe_mlp(f"{prefix}.mlp", n_moe, loaded)
 
-    decoder_layers("layers", dense_layers, len(moe_layer_ids))
-    lay.norm("norm", hidden, 1, bias=layer_norm)
-    if not tied:
-        lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
-
-    if mtp:
-        # DeepSeek-V3 multi-token prediction (modeling in DeepSeek-V3's inference/model.py and the
-        # checkpoint's model.layers.61.*): per module an embedding copy, enorm/hnorm, eh_proj (2h -> h),
-        # one MoE decoder layer and a shared head (norm + vocab projection). Transformers and vLLM skip
-        # them unless speculative decoding is on, so they are marked not loaded.
+    def mtp_layers(self) -> None:
+        """DeepSeek-V3 multi-token prediction (modeling in DeepSeek-V3's inference/model.py and the checkpoint's
+        model.layers.61.*): per module an embedding copy, enorm/hnorm, eh_proj (2h -> h), one MoE decoder
+        layer and a shared head (norm + vocab projection). Transformers and vLLM skip them unless speculative
+        decoding is on, so they are marked not loaded."""
+        lay, hidden, vocab, mtp = self.lay, self.hidden, self.vocab, self.mtp
         lay.add("mtp.embed_tokens.weight", (vocab, hidden), R.EMBEDDING, mtp, loaded=False)
         lay.norm("mtp.enorm", hidden, mtp, loaded=False)
         lay.norm("mtp.hnorm", hidden, mtp, loaded=False)
         # eh_proj is kept in bf16 in the FP8 checkpoint: only then do the stored elements add up to the
         # Hub's safetensors total (tests/test_params.py), so it is not a quantizable linear here.
         lay.add("mtp.eh_proj.weight", (hidden, 2 * hidden), R.OTHER, mtp, loaded=False)
-        decoder_layers("mtp.layer", 0 if moe else mtp, mtp if moe else 0, loaded=False)
+        self.decoder_layers("mtp.layer", 0 if self.moe else mtp, mtp if self.moe else 0, loaded=False)
         lay.norm("mtp.shared_head.norm", hidden, mtp, loaded=False)
         lay.add("mtp.shared_head.head.weight", (vocab, hidden), R.LM_HEAD, mtp, loaded=False)
-        notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; engines load them only "
-                     "for speculative decoding, so weights leave them out")
+        self.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; engines load them only "
+                          "for speculative decoding, so weights leave them out")
 
-    return ModelSpec(
-        model_type=model_type,
-        architectures=tuple(c.list("architectures") or ()),
-        num_hidden_layers=layers,
-        hidden_size=hidden,
-        vocab_size=vocab,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        v_head_dim=v_head_dim,
-        intermediate_size=intermediate or moe.expert_intermediate_size if moe else intermediate or 0,
-        ffn_gated=gated,
-        hidden_act=c.str("hidden_act", "hidden_activation", default="silu"),
-        mla=mla,
-        moe=moe,
-        layer_windows=_layer_windows(c, layers, model_type),
-        tie_word_embeddings=tied,
-        max_position_embeddings=_max_positions(c),
-        native_dtype=_native_dtype(c),
-        quantization=parse_quantization_config(c),
-        mtp_layers=mtp,
-        norm_kind="layer" if layer_norm else "rms",
-        tensors=tuple(lay.groups),
-        notes=tuple(notes),
-    )
+    def build(self) -> ModelSpec:
+        c, lay, moe = self.c, self.lay, self.moe
+        lay.add("embed_tokens.weight", (self.vocab, self.hidden), R.EMBEDDING)
+        self.decoder_layers("layers", self.dense_layers, len(self.moe_layer_ids))
+        lay.norm("norm", self.hidden, 1, bias=self.layer_norm)
+        if not self.tied:
+            lay.add("lm_head.weight", (self.vocab, self.hidden), R.LM_HEAD)
+        if self.mtp:
+            self.mtp_layers()
+        intermediate = self.intermediate
+        return ModelSpec(
+            model_type=self.model_type, architectures=tuple(c.list("architectures") or ()),
+            num_hidden_layers=self.layers, hidden_size=self.hidden, vocab_size=self.vocab,
+            num_attention_heads=self.heads, num_key_value_heads=self.kv_heads, head_dim=self.head_dim,
+            v_head_dim=self.v_head_dim,
+            intermediate_size=intermediate or moe.expert_intermediate_size if moe else intermediate or 0,
+            ffn_gated=self.gated, hidden_act=c.str("hidden_act", "hidden_activation", default="silu"),
+            mla=self.mla, moe=moe, layer_windows=_layer_windows(c, self.layers, self.model_type),
+            tie_word_embeddings=self.tied, max_position_embeddings=_max_positions(c),
+            native_dtype=_native_dtype(c), quantization=parse_quantization_config(c), mtp_layers=self.mtp,
+            norm_kind="layer" if self.layer_norm else "rms", tensors=tuple(lay.groups), notes=tuple(self.notes))
 
 
 def _kimi_k2(c: ConfigReader, model_type: str) -> ModelSpec:
