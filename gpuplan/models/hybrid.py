@@ -243,16 +243,22 @@ def _embed_and_head(p: Parts, vocab: int, tied: bool) -> None:
 # ---- Qwen3-Next, Qwen3.5 ---------------------------------------------------------------------------------
 
 
+def decoder_dims(c: ConfigReader) -> tuple[int, int, int, int, int, int]:
+    """The sizes every decoder config states: hidden, layers, vocabulary, heads, KV heads (default: heads,
+    checked against heads) and head_dim (default: hidden / heads)."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    return hidden, layers, vocab, heads, kv_heads, c.int("head_dim", default=hidden // heads)
+
+
 def qwen3_next(c: ConfigReader, model_type: str) -> ModelSpec:
     """modeling_qwen3_next.py (and qwen3_5 / qwen3_5_moe, generated from it): ``layer_types`` of
     linear_attention (Gated DeltaNet) and full_attention (gated q, per-head q/k norms); every layer's FFN
     is MoE (a shared expert with a sigmoid gate) unless listed in mlp_only_layers or off the
     decoder_sparse_step, or dense when the config has no experts (qwen3_5)."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=False)
     bias = c.bool("attention_bias", default=False)
     # configuration_qwen3_next.py / configuration_qwen3_5.py: without layer_types, every
@@ -498,11 +504,7 @@ def falcon_h1(c: ConfigReader, model_type: str) -> ModelSpec:
     holds both: cache_utils.py LinearAttentionAndFullAttentionLayer), then a gated MLP. The mixer's width is
     mamba_d_ssm, or mamba_expand x hidden; its gated RMSNorm exists only with mamba_rms_norm; out_proj's
     bias is projectors_bias."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=False)
     inner = c.int("mamba_d_ssm", default=None) or c.int("mamba_expand") * hidden
     p = Parts(c, hidden)
@@ -533,11 +535,7 @@ def llama4_text(c: ConfigReader, model_type: str) -> ModelSpec:
     and a shared expert of intermediate_size; the other layers a dense MLP of intermediate_size_mlp.
     transformers caches a chunked layer like a sliding one of attention_chunk_size tokens
     (cache_utils.py get_layer_types_and_kwargs)."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=False)
     chunk = c.int("attention_chunk_size", default=None)
     interval = c.int("no_rope_layer_interval", default=4)
@@ -890,11 +888,7 @@ def minimax(c: ConfigReader, model_type: str) -> ModelSpec:
     over heads x d, out_proj, output_gate; its state, [heads, d, d] per sequence, is kept in
     MiniMaxCache.linear_cache) and full_attention (q/k/v/o, sliding_window when set); a Mixtral-style MoE
     (router, fused experts of intermediate_size) on every layer."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=False)
     kinds = layer_types(c, layers)
     window = c.int("sliding_window", default=None)
@@ -933,11 +927,7 @@ def ernie4_5_moe(c: ConfigReader, model_type: str) -> ModelSpec:
     configuration_ernie4_5_moe.py), else a dense MLP; router weight plus a [1, E] e_score_correction_bias
     parameter (moe_statics), fused experts, shared experts of moe_num_shared_experts x moe_intermediate_size.
     Tied embeddings by default."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=True)
     bias = c.bool("use_bias", default=False)
     p = Parts(c, hidden)
@@ -1124,11 +1114,7 @@ def olmo_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
     full_attention (OLMo 2: q_norm / k_norm over all heads, post-norms post_attention_layernorm and
     post_feedforward_layernorm); a gated MLP on every layer. A linear layer keeps [v_heads, k_dim, v_dim]
     and [conv_dim, kernel] per sequence."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=False)
     kinds = layer_types(c, layers)
     n_lin = kinds.count("linear_attention")
@@ -1219,11 +1205,7 @@ _PLAIN_MLP = {
 def plain_mlp_decoder(c: ConfigReader, model_type: str) -> ModelSpec:
     """Llama-style attention (q/k/v/o, full attention) with a two-matrix MLP; see ``_PLAIN_MLP``."""
     norms, final_norm, norm_bias, bias, qk_norm, act_params, (up, down) = _PLAIN_MLP[model_type]
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=False)
     bias = c.bool("attention_bias", default=bias)
     p = Parts(c, hidden)
@@ -1297,11 +1279,7 @@ def generic_decoder(c: ConfigReader, model_type: str) -> ModelSpec:
     Llama-style grouped-query attention (sliding_window / attention_chunk_size for their spans), state layers
     by the dims the config carries; every layer gets a gated MLP of intermediate_size. The notes say which
     assumption was made for each kind."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = c.int("head_dim", default=hidden // heads)
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
     tied = c.bool("tie_word_embeddings", default=False)
     kinds = layer_types(c, layers)
     unknown = sorted(set(kinds) - ATTENTION_KINDS - STATE_KINDS)
