@@ -63,10 +63,12 @@ def release_version(engine: str, given: str | None, notes: list[str]) -> str | N
     installed = _installed_version(engine)
     if installed is None:
         return None
+    from gpuplan.engines.vllm_releases import parse_release
+
     if engine == "vllm":
-        from gpuplan.engines.vllm_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+        from gpuplan.engines.vllm_releases import NEWEST, OLDEST, SUPPORTED
     else:
-        from gpuplan.engines.sglang_releases import NEWEST, OLDEST, SUPPORTED, parse_release
+        from gpuplan.engines.sglang_releases import NEWEST, OLDEST, SUPPORTED
     try:
         in_range = OLDEST <= parse_release(installed) <= NEWEST
     except ValueError:

@@ -27,8 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from gpuplan.engines.vllm_releases import parse_release
-from gpuplan.errors import InputError
+from gpuplan.engines.vllm_releases import select_release
 
 FractionRule = Literal["tp_table", "gpu_class", "reserved"]
 
@@ -75,23 +74,8 @@ _DEFAULTS = {"fraction_rule": "reserved", "tp8_fraction": 0.81, "large_gpu_claus
 
 def sglang_release(version: str | None = None) -> SglangRelease:
     """The rules of SGLang ``version`` (default: the newest release read). Raises InputError outside the range."""
-    text = "0.5.23" if version is None else version
-    try:
-        parsed = parse_release(text)
-    except ValueError:
-        raise InputError(f"SGLang release {text!r} is not a version number",
-                         hint=f"give X.Y.Z, from {SUPPORTED}") from None
-    if not OLDEST <= parsed <= NEWEST:
-        raise InputError(f"SGLang release {'.'.join(map(str, parsed))} is outside the supported range {SUPPORTED}",
-                         hint=f"give a release from {SUPPORTED}")
-    index = max(i for i, (first, _) in enumerate(_ROWS) if first <= parsed)
-    first = ".".join(map(str, _ROWS[index][0]))
-    last = ".".join(map(str, NEWEST))
-    if index + 1 < len(_ROWS):
-        major, minor, patch = _ROWS[index + 1][0]
-        last = f"{major}.{minor}.{patch - 1}" if patch else f"{major}.{minor - 1}.x"
-    return SglangRelease(version=".".join(map(str, parsed)), era=f"{first}-{last}",
-                         **{**_DEFAULTS, **_ROWS[index][1]})
+    parsed, era, row = select_release("SGLang", version, _ROWS, OLDEST, NEWEST)
+    return SglangRelease(version=parsed, era=era, **{**_DEFAULTS, **row})
 
 
 def default_chunk_and_graph(release: SglangRelease, gpu_mem_mb: float, tp: int = 1) -> tuple[int, int]:

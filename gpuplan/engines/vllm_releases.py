@@ -201,29 +201,33 @@ NEWEST: _V = (0, 34, 0)
 SUPPORTED = f"{_fmt(OLDEST)} to {_fmt(NEWEST)}"
 
 
-def _row_end(index: int) -> str:
-    """The last release of a row: the one before the next row's first (X.Y.x when that steps back a minor)."""
-    if index + 1 < len(_ROWS):
-        major, minor, patch = _ROWS[index + 1][0]
-        return f"{major}.{minor}.{patch - 1}" if patch else f"{major}.{minor - 1}.x"
-    return _fmt(NEWEST)
+def select_release(engine: str, version: str | None, rows: list, oldest: _V, newest: _V) -> tuple[str, str, dict]:
+    """The release ``version`` of an engine (default: ``newest``) as (version, era, the fields of its row),
+    from a table of (first release, fields) rows in release order. A version that is malformed or outside
+    [oldest, newest] is one InputError naming the range."""
+    supported = f"{_fmt(oldest)} to {_fmt(newest)}"
+    text = _fmt(newest) if version is None else version
+    try:
+        parsed = parse_release(text)
+    except ValueError:
+        raise InputError(f"{engine} release {text!r} is not a version number",
+                         hint=f"give X.Y.Z, from {supported}") from None
+    if not oldest <= parsed <= newest:
+        raise InputError(f"{engine} release {_fmt(parsed)} is outside the supported range {supported}",
+                         hint=f"give a release from {supported}")
+    index = max(i for i, (first, _) in enumerate(rows) if first <= parsed)
+    # A row's last release is the one before the next row's first (X.Y.x when that steps back a minor).
+    last = _fmt(newest)
+    if index + 1 < len(rows):
+        major, minor, patch = rows[index + 1][0]
+        last = f"{major}.{minor}.{patch - 1}" if patch else f"{major}.{minor - 1}.x"
+    return _fmt(parsed), f"{_fmt(rows[index][0])}-{last}", rows[index][1]
 
 
 def vllm_release(version: str | None = None) -> VllmRelease:
     """The rules of vLLM ``version`` (default: the newest release read). Raises InputError outside the range."""
-    text = _fmt(NEWEST) if version is None else version
-    try:
-        parsed = parse_release(text)
-    except ValueError:
-        raise InputError(f"vLLM release {text!r} is not a version number",
-                         hint=f"give X.Y.Z, from {SUPPORTED}") from None
-    if not OLDEST <= parsed <= NEWEST:
-        raise InputError(f"vLLM release {_fmt(parsed)} is outside the supported range {SUPPORTED}",
-                         hint=f"give a release from {SUPPORTED}")
-    index = max(i for i, (first, _) in enumerate(_ROWS) if first <= parsed)
-    fields = {**_DEFAULTS, **_ROWS[index][1]}
-    era = f"{_fmt(_ROWS[index][0])}-{_row_end(index)}"
-    return VllmRelease(version=_fmt(parsed), era=era, **fields)
+    parsed, era, row = select_release("vLLM", version, _ROWS, OLDEST, NEWEST)
+    return VllmRelease(version=parsed, era=era, **{**_DEFAULTS, **row})
 
 
 def installed_version(package: str) -> str | None:

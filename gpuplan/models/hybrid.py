@@ -243,14 +243,16 @@ def _embed_and_head(p: Parts, vocab: int, tied: bool) -> None:
 # ---- Qwen3-Next, Qwen3.5 ---------------------------------------------------------------------------------
 
 
-def decoder_dims(c: ConfigReader) -> tuple[int, int, int, int, int, int]:
+def decoder_dims(c: ConfigReader, *, config_head_dim: bool = True) -> tuple[int, int, int, int, int, int]:
     """The sizes every decoder config states: hidden, layers, vocabulary, heads, KV heads (default: heads,
-    checked against heads) and head_dim (default: hidden / heads)."""
+    checked against heads) and head_dim (the config's, else hidden / heads; always hidden / heads for the
+    families whose modeling code ignores a head_dim key: ``config_head_dim=False``)."""
     hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
     heads = c.int("num_attention_heads")
     kv_heads = c.int("num_key_value_heads", default=heads)
     check_heads(c, heads, kv_heads)
-    return hidden, layers, vocab, heads, kv_heads, c.int("head_dim", default=hidden // heads)
+    head_dim = c.int("head_dim", default=hidden // heads) if config_head_dim else hidden // heads
+    return hidden, layers, vocab, heads, kv_heads, head_dim
 
 
 def qwen3_next(c: ConfigReader, model_type: str) -> ModelSpec:
@@ -464,11 +466,7 @@ def jamba(c: ConfigReader, model_type: str) -> ModelSpec:
     """modeling_jamba.py: attention on layers i % attn_layer_period == attn_layer_offset, Mamba elsewhere;
     MoE feed-forward (router without bias, fused experts) on i % expert_layer_period == expert_layer_offset,
     a dense gated MLP elsewhere; input_layernorm and pre_ff_layernorm per layer, final_layernorm."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = hidden // heads
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c, config_head_dim=False)
     tied = c.bool("tie_word_embeddings", default=False)
     period, offset = c.int("attn_layer_period"), c.int("attn_layer_offset", minimum=0)
     e_period, e_offset = c.int("expert_layer_period"), c.int("expert_layer_offset", minimum=0)
@@ -834,11 +832,7 @@ def mamba2_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
     final_layernorm); granitemoehybrid an MoE (block_sparse_moe: router, fused experts) when
     num_local_experts > 0 plus a shared gated MLP (shared_mlp: input_linear to 2 x shared_intermediate_size,
     output_linear), with input_layernorm, post_attention_layernorm and norm."""
-    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
-    heads = c.int("num_attention_heads")
-    kv_heads = c.int("num_key_value_heads", default=heads)
-    check_heads(c, heads, kv_heads)
-    head_dim = hidden // heads
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c, config_head_dim=False)
     tied = c.bool("tie_word_embeddings", default=False)
     kinds = _mamba_attention_kinds(c, layers)
     n_attn = kinds.count(FULL)
