@@ -590,7 +590,8 @@ def _layer_forward(trace: _Trace, s: _Shape, hidden: int, rows: int, queries: in
 
 def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, cache: list[int],
              first: bool) -> int:
-    """One model forward over ``queries`` new tokens per sequence; returns the fp32 next-token logits' id."""
+    """One model forward over ``queries`` new tokens per sequence; returns the id of its logits (the last
+    position's, in the model's dtype)."""
     rows = s.batch * queries
     keys = cached + queries
     hidden = trace.alloc(rows * s.hidden * s.e)  # embed_tokens
@@ -625,12 +626,10 @@ def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, c
     trace.free(hidden, cos, sin, embedding)
     if mask is not None:
         trace.free(mask)
-    # logits_to_keep=1: lm_head on the last position only; generate() copies them to float32.
+    # logits_to_keep=1: lm_head on the last position only (the model output's ``logits``).
     logits = trace.alloc(s.batch * s.vocab * s.e)
     trace.free(final)
-    logits32 = trace.alloc(s.batch * s.vocab * FP32)
-    trace.free(logits)
-    return logits32
+    return logits
 
 
 def generate_events(spec: ModelSpec, workload: Workload, precision: Precision, weights_bytes: int,
@@ -661,18 +660,28 @@ def generate_trace(spec: ModelSpec, workload: Workload, precision: Precision, we
     ids = trace.alloc(s.batch * prompt * INT64)
     mask = trace.alloc(s.batch * prompt * INT64)
     cache = [0] * (3 * spec.num_hidden_layers)
-    logits = _forward(trace, s, spec.num_hidden_layers, prompt, 0, cache, first=True)
-    cached = prompt
+    scores: int | None = None
     steps = max(0, workload.new_tokens - 1)
-    for _ in range(steps if decode_steps is None else min(steps, decode_steps)):
-        # The next token is appended to the ids and the mask (torch.cat), the logits dropped.
-        new_ids = trace.alloc(s.batch * (cached + 1) * INT64)
+    forwards = 1 + (steps if decode_steps is None else min(steps, decode_steps))
+    for forward in range(forwards):
+        # generation/utils.py _sample (transformers 5.17), one iteration: the forward (the prefill first), then
+        # _update_model_kwargs_for_generation appends to the attention mask (torch.cat), next_token_logits
+        # = outputs.logits[:, -1].to(copy=True, dtype=float32) replaces the previous step's copy, which stayed
+        # bound through this forward, input_ids = torch.cat([input_ids, next_tokens]), and ``del outputs``
+        # drops the model's logits.
+        cached = prompt + forward - 1 if forward else 0
+        logits = _forward(trace, s, spec.num_hidden_layers, 1 if forward else prompt, cached, cache,
+                          first=forward == 0)
+        length = prompt + forward + 1
+        new_mask = trace.alloc(s.batch * length * INT64)
+        trace.free(mask)
+        new_scores = trace.alloc(s.batch * s.vocab * FP32)
+        if scores is not None:
+            trace.free(scores)
+        new_ids = trace.alloc(s.batch * length * INT64)
         trace.free(ids)
-        new_mask = trace.alloc(s.batch * (cached + 1) * INT64)
-        trace.free(mask, logits)
-        ids, mask = new_ids, new_mask
-        logits = _forward(trace, s, spec.num_hidden_layers, 1, cached, cache, first=False)
-        cached += 1
+        trace.free(logits)
+        ids, mask, scores = new_ids, new_mask, new_scores
     return trace
 
 
