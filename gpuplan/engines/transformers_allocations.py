@@ -128,6 +128,7 @@ class _Shape:
     caches: tuple[_Layer, ...] = ()
     mixer: StateMixerSpec | None = None
     index_heads: int = 0
+    mla_expanded: tuple[int, int] | None = None  # MLA: elements per token of kv_b_proj's output and of the keys
     ffn_gated: bool = True
 
 
@@ -187,6 +188,16 @@ def _layer(lc: LayerCache, kv: int, one_block: bool) -> _Layer:
         ffn=ffn_only or not one_block,
         moe=not one_block or lc.mixer == "moe",
     )
+
+
+def _mla_expanded(spec: ModelSpec) -> tuple[int, int] | None:
+    """Elements per cached token of the two tensors MLA's expand_kv makes from the latent at every step:
+    kv_b_proj's output (heads x (qk_nope + v)) and the keys (heads x (qk_nope + qk_rope))."""
+    m = spec.mla
+    if m is None:
+        return None
+    heads = spec.num_attention_heads
+    return heads * (m.qk_nope_head_dim + m.v_head_dim), heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
 
 
 def _cache_update(trace: _Trace, s: _Shape, keys: int, cache: list[int], layer: int, first: bool) -> None:
@@ -252,15 +263,29 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
     """Self-attention of one layer over ``rows`` = batch x queries token rows, with ``keys`` cached tokens after
     this step's update. ``cache`` holds this layer's K and V tensor ids (replaced as the cache grows)."""
     b, e = s.batch, s.e
+    c = s.caches[layer]
     q = trace.alloc(rows * s.heads * s.head_dim * e)
-    k = trace.alloc(rows * s.kv_heads * s.head_dim * e)
-    v = trace.alloc(rows * s.kv_heads * s.v_head_dim * e)
+    if s.mla_expanded:
+        # MLA (modeling_deepseek_v3.py DeepseekV3Attention.forward): kv_a_proj_with_mqa gives the latent and the
+        # rotary key of the new tokens, which the cache keeps; rotary embedding on that one-head key only.
+        k = trace.alloc(rows * (c.key + c.value) // s.kv * e)
+        v = trace.alloc(0)
+        k_rot = _rope(trace, rows * c.value // s.kv * e)
+    else:
+        k = trace.alloc(rows * s.kv_heads * s.head_dim * e)
+        v = trace.alloc(rows * s.kv_heads * s.v_head_dim * e)
     q_rot = _rope(trace, rows * s.heads * s.head_dim * e)
-    k_rot = _rope(trace, rows * s.kv_heads * s.head_dim * e)
+    if not s.mla_expanded:
+        k_rot = _rope(trace, rows * s.kv_heads * s.head_dim * e)
     trace.free(q, k)
     _cache_update(trace, s, keys, cache, layer, first)
     trace.free(k_rot, v)
     _indexer_update(trace, s, rows, keys, cache, layer, first)
+    mla_expanded = []
+    if s.mla_expanded:
+        # expand_kv, at every step over every cached token: kv_b_proj(latent) [b, keys, heads x (nope + v)]
+        # (the values are a view of it) and the keys in a new tensor [b, heads, keys, nope + rope].
+        mla_expanded = [trace.alloc(b * keys * width * e) for width in s.mla_expanded]
     if s.eager:
         scores = b * s.heads * queries * keys
         expanded = trace.alloc(b * keys * s.heads * (s.head_dim + s.v_head_dim) * e) \
@@ -297,7 +322,7 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
         trace.free(logsumexp, *expanded)
         held = []
     contiguous = trace.alloc(rows * s.heads * s.v_head_dim * e)
-    trace.free(out)
+    trace.free(out, *mla_expanded)
     projected = trace.alloc(rows * s.hidden * e)
     trace.free(contiguous, q_rot)
     if free_input:
@@ -655,7 +680,7 @@ def generate_trace(spec: ModelSpec, workload: Workload, precision: Precision, we
                eager=attn == "eager", bf16=precision.compute_dtype == "bf16", windows=spec.layer_windows,
                moe=spec.moe if spec.moe is not None and spec.moe.num_moe_layers else None,
                caches=_layers(spec, precision.kv_bytes), mixer=spec.state_mixer, ffn_gated=spec.ffn_gated,
-               index_heads=spec.mla.index_heads if spec.mla is not None else 0)
+               index_heads=spec.mla.index_heads if spec.mla is not None else 0, mla_expanded=_mla_expanded(spec))
     prompt = workload.prompt_tokens
     ids = trace.alloc(s.batch * prompt * INT64)
     mask = trace.alloc(s.batch * prompt * INT64)
