@@ -78,7 +78,6 @@ KNOWN_GAPS: dict[str, str] = {
     "hy_v4": "refused: layer kinds indexed_attention unknown",
     "inkling2_loop_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
     "inkling2_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
-    "inkling_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
     "jetmoe": "parameters -17.59%",
     "kolibri1": "family not modelled",
     "kolibri1_1": "refused: layer kinds indexed_attention unknown",
@@ -102,9 +101,6 @@ KNOWN_GAPS: dict[str, str] = {
     "xglm": "family not modelled",
     "xlnet": "family not modelled",
     "xlstm": "family not modelled",
-    "zamba": "refused: state-space dims without layer_types",
-    "zamba2": "refused: state-space dims without layer_types",
-    "zaya": "refused: layer kinds hybrid unknown",
 }
 
 

@@ -1,0 +1,348 @@
+"""Recurrent, hybrid and state-space decoder families whose layers do not follow one of the layouts of
+hybrid.py: Zamba's shared attention blocks, ZAYA's convolutional attention, Inkling's short convolutions
+beside every attention, RecurrentGemma, RWKV, xLSTM, Gemma 3n.
+
+Each parser mirrors the module tree of the family's modeling file in transformers 5.25 (named at each
+parser); tests/test_architectures.py replays what transformers 5.25 builds from each family's default config,
+parameter for parameter, and, where it could be recorded, the cache it holds after a forward. Every layer
+gets one ``LayerCache`` of the kinds the engines know (attention, state, hybrid, none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gpuplan.errors import ConfigError
+from gpuplan.models.config_reader import ConfigReader
+from gpuplan.models.hybrid import FULL, Parts, finish, layer_types, mamba2
+from gpuplan.models.layout import check_heads
+from gpuplan.models.spec import LayerCache, ModelSpec, MoeSpec, TensorRole
+
+R = TensorRole
+
+HYBRID = "hybrid"
+HYBRID_SLIDING = "hybrid_sliding"
+LINEAR = "linear_attention"
+# configuration_utils.py _LEGACY_LAYER_TYPE_REMAP (transformers 5.25): older configs name the layers so
+_LEGACY_KINDS = {"mamba": LINEAR, "attention": FULL}
+
+
+def _hybrid_cache(p: Parts, mixer: str, *, kv_heads: int, head_dim: int, recurrent: int, conv: int,
+                  kernel: int, window: int | None = None) -> None:
+    """A layer that keeps K/V per token and a fixed state beside it (cache_utils.py
+    LinearAttentionAndFullAttentionLayer, LinearAttentionAndSlidingWindowAttentionLayer)."""
+    p.caches.append(LayerCache(kind="hybrid", mixer=mixer, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                               window=window, recurrent_elems=recurrent, conv_elems=conv, conv_kernel=kernel))
+
+
+# ---- Zamba, Zamba2: Mamba layers with a shared attention block --------------------------------------------
+
+
+def _zamba_kinds(c: ConfigReader, layers: int, default: list[str]) -> list[str]:
+    """layers_block_type (configuration_zamba*.py: attribute_map layer_types), legacy names remapped; each
+    entry linear_attention (a Mamba layer) or hybrid (the shared attention block, then a Mamba layer)."""
+    raw = c.list("layers_block_type", "layer_types")
+    kinds = [_LEGACY_KINDS.get(k, k) for k in (raw if raw is not None else default)]
+    if len(kinds) < layers or set(kinds[:layers]) - {LINEAR, HYBRID}:
+        raise ConfigError(f"{c.label}: layers_block_type must name linear_attention (mamba) or hybrid for each of "
+                          f"the {layers} layers", hint=f"got {raw!r}")
+    return kinds[:layers]
+
+
+def _zamba_shared_block(p: Parts, prefix: str, n: int, *, heads: int, kv_heads: int, head_dim: int,
+                        attn_in: int, ffn: int, fused: bool, bias: bool = False) -> None:
+    """The shared transformer block: attention over the concatenation of the hidden state and the
+    embeddings (attention_hidden_size = 2 x hidden in), a gated MLP, input_layernorm of attention_hidden_size
+    and pre_ff_layernorm of hidden."""
+    lay, h = p.lay, p.hidden
+    lay.linear(f"{prefix}.self_attn.q_proj", heads * head_dim, attn_in, n)
+    lay.linear(f"{prefix}.self_attn.k_proj", kv_heads * head_dim, attn_in, n)
+    lay.linear(f"{prefix}.self_attn.v_proj", kv_heads * head_dim, attn_in, n)
+    lay.linear(f"{prefix}.self_attn.o_proj", h, heads * head_dim, n)
+    if fused:
+        lay.linear(f"{prefix}.feed_forward.gate_up_proj", 2 * ffn, h, n, bias=bias)
+    else:
+        lay.linear(f"{prefix}.feed_forward.gate_proj", ffn, h, n)
+        lay.linear(f"{prefix}.feed_forward.up_proj", ffn, h, n)
+    lay.linear(f"{prefix}.feed_forward.down_proj", h, ffn, n, bias=bias)
+    lay.norm(f"{prefix}.input_layernorm", attn_in, n)
+    lay.norm(f"{prefix}.pre_ff_layernorm", h, n)
+
+
+def _zamba_mamba1(p: Parts, prefix: str, n: int) -> tuple[int, int, int]:
+    """modeling_zamba.py ZambaMambaMixer: a Mamba mixer split into n_mamba_heads heads, each with its own
+    x_proj, dt_proj and A_log / D ([heads, head_dim, ...] parameters). Returns (recurrent, conv, kernel)
+    elements per sequence: the SSM state [heads, head_dim, d_state] and the conv window [d_inner, d_conv]."""
+    c, lay, h = p.c, p.lay, p.hidden
+    inner = c.int("mamba_expand") * h
+    heads, d_state, d_conv = c.int("n_mamba_heads"), c.int("mamba_d_state"), c.int("mamba_d_conv")
+    # configuration_zamba.py: mamba_dt_rank "auto" is math.ceil(hidden_size / 16)
+    rank_raw = c.raw.get("mamba_dt_rank", "auto")
+    dt_rank = -(-h // 16) if rank_raw == "auto" else c.int("mamba_dt_rank")
+    if inner % heads:
+        raise ConfigError(f"{c.label}: mamba_expand x hidden_size ({inner}) is not divisible by n_mamba_heads {heads}")
+    head_dim = inner // heads
+    bias = c.bool("mamba_proj_bias", default=False)
+    lay.linear(f"{prefix}.in_proj", 2 * inner, h, n, bias=bias)
+    lay.add(f"{prefix}.conv1d.weight", (inner, 1, d_conv), R.OTHER, n)
+    if c.bool("mamba_conv_bias", default=True):
+        lay.add(f"{prefix}.conv1d.bias", (inner,), R.BIAS, n)
+    lay.add(f"{prefix}.x_proj_weight", (heads, dt_rank + 2 * d_state, head_dim), R.LINEAR, n)
+    lay.add(f"{prefix}.dt_proj_weight", (heads, head_dim, dt_rank), R.LINEAR, n)
+    lay.add(f"{prefix}.dt_proj_bias", (heads, head_dim), R.BIAS, n)
+    lay.add(f"{prefix}.A_log", (heads, head_dim, d_state), R.OTHER, n)
+    lay.add(f"{prefix}.D", (heads, head_dim), R.OTHER, n)
+    lay.linear(f"{prefix}.out_proj", h, inner, n, bias=bias)
+    return inner * d_state, inner * d_conv, d_conv
+
+
+def zamba(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_zamba.py and modeling_zamba2.py: every layer has a Mamba mixer (zamba: multi-head Mamba;
+    zamba2: Mamba-2 with a gated RMSNorm) and an input_layernorm; a ``hybrid`` layer first runs a shared
+    transformer block (attention of attention_head_dim = 2 hidden / heads over 2 x hidden inputs, a gated
+    MLP) and a [hidden, hidden] linear. zamba ties every shared block to the first (one set of weights);
+    zamba2 keeps num_mem_blocks of them, each with a LoRA adapter [hidden -> adapter_rank -> 2 I] per hybrid
+    layer it serves on its fused gate_up_proj (and on q/k/v with use_shared_attention_adapter). A Mamba layer
+    keeps its SSM and conv state (cache_utils.py LinearAttentionLayer); a hybrid layer also the attention's
+    K/V (LinearAttentionAndFullAttentionLayer)."""
+    v2 = model_type == "zamba2"
+    hidden, vocab, heads = c.int("hidden_size"), c.int("vocab_size"), c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    tied = c.bool("tie_word_embeddings", default=True)
+    if v2:
+        # configuration_zamba2.py __post_init__: the default layer pattern of Zamba2-2.7B (54 layers)
+        default = ([LINEAR] + ([LINEAR] * 5 + [HYBRID]) * 7 + [LINEAR] * 4 + [HYBRID] + [LINEAR] * 3 + [HYBRID]
+                   + [LINEAR] * 2)
+        layers = len(c.list("layers_block_type", "layer_types") or default)
+    else:
+        layers = c.int("num_hidden_layers")
+        period, offset = c.int("attn_layer_period", default=6), c.int("attn_layer_offset", default=4, minimum=0)
+        # configuration_zamba.py __post_init__
+        default = [LINEAR, LINEAR, HYBRID] + [HYBRID if i % period == offset else LINEAR for i in range(layers - 3)]
+    kinds = _zamba_kinds(c, layers, default)
+    n_hybrid = kinds.count(HYBRID)
+    # configuration_zamba2.py always sets these from hidden_size; configuration_zamba.py only when unset
+    attn_in = 2 * hidden if v2 else c.int("attention_hidden_size", default=2 * hidden)
+    head_dim = 2 * hidden // heads if v2 else c.int("attention_head_dim", default=2 * hidden // heads)
+    p = Parts(c, hidden)
+    p.lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    p.lay.norm("final_layernorm", hidden, 1)
+    if not tied:
+        p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    p.lay.norm("layers.input_layernorm", hidden, layers)
+    p.lay.linear("layers.linear", hidden, hidden, n_hybrid)
+    ffn = c.int("intermediate_size", default=4 * hidden)
+    if v2:
+        inner = int(c.float("mamba_expand", default=2) * hidden)
+        named = ConfigReader({**c.raw, "mamba_n_heads": c.raw.get("n_mamba_heads"),
+                              "mamba_d_head": inner // c.int("n_mamba_heads"),
+                              "mamba_n_groups": c.raw.get("mamba_ngroups", 1), "mamba_conv_bias": True,
+                              "mamba_proj_bias": c.raw.get("add_bias_linear", False)}, label=c.label)
+        p = Parts(named, hidden, lay=p.lay)
+        recurrent, conv = mamba2(p, "layers.mamba", layers, inner=inner, gated_norm=True)
+        kernel = p.conv_kernel
+        blocks = min(c.int("num_mem_blocks", default=1), n_hybrid)
+        bias = c.bool("add_bias_linear", default=False)
+        _zamba_shared_block(p, "layers.shared_transformer", blocks, heads=heads, kv_heads=kv_heads,
+                            head_dim=head_dim, attn_in=attn_in, ffn=ffn, fused=True, bias=bias)
+        rank = c.int("adapter_rank", default=128)
+        adapter = "layers.shared_transformer.feed_forward.gate_up_proj_adapter_list"
+        p.lay.linear(f"{adapter}.0", rank, hidden, n_hybrid)
+        p.lay.linear(f"{adapter}.1", 2 * ffn, rank, n_hybrid)
+        if c.bool("use_shared_attention_adapter", default=False):
+            for name in ("linear_q_adapter_list", "linear_k_adapter_list", "linear_v_adapter_list"):
+                p.lay.linear(f"layers.shared_transformer.self_attn.{name}.0", rank, attn_in, n_hybrid)
+                p.lay.linear(f"layers.shared_transformer.self_attn.{name}.1", attn_in, rank, n_hybrid)
+    else:
+        recurrent, conv, kernel = _zamba_mamba1(p, "layers.mamba", layers)
+        p.conv_kernel = kernel
+        _zamba_shared_block(p, "layers.shared_transf", min(1, n_hybrid), heads=heads, kv_heads=kv_heads,
+                            head_dim=head_dim, attn_in=attn_in, ffn=ffn, fused=False)
+    mixer = "mamba2" if v2 else "mamba"
+    for kind in kinds:
+        if kind == HYBRID:
+            _hybrid_cache(p, f"attention+{mixer}", kv_heads=kv_heads, head_dim=head_dim, recurrent=recurrent,
+                          conv=conv, kernel=kernel)
+        else:
+            p.state_cache(mixer, recurrent=recurrent, conv=conv, kernel=kernel)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=ffn, tied=tied, act=c.str("hidden_act", default="gelu"))
+
+
+# ---- ZAYA: compressed convolutional attention with a mixture of experts ------------------------------------
+
+
+def zaya(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_zaya.py: every layer is ``hybrid`` (or ``hybrid_sliding``: the same within sliding_window).
+    Its attention projects q and k (q_proj, k_proj), mixes them through two causal convolutions
+    (conv_qk_depthwise of cca_time0 taps, conv_qk_grouped of cca_time1 taps in heads + kv_heads groups, both
+    with bias), takes half of each value head from the current token (v_proj_current) and half from the
+    previous one (v_proj_delayed), scales keys per KV head (qk_norm.temp), o_proj. The MoE has a router MLP
+    (down_proj to router_hidden_size with bias, router_states_scale on every layer but the first, an RMSNorm,
+    fc1 and fc2 with bias, out_proj to num_experts + 1 classes: one skips) and fused experts; two
+    ZayaResidualScaling blocks of four [hidden] vectors per layer, the model's input scale and bias. A layer
+    keeps its K/V, the last (cca_time0 - 1) + (cca_time1 - 1) q/k columns and the delayed value of the last
+    token (cache_utils.py LinearAttentionAndFullAttentionLayer)."""
+    hidden, vocab = c.int("hidden_size"), c.int("vocab_size")
+    layers, heads = c.int("num_hidden_layers"), c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=True)
+    bias = c.bool("attention_bias", default=False)
+    # configuration_zaya.py: every layer hybrid unless layer_types says otherwise
+    kinds = layer_types(c, layers, default=[HYBRID] * layers)
+    if set(kinds) - {HYBRID, HYBRID_SLIDING}:
+        raise ConfigError(f"{c.label}: layer_types may name only hybrid and hybrid_sliding", hint=f"got {kinds}")
+    window = c.int("sliding_window", default=None)
+    if HYBRID_SLIDING in kinds and window is None:
+        raise ConfigError(f"{c.label}: layer_types names hybrid_sliding layers but sliding_window is unset")
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    lay.add("input_hidden_states_scale", (hidden,), R.OTHER)
+    lay.add("input_hidden_states_bias", (hidden,), R.OTHER)
+    lay.norm("norm", hidden, 1)
+    if not tied:
+        lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    if c.bool("lm_head_bias", default=False):
+        lay.add("lm_head.bias", (vocab,), R.BIAS)
+    q_width, kv_width = heads * head_dim, kv_heads * head_dim
+    t0, t1 = c.int("cca_time0", default=2), c.int("cca_time1", default=2)
+    channels = q_width + kv_width
+    if channels % (heads + kv_heads) or kv_width % 2:
+        raise ConfigError(f"{c.label}: the q/k convolution needs whole groups: heads x head_dim and kv heads x "
+                          "head_dim must divide evenly", hint=f"heads {heads}, kv heads {kv_heads}, head_dim {head_dim}")
+    cca = "layers.self_attn.qkv_proj"
+    lay.linear(f"{cca}.q_proj", q_width, hidden, layers, bias=bias)
+    lay.linear(f"{cca}.k_proj", kv_width, hidden, layers, bias=bias)
+    lay.linear(f"{cca}.v_proj_current", kv_width // 2, hidden, layers, bias=bias)
+    lay.linear(f"{cca}.v_proj_delayed", kv_width // 2, hidden, layers, bias=bias)
+    lay.add(f"{cca}.conv_qk_depthwise.weight", (channels, 1, t0), R.OTHER, layers)
+    lay.add(f"{cca}.conv_qk_depthwise.bias", (channels,), R.BIAS, layers)
+    lay.add(f"{cca}.conv_qk_grouped.weight", (channels, channels // (heads + kv_heads), t1), R.OTHER, layers)
+    lay.add(f"{cca}.conv_qk_grouped.bias", (channels,), R.BIAS, layers)
+    lay.add("layers.self_attn.qk_norm.temp", (kv_heads,), R.OTHER, layers)
+    lay.linear("layers.self_attn.o_proj", hidden, q_width, layers, bias=bias)
+    lay.norm("layers.norms", hidden, 2 * layers)
+    lay.add("layers.residual_scales", (hidden,), R.OTHER, 8 * layers)
+    experts, width, router = c.int("num_experts"), c.int("moe_intermediate_size"), c.int("router_hidden_size")
+    lay.linear("layers.mlp.gate.down_proj", router, hidden, layers, bias=True, role=R.ROUTER)
+    lay.add("layers.mlp.gate.router_states_scale", (router,), R.ROUTER, layers - 1)
+    lay.norm("layers.mlp.gate.router_mlp.norm", router, layers)
+    lay.linear("layers.mlp.gate.router_mlp.fc1", router, router, layers, bias=True, role=R.ROUTER)
+    lay.linear("layers.mlp.gate.router_mlp.fc2", router, router, layers, bias=True, role=R.ROUTER)
+    lay.linear("layers.mlp.gate.router_mlp.out_proj", experts + 1, router, layers, role=R.ROUTER)
+    lay.add("layers.mlp.experts.gate_up_proj", (experts, 2 * width, hidden), R.EXPERT_LINEAR, layers)
+    lay.add("layers.mlp.experts.down_proj", (experts, hidden, width), R.EXPERT_LINEAR, layers)
+    # ZayaCCAProjection: the conv cache keeps conv_kernel_size = (cca_time0 - 1) + (cca_time1 - 1) columns
+    kernel = (t0 - 1) + (t1 - 1)
+    for kind in kinds:
+        _hybrid_cache(p, kind, kv_heads=kv_heads, head_dim=head_dim, recurrent=kv_width // 2, conv=channels * kernel,
+                      kernel=kernel, window=window if kind == HYBRID_SLIDING else None)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"), expert_intermediate_size=width,
+                  num_moe_layers=layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=width, tied=tied, moe=moe)
+
+
+# ---- Inkling: attention with short convolutions, MoE ------------------------------------------------------
+
+
+def _inkling_kinds(c: ConfigReader, layers: int) -> tuple[list[str], list[bool]]:
+    """configuration_inkling.py __post_init__: layer_types, else hybrid_sliding on local_layer_ids (default:
+    every layer whose index + 1 is not a multiple of 6) and hybrid elsewhere; mlp_layer_types, else every
+    layer sparse (dense before dense_mlp_idx, a checkpoint key)."""
+    local = c.list("local_layer_ids")
+    local_ids = set(local) if local is not None else {i for i in range(layers) if (i + 1) % 6}
+    kinds = layer_types(c, layers, default=[HYBRID_SLIDING if i in local_ids else HYBRID for i in range(layers)])
+    if set(kinds) - {HYBRID, HYBRID_SLIDING}:
+        raise ConfigError(f"{c.label}: layer_types may name only hybrid and hybrid_sliding", hint=f"got {kinds}")
+    mlp = c.list("mlp_layer_types")
+    if mlp is None:
+        dense = c.int("dense_mlp_idx", default=0, minimum=0)
+        mlp = ["dense" if i < dense else "sparse" for i in range(layers)]
+    if len(mlp) < layers or set(mlp[:layers]) - {"dense", "sparse"}:
+        raise ConfigError(f"{c.label}: mlp_layer_types must say dense or sparse for each of the {layers} layers")
+    return kinds, [k == "sparse" for k in mlp[:layers]]
+
+
+def _inkling_widths(c: ConfigReader) -> tuple[int, int]:
+    """(dense MLP width, expert width): configuration_inkling.py reads a checkpoint's dense_intermediate_size
+    as the dense width, its intermediate_size then being the experts'."""
+    if c.has("dense_intermediate_size"):
+        return c.int("dense_intermediate_size"), c.int("intermediate_size")
+    return c.int("intermediate_size"), c.int("moe_intermediate_size")
+
+
+def inkling_text(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_inkling.py InklingTextModel: an RMS-normed embedding (embed_norm), and per layer an attention
+    whose own head counts depend on the layer kind (swa_* for hybrid_sliding), with q_proj, k_proj, v_proj,
+    r_proj (d_rel per head for the relative position bias), o_proj, per-head q_norm / k_norm, depthwise short
+    convolutions without bias over k and v (k_sconv, v_sconv) and a bias bank rel_logits_proj.proj [d_rel,
+    extent] (sliding_window_size on sliding layers, rel_extent on full ones); short convolutions over the
+    attention and MLP outputs (attn_sconv, mlp_sconv); a dense gated MLP with a global_scale, or an MoE whose
+    router scores n_routed_experts + n_shared_experts (weight, global_scale), fused experts and the shared
+    experts as [n_shared, ...] tensors; an lm_head never tied. Multi-token-prediction layers are not loaded
+    (_keys_to_ignore_on_load_unexpected). A layer keeps its K/V (the last sliding_window_size tokens on
+    sliding layers) and four conv states of conv_kernel_size columns (LinearAttentionAndSlidingWindowAttentionLayer,
+    number_of_conv_states 4)."""
+    hidden, vocab, layers = c.int("hidden_size"), c.int("vocab_size"), c.int("num_hidden_layers")
+    kinds, sparse = _inkling_kinds(c, layers)
+    kernel = c.int("sconv_kernel_size", "conv_kernel_size", default=4)
+    d_rel = c.int("d_rel", default=16)
+    window = c.int("sliding_window_size", "sliding_window", default=512)
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    lay.norm("embed_tokens.embed_norm", hidden, 1)
+    lay.norm("norm", hidden, 1)
+    lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    full = (c.int("num_attention_heads"), c.int("num_key_value_heads"), c.int("head_dim"))
+    for kind in kinds:
+        sliding = kind == HYBRID_SLIDING
+        heads, kv_heads, head_dim = (c.int("swa_num_attention_heads", default=full[0]),
+                                     c.int("swa_num_key_value_heads", default=full[1]),
+                                     c.int("swa_head_dim", default=full[2])) if sliding else full
+        check_heads(c, heads, kv_heads)
+        p.gqa("layers.self_attn", 1, heads=heads, kv_heads=kv_heads, head_dim=head_dim, qk_norm="head")
+        lay.linear("layers.self_attn.r_proj", heads * d_rel, hidden, 1)
+        lay.add("layers.self_attn.kv_sconv.conv1d.weight", (kv_heads * head_dim, 1, kernel), R.OTHER, 2)
+        extent = window if sliding else c.int("rel_extent", default=1024)
+        lay.add("layers.self_attn.rel_logits_proj.proj", (d_rel, extent), R.OTHER, 1)
+        conv = 2 * (kv_heads * head_dim + hidden) * kernel
+        _hybrid_cache(p, kind, kv_heads=kv_heads, head_dim=head_dim, recurrent=0, conv=conv, kernel=kernel,
+                      window=window if sliding else None)
+    lay.add("layers.sconv.conv1d.weight", (hidden, 1, kernel), R.OTHER, 2 * layers)
+    lay.norm("layers.norms", hidden, 2 * layers)
+    dense_width, width = _inkling_widths(c)
+    n_moe = sum(sparse)
+    p.dense_mlp("layers.mlp", dense_width, layers - n_moe)
+    lay.add("layers.mlp.global_scale", (1,), R.OTHER, layers - n_moe)
+    moe = None
+    if n_moe:
+        experts, shared = c.int("n_routed_experts"), c.int("n_shared_experts", default=0, minimum=0)
+        lay.add("layers.mlp.gate.weight", (experts + shared, hidden), R.ROUTER, n_moe)
+        lay.add("layers.mlp.gate.global_scale", (1,), R.ROUTER, n_moe)
+        lay.add("layers.mlp.experts.gate_up_proj", (experts, 2 * width, hidden), R.EXPERT_LINEAR, n_moe)
+        lay.add("layers.mlp.experts.down_proj", (experts, hidden, width), R.EXPERT_LINEAR, n_moe)
+        if shared:
+            lay.add("layers.mlp.shared_experts.gate_proj", (shared, width, hidden), R.LINEAR, n_moe)
+            lay.add("layers.mlp.shared_experts.up_proj", (shared, width, hidden), R.LINEAR, n_moe)
+            lay.add("layers.mlp.shared_experts.down_proj", (shared, hidden, width), R.LINEAR, n_moe)
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                      expert_intermediate_size=width, num_shared_experts=shared,
+                      shared_expert_intermediate_size=shared * width, num_moe_layers=n_moe,
+                      num_dense_layers=layers - n_moe)
+    heads, kv_heads, head_dim = full
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=dense_width, tied=False, moe=moe)
+
+
+FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
+    "zamba": zamba,
+    "zamba2": zamba,
+    "zaya": zaya,
+    "inkling_text": inkling_text,
+}
