@@ -76,8 +76,6 @@ KNOWN_GAPS: dict[str, str] = {
     "gptj": "family not modelled",
     "hrm_text": "parameters +182.54%",
     "hy_v4": "refused: layer kinds indexed_attention unknown",
-    "inkling2_loop_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
-    "inkling2_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
     "jetmoe": "parameters -17.59%",
     "kolibri1": "family not modelled",
     "kolibri1_1": "refused: layer kinds indexed_attention unknown",

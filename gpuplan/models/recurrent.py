@@ -340,9 +340,110 @@ def inkling_text(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=dense_width, tied=False, moe=moe)
 
 
+# ---- Inkling 2: gated attention with dynamic convolutions and block attention residuals -------------------
+
+
+def _inkling2_attention(p: Parts, kind: str, *, passes: int) -> None:
+    """One attention of modeling_inkling2.py (Inkling2SlidingAttention / Inkling2FullAttention) and its cache.
+    q_proj.linear with a learned [heads, head_dim] scale (q_proj.norm.scale); k_proj / v_proj.linear each
+    followed by a short convolution: depthwise conv1d without bias on sliding layers, a dynamic one on full
+    layers (static_weight [kernel, kv_heads x head_dim] plus weight_proj to kv_heads x kernel taps per token);
+    a gated o_proj (gate_proj, linear); sink_proj (one logit per head); relative_position_bias (linear to
+    heads x d_rel, norm.scale [heads, d_rel], proj [d_rel, extent]). ``passes``: the cache layers this layer
+    fills per forward (a looped layer of inkling2_loop keeps one K/V and conv set per pass)."""
+    c, lay, h = p.c, p.lay, p.hidden
+    sliding = kind == HYBRID_SLIDING
+    heads = c.int("swa_num_attention_heads" if sliding else "num_attention_heads")
+    kv_heads = c.int("swa_num_key_value_heads" if sliding else "num_key_value_heads")
+    head_dim = c.int("swa_head_dim" if sliding else "head_dim")
+    check_heads(c, heads, kv_heads)
+    kernel, d_rel = c.int("sconv_kernel_size", "conv_kernel_size", default=4), c.int("d_rel", default=16)
+    window = c.int("sliding_window_size", "sliding_window")
+    a = "layers.self_attn"
+    lay.linear(f"{a}.q_proj.linear", heads * head_dim, h, 1)
+    lay.add(f"{a}.q_proj.norm.scale", (heads, head_dim), R.NORM, 1)
+    lay.linear(f"{a}.kv_proj.linear", kv_heads * head_dim, h, 2)
+    if sliding:
+        lay.add(f"{a}.kv_proj.sconv.conv1d.weight", (kv_heads * head_dim, 1, kernel), R.OTHER, 2)
+    else:
+        lay.add(f"{a}.kv_proj.sconv.static_weight", (kernel, kv_heads * head_dim), R.OTHER, 2)
+        lay.linear(f"{a}.kv_proj.sconv.weight_proj", kv_heads * kernel, h, 2)
+    lay.linear(f"{a}.o_proj.gate_proj", heads * head_dim, h, 1)
+    lay.linear(f"{a}.o_proj.linear", h, heads * head_dim, 1)
+    lay.linear(f"{a}.sink_proj", heads, h, 1)
+    lay.linear(f"{a}.relative_position_bias.linear", heads * d_rel, h, 1)
+    lay.add(f"{a}.relative_position_bias.norm.scale", (heads, d_rel), R.NORM, 1)
+    extent = window if sliding else c.int("rel_extent", default=1024)
+    lay.add(f"{a}.relative_position_bias.proj", (d_rel, extent), R.OTHER, 1)
+    conv = 2 * (kv_heads * head_dim + h) * kernel
+    _hybrid_cache(p, kind, kv_heads=kv_heads * passes, head_dim=head_dim, recurrent=0, conv=conv * passes,
+                  kernel=kernel, window=window if sliding else None)
+
+
+def inkling2_text(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_inkling2.py Inkling2TextModel (and modeling_inkling2_loop.py): an RMS-normed embedding, per layer
+    an attention (``_inkling2_attention``), block attention residuals (a learned query: attention_input on
+    every layer but the first, three queries on full-attention layers; mlp_input; final_input), RMSNorms
+    (input_layernorm on sliding layers, q/k/v_input_layernorm on full ones, post_attention_layernorm), short
+    convolutions after the attention and the MLP, and an MoE on every layer (a router weight, fused experts);
+    lm_head of unpadded_vocab_size rows, never tied. inkling2_loop_text runs layers loop_layer_index_start to
+    loop_layer_index_end loop_num_passes times: those layers carry four message gates (down_proj from 2 x
+    hidden to loop_gate_rank, forget_gate_proj, message_gate_proj) and the model a message_input query [loop
+    layers, 4, hidden]; each pass keeps its own copies of their cache layers (DynamicCache layers appended
+    after the model's)."""
+    hidden, vocab, layers = c.int("hidden_size"), c.int("vocab_size"), c.int("num_hidden_layers")
+    # configuration_inkling2*.py __post_init__: every 6th layer full, the others sliding
+    kinds = layer_types(c, layers, default=[HYBRID if (i + 1) % 6 == 0 else HYBRID_SLIDING for i in range(layers)])
+    if set(kinds) - {HYBRID, HYBRID_SLIDING}:
+        raise ConfigError(f"{c.label}: layer_types may name only hybrid and hybrid_sliding", hint=f"got {kinds}")
+    loop = range(0)
+    passes = 1
+    if model_type == "inkling2_loop_text":
+        loop_cfg = c.raw.get("loop_config") if isinstance(c.raw.get("loop_config"), dict) else {}
+        lc = ConfigReader({**c.raw, **{k: loop_cfg[v] for k, v in (
+            ("loop_layer_index_start", "core_start"), ("loop_layer_index_end", "core_end"),
+            ("loop_num_passes", "num_passes"), ("loop_gate_rank", "gate_rank")) if v in loop_cfg}}, label=c.label)
+        loop = range(lc.int("loop_layer_index_start"), lc.int("loop_layer_index_end", minimum=0))
+        passes, rank = lc.int("loop_num_passes"), lc.int("loop_gate_rank")
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    lay.norm("embed_tokens.embed_norm", hidden, 1)
+    lay.norm("norm", hidden, 1)
+    lay.add("final_input.query", (hidden,), R.OTHER)
+    lay.add("lm_head.weight", (c.int("unpadded_vocab_size", default=vocab), hidden), R.LM_HEAD)
+    for i, kind in enumerate(kinds):
+        _inkling2_attention(p, kind, passes=passes if i in loop else 1)
+        full = kind == HYBRID
+        if i:
+            lay.add("layers.attention_input.query", (3, hidden) if full else (hidden,), R.OTHER, 1)
+        lay.norm("layers.input_layernorms", hidden, 3 if full else 1)
+    n_loop = len(loop)
+    if n_loop:
+        lay.add("message_input.query", (n_loop, 4, hidden), R.OTHER)
+        lay.linear("layers.message_gates.down_proj", rank, 2 * hidden, 4 * n_loop)
+        lay.linear("layers.message_gates.forget_gate_proj", hidden, rank, 4 * n_loop)
+        lay.linear("layers.message_gates.message_gate_proj", hidden, rank, 4 * n_loop)
+    lay.add("layers.mlp_input.query", (hidden,), R.OTHER, layers)
+    lay.norm("layers.post_attention_layernorm", hidden, layers)
+    kernel = c.int("conv_kernel_size", default=4)
+    lay.add("layers.convolutions.conv1d.weight", (hidden, 1, kernel), R.OTHER, 2 * layers)
+    experts, width = c.int("n_routed_experts", "num_local_experts"), c.int("moe_intermediate_size")
+    lay.add("layers.mlp.gate.weight", (experts, hidden), R.ROUTER, layers)
+    lay.add("layers.mlp.experts.gate_up_proj", (experts, 2 * width, hidden), R.EXPERT_LINEAR, layers)
+    lay.add("layers.mlp.experts.down_proj", (experts, hidden, width), R.EXPERT_LINEAR, layers)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"), expert_intermediate_size=width,
+                  num_moe_layers=layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=c.int("num_attention_heads"),
+                  kv_heads=c.int("num_key_value_heads"), head_dim=c.int("head_dim"), intermediate=width, tied=False,
+                  moe=moe)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "zamba": zamba,
     "zamba2": zamba,
     "zaya": zaya,
     "inkling_text": inkling_text,
+    "inkling2_text": inkling2_text,
+    "inkling2_loop_text": inkling2_text,
 }
