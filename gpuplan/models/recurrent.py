@@ -211,9 +211,9 @@ def zaya(c: ConfigReader, model_type: str) -> ModelSpec:
     q_width, kv_width = heads * head_dim, kv_heads * head_dim
     t0, t1 = c.int("cca_time0", default=2), c.int("cca_time1", default=2)
     channels = q_width + kv_width
-    if channels % (heads + kv_heads) or kv_width % 2:
-        raise ConfigError(f"{c.label}: the q/k convolution needs whole groups: heads x head_dim and kv heads x "
-                          "head_dim must divide evenly", hint=f"heads {heads}, kv heads {kv_heads}, head_dim {head_dim}")
+    if kv_width % 2:
+        raise ConfigError(f"{c.label}: the value heads are split in halves (current and delayed tokens), so "
+                          f"num_key_value_heads x head_dim must be even, got {kv_width}")
     cca = "layers.self_attn.qkv_proj"
     lay.linear(f"{cca}.q_proj", q_width, hidden, layers, bias=bias)
     lay.linear(f"{cca}.k_proj", kv_width, hidden, layers, bias=bias)
