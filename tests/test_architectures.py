@@ -91,14 +91,11 @@ KNOWN_GAPS: dict[str, str] = {
     "persimmon": "parameters +25.69%",
     "phi": "parameters +28.36%",
     "phi4_multimodal": "parameters -17.11%",
-    "recurrent_gemma": "parameters +42.80%",
-    "rwkv": "family not modelled",
     "solar_open": "family not modelled",
     "trocr": "family not modelled",
     "whisper": "family not modelled",
     "xglm": "family not modelled",
     "xlnet": "family not modelled",
-    "xlstm": "family not modelled",
 }
 
 

@@ -439,6 +439,177 @@ def inkling2_text(c: ConfigReader, model_type: str) -> ModelSpec:
                   moe=moe)
 
 
+# ---- RecurrentGemma (Griffin): RG-LRU recurrent blocks and local attention --------------------------------
+
+
+def recurrent_gemma(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_recurrent_gemma.py: layers cycle through block_types (configuration_recurrent_gemma.py
+    layers_block_type: ``(block_types * 100)[:num_hidden_layers]``). A recurrent block has linear_x, linear_y
+    (hidden -> lru_width) and linear_out with biases, a depthwise conv_1d of conv1d_width taps with bias and the
+    RG-LRU (recurrent_param [lru_width], input and recurrent gates as [heads, lru_width / heads, same] weights
+    with [heads, lru_width / heads] biases); an attention block has q/k/v (attention_bias) and o_proj with a
+    bias, head_dim = hidden / heads, and attends within attention_window_size. Every layer has
+    temporal_pre_norm, channel_pre_norm and an MLP of intermediate_size / 2 with biases. A recurrent layer
+    keeps its RG-LRU state [lru_width] and the last conv1d_width - 1 inputs of its convolution
+    (RecurrentGemmaRecurrentBlock._setup_cache; the RG-LRU state is float32 whatever the model dtype, counted
+    here in the cache dtype); an attention layer the K/V of its window."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = hidden // heads  # configuration_recurrent_gemma.py __post_init__ sets it so
+    tied = c.bool("tie_word_embeddings", default=True)
+    cycle = c.list("block_types") or ["recurrent", "recurrent", "attention"]
+    if set(cycle) - {"recurrent", "attention"}:
+        raise ConfigError(f"{c.label}: block_types may name only recurrent and attention", hint=f"got {cycle}")
+    kinds = (cycle * layers)[:layers]
+    n_attn = kinds.count("attention")
+    n_rec = layers - n_attn
+    lru, width = c.int("lru_width", default=hidden), c.int("conv1d_width", default=4)
+    if lru % heads:
+        raise ConfigError(f"{c.label}: lru_width {lru} is not divisible by {heads} heads")
+    block = lru // heads
+    window = c.int("attention_window_size", "sliding_window")
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    lay.norm("final_norm", hidden, 1)
+    if not tied:
+        lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    bias = c.bool("attention_bias", default=False)
+    t = "layers.temporal_block"
+    lay.linear(f"{t}.q_proj", heads * head_dim, hidden, n_attn, bias=bias)
+    lay.linear(f"{t}.k_proj", kv_heads * head_dim, hidden, n_attn, bias=bias)
+    lay.linear(f"{t}.v_proj", kv_heads * head_dim, hidden, n_attn, bias=bias)
+    lay.linear(f"{t}.o_proj", hidden, heads * head_dim, n_attn, bias=True)
+    lay.linear(f"{t}.linear_x", lru, hidden, n_rec, bias=True)
+    lay.linear(f"{t}.linear_y", lru, hidden, n_rec, bias=True)
+    lay.linear(f"{t}.linear_out", hidden, lru, n_rec, bias=True)
+    lay.add(f"{t}.conv_1d.weight", (lru, 1, width), R.OTHER, n_rec)
+    lay.add(f"{t}.conv_1d.bias", (lru,), R.BIAS, n_rec)
+    lay.add(f"{t}.rg_lru.recurrent_param", (lru,), R.OTHER, n_rec)
+    lay.add(f"{t}.rg_lru.gate_weights", (heads, block, block), R.LINEAR, 2 * n_rec)
+    lay.add(f"{t}.rg_lru.gate_biases", (heads, block), R.BIAS, 2 * n_rec)
+    lay.norm("layers.norms", hidden, 2 * layers)
+    ffn = c.int("intermediate_size") // 2
+    p.dense_mlp("layers.mlp_block", ffn, layers, bias=True)
+    for kind in kinds:
+        if kind == "attention":
+            p.attention_cache("sliding_attention", kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                              window=window)
+        else:
+            p.state_cache("rg_lru", recurrent=lru, conv=lru * (width - 1), kernel=width - 1)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=ffn, tied=tied, act=c.str("hidden_activation", default="gelu_pytorch_tanh"))
+
+
+# ---- RWKV (v4) -------------------------------------------------------------------------------------------
+
+
+def rwkv(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_rwkv.py: rwkv.embeddings, a LayerNorm pre_ln on the first block, then per block ln1 and ln2
+    (LayerNorms with bias), the time-mixing attention (time_decay and time_first [attention_hidden_size],
+    time_mix_key / value / receptance [1, 1, hidden], key / value / receptance to attention_hidden_size and
+    output back, no biases) and the channel-mixing feed-forward (time_mix_key / receptance, key to
+    intermediate_size, receptance [hidden, hidden], value back); ln_out; head (untied by default). The state
+    is five [batch, hidden, layers] tensors (RwkvModel.forward): two token-shift states in the model dtype
+    and the numerator, denominator and maximum of the WKV recurrence in float32, counted here in the cache
+    dtype."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    # configuration_rwkv.py __post_init__: attention_hidden_size defaults to hidden_size, intermediate to 4 x
+    attn = c.int("attention_hidden_size", default=hidden)
+    ffn = c.int("intermediate_size", default=4 * hidden)
+    tied = c.bool("tie_word_embeddings", default=False)
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embeddings.weight", (vocab, hidden), R.EMBEDDING)
+    lay.norm("blocks.0.pre_ln", hidden, 1, bias=True)
+    lay.norm("blocks.lns", hidden, 2 * layers, bias=True)
+    lay.norm("ln_out", hidden, 1, bias=True)
+    if not tied:
+        lay.add("head.weight", (vocab, hidden), R.LM_HEAD)
+    lay.add("blocks.attention.time_decay", (attn,), R.OTHER, layers)
+    lay.add("blocks.attention.time_first", (attn,), R.OTHER, layers)
+    lay.add("blocks.time_mix", (1, 1, hidden), R.OTHER, 5 * layers)
+    for name in ("key", "value", "receptance"):
+        lay.linear(f"blocks.attention.{name}", attn, hidden, layers)
+    lay.linear("blocks.attention.output", hidden, attn, layers)
+    lay.linear("blocks.feed_forward.key", ffn, hidden, layers)
+    lay.linear("blocks.feed_forward.receptance", hidden, hidden, layers)
+    lay.linear("blocks.feed_forward.value", hidden, ffn, layers)
+    for _ in range(layers):
+        p.state_cache("rwkv", recurrent=5 * hidden, conv=0, kernel=0)
+    # No softmax attention: the head figures only fill the ModelSpec (the cache comes from the LayerCaches).
+    spec = finish(p, model_type, layers=layers, vocab=vocab, heads=1, kv_heads=1, head_dim=attn, intermediate=ffn,
+                  tied=tied, act="relu2", gated_ffn=False)
+    return spec.model_copy(update={"norm_kind": "layer"})
+
+
+# ---- xLSTM (mLSTM blocks) ---------------------------------------------------------------------------------
+
+
+def _round_up(x: float, multiple: int) -> int:
+    """configuration_xlstm.py round_up_to_next_multiple_of."""
+    return int(((x + multiple - 1) // multiple) * multiple)
+
+
+def xlstm(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_xlstm.py: backbone.embeddings, then per block norm_mlstm, the mLSTM layer and norm_ffn, a gated
+    feed-forward; out_norm; lm_head (untied by default). The mLSTM layer ("single" weights) has q and k of
+    qk_dim, v and ogate_preact of v_dim (configuration_xlstm.py: hidden x factor rounded up to 64), igate_preact
+    and fgate_preact (one per head, with bias), a multi-head norm over v_dim and out_proj; with weight_mode
+    "fused", qkv_opreact and ifgate_preact instead. The feed-forward's width is hidden x ffn_proj_factor rounded
+    up to ffn_round_up_to_multiple_of (proj_up_gate and proj_up, or proj_up_gate_z fused; proj_down). Biases
+    and norm biases with use_bias. xLSTMCache keeps per layer the matrix memory [heads, qk_head, v_head], the
+    normalizer [heads, qk_head] and the max state [heads, 1], in the model dtype."""
+    hidden = c.int("hidden_size", "embedding_dim")
+    layers, vocab = c.int("num_hidden_layers", "num_blocks"), c.int("vocab_size")
+    heads = c.int("num_heads")
+    bias = c.bool("use_bias", default=False)
+    tied = c.bool("tie_word_embeddings", default=False)
+    # configuration_xlstm.py: the defaults of qk_dim_factor, v_dim_factor, ffn_proj_factor and
+    # ffn_round_up_to_multiple_of; qk_dim and v_dim round up to multiples of 64
+    qk = _round_up(hidden * c.float("qk_dim_factor", default=0.5), 64)
+    v = _round_up(hidden * c.float("v_dim_factor", default=1.0), 64)
+    if qk % heads or v % heads:
+        raise ConfigError(f"{c.label}: qk_dim {qk} and v_dim {v} must divide over {heads} heads")
+    multiple = c.int("ffn_round_up_to_multiple_of", default=64)
+    ffn = _round_up(hidden * c.float("ffn_proj_factor", default=2.667), multiple)
+    fused = c.str("weight_mode", default="single") == "fused"
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embeddings.weight", (vocab, hidden), R.EMBEDDING)
+    lay.norm("out_norm", hidden, 1)
+    if not tied:
+        lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    lay.norm("blocks.norms", hidden, 2 * layers, bias=bias)
+    m = "blocks.mlstm_layer"
+    if fused:
+        lay.linear(f"{m}.qkv_opreact", 2 * qk + 2 * v, hidden, layers, bias=bias)
+        lay.linear(f"{m}.ifgate_preact", 2 * heads, hidden, layers, bias=True)
+    else:
+        lay.linear(f"{m}.q", qk, hidden, layers, bias=bias)
+        lay.linear(f"{m}.k", qk, hidden, layers, bias=bias)
+        lay.linear(f"{m}.v", v, hidden, layers, bias=bias)
+        lay.linear(f"{m}.ogate_preact", v, hidden, layers, bias=bias)
+        lay.linear(f"{m}.igate_preact", heads, hidden, layers, bias=True)
+        lay.linear(f"{m}.fgate_preact", heads, hidden, layers, bias=True)
+    lay.norm(f"{m}.multihead_norm", v, layers, bias=bias)
+    lay.linear(f"{m}.out_proj", hidden, v, layers, bias=bias)
+    if fused:
+        lay.linear("blocks.ffn.proj_up_gate_z", 2 * ffn, hidden, layers, bias=bias)
+    else:
+        lay.linear("blocks.ffn.proj_up_gate", ffn, hidden, layers, bias=bias)
+        lay.linear("blocks.ffn.proj_up", ffn, hidden, layers, bias=bias)
+    lay.linear("blocks.ffn.proj_down", hidden, ffn, layers, bias=bias)
+    qk_head, v_head = qk // heads, v // heads
+    for _ in range(layers):
+        p.state_cache("mlstm", recurrent=heads * (qk_head * v_head + qk_head + 1), conv=0, kernel=0)
+    # No softmax attention: the head figures only fill the ModelSpec (the cache comes from the LayerCaches).
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=heads, head_dim=qk_head,
+                  v_head_dim=v_head, intermediate=ffn, tied=tied, act="silu")
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "zamba": zamba,
     "zamba2": zamba,
@@ -446,4 +617,7 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "inkling_text": inkling_text,
     "inkling2_text": inkling2_text,
     "inkling2_loop_text": inkling2_text,
+    "recurrent_gemma": recurrent_gemma,
+    "rwkv": rwkv,
+    "xlstm": xlstm,
 }
