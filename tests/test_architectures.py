@@ -67,7 +67,6 @@ KNOWN_GAPS: dict[str, str] = {
     "ergo": "family not modelled",
     "flint": "parameters +3.89%",
     "fuyu": "parameters +25.54%",
-    "gemma3n_text": "refused: per-layer intermediate_size list",
     "gemma4_unified_assistant": "parameters -0.92%",
     "git": "parameters -41.39%",
     "got_ocr2": "parameters -17.24%",

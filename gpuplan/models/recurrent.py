@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from gpuplan.errors import ConfigError
 from gpuplan.models.config_reader import ConfigReader
-from gpuplan.models.hybrid import FULL, Parts, finish, layer_types, mamba2
+from gpuplan.models.hybrid import FULL, SLIDING, Parts, finish, layer_types, mamba2
 from gpuplan.models.layout import check_heads
 from gpuplan.models.spec import LayerCache, ModelSpec, MoeSpec, TensorRole
 
@@ -610,6 +610,89 @@ def xlstm(c: ConfigReader, model_type: str) -> ModelSpec:
                   v_head_dim=v_head, intermediate=ffn, tied=tied, act="silu")
 
 
+# ---- Gemma 3n: per-layer MLP widths, per-layer embeddings, AltUp, LAuReL, KV sharing ------------------------
+
+
+def _per_layer_ints(c: ConfigReader, key: str, layers: int) -> list[int]:
+    """A config value given once for all layers or as a list with one entry per layer."""
+    raw = c.raw.get(key)
+    values = raw if isinstance(raw, list) else [c.int(key)] * layers
+    if len(values) != layers or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ConfigError(f"{c.label}: {key!r} must be a positive whole number or a list of {layers} of them",
+                          hint=f"got {raw!r}")
+    return list(values)
+
+
+def gemma3n_text(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_gemma3n.py Gemma3nTextModel: per layer an attention (q_proj, q_norm, o_proj; k_proj, v_proj and
+    k_norm except on the last num_kv_shared_layers layers, which reuse the K/V of the last earlier layer of their
+    kind and cache nothing: configuration_gemma3n.py kv_sharing_modes; v_norm has no weight), a gated MLP of
+    the layer's own intermediate_size (a list, one per layer), LAuReL (linear_left to laurel_rank,
+    linear_right, post_laurel_norm), AltUp (correct_output_scale, correction_coefs [n, n], prediction_coefs
+    [n^2, n], modality_router [n, hidden], router_norm; n = altup_num_inputs), per-layer inputs
+    (per_layer_input_gate, per_layer_projection, post_per_layer_input_norm) and four more norms; the model has
+    embed_tokens_per_layer [vocab_size_per_layer_input, layers x hidden_size_per_layer_input],
+    per_layer_model_projection, per_layer_projection_norm and n - 1 altup_projections and
+    altup_unembed_projections [hidden, hidden]; tied embeddings."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = c.int("head_dim", default=hidden // heads)
+    tied = c.bool("tie_word_embeddings", default=True)
+    bias = c.bool("attention_bias", default=False)
+    widths = _per_layer_ints(c, "intermediate_size", layers)
+    # configuration_gemma3n.py __post_init__: every 5th layer full attention, the others sliding
+    kinds = layer_types(c, layers, default=[FULL if (i + 1) % 5 == 0 else SLIDING for i in range(layers)])
+    if set(kinds) - {FULL, SLIDING}:
+        raise ConfigError(f"{c.label}: layer_types may name only full_attention and sliding_attention")
+    window = c.int("sliding_window", default=None)
+    if SLIDING in kinds and window is None:
+        raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+    shared_from = layers - c.int("num_kv_shared_layers", default=0, minimum=0)
+    per_layer = c.int("hidden_size_per_layer_input")
+    n_alt, rank = c.int("altup_num_inputs", default=4), c.int("laurel_rank", default=64)
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    lay.norm("norm", hidden, 1)
+    if not tied:
+        lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    lay.add("embed_tokens_per_layer.weight", (c.int("vocab_size_per_layer_input", default=vocab), layers * per_layer),
+            R.EMBEDDING)
+    lay.linear("per_layer_model_projection", layers * per_layer, hidden, 1)
+    lay.norm("per_layer_projection_norm", per_layer, 1)
+    lay.linear("altup_projections", hidden, hidden, 2 * (n_alt - 1))
+    lay.linear("layers.self_attn.q_proj", heads * head_dim, hidden, layers, bias=bias)
+    lay.norm("layers.self_attn.q_norm", head_dim, layers)
+    lay.linear("layers.self_attn.o_proj", hidden, heads * head_dim, layers, bias=bias)
+    n_kv = min(layers, max(0, shared_from))
+    lay.linear("layers.self_attn.k_proj", kv_heads * head_dim, hidden, n_kv, bias=bias)
+    lay.linear("layers.self_attn.v_proj", kv_heads * head_dim, hidden, n_kv, bias=bias)
+    lay.norm("layers.self_attn.k_norm", head_dim, n_kv)
+    for i, (kind, width) in enumerate(zip(kinds, widths, strict=True)):
+        p.dense_mlp("layers.mlp", width, 1)
+        if i >= shared_from:
+            p.caches.append(LayerCache(kind="none", mixer=f"{kind} (reuses an earlier layer's K/V)"))
+        else:
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                              window=window if kind == SLIDING else None)
+    lay.norm("layers.norms", hidden, 5 * layers)
+    lay.linear("layers.per_layer_input_gate", per_layer, hidden, layers)
+    lay.linear("layers.per_layer_projection", hidden, per_layer, layers)
+    lay.linear("layers.laurel.linear_left", rank, hidden, layers)
+    lay.linear("layers.laurel.linear_right", hidden, rank, layers)
+    lay.norm("layers.laurel.post_laurel_norm", hidden, layers)
+    lay.add("layers.altup.correct_output_scale", (hidden,), R.OTHER, layers)
+    lay.linear("layers.altup.correction_coefs", n_alt, n_alt, layers, role=R.OTHER)
+    lay.linear("layers.altup.prediction_coefs", n_alt * n_alt, n_alt, layers, role=R.OTHER)
+    lay.linear("layers.altup.modality_router", n_alt, hidden, layers, role=R.ROUTER)
+    lay.norm("layers.altup.router_norm", hidden, layers)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=max(widths), tied=tied,
+                  act=c.str("hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "zamba": zamba,
     "zamba2": zamba,
@@ -620,4 +703,5 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "recurrent_gemma": recurrent_gemma,
     "rwkv": rwkv,
     "xlstm": xlstm,
+    "gemma3n_text": gemma3n_text,
 }
