@@ -55,7 +55,6 @@ KNOWN_GAPS: dict[str, str] = {
     "biogpt": "parameters +28.65%",
     "bitnet": "parameters -0.01%",
     "bloom": "family not modelled",
-    "blt": "family not modelled",
     "codegen": "family not modelled",
     "cpmant": "family not modelled",
     "ctrl": "family not modelled",

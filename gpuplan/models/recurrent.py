@@ -693,6 +693,107 @@ def gemma3n_text(c: ConfigReader, model_type: str) -> ModelSpec:
                   act=c.str("hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))
 
 
+# ---- BLT: byte latent transformer ---------------------------------------------------------------------------
+
+_BLT_PARTS = ("patcher_config", "encoder_config", "global_config", "decoder_config")
+
+
+def _blt_stack(p: Parts, prefix: str, c: ConfigReader) -> tuple[int, int, int, int]:
+    """BltTransformerLayer x num_hidden_layers of one sub-model (modeling_blt.py: q/k/v/o without bias,
+    head_dim = hidden / heads, a gated MLP, input_layernorm and post_attention_layernorm). Returns (layers,
+    hidden, kv_heads, head_dim)."""
+    hidden, layers, heads = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("num_attention_heads")
+    kv_heads = c.int("num_key_value_heads", default=heads)
+    check_heads(c, heads, kv_heads)
+    head_dim = hidden // heads
+    # configuration_blt.py: intermediate_size defaults to int(8 x hidden / 3) in each sub-config
+    ffn = c.int("intermediate_size", default=int(8 * hidden / 3))
+    lay = p.lay
+    lay.linear(f"{prefix}.layers.self_attn.q_proj", heads * head_dim, hidden, layers)
+    lay.linear(f"{prefix}.layers.self_attn.k_proj", kv_heads * head_dim, hidden, layers)
+    lay.linear(f"{prefix}.layers.self_attn.v_proj", kv_heads * head_dim, hidden, layers)
+    lay.linear(f"{prefix}.layers.self_attn.o_proj", hidden, heads * head_dim, layers)
+    for name, shape in (("gate_proj", (ffn, hidden)), ("up_proj", (ffn, hidden)), ("down_proj", (hidden, ffn))):
+        lay.linear(f"{prefix}.layers.mlp.{name}", *shape, layers)
+    lay.norm(f"{prefix}.layers.norms", hidden, 2 * layers)
+    return layers, hidden, kv_heads, head_dim
+
+
+def _blt_cross_attention(p: Parts, prefix: str, c: ConfigReader, n: int) -> None:
+    """BltCrossAttention: q/k/v/o of hidden (heads x hidden / heads) and q_norm / k_norm over hidden."""
+    hidden = c.int("hidden_size")
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        p.lay.linear(f"{prefix}.cross_attn_layers.{name}", hidden, hidden, n)
+    p.lay.norm(f"{prefix}.cross_attn_layers.q_norm", hidden, n)
+    p.lay.norm(f"{prefix}.cross_attn_layers.k_norm", hidden, n)
+
+
+def blt(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_blt.py BltForCausalLM: a byte-level local encoder (embed_tokens, its layers, a
+    patch_embedding_projection to hidden x cross_attn_k, cross-attention on every layer or only the last), a
+    global transformer over patches (token_embedding_projection when the encoder's hidden x cross_attn_k is not
+    its hidden size), a local decoder (patch_embedding_projection from hidden_size_global, cross-attention,
+    norm), the hash n-gram embeddings (encoder_hash_byte_group_vocab x nb_functions x group sizes rows), the
+    entropy patcher with its own embeddings and lm_head when patch_in_forward, and an lm_head; each part from
+    its sub-config. Per byte the local encoder and local decoder layers keep their K/V (BltModel.forward: an
+    EncoderDecoderCache, the encoder in its self-attention cache, the decoder in the other); the patcher and the
+    global transformer run without a cache and keep nothing."""
+    subs = {}
+    for key in _BLT_PARTS:
+        raw = c.raw.get(key)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{c.label}: a BLT config needs {', '.join(_BLT_PARTS)} as objects; {key} is missing",
+                              hint="use the config.json of a BLT checkpoint converted for transformers")
+        subs[key] = ConfigReader(raw, label=f"{c.label} ({key})")
+    enc, dec, glob, pat = (subs[k] for k in ("encoder_config", "decoder_config", "global_config", "patcher_config"))
+    vocab = c.int("vocab_size", default=260)  # configuration_blt.py BltConfig.vocab_size
+    p = Parts(c, dec.int("hidden_size"))
+    lay = p.lay
+    enc_layers, enc_h, enc_kv, enc_hd = _blt_stack(p, "local_encoder", enc)
+    lay.add("local_encoder.embed_tokens.weight", (enc.int("vocab_size", default=vocab), enc_h), R.EMBEDDING)
+    lay.linear("local_encoder.patch_embedding_projection", enc_h * enc.int("cross_attn_k", default=2), enc_h, 1)
+    # configuration_blt.py: the encoder cross-attends on its last layer only, the decoder on every layer
+    _blt_cross_attention(p, "local_encoder", enc, enc_layers if enc.bool("cross_attn_all_layers", default=False)
+                         else 1)
+    glob_layers, glob_h, _, _ = _blt_stack(p, "global_transformer", glob)
+    cross_out = enc_h * c.int("cross_attn_k", default=2)
+    if cross_out != glob_h:
+        lay.linear("global_transformer.token_embedding_projection", glob_h, cross_out, 1)
+    dec_layers, dec_h, dec_kv, dec_hd = _blt_stack(p, "local_decoder", dec)
+    lay.linear("local_decoder.patch_embedding_projection", dec_h * dec.int("cross_attn_k", default=2),
+               dec.int("hidden_size_global", default=glob_h), 1)
+    lay.norm("local_decoder.norm", dec_h, 1)
+    _blt_cross_attention(p, "local_decoder", dec, dec_layers if dec.bool("cross_attn_all_layers", default=True)
+                         else 1)
+    # configuration_blt.py defaults: [3, 4, 5, 6, 7, 8] byte n-grams, 500002 rows each, one hash function
+    groups = c.list("encoder_hash_byte_group_size") or [3, 4, 5, 6, 7, 8]
+    rows = c.int("encoder_hash_byte_group_vocab", default=500002) * c.int("encoder_hash_byte_group_nb_functions",
+                                                                          default=1) * len(groups)
+    lay.add("encoder_hash_tok_embedding.weight", (rows, enc_h), R.EMBEDDING)
+    lay.add("lm_head.weight", (vocab, dec_h), R.LM_HEAD)
+    pat_layers = 0
+    if c.bool("patch_in_forward", default=True):
+        pat_layers, pat_h, _, _ = _blt_stack(p, "patcher", pat)
+        pat_vocab = pat.int("vocab_size", default=vocab)
+        lay.add("patcher.embed_tokens.weight", (pat_vocab, pat_h), R.EMBEDDING)
+        lay.norm("patcher.norm", pat_h, 1)
+        lay.add("patcher.lm_head.weight", (pat_vocab, pat_h), R.LM_HEAD)
+    for _ in range(pat_layers):
+        p.caches.append(LayerCache(kind="none", mixer="entropy patcher (run without a cache)"))
+    for _ in range(enc_layers):
+        p.attention_cache(FULL, kv_heads=enc_kv, key_dim=enc_hd, value_dim=enc_hd)
+    for _ in range(glob_layers):
+        p.caches.append(LayerCache(kind="none", mixer="global transformer (recomputed, not cached)"))
+    for _ in range(dec_layers):
+        p.attention_cache(FULL, kv_heads=dec_kv, key_dim=dec_hd, value_dim=dec_hd)
+    p.notes.append("BLT: the cache is read from modeling_blt.py, not measured; the activations are estimated as "
+                   "if every layer were one of the local decoder's")
+    layers = pat_layers + enc_layers + glob_layers + dec_layers
+    dec_ffn = dec.int("intermediate_size", default=int(8 * dec_h / 3))
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=dec.int("num_attention_heads"), kv_heads=dec_kv,
+                  head_dim=dec_hd, intermediate=dec_ffn, tied=False, act=dec.str("hidden_act", default="silu"))
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "zamba": zamba,
     "zamba2": zamba,
@@ -704,4 +805,5 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "rwkv": rwkv,
     "xlstm": xlstm,
     "gemma3n_text": gemma3n_text,
+    "blt": blt,
 }
