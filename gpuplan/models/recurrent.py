@@ -5,7 +5,8 @@ beside every attention, RecurrentGemma, RWKV, xLSTM, Gemma 3n.
 Each parser mirrors the module tree of the family's modeling file in transformers 5.25 (named at each
 parser); tests/test_architectures.py replays what transformers 5.25 builds from each family's default config,
 parameter for parameter, and, where it could be recorded, the cache it holds after a forward. Every layer
-gets one ``LayerCache`` of the kinds the engines know (attention, state, hybrid, none).
+gets one ``LayerCache`` of the kinds the engines know (attention, state, hybrid, none). Where a config omits
+a key, the default read is that of the family's configuration_*.py class in transformers 5.25.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def zamba(c: ConfigReader, model_type: str) -> ModelSpec:
         p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
     p.lay.norm("layers.input_layernorm", hidden, layers)
     p.lay.linear("layers.linear", hidden, hidden, n_hybrid)
-    ffn = c.int("intermediate_size", default=4 * hidden)
+    # configuration_zamba2.py __post_init__: intermediate_size defaults to 4 x hidden
+    ffn = c.int("intermediate_size", default=4 * hidden) if v2 else c.int("intermediate_size")
     if v2:
         inner = int(c.float("mamba_expand", default=2) * hidden)
         named = ConfigReader({**c.raw, "mamba_n_heads": c.raw.get("n_mamba_heads"),
@@ -658,8 +660,8 @@ def gemma3n_text(c: ConfigReader, model_type: str) -> ModelSpec:
     lay.norm("norm", hidden, 1)
     if not tied:
         lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
-    lay.add("embed_tokens_per_layer.weight", (c.int("vocab_size_per_layer_input", default=vocab), layers * per_layer),
-            R.EMBEDDING)
+    per_layer_vocab = c.int("vocab_size_per_layer_input", default=262_144)  # configuration_gemma3n.py default
+    lay.add("embed_tokens_per_layer.weight", (per_layer_vocab, layers * per_layer), R.EMBEDDING)
     lay.linear("per_layer_model_projection", layers * per_layer, hidden, 1)
     lay.norm("per_layer_projection_norm", per_layer, 1)
     lay.linear("altup_projections", hidden, hidden, 2 * (n_alt - 1))
