@@ -19,6 +19,7 @@ from gpuplan.models.layout import check_heads as _check_heads
 from gpuplan.models.layout import max_positions as _max_positions
 from gpuplan.models.layout import native_dtype as _native_dtype
 from gpuplan.models.quant import parse_quantization_config
+from gpuplan.models.recurrent import FAMILIES as RECURRENT_FAMILIES
 from gpuplan.models.spec import MlaSpec, ModelSpec, MoeSpec, TensorGroup, TensorRole
 
 R = TensorRole
@@ -607,6 +608,7 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "chatglm": _chatglm,
     "qwen": _qwen_v1,
     **HYBRID_FAMILIES,
+    **RECURRENT_FAMILIES,
 }
 
 # Multimodal wrappers whose language model lives in ``text_config`` (default text model_type when the
