@@ -283,9 +283,11 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
     _indexer_update(trace, s, rows, keys, cache, layer, first)
     mla_expanded = []
     if s.mla_expanded:
-        # expand_kv, at every step over every cached token: kv_b_proj(latent) [b, keys, heads x (nope + v)]
-        # (the values are a view of it) and the keys in a new tensor [b, heads, keys, nope + rope].
-        mla_expanded = [trace.alloc(b * keys * width * e) for width in s.mla_expanded]
+        # query_states = torch.cat((q_pass, q_rot), dim=-1), then expand_kv, at every step over every cached
+        # token: kv_b_proj(latent) [b, keys, heads x (nope + v)] (the values are a view of it) and the keys in a
+        # new tensor [b, heads, keys, nope + rope].
+        mla_expanded = [trace.alloc(rows * s.heads * s.head_dim * e)]
+        mla_expanded += [trace.alloc(b * keys * width * e) for width in s.mla_expanded]
     if s.eager:
         scores = b * s.heads * queries * keys
         expanded = trace.alloc(b * keys * s.heads * (s.head_dim + s.v_head_dim) * e) \
