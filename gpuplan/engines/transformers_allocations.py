@@ -12,6 +12,15 @@ The order follows transformers 5.x (modeling_llama.py and the models generated f
 statement at a time: a temporary dies when the statement that used it ends, a rebound name frees its old
 tensor. Tensors of 1 MiB or less go to the allocator's separate small pool; they are written too, since
 they are what fills the small pool's 2 MiB segments.
+
+Each layer follows its own cache (``ModelSpec.layer_caches``, the layer classes of cache_utils.py): attention
+layers grow their K/V, and a sparse-attention indexer its keys, by ``torch.cat``; sliding layers keep their
+window; state layers (LinearAttentionLayer) create ``conv_states`` and ``recurrent_states`` once, at the
+prefill, and update them in place with ``copy_``, so a decode step allocates only the temporaries of the
+update (Mamba-2's selective_state_update, the gated DeltaNet's recurrent rule). What the sequence leaves
+allocated as cache is what ``cache_bytes`` counts (tests/test_hybrid_allocations.py). DeepSeek's MLA
+layers cache the latent and the rotary key, as transformers 5.25 does for DeepSeek-V3.2 too (5.17 cached
+V3.2's per-head K/V: modeling_deepseek_v32.py of that release).
 """
 
 from __future__ import annotations
