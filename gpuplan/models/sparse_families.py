@@ -1,0 +1,264 @@
+"""Decoder families built on DeepSeek-style sparse attention, and their relatives.
+
+Each parser mirrors the module tree of the family's modeling file in transformers 5.25 (named at each
+parser; tests/test_architectures.py replays what transformers 5.25 builds from each family's default config
+and the cache it holds after a forward). As in ``gpuplan.models.hybrid``, every parser gives one
+``LayerCache`` per decoder layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gpuplan.errors import ConfigError
+from gpuplan.models.config_reader import ConfigReader
+from gpuplan.models.hybrid import (
+    FULL,
+    SLIDING,
+    Parts,
+    _dense_or_sparse,
+    _embed_and_head,
+    decoder_dims,
+    finish,
+    layer_types,
+)
+from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, TensorRole
+
+R = TensorRole
+
+INDEXED = "indexed_attention"
+
+
+# ---- the parts these families share -------------------------------------------------------------------------
+
+
+def _mla_dims(c: ConfigReader, override: dict | None = None) -> MlaSpec:
+    """The MLA sizes of the config, with a layer's ``per_layer_config`` entries over them."""
+    raw = {**c.raw, **(override or {})}
+    r = ConfigReader(raw, label=c.label)
+    return MlaSpec(kv_lora_rank=r.int("kv_lora_rank"), q_lora_rank=r.int("q_lora_rank", default=None),
+                   qk_nope_head_dim=r.int("qk_nope_head_dim"), qk_rope_head_dim=r.int("qk_rope_head_dim"),
+                   v_head_dim=r.int("v_head_dim"))
+
+
+def _dsa_indexer(p: Parts, prefix: str, n: int, q_lora_rank: int) -> tuple[int, int]:
+    """DeepSeek sparse attention's lightning indexer (modeling_deepseek_v32.py DeepseekV32Indexer): wq_b from
+    the query LoRA, wk, a LayerNorm k_norm with bias, weights_proj. Returns (heads, index_head_dim)."""
+    c = p.c
+    heads, dim = c.int("index_n_heads"), c.int("index_head_dim")
+    p.lay.linear(f"{prefix}.wq_b", heads * dim, q_lora_rank, n)
+    p.lay.linear(f"{prefix}.wk", dim, p.hidden, n)
+    p.lay.norm(f"{prefix}.k_norm", dim, n, bias=True)
+    p.lay.linear(f"{prefix}.weights_proj", heads, p.hidden, n)
+    return heads, dim
+
+
+def _moe_ffn(p: Parts, sparse: list[bool], *, dense_width: int, experts_key: str = "n_routed_experts",
+             shared_width: int | None = None, score_bias: bool = True) -> MoeSpec | None:
+    """Dense gated MLPs on the dense layers; on the sparse ones a router (with DeepSeek-V3's
+    e_score_correction_bias buffer, which the checkpoints store), fused experts and shared experts of
+    ``shared_width`` (default n_shared_experts x moe_intermediate_size) under ``mlp.shared_experts``."""
+    c, layers = p.c, len(sparse)
+    n_moe = sum(sparse)
+    p.dense_mlp("layers.mlp", dense_width, layers - n_moe)
+    if not n_moe:
+        return None
+    experts, width = c.int(experts_key), c.int("moe_intermediate_size")
+    shared_count = c.int("n_shared_experts", default=1 if shared_width else 0, minimum=0)
+    shared = width * shared_count if shared_width is None else shared_width
+    p.experts("layers.mlp", n_moe, experts=experts, width=width, score_bias=score_bias)
+    p.dense_mlp("layers.mlp.shared_experts", shared, n_moe if shared else 0)
+    return MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                   expert_intermediate_size=width, num_shared_experts=shared_count if shared else 0,
+                   shared_expert_intermediate_size=shared, num_moe_layers=n_moe, num_dense_layers=layers - n_moe)
+
+
+def _hyper_connections(p: Parts, layers: int, *, per_layer: int, scales: int) -> None:
+    """Hyper-connections (modeling_deepseek_v4.py DeepseekV4HyperConnection / DeepseekV4HyperHead): hc_mult
+    residual streams; per layer an attention and an FFN connection, each fn [per_layer, hc_mult x hidden],
+    base [per_layer] and ``scales`` scalars; the head mixes the streams with hc_fn [hc_mult, hc_mult x hidden],
+    hc_base [hc_mult], hc_scale [1]. Their input norms carry no weight."""
+    mult, h = p.c.int("hc_mult"), p.hidden
+    for name in ("attn_hc", "ffn_hc"):
+        p.lay.add(f"layers.{name}.fn", (per_layer, mult * h), R.OTHER, layers)
+        p.lay.add(f"layers.{name}.base", (per_layer,), R.OTHER, layers)
+        p.lay.add(f"layers.{name}.scale", (scales,), R.OTHER, layers)
+    p.lay.add("hc_head.hc_fn", (mult, mult * h), R.OTHER)
+    p.lay.add("hc_head.hc_base", (mult,), R.OTHER)
+    p.lay.add("hc_head.hc_scale", (1,), R.OTHER)
+
+
+# ---- MLA with the DeepSeek sparse-attention indexer: A.X-K2, HY-V4, dots3 ---------------------------------------
+
+
+def _mla_core(p: Parts, prefix: str, n: int, mla: MlaSpec, heads: int, *, q_b: bool = True) -> None:
+    """The MLA projections every family here keeps (modeling_deepseek_v3.py DeepseekV3Attention): q_a_proj and
+    its norm, q_b_proj (unless the family fuses it elsewhere), kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj,
+    o_proj; no biases (attention_bias is False in every family read here)."""
+    lay, h = p.lay, p.hidden
+    if mla.q_lora_rank is None:
+        raise ConfigError(f"{p.c.label}: this family's attention needs q_lora_rank")
+    qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    lay.linear(f"{prefix}.q_a_proj", mla.q_lora_rank, h, n)
+    lay.norm(f"{prefix}.q_a_layernorm", mla.q_lora_rank, n)
+    if q_b:
+        lay.linear(f"{prefix}.q_b_proj", heads * qk_dim, mla.q_lora_rank, n)
+    lay.linear(f"{prefix}.kv_a_proj_with_mqa", mla.latent_dim, h, n)
+    lay.norm(f"{prefix}.kv_a_layernorm", mla.kv_lora_rank, n)
+    lay.linear(f"{prefix}.kv_b_proj", heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank, n)
+    lay.linear(f"{prefix}.o_proj", h, heads * mla.v_head_dim, n)
+
+
+def _check_attention_bias(c: ConfigReader) -> None:
+    if c.bool("attention_bias", default=False):
+        raise ConfigError(f"{c.label}: attention_bias is not supported for {c.str('model_type')}",
+                          hint="the released configs of this family set attention_bias false")
+
+
+def dsa_mla(c: ConfigReader, model_type: str) -> ModelSpec:
+    """MLA decoders with DeepSeek sparse attention's indexer on ``indexed_attention`` layers:
+
+    - axk2 (modeling_axk2.py): no q_b_proj; q_gate_proj [heads x (qk_head_dim + v_head_dim), 2 q_lora_rank] makes
+      the query and an output gate; input_layernorm on every layer and post_attention_layernorm on MoE layers
+      are gated RMSNorms (a norm plus a low-rank gate MLP fc1 [gated_norm_rank, h] / fc2 [h, gated_norm_rank]);
+    - hy_v4 (modeling_hy_v4.py): an output gate gate_proj [heads x v_head_dim, h] and one attention-sink logit
+      per head; GLM-5's ``indexer_types``: "shared" layers reuse the previous selection and have no indexer;
+      hyper-connections (2 x hc_mult mixes per connection, 2 scales);
+    - dots3_note_text (modeling_dots3_note.py): ``per_layer_config`` overrides the MLA sizes of single layers
+      (the sliding_attention layers); every layer has k_rope_only_layernorm and a per-head gate g_proj.
+
+    Every layer caches its latent (kv_lora_rank) as the key and the rotary key (qk_rope_head_dim) as the value,
+    one head (cache_utils.py DynamicIndexedLayer / DynamicSlidingWindowLayer), plus the indexer's key
+    (index_head_dim) on the layers with an indexer; sliding layers keep the last sliding_window tokens.
+    """
+    _check_attention_bias(c)
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    tied = c.bool("tie_word_embeddings", default=False)
+    kinds = layer_types(c, layers, default=[INDEXED] * layers)
+    unknown = sorted(set(kinds) - {INDEXED, SLIDING, FULL})
+    if unknown:
+        raise ConfigError(f"{c.label}: layer_types names layer kinds {model_type} does not have: {', '.join(unknown)}")
+    window = c.int("sliding_window", default=None) if SLIDING in kinds else None
+    if SLIDING in kinds and window is None:
+        raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+    indexer_kinds = c.list("indexer_types") or ["full"] * layers
+    with_indexer = [kind == INDEXED and (i >= len(indexer_kinds) or indexer_kinds[i] != "shared")
+                    for i, kind in enumerate(kinds)]
+    per_layer = {int(k): v for k, v in (c.raw.get("per_layer_config") or {}).items() if isinstance(v, dict)}
+    base = _mla_dims(c)
+    heads = c.int("num_attention_heads")
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    index_heads = index_dim = 0
+    for i, kind in enumerate(kinds):
+        override = per_layer.get(i, {})
+        mla = _mla_dims(c, override) if override else base
+        n_heads = ConfigReader({**c.raw, **override}, label=c.label).int("num_attention_heads")
+        _mla_attention_variant(p, model_type, mla, n_heads)
+        if with_indexer[i]:
+            index_heads, index_dim = _dsa_indexer(p, "layers.self_attn.indexer", 1, base.q_lora_rank or 0)
+        p.attention_cache(kind, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim,
+                          window=window if kind == SLIDING else None,
+                          indexer_dim=c.int("index_head_dim") if with_indexer[i] else 0)
+    sparse = _dense_or_sparse(c, layers)
+    _decoder_norms(p, model_type, sparse)
+    moe = _moe_ffn(p, sparse, dense_width=c.int("intermediate_size"),
+                   shared_width=(c.int("shared_experts_intermediate_size") * c.int("n_shared_experts")
+                                 if model_type == "dots3_note_text" else None))
+    if model_type == "hy_v4":
+        _hyper_connections(p, layers, per_layer=2 * c.int("hc_mult"), scales=2)
+    mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; transformers skips them, so "
+                       "they are not counted")
+    mla = base.model_copy(update={"index_heads": index_heads}) if index_dim else base
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=heads,
+                  head_dim=base.qk_nope_head_dim + base.qk_rope_head_dim, v_head_dim=base.v_head_dim,
+                  intermediate=c.int("intermediate_size"), tied=tied, moe=moe, mla=mla)
+
+
+def _mla_attention_variant(p: Parts, model_type: str, mla: MlaSpec, heads: int) -> None:
+    """One layer's attention projections, each family's additions to MLA (see ``dsa_mla``)."""
+    prefix, h, lay = "layers.self_attn", p.hidden, p.lay
+    if model_type == "axk2":
+        _mla_core(p, prefix, 1, mla, heads, q_b=False)
+        qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        lay.linear(f"{prefix}.q_gate_proj", heads * (qk_dim + mla.v_head_dim), 2 * (mla.q_lora_rank or 0), 1)
+        return
+    _mla_core(p, prefix, 1, mla, heads)
+    if model_type == "hy_v4":
+        lay.linear(f"{prefix}.gate_proj", heads * mla.v_head_dim, h, 1)
+        lay.add(f"{prefix}.sinks", (heads,), R.OTHER, 1)
+    elif model_type == "dots3_note_text":
+        lay.norm(f"{prefix}.k_rope_only_layernorm", mla.qk_rope_head_dim, 1)
+        lay.linear(f"{prefix}.g_proj", heads, h, 1)
+
+
+def _decoder_norms(p: Parts, model_type: str, sparse: list[bool]) -> None:
+    """input_layernorm and post_attention_layernorm; A.X-K2 gates the first on every layer and the second on
+    MoE layers (modeling_axk2.py AXK2GatedRMSNorm: norm.weight, mlp.fc1 [rank, h], mlp.fc2 [h, rank])."""
+    layers, h = len(sparse), p.hidden
+    p.lay.norm("layers.norms", h, 2 * layers)
+    if model_type == "axk2":
+        rank, gated = p.c.int("gated_norm_rank"), layers + sum(sparse)
+        p.lay.linear("layers.gated_norm.mlp.fc1", rank, h, gated)
+        p.lay.linear("layers.gated_norm.mlp.fc2", h, rank, gated)
+
+
+# ---- Kolibri 1 and 1.1 ------------------------------------------------------------------------------------------
+
+
+def kolibri(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_kolibri1.py: Exaone-4 attention (q/k/v/o, per-head q_norm / k_norm) on sliding and full layers,
+    four RMSNorms per layer (input, post_attention, post_self_attn, post_mlp), an MoE on every layer (router
+    with the e_score_correction_bias buffer, fused experts, shared_experts of shared_expert_intermediate_size).
+
+    modeling_kolibri1_1.py adds ``indexed_attention`` layers whose indexer has no weights (it scores with the
+    layer's own queries and keys), dense MLPs of mlp_only_intermediate_size on ``mlp_only_layers``, and
+    ``kv_source_layers``: a layer that reads another layer's keys and values has no k_proj / v_proj / k_norm
+    and caches nothing (cache_utils.py: kv_sharing_modes "reuse" -> DummyLayer)."""
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
+    tied = c.bool("tie_word_embeddings", default=False)
+    kinds = layer_types(c, layers, default=[FULL] * layers)
+    unknown = sorted(set(kinds) - {FULL, SLIDING, INDEXED})
+    if unknown:
+        raise ConfigError(f"{c.label}: layer_types names layer kinds {model_type} does not have: {', '.join(unknown)}")
+    window = c.int("sliding_window", default=None) if SLIDING in kinds else None
+    if SLIDING in kinds and window is None:
+        raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+    sources = c.list("kv_source_layers") or list(range(layers))
+    if len(sources) < layers or any(not isinstance(s, int) or not 0 <= s <= i for i, s in enumerate(sources)):
+        raise ConfigError(f"{c.label}: kv_source_layers must name, per layer, itself or an earlier layer")
+    reuse = [sources[i] != i for i in range(layers)]
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    own, lay = layers - sum(reuse), p.lay
+    lay.linear("layers.self_attn.q_proj", heads * head_dim, hidden, layers)
+    lay.linear("layers.self_attn.k_proj", kv_heads * head_dim, hidden, own)
+    lay.linear("layers.self_attn.v_proj", kv_heads * head_dim, hidden, own)
+    lay.linear("layers.self_attn.o_proj", hidden, heads * head_dim, layers)
+    lay.norm("layers.self_attn.q_norm", head_dim, layers)
+    lay.norm("layers.self_attn.k_norm", head_dim, own)
+    for kind, shared in zip(kinds, reuse, strict=False):
+        if shared:
+            p.caches.append(LayerCache(kind="none", mixer=f"{kind} (keys and values of an earlier layer)"))
+        else:
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                              window=window if kind == SLIDING else None)
+    lay.norm("layers.norms", hidden, 4 * layers)
+    dense_only = set(c.list("mlp_only_layers") or []) if model_type == "kolibri1_1" else set()
+    sparse = [i not in dense_only for i in range(layers)]
+    dense_width = c.int("mlp_only_intermediate_size") if dense_only else 0
+    moe = _moe_ffn(p, sparse, dense_width=dense_width, experts_key="num_local_experts",
+                   shared_width=c.int("shared_expert_intermediate_size"))
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=dense_width or c.int("moe_intermediate_size"), tied=tied, moe=moe)
+
+
+FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
+    "axk2": dsa_mla,
+    "hy_v4": dsa_mla,
+    "dots3_note_text": dsa_mla,
+    "kolibri1": kolibri,
+    "kolibri1_1": kolibri,
+}
