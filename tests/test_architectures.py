@@ -61,7 +61,9 @@ KNOWN_GAPS: dict[str, str] = {
     "deepseek_v4": "refused: layer kinds compressed_sparse_attention, heavily_compressed_attention unknown",
     "doge": "parameters +818464.71%",
     "dory": "refused: layer kinds mlp unknown",
-    "ergo": "family not modelled",
+    "ergo": ("cache: the recorded decode step holds 1 token per layer, not 301: ErgoModel.forward takes "
+             "`cache` and the recorder passed `past_key_values`, so the step began a new cache (generate() passes "
+             "`cache`); the prompt's cache matches"),
     "flint": "parameters +3.89%",
     "fuyu": "parameters +25.54%",
     "gemma3n_text": "refused: per-layer intermediate_size list",
@@ -77,8 +79,6 @@ KNOWN_GAPS: dict[str, str] = {
     "inkling_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
     "jetmoe": "parameters -17.59%",
     "laguna": "parameters +2.27%",
-    "lara_mini": "refused: no intermediate_size in the config",
-    "longcat_flash": "family not modelled",
     "minicpm5_moe": "parameters +0.89%",
     "minimax_m3_vl_text": "parameters -0.76%",
     "modernbert-decoder": "parameters -0.43%",
@@ -90,7 +90,6 @@ KNOWN_GAPS: dict[str, str] = {
     "phi4_multimodal": "parameters -17.11%",
     "recurrent_gemma": "parameters +42.80%",
     "rwkv": "family not modelled",
-    "solar_open": "family not modelled",
     "trocr": "family not modelled",
     "whisper": "family not modelled",
     "xglm": "family not modelled",

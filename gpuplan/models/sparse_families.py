@@ -20,13 +20,15 @@ from gpuplan.models.hybrid import (
     _embed_and_head,
     decoder_dims,
     finish,
+    gated_delta_net,
     layer_types,
 )
-from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, TensorRole
+from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, StateMixerSpec, TensorRole
 
 R = TensorRole
 
 INDEXED = "indexed_attention"
+LINEAR = "linear_attention"
 
 
 # ---- the parts these families share -------------------------------------------------------------------------
@@ -255,10 +257,186 @@ def kolibri(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=dense_width or c.int("moe_intermediate_size"), tied=tied, moe=moe)
 
 
+# ---- LongCat-Flash: two attention sublayers and a shortcut MoE per layer ------------------------------------------
+
+
+def longcat_flash(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_longcat_flash.py: each of the num_layers decoder layers holds two MLA sublayers
+    (DeepSeek-V3's MLA), two dense MLPs of ffn_hidden_size, four RMSNorms and one MoE whose router
+    (classifier, bias only with router_bias) scores n_routed_experts + zero_expert_num experts: the
+    zero experts return their input and have no weights. transformers counts the sublayers as layers
+    (configuration_longcat_flash.py: num_hidden_layers = 2 x num_layers); each caches MLA's latent and rotary
+    key, one head (a DynamicLayer per sublayer)."""
+    _check_attention_bias(c)
+    hidden, vocab = c.int("hidden_size"), c.int("vocab_size")
+    blocks = c.int("num_layers", default=None) or c.int("num_hidden_layers") // 2
+    layers = 2 * blocks
+    heads = c.int("num_attention_heads")
+    tied = c.bool("tie_word_embeddings", default=False)
+    mla = _mla_dims(c)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    _mla_core(p, "layers.self_attn", layers, mla, heads)
+    for _ in range(layers):
+        p.attention_cache(FULL, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim)
+    ffn = c.int("ffn_hidden_size", "intermediate_size")
+    p.dense_mlp("layers.mlps", ffn, layers)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    experts = c.int("n_routed_experts", "num_local_experts")
+    zero = c.int("zero_expert_num", default=0, minimum=0)
+    width = c.int("expert_ffn_hidden_size", "moe_intermediate_size")
+    p.lay.linear("layers.mlp.router.classifier", experts + zero, hidden, blocks,
+                 bias=c.bool("router_bias", default=False), role=R.ROUTER)
+    p.lay.add("layers.mlp.experts.gate_up_proj", (experts, 2 * width, hidden), R.EXPERT_LINEAR, blocks)
+    p.lay.add("layers.mlp.experts.down_proj", (experts, hidden, width), R.EXPERT_LINEAR, blocks)
+    top_k = c.int("moe_topk", "num_experts_per_tok")
+    if zero:
+        p.notes.append(f"each token picks {top_k} of {experts} experts and {zero} weightless zero experts: the "
+                       "active parameters count the picks as real experts (an upper bound)")
+    moe = MoeSpec(num_experts=experts, experts_per_token=min(top_k, experts), expert_intermediate_size=width,
+                  num_moe_layers=blocks)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=heads,
+                  head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim, v_head_dim=mla.v_head_dim,
+                  intermediate=ffn, tied=tied, moe=moe, mla=mla)
+
+
+# ---- Solar Open: GLM-4.5's MoE on every layer ----------------------------------------------------------------------
+
+
+def solar_open(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_solar_open.py: Llama attention (q/k/v/o without bias, head_dim from the config) and GLM-4.5's
+    MoE (router with the e_score_correction_bias buffer, fused experts, n_shared_experts x
+    moe_intermediate_size of shared experts) on every layer: the config has no intermediate_size,
+    first_k_dense_replace or qk norm (configuration_solar_open.py removes them)."""
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
+    tied = c.bool("tie_word_embeddings", default=False)
+    bias = c.bool("attention_bias", default=False)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias, o_bias=False)
+    for _ in range(layers):
+        p.attention_cache(FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    moe = _moe_ffn(p, [True] * layers, dense_width=0)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=c.int("moe_intermediate_size"), tied=tied, moe=moe)
+
+
+# ---- Ergo: sliding and NoPE global attention, ReLU^2 experts with per-expert norms ---------------------------------
+
+
+def ergo(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_ergo.py: a fused qkv_proj [(heads + 2 kv_heads) x head_dim, h] with head_dim = hidden / heads
+    (ErgoAttention ignores a head_dim key), o_proj, per-head q_norm / k_norm; sliding_attention and
+    full_attention layers (``layer_types``, else every global_attention_every_n_layers-th is global); four
+    RMSNorms and two residual gates [h] per layer. Dense layers (``mlp_layer_types``, else the first
+    num_dense_blocks) have a ReLU^2 MLP up_proj / down_proj of first_dense_intermediate_size; the others an
+    MoE: router linear [E, h] with the e_score_correction_bias buffer, experts up_proj [E, h, I] and
+    down_proj [E, I, h] (not gated) followed by a per-expert RMSNorm weight [E, h], and a shared ReLU^2
+    expert of shared_intermediate_size with its RMSNorm. The lm_head is never tied (ErgoForCausalLM)."""
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c, config_head_dim=False)
+    every = c.int("global_attention_every_n_layers", default=4)
+    kinds = layer_types(c, layers, default=[SLIDING if (i + 1) % every else FULL for i in range(layers)])
+    if set(kinds) - {FULL, SLIDING}:
+        raise ConfigError(f"{c.label}: layer_types may name only sliding_attention and full_attention")
+    window = c.int("sliding_window", default=None) if SLIDING in kinds else None
+    if SLIDING in kinds and window is None:
+        raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied=False)
+    lay = p.lay
+    lay.linear("layers.self_attn.qkv_proj", (heads + 2 * kv_heads) * head_dim, hidden, layers)
+    lay.linear("layers.self_attn.o_proj", hidden, heads * head_dim, layers)
+    lay.norm("layers.self_attn.q_norm", head_dim, layers)
+    lay.norm("layers.self_attn.k_norm", head_dim, layers)
+    for kind in kinds:
+        p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                          window=window if kind == SLIDING else None)
+    lay.norm("layers.norms", hidden, 4 * layers)
+    lay.add("layers.residual_gates.weight", (hidden,), R.OTHER, 2 * layers)
+    mlp_kinds = c.list("mlp_layer_types")
+    dense_blocks = c.int("num_dense_blocks", default=0, minimum=0)
+    sparse = ([k == "sparse" for k in mlp_kinds[:layers]] if mlp_kinds is not None
+              else [i >= dense_blocks for i in range(layers)])
+    n_moe = sum(sparse)
+    dense = c.int("first_dense_intermediate_size") if n_moe < layers else 0
+    lay.linear("layers.mlp.up_proj", dense, hidden, layers - n_moe)
+    lay.linear("layers.mlp.down_proj", hidden, dense, layers - n_moe)
+    moe = None
+    if n_moe:
+        experts, width, shared = c.int("num_experts"), c.int("moe_intermediate_size"), \
+            c.int("shared_intermediate_size")
+        lay.linear("layers.mlp.gate.linear", experts, hidden, n_moe, role=R.ROUTER)
+        lay.add("layers.mlp.gate.e_score_correction_bias", (experts,), R.ROUTER, n_moe)
+        lay.add("layers.mlp.experts.up_proj", (experts, hidden, width), R.EXPERT_LINEAR, n_moe)
+        lay.add("layers.mlp.experts.down_proj", (experts, width, hidden), R.EXPERT_LINEAR, n_moe)
+        lay.add("layers.mlp.experts.post_expert_norm.weight", (experts, hidden), R.NORM, n_moe)
+        lay.linear("layers.mlp.shared_experts.up_proj", shared, hidden, n_moe)
+        lay.linear("layers.mlp.shared_experts.down_proj", hidden, shared, n_moe)
+        lay.norm("layers.mlp.shared_experts.norm", hidden, n_moe)
+        moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                      expert_intermediate_size=width, num_shared_experts=1, shared_expert_intermediate_size=shared,
+                      num_moe_layers=n_moe, num_dense_layers=layers - n_moe)
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=dense or c.int("moe_intermediate_size"), tied=False, moe=moe, act="relu2",
+                  gated_ffn=False)
+
+
+# ---- Lara mini: gated DeltaNet, sliding and NoPE full attention, MoE everywhere -------------------------------------
+
+
+def lara_mini(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_lara_mini.py: ``layer_types`` of linear_attention (Qwen3.5's gated DeltaNet: in_proj_qkv,
+    in_proj_z, in_proj_a, in_proj_b, a depthwise conv over q, k and v, dt_bias, A_log, a gated RMSNorm of the
+    value head width, out_proj; the same sizes as Qwen3-Next's fused in_proj_qkvz / in_proj_ba), and
+    sliding_attention / full_attention layers of Qwen3 attention (per-head q_norm / k_norm, not gated). Every
+    layer's FFN is an MoE (router without bias, fused experts) plus an ungated shared_expert of
+    shared_expert_intermediate_size (modeling_flint.py FlintSparseMoeBlock); the config has no
+    intermediate_size."""
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
+    tied = c.bool("tie_word_embeddings", default=True)
+    kinds = layer_types(c, layers)
+    if set(kinds) - {FULL, SLIDING, LINEAR}:
+        raise ConfigError(f"{c.label}: layer_types may name only linear_attention, sliding_attention and "
+                          "full_attention")
+    window = c.int("sliding_window", default=None) if SLIDING in kinds else None
+    if SLIDING in kinds and window is None:
+        raise ConfigError(f"{c.label}: layer_types names sliding layers but sliding_window is unset")
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    n_linear = kinds.count(LINEAR)
+    recurrent, conv = gated_delta_net(p, "layers.linear_attn", n_linear)
+    p.gqa("layers.self_attn", layers - n_linear, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+          bias=c.bool("attention_bias", default=False), qk_norm="head")
+    for kind in kinds:
+        if kind == LINEAR:
+            p.state_cache(kind, recurrent=recurrent, conv=conv)
+        else:
+            p.attention_cache(kind, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                              window=window if kind == SLIDING else None)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    shared = c.int("shared_expert_intermediate_size", default=0, minimum=0)
+    experts, width = c.int("num_experts"), c.int("moe_intermediate_size")
+    p.experts("layers.mlp", layers, experts=experts, width=width)
+    p.dense_mlp("layers.mlp.shared_expert", shared, layers if shared else 0)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"), expert_intermediate_size=width,
+                  num_shared_experts=1 if shared else 0, shared_expert_intermediate_size=shared, num_moe_layers=layers)
+    spec = finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=width, tied=tied, moe=moe)
+    mixer = StateMixerSpec(kind="gated_delta_net", heads=c.int("linear_num_value_heads"),
+                           key_heads=c.int("linear_num_key_heads"), key_dim=c.int("linear_key_head_dim"),
+                           value_dim=c.int("linear_value_head_dim"))
+    return spec.model_copy(update={"state_mixer": mixer if n_linear else None})
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "axk2": dsa_mla,
     "hy_v4": dsa_mla,
     "dots3_note_text": dsa_mla,
     "kolibri1": kolibri,
     "kolibri1_1": kolibri,
+    "longcat_flash": longcat_flash,
+    "solar_open": solar_open,
+    "ergo": ergo,
+    "lara_mini": lara_mini,
 }
