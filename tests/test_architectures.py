@@ -59,8 +59,6 @@ KNOWN_GAPS: dict[str, str] = {
     "cpmant": "family not modelled",
     "ctrl": "family not modelled",
     "deepseek_v4": "refused: layer kinds compressed_sparse_attention, heavily_compressed_attention unknown",
-    "doge": "parameters +818464.71%",
-    "dory": "refused: layer kinds mlp unknown",
     "ergo": ("cache: the recorded decode step holds 1 token per layer, not 301: ErgoModel.forward takes "
              "`cache` and the recorder passed `past_key_values`, so the step began a new cache (generate() passes "
              "`cache`); the prompt's cache matches"),
@@ -73,7 +71,6 @@ KNOWN_GAPS: dict[str, str] = {
     "gpt_neo": "family not modelled",
     "gpt_neox_japanese": "family not modelled",
     "gptj": "family not modelled",
-    "hrm_text": "parameters +182.54%",
     "inkling2_loop_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
     "inkling2_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
     "inkling_text": "refused: layer kinds hybrid, hybrid_sliding unknown",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gpuplan.errors import ConfigError
+from gpuplan.errors import ConfigError, UnsupportedModelError
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import (
     FULL,
@@ -429,6 +429,134 @@ def lara_mini(c: ConfigReader, model_type: str) -> ModelSpec:
     return spec.model_copy(update={"state_mixer": mixer if n_linear else None})
 
 
+# ---- Dory: nGPT blocks, a recurrent middle section run in loops ---------------------------------------------------
+
+
+def dory(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_dory.py: nGPT-style layers without norm weights (DoryL2Norm), each an Afmoe attention (q/k/v/o,
+    an output gate gate_proj [heads x head_dim, h], per-channel sqk and s_gate [heads x head_dim]) and a gated
+    MLP with suv_gate / suv_up [intermediate_size], mixed into the residual by lambda_1 / lambda_2 [h]; the
+    lm_head has a logit_scale [vocab]. Released configs list each layer as an attention block and an "mlp"
+    block and double the layer counts (configuration_dory.py __post_init__ halves them). The
+    n_recurrent_layers after the n_input_layers run n_recurrent_loops times; with recurrent_kv_cache_mode
+    "per_loop" each loop caches its own keys and values (DoryModel.forward appends a copy of those cache
+    layers per extra loop), so such a layer is given the K/V heads of all its loops; "last_loop" caches one."""
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
+    n_input = c.int("n_input_layers", default=8, minimum=0)
+    n_output = c.int("n_output_layers", default=8, minimum=0)
+    kinds = c.list("layer_types")
+    recurrent = c.int("n_recurrent_layers", default=None, minimum=0)
+    if kinds is not None and "mlp" in kinds:
+        kinds, layers, n_input, n_output = kinds[::2], layers // 2, n_input // 2, n_output // 2
+        recurrent = None if recurrent is None else recurrent // 2
+    halved = ConfigReader({**c.raw, "layer_types": kinds}, label=c.label)
+    kinds = layer_types(halved, layers, default=[FULL if (i + 1) % 4 == 0 else SLIDING for i in range(layers)])
+    recurrent = layers - n_input - n_output if recurrent is None else recurrent
+    if n_input + recurrent + n_output != layers or recurrent < 0:
+        raise ConfigError(f"{c.label}: n_input_layers + n_recurrent_layers + n_output_layers must equal "
+                          "num_hidden_layers")
+    window = c.int("sliding_window", default=1024)  # configuration_dory.py default
+    loops = c.int("n_recurrent_loops", default=2)
+    copies = loops if c.str("recurrent_kv_cache_mode", default="per_loop") == "per_loop" else 1
+    tied = c.bool("tie_word_embeddings", default=False)
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    if not tied:
+        lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    lay.add("lm_head.logit_scale", (vocab,), R.OTHER)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+          bias=c.bool("attention_bias", default=False))
+    lay.linear("layers.self_attn.gate_proj", heads * head_dim, hidden, layers)
+    lay.add("layers.self_attn.sqk", (heads * head_dim,), R.OTHER, layers)
+    lay.add("layers.self_attn.s_gate", (heads * head_dim,), R.OTHER, layers)
+    for i, kind in enumerate(kinds):
+        if kind not in (FULL, SLIDING):
+            raise ConfigError(f"{c.label}: layer type {kind!r} is not one of Dory's (full / sliding_attention)")
+        n = copies if n_input <= i < n_input + recurrent else 1
+        p.attention_cache(kind if n == 1 else f"{kind} x {n} loops", kv_heads=kv_heads * n, key_dim=head_dim,
+                          value_dim=head_dim, window=window if kind == SLIDING else None)
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers, bias=c.bool("mlp_bias", default=False))
+    lay.add("layers.mlp.suv_gate", (intermediate,), R.OTHER, layers)
+    lay.add("layers.mlp.suv_up", (intermediate,), R.OTHER, layers)
+    lay.add("layers.lambda_1", (hidden,), R.OTHER, layers)
+    lay.add("layers.lambda_2", (hidden,), R.OTHER, layers)
+    if copies > 1:
+        p.notes.append(f"the {recurrent} recurrent layers run {loops} times and cache keys and values for each run")
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied)
+
+
+# ---- Doge: dynamic-mask attention ---------------------------------------------------------------------------------
+
+
+def doge(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_doge.py: q/k/v/o (attention_bias on all four), per-head q_norm / k_norm, the dynamic mask's A
+    [kv_heads] and dt_proj [kv_heads, kv_heads x head_dim]; input_residual and post_attention_residual [h]
+    beside the two RMSNorms; a gated MLP. Every layer caches full keys and values, or a sliding window of
+    sliding_window tokens when set (DynamicCache infers sliding layers from it; keep_window_size only masks).
+    The cross-domain MoE (is_moe: experts stored as embeddings) is not modelled."""
+    if c.bool("is_moe", default=False):
+        raise UnsupportedModelError(f"{c.label}: Doge's cross-domain MoE (is_moe true) is not supported",
+                                    hint="gpuplan models the dense Doge layout (is_moe false)")
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
+    tied = c.bool("tie_word_embeddings", default=False)
+    bias = c.bool("attention_bias", default=False)
+    window = c.int("sliding_window", default=None)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bias=bias, qk_norm="head")
+    p.lay.add("layers.self_attn.A", (kv_heads,), R.OTHER, layers)
+    p.lay.linear("layers.self_attn.dt_proj", kv_heads, kv_heads * head_dim, layers, bias=bias)
+    for _ in range(layers):
+        p.attention_cache(SLIDING if window else FULL, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
+                          window=window)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    p.lay.add("layers.residuals", (hidden,), R.OTHER, 2 * layers)
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers, bias=c.bool("mlp_bias", default=False))
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied)
+
+
+# ---- HRM-Text: two stacks run in nested cycles ------------------------------------------------------------------
+
+
+def hrm_text(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_hrm_text.py: a high-level and a low-level stack (H_module, L_module) of num_layers_per_stack
+    layers each, run H_cycles x (L_cycles + 1) times; every run of a layer has its own cache slot
+    (configuration_hrm_text.py: num_hidden_layers = num_layers_per_stack x H_cycles x (L_cycles + 1), read as the
+    per-stack count when num_layers_per_stack is absent). A layer: multi-head attention (k/v as wide as the
+    queries whatever num_key_value_heads says) with a sigmoid output gate gate_proj, a gated MLP, RMSNorms
+    without weights; z_L_init [h] starts the low-level state."""
+    hidden, vocab, heads = c.int("hidden_size"), c.int("vocab_size"), c.int("num_attention_heads")
+    head_dim = c.int("head_dim", default=hidden // heads)
+    h_cycles, l_cycles = c.int("H_cycles", default=2), c.int("L_cycles", default=3)
+    per_stack = c.int("num_layers_per_stack", default=None)
+    slots = c.int("num_hidden_layers")
+    if per_stack is None:
+        per_stack, slots = slots, slots * h_cycles * (l_cycles + 1)
+    tied = c.bool("tie_word_embeddings", default=False)
+    bias = c.bool("attention_bias", default=False)
+    p = Parts(c, hidden)
+    p.lay.add("embed_tokens.weight", (vocab, hidden), R.EMBEDDING)
+    if not tied:
+        p.lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    p.lay.add("z_L_init", (hidden,), R.OTHER)
+    intermediate = c.int("intermediate_size")
+    for stack in ("H_module", "L_module"):
+        p.gqa(f"{stack}.layers.self_attn", per_stack, heads=heads, kv_heads=heads, head_dim=head_dim, bias=bias)
+        p.lay.linear(f"{stack}.layers.self_attn.gate_proj", heads * head_dim, hidden, per_stack, bias=bias)
+        p.dense_mlp(f"{stack}.layers.mlp", intermediate, per_stack, bias=c.bool("mlp_bias", default=False))
+    for _ in range(slots):
+        p.attention_cache(FULL, kv_heads=heads, key_dim=head_dim, value_dim=head_dim)
+    p.notes.append(f"{2 * per_stack} layers run {slots} times per token ({h_cycles} high-level cycles of "
+                   f"{l_cycles} low-level runs and one high-level run), each run with its own keys and values")
+    return finish(p, model_type, layers=slots, vocab=vocab, heads=heads, kv_heads=heads, head_dim=head_dim,
+                  intermediate=intermediate, tied=tied)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "axk2": dsa_mla,
     "hy_v4": dsa_mla,
@@ -439,4 +567,7 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "solar_open": solar_open,
     "ergo": ergo,
     "lara_mini": lara_mini,
+    "dory": dory,
+    "doge": doge,
+    "hrm_text": hrm_text,
 }
