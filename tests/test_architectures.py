@@ -48,7 +48,6 @@ WITH_CACHE = [r for r in RECORDED if "cache_after_prompt" in r]
 KNOWN_GAPS: dict[str, str] = {
     "afmoe": "parameters -0.80%",
     "aria_text": "parameters -78.29%",
-    "bailing_hybrid": "family not modelled",
     "beam": "parameters +5.51%",
     "bert-generation": "parameters +28.16%",
     "biogpt": "parameters +28.65%",

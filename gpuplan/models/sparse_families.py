@@ -18,10 +18,12 @@ from gpuplan.models.hybrid import (
     Parts,
     _dense_or_sparse,
     _embed_and_head,
+    _mla,
     decoder_dims,
     finish,
     gated_delta_net,
     layer_types,
+    mla_attention,
 )
 from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, StateMixerSpec, TensorRole
 
@@ -557,6 +559,69 @@ def hrm_text(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=intermediate, tied=tied)
 
 
+# ---- Bailing hybrid (Ling 3): Kimi-style delta attention and gated MLA ----------------------------------------------
+
+
+def bailing_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_bailing_hybrid.py: ``layer_types`` of linear_attention (BailingHybridDeltaAttention, GLM-5.3's KDA:
+    q/k/v_proj to linear_num_heads x linear_head_dim, a depthwise conv over q, k and v without bias of
+    linear_conv_kernel_dim taps, the forget gate f_proj / dt_bias [heads x d] / A_log [heads], b_proj [heads, h],
+    an output gate g_proj [heads x d, h], a gated RMSNorm o_norm of d, o_proj) and full_attention (DeepSeek-V3
+    MLA with a per-head output gate g_proj [heads, h]). Dense MLPs on the first layers (``mlp_layer_types`` or
+    first_k_dense_replace), else DeepSeek-V3's MoE (router with the e_score_correction_bias buffer, fused experts,
+    num_shared_experts x moe_intermediate_size of shared experts). A linear layer keeps [3 heads d, kernel] of
+    conv state and [heads, d, d] of recurrent state per sequence (cache_utils.py LinearAttentionLayer); an MLA
+    layer its latent and rotary key."""
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads = c.int("num_attention_heads")
+    tied = c.bool("tie_word_embeddings", default=False)
+    kinds = layer_types(c, layers)
+    if set(kinds) - {FULL, LINEAR}:
+        raise ConfigError(f"{c.label}: layer_types may name only linear_attention and full_attention")
+    d, k_heads, kernel = c.int("linear_head_dim"), c.int("linear_num_heads"), c.int("linear_conv_kernel_dim")
+    n_full = kinds.count(FULL)
+    n_lin = layers - n_full
+    mla = _mla(c)
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    mla_attention(p, "layers.self_attn", n_full, mla, heads, bias=c.bool("attention_bias", default=False))
+    lay, width = p.lay, k_heads * d
+    lay.linear("layers.self_attn.g_proj", heads, hidden, n_full)
+    for name in ("q_proj", "k_proj", "v_proj", "g_proj", "forget_gate.f_proj"):
+        lay.linear(f"layers.self_attn.{name}", width, hidden, n_lin)
+    lay.add("layers.self_attn.conv1d.weight", (3 * width, 1, kernel), R.OTHER, n_lin)
+    lay.add("layers.self_attn.forget_gate.dt_bias", (width,), R.OTHER, n_lin)
+    lay.add("layers.self_attn.forget_gate.A_log", (k_heads,), R.OTHER, n_lin)
+    lay.linear("layers.self_attn.b_proj", k_heads, hidden, n_lin)
+    lay.norm("layers.self_attn.o_norm", d, n_lin)
+    lay.linear("layers.self_attn.o_proj", hidden, width, n_lin)
+    for kind in kinds:
+        if kind == FULL:
+            p.attention_cache(kind, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim)
+        else:
+            p.state_cache("kda", recurrent=k_heads * d * d, conv=3 * width * kernel, kernel=kernel)
+    lay.norm("layers.norms", hidden, 2 * layers)
+    sparse = _dense_or_sparse(c, layers)
+    experts, moe_width = c.int("num_experts", "n_routed_experts"), c.int("moe_intermediate_size")
+    shared = c.int("num_shared_experts", "n_shared_experts", default=0, minimum=0)
+    n_moe = sum(sparse)
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
+    p.experts("layers.mlp", n_moe, experts=experts, width=moe_width, score_bias=True)
+    p.dense_mlp("layers.mlp.shared_experts", moe_width * shared, n_moe if shared else 0)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_token", "num_experts_per_tok"),
+                  expert_intermediate_size=moe_width, num_shared_experts=shared,
+                  shared_expert_intermediate_size=moe_width * shared, num_moe_layers=n_moe,
+                  num_dense_layers=layers - n_moe) if n_moe else None
+    mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        p.notes.append(f"{mtp} multi-token-prediction layer(s) may ship in the checkpoint; transformers builds none, "
+                       "so they are not counted")
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=heads,
+                  head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim, v_head_dim=mla.v_head_dim,
+                  intermediate=intermediate, tied=tied, moe=moe, mla=mla)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "axk2": dsa_mla,
     "hy_v4": dsa_mla,
@@ -570,4 +635,5 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "dory": dory,
     "doge": doge,
     "hrm_text": hrm_text,
+    "bailing_hybrid": bailing_hybrid,
 }
