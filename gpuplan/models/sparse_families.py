@@ -622,6 +622,139 @@ def bailing_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=intermediate, tied=tied, moe=moe, mla=mla)
 
 
+# ---- DeepSeek-V4: sliding-window MQA with compressed sparse / heavily compressed attention ----------------------
+
+HCA = "heavily_compressed_attention"
+CSA = "compressed_sparse_attention"
+# configuration_deepseek_v4.py _COMPRESS_RATIO_TO_LAYER_TYPE: the legacy per-layer compress_ratios
+_V4_RATIO_KINDS = {0: SLIDING, 4: CSA, 128: HCA}
+
+
+def _v4_schedule(c: ConfigReader, layers: int) -> tuple[list[str], dict[str, int], list[str]]:
+    """Layer kinds, compress rate per kind and MLP kinds as DeepseekV4Config.__post_init__ resolves them:
+    layer_types, else the legacy compress_ratios, else two HCA layers then CSA / HCA alternating; compress_rates,
+    else the legacy compress_rate_csa / compress_rate_hca over the defaults 4 and 128; mlp_layer_types, else
+    num_hash_layers (default 3) hash_moe layers then moe."""
+    rates = {CSA: 4, HCA: 128}  # DeepseekV4Config.default_compress_rates
+    given = c.raw.get("compress_rates")
+    if isinstance(given, dict):
+        rates.update({k: v for k, v in given.items() if k in rates})
+    rates[CSA] = c.int("compress_rate_csa", default=rates[CSA])
+    rates[HCA] = c.int("compress_rate_hca", default=rates[HCA])
+    kinds = c.list("layer_types")
+    ratios = c.list("compress_ratios")
+    if kinds is None and ratios is not None:
+        if any(r not in _V4_RATIO_KINDS for r in ratios):
+            raise ConfigError(f"{c.label}: compress_ratios may hold only 0, 4 and 128", hint=f"got {ratios!r}")
+        kinds = [_V4_RATIO_KINDS[r] for r in ratios]
+    if kinds is None:
+        kinds = [HCA] * min(layers, 2) + [CSA if i % 2 else HCA for i in range(max(layers - 2, 0))]
+    kinds = layer_types(ConfigReader({"layer_types": kinds}, label=c.label), layers)
+    unknown = sorted(set(kinds) - {SLIDING, CSA, HCA})
+    if unknown:
+        raise ConfigError(f"{c.label}: layer_types names layer kinds DeepSeek-V4 does not have: {', '.join(unknown)}")
+    mlp = c.list("mlp_layer_types")
+    if mlp is None:
+        n_hash = c.int("num_hash_layers", default=3, minimum=0)
+        mlp = ["hash_moe"] * min(layers, n_hash) + ["moe"] * max(0, layers - n_hash)
+    if len(mlp) < layers or set(mlp[:layers]) - {"hash_moe", "moe"}:
+        raise ConfigError(f"{c.label}: mlp_layer_types must name hash_moe or moe for each of the {layers} layers")
+    return kinds, rates, list(mlp[:layers])
+
+
+def _v4_compressor(p: Parts, prefix: str, n: int, *, rate: int, dim: int, overlapping: bool) -> None:
+    """A compressor (modeling_deepseek_v4.py DeepseekV4HCACompressor, DeepseekV4CSACompressor, and the
+    indexer's): kv_proj and gate_proj to dim (two overlapping series of dim for CSA), position_bias
+    [rate, width], kv_norm [dim]."""
+    width = 2 * dim if overlapping else dim
+    p.lay.linear(f"{prefix}.kv_proj", width, p.hidden, n)
+    p.lay.linear(f"{prefix}.gate_proj", width, p.hidden, n)
+    p.lay.add(f"{prefix}.position_bias", (rate, width), R.OTHER, n)
+    p.lay.norm(f"{prefix}.kv_norm", dim, n)
+
+
+def deepseek_v4(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_deepseek_v4.py: shared-KV multi-query attention (q_a_proj, q_a_norm, q_b_proj; kv_proj and
+    kv_norm to one head of head_dim read as key and value; a grouped output projection o_a_proj
+    [o_groups x o_lora_rank, heads x head_dim / o_groups] and o_b_proj; a sink logit per head) over a sliding
+    window, with, per ``layer_types``, a heavily compressed branch (HCA: one entry per 128 tokens) or a
+    compressed sparse one (CSA: one entry per 4 tokens from two overlapping series, plus a lightning indexer
+    with its own compressor, q_b_proj from the query LoRA and weights_proj); hyper-connections (hc_mult
+    streams: per connection fn [(2 + hc_mult) hc_mult, hc_mult h], base, 3 scales); an MoE on every layer
+    (a router, fused experts, shared experts), routed by a frozen token-to-expert table on hash_moe layers.
+
+    The cache (cache_utils.py DynamicSlidingWindowLayer for sliding layers; DeepseekV4HCACache /
+    DeepseekV4CSACache): the window of K = V, stored once on compressed layers (and twice, as keys and values,
+    on sliding layers), the compressed entries of the compressor (and the indexer), the buffered projections
+    of the tokens of the window being compressed (kv and gate), and CSA's overlap state (rate x dim for kv
+    and gate of each series).
+    """
+    hidden, layers, vocab = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("vocab_size")
+    heads, head_dim = c.int("num_attention_heads"), c.int("head_dim")
+    kinds, rates, mlp = _v4_schedule(c, layers)
+    tied = c.bool("tie_word_embeddings", default=False)
+    q_rank, groups, o_rank = c.int("q_lora_rank"), c.int("o_groups"), c.int("o_lora_rank")
+    if heads * head_dim % groups:
+        raise ConfigError(f"{c.label}: o_groups {groups} does not divide {heads} heads x head_dim {head_dim}")
+    window = c.int("sliding_window", default=128)  # DeepseekV4Config default
+    p = Parts(c, hidden)
+    _embed_and_head(p, vocab, tied)
+    lay, prefix = p.lay, "layers.self_attn"
+    lay.linear(f"{prefix}.q_a_proj", q_rank, hidden, layers)
+    lay.norm(f"{prefix}.q_a_norm", q_rank, layers)
+    lay.linear(f"{prefix}.q_b_proj", heads * head_dim, q_rank, layers)
+    lay.linear(f"{prefix}.kv_proj", head_dim, hidden, layers)
+    lay.norm(f"{prefix}.kv_norm", head_dim, layers)
+    lay.linear(f"{prefix}.o_a_proj", groups * o_rank, heads * head_dim // groups, layers)
+    lay.linear(f"{prefix}.o_b_proj", hidden, groups * o_rank, layers)
+    lay.add(f"{prefix}.sinks", (heads,), R.OTHER, layers)
+    n_csa, n_hca = kinds.count(CSA), kinds.count(HCA)
+    _v4_compressor(p, f"{prefix}.compressor", n_hca, rate=rates[HCA], dim=head_dim, overlapping=False)
+    _v4_compressor(p, f"{prefix}.compressor", n_csa, rate=rates[CSA], dim=head_dim, overlapping=True)
+    index_heads, index_dim = c.int("index_n_heads"), c.int("index_head_dim")
+    if n_csa:
+        _v4_compressor(p, f"{prefix}.compressor.indexer", n_csa, rate=rates[CSA], dim=index_dim, overlapping=True)
+        lay.linear(f"{prefix}.compressor.indexer.q_b_proj", index_heads * index_dim, q_rank, n_csa)
+        lay.linear(f"{prefix}.compressor.indexer.scorer.weights_proj", index_heads, hidden, n_csa)
+    for kind in kinds:
+        if kind == SLIDING:
+            p.attention_cache(kind, kv_heads=1, key_dim=head_dim, value_dim=head_dim, window=window)
+            continue
+        rate, csa = rates[kind], kind == CSA
+        p.caches.append(LayerCache(
+            kind="compressed", mixer=kind, kv_heads=1, key_dim=head_dim, window=window, compress_rate=rate,
+            compressed_dim=head_dim + (index_dim if csa else 0),
+            buffer_dim=2 * (2 * head_dim + 2 * index_dim) if csa else 2 * head_dim,
+            overlap_elems=2 * rate * (head_dim + index_dim) if csa else 0))
+    lay.norm("layers.norms", hidden, 2 * layers)
+    mult = c.int("hc_mult")
+    _hyper_connections(p, layers, per_layer=(2 + mult) * mult, scales=3)
+    moe = _v4_moe(p, mlp)
+    mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        p.notes.append(f"{mtp} multi-token-prediction layer(s) ship in the checkpoint; transformers does not build "
+                       "them, so they are not counted")
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=1, head_dim=head_dim,
+                  intermediate=c.int("moe_intermediate_size"), tied=tied, moe=moe)
+
+
+def _v4_moe(p: Parts, mlp: list[str]) -> MoeSpec:
+    """DeepSeek-V4's MoE on every layer (modeling_deepseek_v4.py DeepseekV4SparseMoeBlock): a router gate [E, h]
+    (on moe layers with DeepSeek-V3's e_score_correction_bias buffer; hash_moe layers route through the
+    integer buffer tid2eid [vocab, top_k], not counted as weights), fused experts, and n_shared_experts x
+    moe_intermediate_size of shared experts."""
+    c, layers = p.c, len(mlp)
+    experts, width = c.int("n_routed_experts", "num_local_experts"), c.int("moe_intermediate_size")
+    shared = c.int("n_shared_experts", default=0, minimum=0)
+    n_hash = mlp.count("hash_moe")
+    p.experts("layers.mlp", layers, experts=experts, width=width)
+    p.lay.add("layers.mlp.gate.e_score_correction_bias", (experts,), R.ROUTER, layers - n_hash)
+    p.dense_mlp("layers.mlp.shared_experts", width * shared, layers if shared else 0)
+    return MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_tok"),
+                   expert_intermediate_size=width, num_shared_experts=shared,
+                   shared_expert_intermediate_size=width * shared, num_moe_layers=layers)
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "axk2": dsa_mla,
     "hy_v4": dsa_mla,
@@ -636,4 +769,5 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "doge": doge,
     "hrm_text": hrm_text,
     "bailing_hybrid": bailing_hybrid,
+    "deepseek_v4": deepseek_v4,
 }
