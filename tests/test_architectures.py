@@ -57,7 +57,6 @@ KNOWN_GAPS: dict[str, str] = {
     "codegen": "family not modelled",
     "cpmant": "family not modelled",
     "ctrl": "family not modelled",
-    "deepseek_v4": "refused: layer kinds compressed_sparse_attention, heavily_compressed_attention unknown",
     "ergo": ("cache: the recorded decode step holds 1 token per layer, not 301: ErgoModel.forward takes "
              "`cache` and the recorder passed `past_key_values`, so the step began a new cache (generate() passes "
              "`cache`); the prompt's cache matches"),
@@ -143,6 +142,7 @@ LAYER_KIND_FAMILIES = {
     "deepseek_v32", "glm_moe_dsa",  # DeepSeek sparse attention
     "llama4_text", "gemma4_text", "gpt_oss", "mimo_v2_flash",  # chunked / sliding, per-layer heads
     "glm4_moe", "glm4_moe_lite", "ernie4_5_moe",
+    "deepseek_v4", "axk2", "hy_v4", "dots3_note_text", "kolibri1_1", "bailing_hybrid", "lara_mini",  # sparse, compressed
 }
 
 
