@@ -142,7 +142,7 @@ LAYER_KIND_FAMILIES = {
     "deepseek_v32", "glm_moe_dsa",  # DeepSeek sparse attention
     "llama4_text", "gemma4_text", "gpt_oss", "mimo_v2_flash",  # chunked / sliding, per-layer heads
     "glm4_moe", "glm4_moe_lite", "ernie4_5_moe",
-    "deepseek_v4", "axk2", "hy_v4", "dots3_note_text", "kolibri1_1", "bailing_hybrid", "lara_mini",  # sparse, compressed
+    "deepseek_v4", "axk2", "hy_v4", "dots3_note_text", "kolibri1_1", "bailing_hybrid", "lara_mini",  # sparse, hybrid
 }
 
 
