@@ -220,3 +220,23 @@ def test_float32_logits_stay_bound_through_the_next_forward():
     for (i, tensor), (j, _) in zip(made, made[1:], strict=False):
         grown = [k for k in range(i, j) if trace.events[k][0] == "a" and trace.events[k][1] in trace.labels]
         assert grown and freed[tensor] > j
+
+
+@pytest.mark.parametrize(("prompt", "new_tokens"), [(300, 3), (5, 2)])
+def test_deepseek_v4_compressed_layers_leave_what_cache_bytes_counts(prompt, new_tokens):
+    """DeepSeek-V4's compressed layers (a window of K/V plus compressed entries) in the small config transformers
+    recorded (tests/fixtures/architectures/deepseek_v4.json): the sequence leaves what cache_bytes counts."""
+    import json
+    from pathlib import Path
+
+    raw = json.loads((Path(__file__).parent / "fixtures" / "architectures" / "deepseek_v4.json").read_text())
+    spec, precision, workload, trace = _trace(raw["small_config"], prompt=prompt, new_tokens=new_tokens)
+    assert any(lc.kind == "compressed" for lc in spec.layer_caches)
+    live: dict[int, int] = {}
+    for action, tensor, size in trace.events:
+        if action == "a" and tensor in trace.labels:
+            live[tensor] = size
+        elif action == "f":
+            live.pop(tensor, None)
+    expected = cache_bytes(spec, BATCH, prompt + new_tokens - 1, precision.kv_bytes, decoded=new_tokens >= 2)
+    assert sum(live.values()) == expected

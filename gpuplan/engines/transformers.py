@@ -77,11 +77,25 @@ def layer_cache_bytes(lc: LayerCache, batch: int, tokens: int, kv_bytes: int, *,
     ``recurrent_states`` of fixed shapes, the recurrent one float32 where the torch scan makes it so
     (``LayerCache.recurrent_bytes``), DummyLayer for layers that keep nothing)."""
     kept = tokens if lc.window is None or not decoded else min(tokens, lc.window)
-    per_token = lc.per_token_elems * kv_bytes if lc.kind in ("attention", "hybrid") else 0
+    per_token = lc.per_token_elems * kv_bytes if lc.kind in ("attention", "hybrid", "compressed") else 0
     fixed = 0
     if lc.kind in ("state", "hybrid"):
         fixed = lc.conv_elems * kv_bytes + lc.recurrent_elems * (lc.recurrent_bytes or kv_bytes)
+    if lc.kind == "compressed":
+        fixed = compressed_elems(lc, tokens, decoded) * kv_bytes
     return batch * (kept * per_token + fixed)
+
+
+def compressed_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
+    """What a DeepSeek-V4 compressed layer keeps besides its window (modeling_deepseek_v4.py
+    DeepseekV4HCACache / DeepseekV4CSACache): one entry per ``compress_rate`` tokens; the buffer of source
+    tokens not yet compressed, a view into the projection it was cut from, so after the prompt it holds the
+    whole prompt's projection and after a decode step the ``(tokens - 1) % rate + 1`` tokens concatenated
+    since the last window closed; and, once a window has closed, the overlap state."""
+    rate = lc.compress_rate
+    buffered = tokens if not decoded else (tokens - 1) % rate + 1
+    overlap = lc.overlap_elems if tokens >= rate else 0
+    return tokens // rate * lc.compressed_dim + buffered * lc.buffer_dim + overlap
 
 
 def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, decoded: bool) -> int:

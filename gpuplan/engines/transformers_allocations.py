@@ -33,7 +33,7 @@ from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import tensor_bytes
 from gpuplan.calc.workload import Workload
-from gpuplan.engines.transformers import GATED_DELTA_NET_CHUNK
+from gpuplan.engines.transformers import GATED_DELTA_NET_CHUNK, compressed_elems
 from gpuplan.models.spec import LayerCache, ModelSpec, MoeSpec, StateMixerSpec
 
 FP32 = 4
@@ -157,6 +157,7 @@ class _Layer:
     state: bool = False  # runs a recurrent mixer (Mamba, gated DeltaNet, ...)
     ffn: bool = True  # runs an MLP / MoE block after the token mixer
     moe: bool = True  # its FFN is the MoE block (when the model has one)
+    compressed: LayerCache | None = None  # DeepSeek-V4's compressed entries beside the window
 
 
 # Families whose decoder layer is one norm and one block, a token mixer or an FFN (modeling_nemotron_h.py
@@ -179,7 +180,7 @@ def _layers(spec: ModelSpec, kv: int) -> tuple[_Layer, ...]:
 
 
 def _layer(lc: LayerCache, kv: int, one_block: bool) -> _Layer:
-    attention = lc.kind in ("attention", "hybrid")
+    attention = lc.kind in ("attention", "hybrid", "compressed")
     state = lc.kind in ("state", "hybrid")
     ffn_only = one_block and lc.kind == "none"
     return _Layer(
@@ -196,6 +197,7 @@ def _layer(lc: LayerCache, kv: int, one_block: bool) -> _Layer:
         state=state,
         ffn=ffn_only or not one_block,
         moe=not one_block or lc.mixer == "moe",
+        compressed=lc if lc.kind == "compressed" else None,
     )
 
 
@@ -234,6 +236,15 @@ def _cache_update(trace: _Trace, s: _Shape, keys: int, cache: list[int], layer: 
         if not first:
             trace.free(cache[3 * layer + 1])
     cache[3 * layer], cache[3 * layer + 1] = new_k, new_v
+    if c.compressed is not None:
+        # DeepSeek-V4's compressed entries, the buffer of tokens awaiting compression and the overlap state,
+        # in the bytes cache_bytes counts, written as one tensor replaced at each step (the order of
+        # modeling_deepseek_v4.py's own updates is not written out here).
+        size = s.batch * compressed_elems(c.compressed, keys, not first) * s.kv
+        grown = trace.alloc(size, f"layer {layer} compressed")
+        if not first:
+            trace.free(cache[3 * layer + 2])
+        cache[3 * layer + 2] = grown
 
 
 def _indexer_update(trace: _Trace, s: _Shape, rows: int, keys: int, cache: list[int], layer: int,
