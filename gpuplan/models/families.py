@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpuplan.errors import ConfigError, UnsupportedModelError
+from gpuplan.models.classic import FAMILIES as CLASSIC_FAMILIES
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import FAMILIES as HYBRID_FAMILIES
 from gpuplan.models.hybrid import generic_decoder, has_state_layers, state_keys
@@ -607,6 +608,7 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "chatglm": _chatglm,
     "qwen": _qwen_v1,
     **HYBRID_FAMILIES,
+    **CLASSIC_FAMILIES,
 }
 
 # Multimodal wrappers whose language model lives in ``text_config`` (default text model_type when the
