@@ -19,6 +19,7 @@ from gpuplan.models.layout import Layout as _Layout
 from gpuplan.models.layout import check_heads as _check_heads
 from gpuplan.models.layout import max_positions as _max_positions
 from gpuplan.models.layout import native_dtype as _native_dtype
+from gpuplan.models.llama_kin import FAMILIES as LLAMA_KIN_FAMILIES
 from gpuplan.models.quant import parse_quantization_config
 from gpuplan.models.spec import MlaSpec, ModelSpec, MoeSpec, TensorGroup, TensorRole
 
@@ -609,6 +610,7 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "qwen": _qwen_v1,
     **HYBRID_FAMILIES,
     **CLASSIC_FAMILIES,
+    **LLAMA_KIN_FAMILIES,
 }
 
 # Multimodal wrappers whose language model lives in ``text_config`` (default text model_type when the
