@@ -16,6 +16,7 @@ from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import FULL, Parts, finish
 from gpuplan.models.layout import check_heads
 from gpuplan.models.spec import ModelSpec, TensorRole
+from gpuplan.models.vision import GIT_VISION_DEFAULTS, clip_vision_parameters
 
 R = TensorRole
 
@@ -379,33 +380,70 @@ def whisper(c: ConfigReader, model_type: str) -> ModelSpec:
                    act=c.str("activation_function", default="gelu"))
 
 
+def _bert_layers(p: Parts, prefix: str, layers: int, inner: int, *, cross_attention: bool = False) -> None:
+    """BERT's post-norm encoder layer used as a decoder (modeling_bert_generation.py, modeling_git.py):
+    attention.self.query/key/value, attention.output.dense + LayerNorm, intermediate.dense, output.dense +
+    LayerNorm, all with bias; a crossattention block of the same shape with ``cross_attention``."""
+    lay, h = p.lay, p.hidden
+    for block in ("attention", "crossattention") if cross_attention else ("attention",):
+        for proj in ("query", "key", "value"):
+            lay.linear(f"{prefix}.{block}.self.{proj}", h, h, layers, bias=True)
+        lay.linear(f"{prefix}.{block}.output.dense", h, h, layers, bias=True)
+        lay.norm(f"{prefix}.{block}.output.LayerNorm", h, layers, bias=True)
+    lay.linear(f"{prefix}.intermediate.dense", inner, h, layers, bias=True)
+    lay.linear(f"{prefix}.output.dense", h, inner, layers, bias=True)
+    lay.norm(f"{prefix}.output.LayerNorm", h, layers, bias=True)
+
+
+def _bert_embeddings(p: Parts, vocab: int, positions: int) -> None:
+    p.lay.add("embeddings.word_embeddings.weight", (vocab, p.hidden), R.EMBEDDING)
+    p.lay.add("embeddings.position_embeddings.weight", (positions, p.hidden), R.POSITION_EMBEDDING)
+    p.lay.norm("embeddings.LayerNorm", p.hidden, 1, bias=True)
+
+
 def bert_generation(c: ConfigReader, model_type: str) -> ModelSpec:
     """modeling_bert_generation.py BertGenerationDecoder: word and position embeddings with a LayerNorm (no
-    token types), BERT's post-norm layers (query/key/value, attention.output.dense + LayerNorm,
-    intermediate.dense, output.dense + LayerNorm, all with bias; a cross-attention only with
-    add_cross_attention), no pooler, lm_head.decoder tied to the word embeddings plus lm_head.bias."""
+    token types), BERT's layers (a cross-attention only with add_cross_attention), no pooler, lm_head.decoder
+    tied to the word embeddings plus lm_head.bias."""
     hidden, layers, heads = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("num_attention_heads")
     vocab, inner, positions = c.int("vocab_size"), c.int("intermediate_size"), c.int("max_position_embeddings")
     tied = c.bool("tie_word_embeddings", default=True)
     p = Parts(c, hidden)
-    lay = p.lay
-    lay.add("embeddings.word_embeddings.weight", (vocab, hidden), R.EMBEDDING)
-    lay.add("embeddings.position_embeddings.weight", (positions, hidden), R.POSITION_EMBEDDING)
-    lay.norm("embeddings.LayerNorm", hidden, 1, bias=True)
-    blocks = ("attention", "crossattention") if c.bool("add_cross_attention", default=False) else ("attention",)
-    for block in blocks:
-        for proj in ("query", "key", "value"):
-            lay.linear(f"encoder.layer.{block}.self.{proj}", hidden, hidden, layers, bias=True)
-        lay.linear(f"encoder.layer.{block}.output.dense", hidden, hidden, layers, bias=True)
-        lay.norm(f"encoder.layer.{block}.output.LayerNorm", hidden, layers, bias=True)
-    lay.linear("encoder.layer.intermediate.dense", inner, hidden, layers, bias=True)
-    lay.linear("encoder.layer.output.dense", hidden, inner, layers, bias=True)
-    lay.norm("encoder.layer.output.LayerNorm", hidden, layers, bias=True)
+    _bert_embeddings(p, vocab, positions)
+    _bert_layers(p, "encoder.layer", layers, inner, cross_attention=c.bool("add_cross_attention", default=False))
     if not tied:
-        lay.add("lm_head.decoder.weight", (vocab, hidden), R.LM_HEAD)
-    lay.add("lm_head.bias", (vocab,), R.BIAS)
+        p.lay.add("lm_head.decoder.weight", (vocab, hidden), R.LM_HEAD)
+    p.lay.add("lm_head.bias", (vocab,), R.BIAS)
     return _finish(p, model_type, layers=layers, vocab=vocab, heads=heads, intermediate=inner, tied=tied,
                    act=c.str("hidden_act", default="gelu"))
+
+
+def git(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_git.py GitForCausalLM: BERT-style embeddings and layers over the text, a CLIP vision encoder
+    (vision_config), a visual_projection (Linear to hidden_size + LayerNorm), one img_temporal_embedding per
+    image when num_image_with_embedding is set, and an untied output Linear with bias. The vision encoder and
+    projection are counted as the vision tower."""
+    hidden, layers, heads = c.int("hidden_size"), c.int("num_hidden_layers"), c.int("num_attention_heads")
+    vocab, inner, positions = c.int("vocab_size"), c.int("intermediate_size"), c.int("max_position_embeddings")
+    tied = c.bool("tie_word_embeddings", default=False)
+    p = Parts(c, hidden)
+    _bert_embeddings(p, vocab, positions)
+    _bert_layers(p, "encoder.layer", layers, inner)
+    if not tied:
+        p.lay.add("output.weight", (vocab, hidden), R.LM_HEAD)
+    p.lay.add("output.bias", (vocab,), R.BIAS)
+    raw_vision = c.raw.get("vision_config")
+    vision_cfg = ConfigReader(raw_vision if isinstance(raw_vision, dict) else {}, label=f"{c.label} vision_config")
+    vision_hidden = vision_cfg.int("hidden_size", default=GIT_VISION_DEFAULTS["hidden_size"])
+    images = c.int("num_image_with_embedding", default=0, minimum=0)
+    tower = (clip_vision_parameters({**GIT_VISION_DEFAULTS, **vision_cfg.raw}, patch_bias=False)
+             + vision_hidden * hidden + hidden + 2 * hidden + images * vision_hidden)
+    p.lay.add("vision_tower", (tower,), R.OTHER)
+    spec = _finish(p, model_type, layers=layers, vocab=vocab, heads=heads, intermediate=inner, tied=tied,
+                   act=c.str("hidden_act", default="gelu"))
+    note = (f"multimodal checkpoint: the vision tower and projector ({tower:,} parameters) are counted in the "
+            "weights; their activations are not modelled, and image tokens count as sequence")
+    return spec.model_copy(update={"vision_parameters": tower, "notes": spec.notes + (note,)})
 
 
 def cpmant(c: ConfigReader, model_type: str) -> ModelSpec:
@@ -456,5 +494,6 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "trocr": trocr,
     "whisper": whisper,
     "bert-generation": bert_generation,
+    "git": git,
     "cpmant": cpmant,
 }

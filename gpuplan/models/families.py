@@ -660,7 +660,8 @@ def config_to_spec(raw: dict[str, Any], *, label: str = "config.json") -> ModelS
             return meta_params_to_spec(raw, label=label)
         raise ConfigError(f"{label}: no 'model_type' key", hint="is this a Hugging Face config.json?")
     text_cfg = raw.get("text_config")
-    if isinstance(text_cfg, dict) and (model_type in _TEXT_CONFIG_WRAPPERS or "num_hidden_layers" not in raw):
+    if isinstance(text_cfg, dict) and model_type not in _FAMILIES and (model_type in _TEXT_CONFIG_WRAPPERS
+                                                                      or "num_hidden_layers" not in raw):
         inner = dict(text_cfg)
         inner.setdefault("model_type", _TEXT_CONFIG_WRAPPERS.get(model_type, model_type))
         for key in ("torch_dtype", "dtype", "quantization_config", "architectures", "tie_word_embeddings"):

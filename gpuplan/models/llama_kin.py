@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from gpuplan.errors import ConfigError
 from gpuplan.models.config_reader import ConfigReader
-from gpuplan.models.hybrid import FULL, SLIDING, Parts, decoder_dims, finish, layer_types
-from gpuplan.models.spec import ModelSpec, MoeSpec, TensorRole
+from gpuplan.models.hybrid import FULL, SLIDING, Parts, decoder_dims, finish, gemma4_text, layer_types
+from gpuplan.models.spec import ModelSpec, MoeSpec, TensorGroup, TensorRole
 
 R = TensorRole
 
@@ -380,6 +380,61 @@ def jetmoe(c: ConfigReader, model_type: str) -> ModelSpec:
                   intermediate=inner, tied=tied, moe=moe, act=c.str("activation_function", default="silu"))
 
 
+def moshi(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_moshi.py MoshiForCausalLM (Moshi's text decoder): embed_tokens of vocab_size + 1 rows,
+    q/k/v/o without bias, a gated MLP whose fc1 is ffn_dim wide and fc2 takes ffn_dim // 2 (MoshiGatingMLP),
+    RMSNorms, an untied lm_head. DynamicCache(config=...) keeps sliding_window tokens on every layer
+    (cache_utils.py get_layer_types_and_kwargs: a sliding_window without layer_types). The audio encoder and
+    depth decoder of a full Moshi checkpoint (MoshiForConditionalGeneration) are not counted."""
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
+    tied = c.bool("tie_word_embeddings", default=False)
+    ffn = c.int("ffn_dim")
+    p = Parts(c, hidden)
+    lay = p.lay
+    lay.add("embed_tokens.weight", (vocab + 1, hidden), R.EMBEDDING)
+    lay.norm("norm", hidden, 1)
+    if not tied:
+        lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    lay.linear("layers.mlp.fc1", ffn, hidden, layers)
+    lay.linear("layers.mlp.fc2", hidden, ffn // 2, layers)
+    lay.norm("layers.norms", hidden, 2 * layers)
+    window = c.int("sliding_window", default=None)
+    _attention_caches(p, [SLIDING if window else FULL] * layers, kv_heads=kv_heads, head_dim=head_dim,
+                      window=window)
+    if c.has("audio_encoder_config", "depth_decoder_config"):
+        p.notes.append("Moshi: the text decoder is estimated (MoshiForCausalLM); the audio encoder and the depth "
+                       "decoder are not counted")
+    return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=ffn // 2, tied=tied)
+
+
+def gemma4_unified_assistant(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_gemma4_unified_assistant.py Gemma4UnifiedAssistantForCausalLM, the drafter of Gemma 4 Unified:
+    the text model of text_config (a Gemma 4 decoder whose layers all reuse the backbone's K/V, read by
+    hybrid.gemma4_text), an lm_head tied to its embeddings, pre_projection (2 x backbone_hidden_size ->
+    hidden) and post_projection (hidden -> backbone_hidden_size); with use_ordered_embeddings a centroids
+    Linear (hidden -> num_centroids) too. Defaults from configuration_gemma4_unified_assistant.py."""
+    text = c.raw.get("text_config")
+    if not isinstance(text, dict):
+        raise ConfigError(f"{c.label}: missing 'text_config'", hint="the drafter's text model is described there")
+    inner = {k: c.raw[k] for k in ("torch_dtype", "dtype", "quantization_config", "tie_word_embeddings")
+             if k in c.raw and k not in text}
+    inner.update(text)
+    inner.setdefault("model_type", "gemma4_unified_text")
+    inner.setdefault("tie_word_embeddings", True)
+    spec = gemma4_text(ConfigReader(inner, label=f"{c.label} (text_config)"), inner["model_type"])
+    hidden, backbone = spec.hidden_size, c.int("backbone_hidden_size", default=3840)
+    extra = [TensorGroup(name="pre_projection.weight", shape=(hidden, 2 * backbone), role=R.LINEAR),
+             TensorGroup(name="post_projection.weight", shape=(backbone, hidden), role=R.LINEAR)]
+    if c.bool("use_ordered_embeddings", default=False):
+        extra.append(TensorGroup(name="masked_embedding.centroids.weight",
+                                 shape=(c.int("num_centroids", default=2048), hidden), role=R.LINEAR))
+    note = ("Gemma 4 drafter: its layers read the backbone model's K/V cache and keep none of their own; "
+            "the backbone is estimated separately")
+    return spec.model_copy(update={"tensors": spec.tensors + tuple(extra), "notes": spec.notes + (note,)})
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "bitnet": bitnet,
     "modernbert-decoder": modernbert_decoder,
@@ -391,4 +446,6 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "flint": flint,
     "aria_text": aria_text,
     "jetmoe": jetmoe,
+    "moshi": moshi,
+    "gemma4_unified_assistant": gemma4_unified_assistant,
 }
