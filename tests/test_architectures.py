@@ -65,7 +65,6 @@ KNOWN_GAPS: dict[str, str] = {
     "kolibri1_1": "refused: layer kinds indexed_attention unknown",
     "lara_mini": "refused: no intermediate_size in the config",
     "longcat_flash": "family not modelled",
-    "phi4_multimodal": "parameters -17.11%",
     "recurrent_gemma": "parameters +42.80%",
     "rwkv": "family not modelled",
     "solar_open": "family not modelled",

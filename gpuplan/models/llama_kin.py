@@ -15,6 +15,7 @@ from gpuplan.errors import ConfigError
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import FULL, SLIDING, Parts, decoder_dims, finish, gemma4_text, layer_types
 from gpuplan.models.spec import ModelSpec, MoeSpec, TensorGroup, TensorRole
+from gpuplan.models.vision import phi4_multimodal_parameters
 
 R = TensorRole
 
@@ -435,6 +436,29 @@ def gemma4_unified_assistant(c: ConfigReader, model_type: str) -> ModelSpec:
     return spec.model_copy(update={"tensors": spec.tensors + tuple(extra), "notes": spec.notes + (note,)})
 
 
+def phi4_multimodal(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_phi4_multimodal.py Phi4MultimodalForCausalLM: a Phi-3 decoder (fused qkv_proj and
+    gate_up_proj, the same counts as separate projections; RMSNorms; untied lm_head) plus the image and audio
+    towers of its embed_tokens_extend (vision.phi4_multimodal_parameters), counted as one group."""
+    hidden, layers, vocab, heads, kv_heads, head_dim = decoder_dims(c)
+    tied = c.bool("tie_word_embeddings", default=False)
+    inner = c.int("intermediate_size")
+    p = Parts(c, hidden)
+    _head(p, vocab, tied)
+    p.gqa("layers.self_attn", layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    p.dense_mlp("layers.mlp", inner, layers)
+    p.lay.norm("layers.norms", hidden, 2 * layers)
+    towers = phi4_multimodal_parameters(c.raw, hidden)
+    p.lay.add("vision_tower", (towers,), R.OTHER)
+    p.notes.append(f"multimodal checkpoint: the image and audio towers and projectors ({towers:,} parameters) are "
+                   "counted in the weights; their activations are not modelled, and image or audio tokens count "
+                   "as sequence")
+    _attention_caches(p, [FULL] * layers, kv_heads=kv_heads, head_dim=head_dim, window=None)
+    spec = finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                  intermediate=inner, tied=tied)
+    return spec.model_copy(update={"vision_parameters": towers})
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "bitnet": bitnet,
     "modernbert-decoder": modernbert_decoder,
@@ -448,4 +472,5 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "jetmoe": jetmoe,
     "moshi": moshi,
     "gemma4_unified_assistant": gemma4_unified_assistant,
+    "phi4_multimodal": phi4_multimodal,
 }
