@@ -68,7 +68,6 @@ KNOWN_GAPS: dict[str, str] = {
     "recurrent_gemma": "parameters +42.80%",
     "rwkv": "family not modelled",
     "solar_open": "family not modelled",
-    "xlnet": "family not modelled",
     "xlstm": "family not modelled",
     "zamba": "refused: state-space dims without layer_types",
     "zamba2": "refused: state-space dims without layer_types",

@@ -15,7 +15,7 @@ from gpuplan.errors import ConfigError
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import FULL, Parts, finish
 from gpuplan.models.layout import check_heads
-from gpuplan.models.spec import ModelSpec, TensorRole
+from gpuplan.models.spec import LayerCache, ModelSpec, TensorRole
 from gpuplan.models.vision import GIT_VISION_DEFAULTS, clip_vision_parameters
 
 R = TensorRole
@@ -142,8 +142,10 @@ def mpt(c: ConfigReader, model_type: str) -> ModelSpec:
     lay.norm("norm_f", hidden, 1)
     if not tied:
         lay.add("lm_head.weight", (vocab, hidden), R.LM_HEAD)
-    return _finish(p, model_type, layers=layers, vocab=vocab, heads=heads, intermediate=inner, tied=tied,
+    spec = _finish(p, model_type, layers=layers, vocab=vocab, heads=heads, intermediate=inner, tied=tied,
                    act="gelu")
+    # configuration_mpt.py: max_seq_len (2048) is the context the model was trained for
+    return spec.model_copy(update={"max_position_embeddings": c.int("max_seq_len", default=2048)})
 
 
 def phi(c: ConfigReader, model_type: str) -> ModelSpec:
@@ -376,8 +378,9 @@ def whisper(c: ConfigReader, model_type: str) -> ModelSpec:
     if c.bool("is_encoder_decoder", default=True):
         p.notes.append("Whisper: the text decoder is estimated (WhisperForCausalLM); the audio encoder's "
                        f"{c.int('encoder_layers', default=0)} layers are not counted")
-    return _finish(p, model_type, layers=layers, vocab=vocab, heads=heads, intermediate=inner, tied=tied,
+    spec = _finish(p, model_type, layers=layers, vocab=vocab, heads=heads, intermediate=inner, tied=tied,
                    act=c.str("activation_function", default="gelu"))
+    return spec.model_copy(update={"max_position_embeddings": positions})
 
 
 def _bert_layers(p: Parts, prefix: str, layers: int, inner: int, *, cross_attention: bool = False) -> None:
@@ -478,6 +481,43 @@ def cpmant(c: ConfigReader, model_type: str) -> ModelSpec:
     return spec.model_copy(update={"ffn_gated": True, "norm_kind": "rms"})
 
 
+def xlnet(c: ConfigReader, model_type: str) -> ModelSpec:
+    """modeling_xlnet.py XLNetLMHeadModel: word_embedding, mask_emb, per layer the relative attention's
+    q/k/v/o/r projections stored [d_model, n_head, d_head], its r_r/r_s/r_w biases and seg_embed, two
+    LayerNorms, a feed-forward layer_1/layer_2 of d_inner with bias; lm_loss tied to the embeddings with its own
+    bias. Generation keeps no K/V: each layer's input hidden states are kept as ``mems`` (XLNetModel.cache_mem),
+    the last mem_len of them (all with mem_len unset), one d_model vector per token and layer; this is read from
+    the code (the architecture fixture records no cache for XLNet)."""
+    d, layers, heads = c.int("d_model"), c.int("n_layer"), c.int("n_head")
+    head_dim, inner, vocab = c.int("d_head"), c.int("d_inner"), c.int("vocab_size")
+    tied = c.bool("tie_word_embeddings", default=True)
+    p = Parts(c, d)
+    lay = p.lay
+    lay.add("word_embedding.weight", (vocab, d), R.EMBEDDING)
+    lay.add("mask_emb", (1, 1, d), R.EMBEDDING)
+    for proj in ("q", "k", "v", "o", "r"):
+        lay.add(f"layer.rel_attn.{proj}", (d, heads, head_dim), R.LINEAR, layers)
+    for bias in ("r_r_bias", "r_s_bias", "r_w_bias"):
+        lay.add(f"layer.rel_attn.{bias}", (heads, head_dim), R.BIAS, layers)
+    lay.add("layer.rel_attn.seg_embed", (2, heads, head_dim), R.OTHER, layers)
+    lay.norm("layer.rel_attn.layer_norm", d, layers, bias=True)
+    lay.norm("layer.ff.layer_norm", d, layers, bias=True)
+    lay.linear("layer.ff.layer_1", inner, d, layers, bias=True)
+    lay.linear("layer.ff.layer_2", d, inner, layers, bias=True)
+    if not tied:
+        lay.add("lm_loss.weight", (vocab, d), R.LM_HEAD)
+    lay.add("lm_loss.bias", (vocab,), R.BIAS)
+    mem_len = c.int("mem_len", default=None, minimum=0) or None
+    for _ in range(layers):
+        p.caches.append(LayerCache(kind="attention", mixer="mems", kv_heads=1, key_dim=d, value_dim=0,
+                                   window=mem_len))
+    p.notes.append("XLNet keeps each layer's input hidden states (mems) instead of K/V; the cache estimate follows "
+                   "modeling_xlnet.py and has not been measured")
+    spec = finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=heads, head_dim=head_dim,
+                  intermediate=inner, tied=tied, act=c.str("ff_activation", default="gelu"), gated_ffn=False)
+    return spec.model_copy(update={"norm_kind": "layer"})
+
+
 FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "bloom": bloom,
     "gptj": gptj,
@@ -496,4 +536,5 @@ FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "bert-generation": bert_generation,
     "git": git,
     "cpmant": cpmant,
+    "xlnet": xlnet,
 }
