@@ -46,9 +46,6 @@ WITH_CACHE = [r for r in RECORDED if "cache_after_prompt" in r]
 # Llama-style decoder), "refused: ..." (a clear error instead of a guess), or the error of the estimate
 # (mostly families read as Llama-style decoders whose modules differ). Strict: an entry that starts passing fails.
 KNOWN_GAPS: dict[str, str] = {
-    "ergo": ("cache: the recorded decode step holds 1 token per layer, not 301: ErgoModel.forward takes "
-             "`cache` and the recorder passed `past_key_values`, so the step began a new cache (generate() passes "
-             "`cache`); the prompt's cache matches"),
 }
 
 
