@@ -136,7 +136,7 @@ class _Shape:
     moe: MoeSpec | None
     caches: tuple[_Layer, ...] = ()
     mixer: StateMixerSpec | None = None
-    index_heads: int = 0
+    indexer: tuple[int, int] = (0, 0)  # DeepSeek sparse attention's indexer: (heads, index_head_dim)
     mla_expanded: tuple[int, int] | None = None  # MLA: elements per token of kv_b_proj's output and of the keys
     ffn_gated: bool = True
 
@@ -207,6 +207,10 @@ def _mla_expanded(spec: ModelSpec) -> tuple[int, int] | None:
     m = spec.mla
     if m is None:
         return None
+    if any(lc.kv_heads > 1 for lc in spec.layer_caches if lc.kind == "attention"):
+        # The release caches K/V expanded per head (gpuplan/engines/transformers_releases.py as_cached_by):
+        # expand_kv ran on the new tokens before the update, written as their k and v.
+        return None
     heads = spec.num_attention_heads
     return heads * (m.qk_nope_head_dim + m.v_head_dim), heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
 
@@ -261,21 +265,6 @@ def _indexer_update(trace: _Trace, s: _Shape, rows: int, keys: int, cache: list[
         trace.free(cache[3 * layer + 2])
     trace.free(new_keys)
     cache[3 * layer + 2] = grown
-    # scores = matmul(q.float(), k.float()) * softmax_scale; relu(scores): [batch, queries, heads, keys] in
-    # float32, each a new tensor; then the head-weighted sum [batch, queries, keys] and its causal masking.
-    width = c.indexer // s.kv
-    operands = [trace.alloc(rows * s.index_heads * width * FP32), trace.alloc(s.batch * keys * width * FP32)]
-    scores = rows * s.index_heads * keys * FP32
-    product = trace.alloc(scores)
-    trace.free(*operands)
-    scaled = trace.alloc(scores)
-    trace.free(product)
-    relu = trace.alloc(scores)
-    trace.free(scaled)
-    summed = trace.alloc(rows * keys * FP32)
-    trace.free(relu)
-    masked = trace.alloc(rows * keys * FP32)
-    trace.free(summed, masked)
 
 
 def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, keys: int,
@@ -301,6 +290,8 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
     _cache_update(trace, s, keys, cache, layer, first)
     trace.free(k_rot, v)
     _indexer_update(trace, s, rows, keys, cache, layer, first)
+    if c.indexer and s.indexer[0]:
+        _indexer(trace, s, queries, keys)
     mla_expanded = []
     if s.mla_expanded:
         # query_states = torch.cat((q_pass, q_rot), dim=-1), then expand_kv, at every step over every cached
@@ -522,6 +513,24 @@ def _mamba2_step(trace: _Trace, s: _Shape, m: StateMixerSpec, rows: int, layer: 
     return out
 
 
+def _indexer(trace: _Trace, s: _Shape, queries: int, keys: int) -> None:
+    """DeepSeek sparse attention's indexer scores (gpuplan/engines/transformers.py _indexer_transient): float32
+    q and k, the keys torch.matmul copies per query when the batch has several sequences, the scores, then the
+    scaled scores and their relu, one statement each; the [b, q, t] index scores and top-k are small."""
+    b, (heads, dim) = s.batch, s.indexer
+    q32 = trace.alloc(b * queries * heads * dim * FP32)
+    k32 = trace.alloc(b * keys * dim * FP32)
+    copy = trace.alloc(b * queries * dim * keys * FP32) if b > 1 else None
+    raw = trace.alloc(b * queries * heads * keys * FP32)
+    trace.free(*([copy] if copy is not None else []), q32, k32)
+    scaled = trace.alloc(b * queries * heads * keys * FP32)
+    trace.free(raw)
+    relu = trace.alloc(b * queries * heads * keys * FP32)
+    trace.free(scaled)
+    index_scores = trace.alloc(b * queries * keys * FP32)
+    trace.free(relu, index_scores)
+
+
 def _moe(trace: _Trace, s: _Shape, moe: MoeSpec, normed: int, rows: int, decode: bool) -> int:
     """A sparse MoE block as gpuplan/engines/transformers.py counts it: grouped_mm_experts_forward over the
     token rows gathered in expert order (prefill), or batched_mm_experts_forward over the weights gathered per
@@ -702,7 +711,9 @@ def generate_trace(spec: ModelSpec, workload: Workload, precision: Precision, we
                eager=attn == "eager", bf16=precision.compute_dtype == "bf16", windows=spec.layer_windows,
                moe=spec.moe if spec.moe is not None and spec.moe.num_moe_layers else None,
                caches=_layers(spec, precision.kv_bytes), mixer=spec.state_mixer, ffn_gated=spec.ffn_gated,
-               index_heads=spec.mla.index_heads if spec.mla is not None else 0, mla_expanded=_mla_expanded(spec))
+               mla_expanded=_mla_expanded(spec),
+               indexer=(spec.mla.index_heads, max((lc.indexer_dim for lc in spec.layer_caches), default=0))
+               if spec.mla is not None else (0, 0))
     prompt = workload.prompt_tokens
     ids = trace.alloc(s.batch * prompt * INT64)
     mask = trace.alloc(s.batch * prompt * INT64)
