@@ -34,7 +34,7 @@ from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import tensor_bytes
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.transformers import GATED_DELTA_NET_CHUNK, compressed_elems
-from gpuplan.models.spec import LayerCache, ModelSpec, MoeSpec, StateMixerSpec
+from gpuplan.models.spec import LayerCache, ModelSpec, MoeSpec, StateMixerSpec, TensorGroup, TensorRole
 
 FP32 = 4
 INT64 = 8
@@ -71,16 +71,42 @@ class _Trace:
 
 def weight_sizes(spec: ModelSpec, precision: Precision, weights_bytes: int) -> Iterator[tuple[int, int]]:
     """(bytes, count) of the parameter tensors as the model is built or loaded (one allocation per tensor),
-    then what the estimate counts beyond them (buffers such as rotary ``inv_freq``)."""
+    then what the estimate counts beyond them (buffers such as rotary ``inv_freq``).
+
+    Routed experts are not one tensor per expert: transformers 5 stores each MoE layer's experts as 3-D
+    parameters, ``gate_up_proj`` [experts, 2 x intermediate, hidden] and ``down_proj`` [experts, hidden,
+    intermediate] (modeling_qwen2_moe.py Qwen2MoeExperts, modeling_mixtral.py MixtralExperts, and 54 more
+    families in transformers 5.17.0): a few large allocations per layer, not thousands of small ones that
+    would each take a slice of a 20 MiB segment."""
     total = 0
+    fused: dict[str, list[int]] = {}  # fused parameter -> [bytes per layer, layers]
     for group in spec.tensors:
         if not group.loaded:
             continue
         size = tensor_bytes(group.model_copy(update={"count": 1}), precision)
         total += size * group.count
-        yield size, group.count
+        experts = _routed_experts(spec, group)
+        if experts:
+            name = "gate_up_proj" if group.name.rsplit(".", 2)[-2] in _GATE_AND_UP else group.name
+            entry = fused.setdefault(name, [0, group.count // experts])
+            entry[0] += size * experts
+        else:
+            yield size, group.count
+    yield from ((per_layer, layers) for per_layer, layers in fused.values())
     if weights_bytes > total:
         yield weights_bytes - total, 1
+
+
+# The two projections transformers 5 fuses into one expert parameter (checkpoint names: gate/up, w1/w3).
+_GATE_AND_UP = frozenset({"gate_proj", "up_proj", "w1", "w3"})
+
+
+def _routed_experts(spec: ModelSpec, group: TensorGroup) -> int:
+    """The number of routed experts a weight group is stacked over in transformers 5, or 0 when it is not one."""
+    if group.role is not TensorRole.EXPERT_LINEAR or spec.moe is None or spec.moe.num_experts <= 1:
+        return 0
+    experts = spec.moe.num_experts
+    return experts if group.count % experts == 0 else 0
 
 
 def _rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
