@@ -577,9 +577,10 @@ def test_request_that_does_not_fit_reports_the_longest_that_does():
     spec, p = _llama()
     b = vllm_budget(spec, p, 24 * GiB, kv_cache_memory=2 * GiB, max_model_len=131072)
     assert not b.fits_one_request
-    # 2 GiB / (32 layers x 64 KiB per 16-token block) = 1024 blocks = 16,384 tokens.
-    assert b.max_model_len_that_fits == 16384
-    assert any("estimated maximum model length is 16384" in line for line in b.log_lines)
+    # 2 GiB / (32 layers x 256 KiB per 64-token block, 0.34's) = 256 blocks, of which the null block is not
+    # planned with (0.29+): 255 x 64 = 16,320 tokens.
+    assert b.max_model_len_that_fits == 16320
+    assert any("estimated maximum model length is 16320" in line for line in b.log_lines)
 
 
 def test_hybrid_sliding_window_model_is_grouped_like_vllm():
@@ -774,12 +775,46 @@ def test_max_model_len_auto_and_the_kv_cache_memory_that_pins_the_pool():
     spec, p = _llama()
     b = vllm_budget(spec, p, 24 * GiB, max_model_len=-1, engine_version="0.19.0", gpu_name="L4")
     assert b.max_model_len_auto == min(131072, b.max_model_len_that_fits) == b.max_model_len_that_fits < 131072
+    # The budget is read at the length auto picks (kv_cache_utils.py _auto_fit_max_model_len, 0.14.0): one
+    # request of it fits, and the concurrency is counted against it.
+    assert b.max_model_len == b.max_model_len_auto and b.fits_one_request
+    assert b.max_concurrency == b.num_blocks / b.blocks_per_request >= 1
+    assert b.log_lines[2] == (f"Auto-fit max_model_len: reduced from 131072 to {b.max_model_len} to fit in "
+                              f"available GPU memory ({b.available_kv / GiB:.2f} GiB available for KV cache)")
     pinned = vllm_budget(spec, p, 24 * GiB, max_model_len=8192, engine_version="0.19.0",
                          kv_cache_memory=b.kv_cache_memory_to_pin)
     assert pinned.num_blocks == b.num_blocks
     with pytest.raises(InputError, match="0.14.0"):
         vllm_budget(spec, p, 24 * GiB, max_model_len=-1, engine_version="0.11.0")
     assert vllm_budget(spec, p, 24 * GiB, max_model_len=8192, engine_version="0.9.1").kv_cache_memory_to_pin is None
+
+
+def test_max_model_len_auto_keeps_the_context_that_fits_and_says_when_nothing_does():
+    spec, p = _llama()
+    whole = vllm_budget(spec, p, int(79.19 * GiB), max_model_len=-1, gpu_name="H100")
+    assert whole.max_model_len == 131072 and whole.fits_one_request
+    assert "Auto-fit max_model_len: full model context length 131072 fits" in whole.log_lines[2]
+    # No pool at all: vLLM stops with the auto-fit error, and the budget does not fit.
+    none = vllm_budget(spec, p, 17 * GiB, max_model_len=-1, gpu_name="L4")
+    assert not none.fits_one_request and none.max_model_len == 131072
+    assert none.log_lines[-1].startswith("Cannot auto-fit max_model_len: not enough GPU memory")
+
+
+def test_null_block_is_left_out_of_the_fit_from_0_29():
+    # 0.29.0 kv_cache_utils.py: "Reserve the null block BlockPool permanently holds back, so auto-fit and the
+    # capacity check both plan against usable blocks" (absent in 0.28.0); the pool keeps every block.
+    spec, p = _llama()
+    kw = {"max_model_len": -1, "gpu_name": "L4", "gpu_memory_utilization": 0.9}
+    before = vllm_budget(spec, p, 24 * GiB, engine_version="0.28.0", **kw)
+    after = vllm_budget(spec, p, 24 * GiB, engine_version="0.29.0", **kw)
+    assert not vllm_release("0.28.0").null_block_reserved and vllm_release("0.29.0").null_block_reserved
+    assert before.num_blocks == after.num_blocks
+    assert before.max_model_len_that_fits == before.num_blocks * 16
+    assert after.max_model_len_that_fits == (after.num_blocks - 1) * 16 == after.max_model_len
+    # A request of exactly num_blocks x block_size tokens fits in 0.28 and not from 0.29.
+    exact = {"max_model_len": before.num_blocks * 16, "gpu_name": "L4", "gpu_memory_utilization": 0.9}
+    assert vllm_budget(spec, p, 24 * GiB, engine_version="0.28.0", **exact).fits_one_request
+    assert not vllm_budget(spec, p, 24 * GiB, engine_version="0.29.0", **exact).fits_one_request
 
 
 def test_release_without_the_engine_asked_for():
