@@ -61,6 +61,7 @@ from gpuplan.engines.base import (
     Hardware,
     PrecisionRequest,
     auto_tokens_validator,
+    refuse_unmodelled_caches,
     size_validator,
     tokens_validator,
 )
@@ -518,6 +519,7 @@ def vllm_budget(
     ``engine``, ``sampler`` and ``hybrid_kv_cache_manager`` override the release's choice.
     ``max_model_len=-1`` is ``--max-model-len auto``.
     """
+    refuse_unmodelled_caches(NAME, spec)
     st = _setup(spec, precision, gpu_memory_bytes, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
                 max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
