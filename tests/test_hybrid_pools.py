@@ -128,6 +128,16 @@ def test_sglang_estimate_caps_concurrency_by_the_state_pool():
     assert est.kv_cache_bytes > s.kv_cache_tokens * 6144
 
 
+def test_sglang_refuses_when_the_state_pool_holds_no_request():
+    # Qwen3.5-35B-A3B on one H100 at SGLang's default fraction: the weights leave room for 4 state slots, and a
+    # request of Qwen3.5 (extra-buffer radix cache) takes 5
+    est = gpuplan.estimate("Qwen/Qwen3.5-35B-A3B", engine="sglang", gpu="H100")
+    assert est.serving.max_num_seqs == 0 and est.serving.max_concurrency == 0
+    assert est.fit_reason == ("SGLang's state pool holds 4 request slots, fewer than the 5 one running request "
+                              "takes: it refuses to start")
+    assert est.serving.log_lines[-1].startswith("Hybrid (mamba/linear-attention) state cache is too small")
+
+
 def test_sglang_state_flags_need_a_hybrid_model():
     with pytest.raises(InputError, match="--mamba-ssm-dtype applies to models with Mamba"):
         gpuplan.estimate("meta-llama/Llama-3.1-8B", engine="sglang", gpu="H100", mamba_ssm_dtype="bfloat16")

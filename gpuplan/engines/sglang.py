@@ -216,6 +216,11 @@ def sglang_budget(
                         f"{conv / GiB:.2f}GB, ssm_state size: {(pool.pool_bytes - conv) / GiB:.2f}GB ")
         logs.append(f"KV Cache is allocated. #tokens: {tokens}, K size: {k_size / GiB:.2f} GB, "
                     f"V size: {v_size / GiB:.2f} GB")
+        if pool is not None and not running:
+            # kv_cache_configurator.py resolve_max_num_reqs raises this at startup.
+            logs.append("Hybrid (mamba/linear-attention) state cache is too small to serve any requests. "
+                        f"max_mamba_cache_size={pool.slots}, mamba_ratio={pool.slots_per_request}, resulting "
+                        f"max_num_reqs={running}.")
     else:
         logs.append(f"KV Cache is allocated. #tokens: {tokens}, KV size: {k_size / GiB:.2f} GB")
     return SglangBudget(
@@ -256,8 +261,9 @@ class Options(EngineOptions):
                                         "the model's).", json_schema_extra={"sweep": True, "metavar": "TOKENS"})
 
     mamba_ssm_dtype: SsmDtype | None = Field(
-        default=None, description="dtype of the Mamba / linear-attention temporal state of hybrid models (default: "
-                                  "the config's mamba_ssm_dtype, else float32).")
+        default=None, description="dtype of the Mamba / linear-attention temporal state of hybrid models: "
+                                  "float32, bfloat16 or float16 (default: the config's mamba_ssm_dtype, else "
+                                  "float32).", json_schema_extra={"metavar": "DTYPE"})
     mamba_full_memory_ratio: float | None = Field(
         default=None, gt=0, description="state pool : full-attention KV pool split of hybrid models (default 0.9).")
     max_mamba_cache_size: int | None = Field(
@@ -294,7 +300,7 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     serving = ServingBudget(
         engine=NAME, engine_version=s.engine_version, gpu_memory_bytes=capacity,
         memory_fraction=s.mem_fraction_static, kv_cache_tokens=tokens,
-        max_model_len=length, max_concurrency=concurrency, fits_one_request=tokens >= length and concurrency >= 1,
+        max_model_len=length, max_concurrency=concurrency, fits_one_request=tokens >= length,
         max_model_len_that_fits=tokens, max_num_seqs=s.max_running_requests, log_lines=list(s.log_lines))
     weights, kv_bytes = s.weights, s.k_size + s.v_size + state_bytes
     overhead = s.total_gpu_memory - s.free_before_weights
@@ -303,7 +309,16 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     activation = max(0, capacity - overhead - weights - kv_bytes)
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=s.kv_dtype, weights=weights,
                             kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes,
-                            refused=beyond_context(NAME, spec, length), max_requests=s.max_running_requests)
+                            refused=beyond_context(NAME, spec, length) or _state_refusal(s),
+                            max_requests=s.max_running_requests)
+
+
+def _state_refusal(s: SglangBudget) -> str | None:
+    """SGLang stops at startup when the state pool cannot hold one running request (resolve_max_num_reqs)."""
+    if s.state is None or s.max_running_requests:
+        return None
+    return (f"SGLang's state pool holds {max(0, s.state.slots)} request slots, fewer than the "
+            f"{s.state.slots_per_request} one running request takes: it refuses to start")
 
 
 def _hybrid_notes(spec: ModelSpec, options: Options, notes: list[str]) -> None:

@@ -629,10 +629,12 @@ class Options(EngineOptions):
 
     mamba_cache_dtype: MambaDtype = Field(
         default="auto", description="dtype of the Mamba / linear-attention state of hybrid models, conv and "
-                                    "temporal (auto: the model dtype).")
+                                    "temporal: auto (the model dtype), float32, float16 or bfloat16.",
+        json_schema_extra={"metavar": "DTYPE"})
     mamba_ssm_cache_dtype: MambaDtype = Field(
-        default="auto", description="dtype of the temporal (SSM) state alone (auto: as --mamba-cache-dtype, or "
-                                    "what the model's config asks for).")
+        default="auto", description="dtype of the temporal (SSM) state alone: auto (as --mamba-cache-dtype, or "
+                                    "what the model's config asks for), float32, float16 or bfloat16.",
+        json_schema_extra={"metavar": "DTYPE"})
 
     _tokens = tokens_validator("max_model_len", "max_num_batched_tokens")
     _size = size_validator("kv_cache_memory")
