@@ -111,7 +111,8 @@ def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
 
     groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     for case in INFERENCE:
-        groups.setdefault((case[1], case[2]), []).append(case)
+        if case[1] not in args.skip_configs:
+            groups.setdefault((case[1], case[2]), []).append(case)
     for (config_file, dtype), cases in groups.items():
         if time.time() - started > args.inference_budget_s:
             emit(out, {"skipped_group": config_file, "dtype": dtype, "reason": "time budget"})
@@ -180,6 +181,20 @@ def run_training(args: argparse.Namespace, out: Any, started: float) -> None:
         case_started = time.time()
         work = mm.training_work(raw, method=method, precision=precision, optimizer="adamw", batch=batch, seq=seq,
                                 grad_checkpointing=checkpointing)
+        if args.training_traces_only:
+            # One uncapped run from a fresh allocator, every event recorded: build, optimizer, both steps.
+            mm.clear_cuda()
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python")
+            ok = mm.capped_run(work, None)
+            record["trace_peak_allocated"] = int(torch.cuda.max_memory_allocated())
+            record["trace_peak_reserved"] = int(torch.cuda.max_memory_reserved())
+            record.update(write_trace(Path(args.traces), case_id, args.allocator))
+            record["oom"] = not ok
+            record["seconds"] = round(time.time() - case_started, 2)
+            emit(out, record)
+            print(case_id, args.allocator, "traced", record["trace_events"], flush=True)
+            continue
         record.update(mm.measure_min_memory(work))
         record["seconds"] = round(time.time() - case_started, 2)
         emit(out, record)
@@ -193,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-budget-s", type=float, default=240)
     parser.add_argument("--budget-s", type=float, default=330, help="no case starts after this many seconds")
     parser.add_argument("--no-training", action="store_true")
+    parser.add_argument("--no-inference", action="store_true")
+    parser.add_argument("--skip-configs", type=lambda text: set(text.split(",")), default=set(),
+                        help="comma-separated config files whose inference cases are not run")
+    parser.add_argument("--training-traces-only", action="store_true",
+                        help="training cases: one traced uncapped run each (needs --traces), no search")
     args = parser.parse_args(argv)
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     args.allocator = "expandable" if "expandable_segments:True" in conf else "default"
@@ -202,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "a", encoding="utf-8") as out:
         emit(out, {"kind": "environment", "allocator": args.allocator, "alloc_conf": conf, "context": context,
                    "versions": versions})
-        run_inference(args, out, started)
+        if not args.no_inference:
+            run_inference(args, out, started)
         if not args.no_training:
             run_training(args, out, started)
     return 0
