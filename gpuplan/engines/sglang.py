@@ -45,6 +45,7 @@ from gpuplan.engines.sglang_releases import (
 from gpuplan.engines.sglang_state import (
     SGLANG_STATE_MODEL_TYPES,
     SSM_DTYPE_BYTES,
+    STATE_RULES_RELEASE,
     SsmDtype,
     StatePool,
     attention_cell_bytes,
@@ -280,7 +281,7 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
 
     capacity, precision, length, notes, version = prepare(NAME, model, request, workload, hardware, options)
     spec = model.spec
-    _hybrid_notes(spec, options, notes)
+    _hybrid_notes(spec, options, notes, version)
     s = sglang_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                       mem_fraction_static=options.mem_fraction_static, device_capacity_bytes=hardware.device_bytes,
                       engine_version=version, mamba_ssm_dtype=options.mamba_ssm_dtype,
@@ -321,7 +322,7 @@ def _state_refusal(s: SglangBudget) -> str | None:
             f"{s.state.slots_per_request} one running request takes: it refuses to start")
 
 
-def _hybrid_notes(spec: ModelSpec, options: Options, notes: list[str]) -> None:
+def _hybrid_notes(spec: ModelSpec, options: Options, notes: list[str], version: str | None) -> None:
     """What the state pool model leaves out, and flags given to a model that has no state layers."""
     hybrid_flags = [f for f in ("mamba_ssm_dtype", "mamba_full_memory_ratio", "max_mamba_cache_size")
                     if getattr(options, f) is not None]
@@ -330,6 +331,9 @@ def _hybrid_notes(spec: ModelSpec, options: Options, notes: list[str]) -> None:
             raise InputError(f"--{hybrid_flags[0].replace('_', '-')} applies to models with Mamba / "
                              "linear-attention layers", hint=f"{spec.model_type} has none")
         return
+    release = sglang_release(version).version
+    if release != STATE_RULES_RELEASE:
+        notes.append(f"the state pool follows SGLang {STATE_RULES_RELEASE}'s rules; those of {release} were not read")
     if spec.model_type not in SGLANG_STATE_MODEL_TYPES:
         notes.append(f"SGLang 0.5.23 has no implementation of {spec.model_type}: its pools are sized as SGLang "
                      "sizes other hybrid models")

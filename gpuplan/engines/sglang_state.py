@@ -39,6 +39,8 @@ from pydantic import BaseModel, ConfigDict
 
 from gpuplan.models.spec import LayerCache, ModelSpec
 
+STATE_RULES_RELEASE = "0.5.23"
+"""The SGLang release whose hybrid pool rules were read."""
 SsmDtype = Literal["float32", "bfloat16", "float16"]
 SSM_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # environ.py (0.5.23): SGLANG_MAMBA_CONV_DTYPE = EnvStr("bfloat16"), read by configs/mamba_utils.py.
