@@ -138,9 +138,11 @@ def test_sglang_refuses_when_the_state_pool_holds_no_request():
     assert est.serving.log_lines[-1].startswith("Hybrid (mamba/linear-attention) state cache is too small")
 
 
-def test_sglang_state_flags_need_a_hybrid_model():
+def test_state_flags_need_a_hybrid_model():
     with pytest.raises(InputError, match="--mamba-ssm-dtype applies to models with Mamba"):
         gpuplan.estimate("meta-llama/Llama-3.1-8B", engine="sglang", gpu="H100", mamba_ssm_dtype="bfloat16")
+    with pytest.raises(InputError, match="--mamba-cache-dtype applies to models with Mamba"):
+        gpuplan.estimate("meta-llama/Llama-3.1-8B", engine="vllm", gpu="H100", mamba_cache_dtype="float32")
 
 
 # ---- vLLM 0.34.0 -----------------------------------------------------------------------------------------------

@@ -650,6 +650,11 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     if spec.has_state_layers:
         notes.append("the profile run's activations of Mamba / linear-attention mixers are not modelled (those of "
                      "the attention and MLP blocks are)")
+    else:
+        given = [f for f in ("mamba_cache_dtype", "mamba_ssm_cache_dtype") if getattr(options, f) != "auto"]
+        if given:
+            raise InputError(f"--{given[0].replace('_', '-')} applies to models with Mamba / linear-attention "
+                             "layers", hint=f"{spec.model_type} has none")
     b = vllm_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                     gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=length,
                     max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,
