@@ -76,9 +76,23 @@ def _layer_cache_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
     DynamicIndexedLayer adding the indexer keys, LinearAttentionLayer holding ``conv_states`` and
     ``recurrent_states`` of fixed shapes, DummyLayer for layers that keep nothing)."""
     kept = tokens if lc.window is None or not decoded else min(tokens, lc.window)
-    per_token = lc.per_token_elems if lc.kind in ("attention", "hybrid") else 0
+    per_token = lc.per_token_elems if lc.kind in ("attention", "hybrid", "compressed") else 0
     fixed = lc.fixed_elems if lc.kind in ("state", "hybrid") else 0
+    if lc.kind == "compressed":
+        fixed = _compressed_elems(lc, tokens, decoded)
     return kept * per_token + fixed
+
+
+def _compressed_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
+    """What a DeepSeek-V4 compressed layer keeps besides its window (modeling_deepseek_v4.py
+    DeepseekV4HCACache / DeepseekV4CSACache): one entry per ``compress_rate`` tokens; the buffer of source
+    tokens not yet compressed, a view into the projection it was cut from, so after the prompt it holds the
+    whole prompt's projection and after a decode step the ``(tokens - 1) % rate + 1`` tokens concatenated
+    since the last window closed; and, once a window has closed, the overlap state."""
+    rate = lc.compress_rate
+    buffered = tokens if not decoded else (tokens - 1) % rate + 1
+    overlap = lc.overlap_elems if tokens >= rate else 0
+    return tokens // rate * lc.compressed_dim + buffered * lc.buffer_dim + overlap
 
 
 def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, decoded: bool) -> int:

@@ -19,6 +19,8 @@ from gpuplan.models.layout import check_heads as _check_heads
 from gpuplan.models.layout import max_positions as _max_positions
 from gpuplan.models.layout import native_dtype as _native_dtype
 from gpuplan.models.quant import parse_quantization_config
+from gpuplan.models.recurrent import FAMILIES as RECURRENT_FAMILIES
+from gpuplan.models.sparse_families import FAMILIES as SPARSE_FAMILIES
 from gpuplan.models.spec import MlaSpec, ModelSpec, MoeSpec, TensorGroup, TensorRole
 
 R = TensorRole
@@ -151,10 +153,17 @@ class _LlamaLike:
             shared_width = expert_width * shared_count
         elif shared_width:
             shared_count = 1
+        top_k_keys = ("num_experts_per_tok", "num_experts_per_token", "experts_per_token", "moe_topk")
+        top_k = c.int(*top_k_keys, default=None) if model_type == "deepseek_v2" else c.int(*top_k_keys)
+        if top_k is None:
+            # configuration_deepseek_v2.py (transformers 5.25): num_experts_per_tok defaults to None; the model
+            # built from such a config has well-defined weights but cannot run (torch.topk with k=None).
+            top_k = num_experts
+            self.notes.append(f"num_experts_per_tok is unset: each token is taken to reach all {num_experts} "
+                              "routed experts (an upper bound on the active parameters and the MoE activations)")
         moe = MoeSpec(
             num_experts=num_experts,
-            experts_per_token=c.int("num_experts_per_tok", "num_experts_per_token", "experts_per_token",
-                                    "moe_topk"),
+            experts_per_token=top_k,
             expert_intermediate_size=expert_width, num_shared_experts=shared_count,
             shared_expert_intermediate_size=shared_width, num_moe_layers=len(ids),
             num_dense_layers=layers - len(ids))
@@ -607,6 +616,8 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "chatglm": _chatglm,
     "qwen": _qwen_v1,
     **HYBRID_FAMILIES,
+    **RECURRENT_FAMILIES,
+    **SPARSE_FAMILIES,
 }
 
 # Multimodal wrappers whose language model lives in ``text_config`` (default text model_type when the
