@@ -46,42 +46,6 @@ WITH_CACHE = [r for r in RECORDED if "cache_after_prompt" in r]
 # Llama-style decoder), "refused: ..." (a clear error instead of a guess), or the error of the estimate
 # (mostly families read as Llama-style decoders whose modules differ). Strict: an entry that starts passing fails.
 KNOWN_GAPS: dict[str, str] = {
-    "afmoe": "parameters -0.80%",
-    "aria_text": "parameters -78.29%",
-    "beam": "parameters +5.51%",
-    "bert-generation": "parameters +28.16%",
-    "biogpt": "parameters +28.65%",
-    "bitnet": "parameters -0.01%",
-    "bloom": "family not modelled",
-    "codegen": "family not modelled",
-    "cpmant": "family not modelled",
-    "ctrl": "family not modelled",
-    "ergo": ("cache: the recorded decode step holds 1 token per layer, not 301: ErgoModel.forward takes "
-             "`cache` and the recorder passed `past_key_values`, so the step began a new cache (generate() passes "
-             "`cache`); the prompt's cache matches"),
-    "flint": "parameters +3.89%",
-    "fuyu": "parameters +25.54%",
-    "gemma4_unified_assistant": "parameters -0.92%",
-    "git": "parameters -41.39%",
-    "got_ocr2": "parameters -17.24%",
-    "gpt_neo": "family not modelled",
-    "gpt_neox_japanese": "family not modelled",
-    "gptj": "family not modelled",
-    "jetmoe": "parameters -17.59%",
-    "laguna": "parameters +2.27%",
-    "minicpm5_moe": "parameters +0.89%",
-    "minimax_m3_vl_text": "parameters -0.76%",
-    "modernbert-decoder": "parameters -0.43%",
-    "moshi": "family not modelled",
-    "mpt": "family not modelled",
-    "openai-gpt": "family not modelled",
-    "persimmon": "parameters +25.69%",
-    "phi": "parameters +28.36%",
-    "phi4_multimodal": "parameters -17.11%",
-    "trocr": "family not modelled",
-    "whisper": "family not modelled",
-    "xglm": "family not modelled",
-    "xlnet": "family not modelled",
 }
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpuplan.errors import ConfigError, UnsupportedModelError
+from gpuplan.models.classic import FAMILIES as CLASSIC_FAMILIES
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import FAMILIES as HYBRID_FAMILIES
 from gpuplan.models.hybrid import generic_decoder, has_state_layers, state_keys
@@ -18,6 +19,7 @@ from gpuplan.models.layout import Layout as _Layout
 from gpuplan.models.layout import check_heads as _check_heads
 from gpuplan.models.layout import max_positions as _max_positions
 from gpuplan.models.layout import native_dtype as _native_dtype
+from gpuplan.models.llama_kin import FAMILIES as LLAMA_KIN_FAMILIES
 from gpuplan.models.quant import parse_quantization_config
 from gpuplan.models.recurrent import FAMILIES as RECURRENT_FAMILIES
 from gpuplan.models.sparse_families import FAMILIES as SPARSE_FAMILIES
@@ -616,6 +618,8 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "chatglm": _chatglm,
     "qwen": _qwen_v1,
     **HYBRID_FAMILIES,
+    **CLASSIC_FAMILIES,
+    **LLAMA_KIN_FAMILIES,
     **RECURRENT_FAMILIES,
     **SPARSE_FAMILIES,
 }
@@ -667,7 +671,8 @@ def config_to_spec(raw: dict[str, Any], *, label: str = "config.json") -> ModelS
             return meta_params_to_spec(raw, label=label)
         raise ConfigError(f"{label}: no 'model_type' key", hint="is this a Hugging Face config.json?")
     text_cfg = raw.get("text_config")
-    if isinstance(text_cfg, dict) and (model_type in _TEXT_CONFIG_WRAPPERS or "num_hidden_layers" not in raw):
+    if isinstance(text_cfg, dict) and model_type not in _FAMILIES and (model_type in _TEXT_CONFIG_WRAPPERS
+                                                                      or "num_hidden_layers" not in raw):
         inner = dict(text_cfg)
         inner.setdefault("model_type", _TEXT_CONFIG_WRAPPERS.get(model_type, model_type))
         for key in ("torch_dtype", "dtype", "quantization_config", "architectures", "tie_word_embeddings"):
