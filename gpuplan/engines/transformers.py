@@ -255,6 +255,23 @@ def _mamba2_transient(m: StateMixerSpec, batch: int, prompt: int, e: int) -> int
     return outer + base + largest
 
 
+def _indexer_transient(spec: ModelSpec, batch: int, prompt: int) -> int:
+    """DeepSeek sparse attention's indexer over the prompt (modeling_deepseek_v32.py DeepseekV32Indexer.forward,
+    the same from 5.17.0 to 5.25.0): ``torch.matmul(q.float(), k.transpose(-1, -2).float().unsqueeze(1))``,
+    q [b, s, heads, d] against k [b, 1, d, t], gives float32 scores [b, s, heads, t]. torch.matmul broadcasts
+    batch dims by expanding both sides and reshaping them to bmm's 3-D input (aten/src/ATen/native/
+    LinearAlgebra.cpp _matmul_impl: ``tensor2.expand(...).reshape({expand_batch_product, m2, p})``): with more
+    than one sequence the key's broadcast dim cannot merge with the batch dim, so the float32 keys are copied
+    once per query token, [b, s, d, t], next to the scores being written and the float32 q and k. Then the
+    scaled scores and their relu are each a new tensor: two score tensors at a time."""
+    heads = spec.mla.index_heads if spec.mla is not None else 0
+    dim = max((lc.indexer_dim for lc in spec.layer_caches), default=0)
+    scores = batch * prompt * heads * prompt * FP32
+    operands = batch * prompt * heads * dim * FP32 + batch * prompt * dim * FP32
+    broadcast_copy = batch * prompt * dim * prompt * FP32 if batch > 1 else 0
+    return max(operands + broadcast_copy + scores, 2 * scores)
+
+
 def _stream_tensors(spec: ModelSpec) -> int:
     """[T, hidden] tensors alive across the last layer's MLP: the embedding output (held by the model's
     forward), the layer input (held by the loop), the residual and the normed input of the block. GPT-2's
@@ -304,10 +321,7 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
     if spec.state_mixer is not None:
         transient["state_mixer"] = _state_mixer_transient(spec, batch, prompt, e)
     if spec.mla is not None and spec.mla.index_heads:
-        # DeepSeek sparse attention's indexer (modeling_deepseek_v32.py DeepseekV32Indexer.forward): the float32
-        # scores q . k^T of every indexer head over the whole prompt, [batch, prompt, heads, prompt], and their
-        # relu (a new tensor) exist together.
-        transient["indexer"] = 2 * batch * prompt * spec.mla.index_heads * prompt * FP32
+        transient["indexer"] = _indexer_transient(spec, batch, prompt)
     layer_peak = max(transient.values())
     stream = (_stream_tensors(spec) - (0 if holds_embedding else 1)) * t * h * e
     # generate() keeps the logits of the last position only (logits_to_keep=1) and copies them to fp32

@@ -120,6 +120,7 @@ class _Shape:
     bf16: bool
     windows: tuple[int | None, ...]
     moe: MoeSpec | None
+    indexer: tuple[int, int] = (0, 0)  # DeepSeek sparse attention's indexer: (heads, index_head_dim)
 
 
 def _cache_update(trace: _Trace, s: _Shape, keys: int, cache: list[int], layer: int, first: bool) -> None:
@@ -158,6 +159,8 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
     trace.free(q, k)
     _cache_update(trace, s, keys, cache, layer, first)
     trace.free(k_rot, v)
+    if s.indexer[0]:
+        _indexer(trace, s, queries, keys)
     if s.eager:
         scores = b * s.heads * queries * keys
         expanded = trace.alloc(b * keys * s.heads * (s.head_dim + s.v_head_dim) * e) \
@@ -200,6 +203,24 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
     # Eager attention returns its probabilities, which the decoder layer keeps bound through its MLP
     # (``hidden_states, _ = self.self_attn(...)``).
     return projected, held
+
+
+def _indexer(trace: _Trace, s: _Shape, queries: int, keys: int) -> None:
+    """DeepSeek sparse attention's indexer scores (gpuplan/engines/transformers.py _indexer_transient): float32
+    q and k, the keys torch.matmul copies per query when the batch has several sequences, the scores, then the
+    scaled scores and their relu, one statement each; the [b, q, t] index scores and top-k are small."""
+    b, (heads, dim) = s.batch, s.indexer
+    q32 = trace.alloc(b * queries * heads * dim * FP32)
+    k32 = trace.alloc(b * keys * dim * FP32)
+    copy = trace.alloc(b * queries * dim * keys * FP32) if b > 1 else None
+    raw = trace.alloc(b * queries * heads * keys * FP32)
+    trace.free(*([copy] if copy is not None else []), q32, k32)
+    scaled = trace.alloc(b * queries * heads * keys * FP32)
+    trace.free(raw)
+    relu = trace.alloc(b * queries * heads * keys * FP32)
+    trace.free(scaled)
+    index_scores = trace.alloc(b * queries * keys * FP32)
+    trace.free(relu, index_scores)
 
 
 def _moe(trace: _Trace, s: _Shape, moe: MoeSpec, normed: int, rows: int, decode: bool) -> int:
@@ -338,7 +359,9 @@ def generate_events(spec: ModelSpec, workload: Workload, precision: Precision, w
                heads=spec.num_attention_heads, kv_heads=spec.num_key_value_heads, head_dim=spec.head_dim,
                v_head_dim=spec.v_head_dim, intermediate=spec.intermediate_size, vocab=spec.vocab_size,
                eager=attn == "eager", bf16=precision.compute_dtype == "bf16", windows=spec.layer_windows,
-               moe=spec.moe if spec.moe is not None and spec.moe.num_moe_layers else None)
+               moe=spec.moe if spec.moe is not None and spec.moe.num_moe_layers else None,
+               indexer=(spec.mla.index_heads, max((lc.indexer_dim for lc in spec.layer_caches), default=0))
+               if spec.mla is not None else (0, 0))
     prompt = workload.prompt_tokens
     ids = trace.alloc(s.batch * prompt * INT64)
     mask = trace.alloc(s.batch * prompt * INT64)
