@@ -39,12 +39,10 @@ def _id(row: dict) -> str:
 _WEIGHTS_GAP = ("the weights of these small configs are off by -0.02% (qwen3_next), -0.47% (nemotron_h) and -0.14% "
                 "(deepseek_v32) against what 5.17.0 allocated: not a release difference (the one in weights, the "
                 "float32 router gate.weight from 5.24.0, does not apply to 5.17 rows)")
-_STATE_GAP = ("recurrent_states are float32 (recorded with 5.17.0; modeling_qwen3_next.py torch_chunk_gated_delta_rule "
-              "builds the state in float32 in 5.25.0 too): the state-layer cache is modelled in the compute dtype")
 KNOWN_GAPS: dict[tuple[str, str], str] = {
     **{("weights", r["case_id"]): _WEIGHTS_GAP for r in MEASURED},
-    **{("cache", r["case_id"]): _STATE_GAP for r in MEASURED if r["model_type"] in ("qwen3_next", "nemotron_h")},
-    ("total", "qwen3_next|bf16|sdpa|b8|p1024|n32"): "total -2.13% (limit -2%): the state layers' cache above",
+    ("total", "qwen3_next|bf16|sdpa|b8|p1024|n32"): ("total -3.46% (limit -2%): the peak of live tensors is "
+                                                       "already 2.31% under, in the gated DeltaNet prefill"),
 }
 
 

@@ -70,20 +70,23 @@ def _kv_bytes_per_token(spec: ModelSpec, kv_bytes: int) -> int:
     return spec.num_key_value_heads * (spec.head_dim + spec.v_head_dim) * kv_bytes
 
 
-def _layer_cache_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
-    """Elements one sequence keeps in one layer of the cache transformers builds from ``layer_types``
+def layer_cache_bytes(lc: LayerCache, batch: int, tokens: int, kv_bytes: int, *, decoded: bool) -> int:
+    """Bytes one layer of the cache transformers builds from ``layer_types`` holds for ``batch`` sequences
     (cache_utils.py: DynamicLayer, DynamicSlidingWindowLayer for sliding and chunked layers,
     DynamicIndexedLayer adding the indexer keys, LinearAttentionLayer holding ``conv_states`` and
-    ``recurrent_states`` of fixed shapes, DummyLayer for layers that keep nothing)."""
+    ``recurrent_states`` of fixed shapes, the recurrent one float32 where the torch scan makes it so
+    (``LayerCache.recurrent_bytes``), DummyLayer for layers that keep nothing)."""
     kept = tokens if lc.window is None or not decoded else min(tokens, lc.window)
-    per_token = lc.per_token_elems if lc.kind in ("attention", "hybrid", "compressed") else 0
-    fixed = lc.fixed_elems if lc.kind in ("state", "hybrid") else 0
+    per_token = lc.per_token_elems * kv_bytes if lc.kind in ("attention", "hybrid", "compressed") else 0
+    fixed = 0
+    if lc.kind in ("state", "hybrid"):
+        fixed = lc.conv_elems * kv_bytes + lc.recurrent_elems * (lc.recurrent_bytes or kv_bytes)
     if lc.kind == "compressed":
-        fixed = _compressed_elems(lc, tokens, decoded)
-    return kept * per_token + fixed
+        fixed = compressed_elems(lc, tokens, decoded) * kv_bytes
+    return batch * (kept * per_token + fixed)
 
 
-def _compressed_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
+def compressed_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
     """What a DeepSeek-V4 compressed layer keeps besides its window (modeling_deepseek_v4.py
     DeepseekV4HCACache / DeepseekV4CSACache): one entry per ``compress_rate`` tokens; the buffer of source
     tokens not yet compressed, a view into the projection it was cut from, so after the prompt it holds the
@@ -104,7 +107,7 @@ def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, deco
     step a sliding layer holds a fresh tensor of ``window`` tokens (``window - 1`` kept plus the new one).
     """
     if spec.layer_caches:
-        return batch * sum(_layer_cache_elems(lc, tokens, decoded) for lc in spec.layer_caches) * kv_bytes
+        return sum(layer_cache_bytes(lc, batch, tokens, kv_bytes, decoded=decoded) for lc in spec.layer_caches)
     per_token = _kv_bytes_per_token(spec, kv_bytes)
     total = 0
     for window in spec.layer_windows:

@@ -33,7 +33,8 @@ def _hybrid_cache(p: Parts, mixer: str, *, kv_heads: int, head_dim: int, recurre
     """A layer that keeps K/V per token and a fixed state beside it (cache_utils.py
     LinearAttentionAndFullAttentionLayer, LinearAttentionAndSlidingWindowAttentionLayer)."""
     p.caches.append(LayerCache(kind="hybrid", mixer=mixer, kv_heads=kv_heads, key_dim=head_dim, value_dim=head_dim,
-                               window=window, recurrent_elems=recurrent, conv_elems=conv, conv_kernel=kernel))
+                               window=window, recurrent_elems=recurrent, conv_elems=conv, conv_kernel=kernel,
+                               recurrent_bytes=p.recurrent_bytes if recurrent else None))
 
 
 # ---- Zamba, Zamba2: Mamba layers with a shared attention block --------------------------------------------

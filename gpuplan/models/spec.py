@@ -147,6 +147,10 @@ class LayerCache(BaseModel):
     conv_kernel: int = Field(default=0, ge=0)
     """Taps of the layer's causal convolution: transformers keeps that many columns per channel
     (``conv_elems`` = channels x taps), vLLM and SGLang one fewer."""
+    recurrent_bytes: int | None = Field(default=None, gt=0)
+    """Bytes per element of the recurrent state in transformers when it does not follow the model's dtype:
+    4 where the torch path computes the state in float32 and the cache copies that dtype (the gated DeltaNet
+    and Mamba-2 scans); None where it has the cache's dtype."""
     compress_rate: int = Field(default=0, ge=0, description="source tokens per compressed entry")
     compressed_dim: int = Field(default=0, ge=0, description="elements of one compressed entry")
     buffer_dim: int = Field(default=0, ge=0, description="elements kept per source token awaiting compression")
