@@ -99,7 +99,14 @@ def test_vllm_pads_state_pages_to_a_grown_attention_block():
     assert [len(g) for g in pages.groups] == [10, 10, 10, 10]
     assert pages.log_lines[1] == ("Padding mamba page size by 1.49% to ensure that mamba page size and attention "
                                   "page size are exactly equal.")
-    budget = vllm_budget(spec, resolve_precision(spec, "bf16"), 80 * 2**30, max_model_len=32_768)
+    budget = vllm_budget(spec, resolve_precision(spec, "bf16"), 80 * 2**30, max_model_len=32_768,
+                         mamba_ssm_cache_dtype="bfloat16")
     # a request takes cdiv(32768, 544) blocks of the attention group and one block of each state group
     assert budget.blocks_per_request == -(-32_768 // 544) + 3
     assert budget.block_size == 544 and budget.page_size_per_layer == block * token_page
+    # At "auto" vLLM 0.34.0 takes the config's mamba_ssm_dtype (float32 in Qwen3.5's config.json): the temporal
+    # state doubles to 32 x 128 x 128 x 4 = 2,097,152 bytes, the conv state stays bf16 (8192 x 3 x 2 = 49,152),
+    # so the block grows to 16 x cdiv(2,146,304, 16 x 2048) = 16 x 66 = 1056 tokens.
+    auto = vllm_budget(spec, resolve_precision(spec, "bf16"), 80 * 2**30, max_model_len=32_768)
+    assert auto.block_size == 1056 and auto.page_size_per_layer == 1056 * 2048
+    assert auto.blocks_per_request == -(-32_768 // 1056) + 3 == 35

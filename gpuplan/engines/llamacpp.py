@@ -19,6 +19,17 @@ beside each rule; the measurements that check them (H200, CUDA 13.0) are in test
   ``pad(min(n_ctx_seq, n_swa x (unified ? P : 1) + n_ubatch), 256)`` cells per stream unless ``--swa-full``
   (src/llama-kv-cache-iswa.cpp). Each layer's cache sits on that layer's device (in host memory with
   ``--no-kv-offload``).
+* **Recurrent state.** Hybrid architectures (src/llama-arch.cpp ``llm_arch_is_hybrid``: Qwen3-Next, Qwen3.5,
+  Nemotron-H, Falcon-H1, Jamba, Granite-Hybrid, LFM2 ...) keep, per recurrent layer, two f32 tensors
+  ``r_l [n_embd_r, rows]`` and ``s_l [n_embd_s, rows]`` with ``rows = max(1, n_seq_max) x (1 + n_rs_seq)``
+  (src/llama-memory-recurrent.cpp; ``GGML_TYPE_F32`` and ``std::max(1, n_seq_max)`` in
+  src/llama-model.cpp ``create_memory``; ``n_rs_seq`` is 0 without speculative decoding,
+  common/common.h ``need_n_rs_seq``). ``n_embd_r = (ssm.conv_kernel - 1) x (ssm.inner_size + 2 x
+  ssm.group_count x ssm.state_size)`` (LFM2: ``embedding_length x (shortconv.l_cache - 1)``) and ``n_embd_s =
+  ssm.state_size x ssm.inner_size`` (src/llama-hparams.cpp). Attention layers keep KV cells as above; a recurrent
+  layer has none, except in Falcon-H1 whose layers run both (the ``filter_attn`` / ``filter_recr`` of
+  ``create_memory``). Which layers are recurrent: src/models/<arch>.cpp (``is_recr_impl``). Rules read in the
+  llama.cpp vendored by llama-cpp-python 0.3.36 (PyPI sdist, ``vendor/llama.cpp/src``).
 * **Compute buffer.** llama.cpp reserves the worst-case graph (``n_ubatch`` tokens, every output) and keeps
   one buffer per device of its peak (src/llama-context.cpp, sched_reserve). On the GPU the peak is the larger
   of the output step, ``n_ubatch x (n_vocab + n_embd) x 4`` bytes (f32 logits and their input), and the
@@ -71,6 +82,19 @@ CTX_PAD = 256
 OP_OFFLOAD_MIN_BATCH = 32
 F32_BYTES = 4
 F16_BYTES = 2
+
+# src/llama-model.cpp create_memory: recurrent_type_r / recurrent_type_s = GGML_TYPE_F32.
+RECURRENT_STATE_BYTES = 4
+# src/llama-arch.cpp llm_arch_is_hybrid (GGUF architecture names from LLM_ARCH_NAMES). The state of Kimi-Linear
+# (KDA head sizes) and MiniMax-01 (lightning-attention head size) follows other keys and is not modelled.
+HYBRID_ARCHS = frozenset({"jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h",
+                          "nemotron_h_moe", "qwen3next", "qwen35", "qwen35moe"})
+UNMODELLED_STATE_ARCHS = frozenset({"kimi-linear", "minimax-01", "bailingmoe3", "kimi-k3", "glm5-next",
+                                    "qwen4exp", "deepseek4"})
+# src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp: without attention.recurrent_layers, layer i is recurrent
+# when (i + 1) % full_attention_interval != 0, the interval defaulting to 4.
+INTERVAL_ARCHS = frozenset({"qwen3next", "qwen35", "qwen35moe"})
+DEFAULT_FULL_ATTENTION_INTERVAL = 4
 
 # GPU memory outside llama.cpp's logged buffers (CUDA context, cuBLAS handles and workspace, ggml's CUDA
 # pool): the "unaccounted" column of llama.cpp's memory breakdown, 595-598 MiB in every one of our 19
@@ -143,6 +167,7 @@ class LlamaCppMemory(BaseModel):
     gpu_weights_bytes: int
     host_weights_bytes: int
     gpu_kv_bytes: int
+    """KV cells and, for hybrid models, the recurrent state (components: kv_gpu, recurrent_gpu)."""
     host_kv_bytes: int
     gpu_compute_bytes: int
     host_compute_bytes: int
@@ -218,10 +243,14 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
     weights = _weights(model, place, n_layer, notes)
     context = _context(s, spec.max_position_embeddings, notes)
     type_k, type_v, flash = _attention_kernel(s, notes)
-    kv = _kv_cache(model, s, place, context, type_k, type_v, flash, notes)
+    state = _recurrent_state(model, s, place, context, notes)
+    kv = _kv_cache(model, s, place, context, type_k, type_v, flash, notes, state.layers)
     compute = _compute_buffers(model, s, place, weights, context, kv, flash, notes)
+    if state.layers:
+        notes.append("the compute buffer counts the attention and FFN steps; the state mixers' scan is not "
+                     "modelled")
 
-    uses_gpu = weights.gpu > 0 or kv.gpu > 0 or compute.gpu > 0
+    uses_gpu = weights.gpu > 0 or kv.gpu > 0 or state.gpu > 0 or compute.gpu > 0
     runtime = LLAMACPP_CUDA_RUNTIME_BYTES if uses_gpu else 0
     if context.n_ctx != context.ctx:
         notes.append(
@@ -241,17 +270,19 @@ def estimate_llamacpp(model: GgufModel, settings: LlamaCppSettings | None = None
         "output_host": compute.host_output,
         "runtime": runtime,
     }
+    if state.layers:
+        components.update(recurrent_gpu=state.gpu, recurrent_host=state.host)
     return LlamaCppMemory(
         gpu_weights_bytes=weights.gpu,
         host_weights_bytes=weights.host,
-        gpu_kv_bytes=kv.gpu,
-        host_kv_bytes=kv.host,
+        gpu_kv_bytes=kv.gpu + state.gpu,
+        host_kv_bytes=kv.host + state.host,
         gpu_compute_bytes=compute.gpu,
         host_compute_bytes=compute.host,
         host_output_bytes=compute.host_output,
         runtime_bytes=runtime,
-        gpu_total_bytes=weights.gpu + kv.gpu + compute.gpu + runtime,
-        host_total_bytes=weights.host + kv.host + compute.host + compute.host_output,
+        gpu_total_bytes=weights.gpu + kv.gpu + state.gpu + compute.gpu + runtime,
+        host_total_bytes=weights.host + kv.host + state.host + compute.host + compute.host_output,
         n_ctx=context.n_ctx,
         n_ctx_seq=context.n_ctx_seq,
         n_seq=context.n_seq,
@@ -405,8 +436,10 @@ def _kv_cache(
     type_v: GgmlType,
     flash: bool,
     notes: list[str],
+    recurrent: tuple[int, ...] = (),
 ) -> _KvCache:
-    """src/llama-kv-cache.cpp and src/llama-kv-cache-iswa.cpp."""
+    """src/llama-kv-cache.cpp and src/llama-kv-cache-iswa.cpp. ``recurrent``: layers whose state is kept
+    instead of KV (every one keeps both in Falcon-H1)."""
     spec, hp = model.spec, model.hparams
     head_kv = _per_layer(
         hp.get("attention.head_count_kv", hp.get("attention.head_count")),
@@ -437,9 +470,10 @@ def _kv_cache(
 
     gpu_kv = host_kv = 0
     n_k_max = n_v_max = 0
+    state_only = frozenset(recurrent) if model.architecture != "falcon-h1" else frozenset()
     for il in kv_layers:
-        if head_kv[il] == 0:
-            continue  # recurrent or attention-free layer in a hybrid model
+        if head_kv[il] == 0 or il in state_only:
+            continue  # recurrent or attention-free layer in a hybrid model (filter_attn of create_memory)
         sliding = windows[il] is not None if il < len(windows) else False
         n_k = head_kv[il] * (key_len_swa if sliding else key_len)
         n_v = head_kv[il] * (val_len_swa if sliding else val_len)
@@ -469,6 +503,73 @@ def _kv_layers(model: GgufModel, n_layer_all: int) -> range:
     if isinstance(shared, int) and shared > 0:
         return range(min(max(n_layer_all - shared, 0), n_layer))  # src/models/gemma4.cpp
     return range(n_layer)
+
+
+@dataclass(frozen=True)
+class _Recurrent:
+    """The r_l / s_l tensors of the recurrent layers (src/llama-memory-recurrent.cpp)."""
+
+    gpu: int
+    host: int
+    layers: tuple[int, ...]
+    rows: int
+    row_bytes: int
+    """Bytes of one sequence's state in one layer: (n_embd_r + n_embd_s) f32 values."""
+
+
+def recurrent_layers(model: GgufModel) -> list[bool]:
+    """Per repeating layer, whether llama.cpp keeps recurrent state for it (src/models/<arch>.cpp)."""
+    arch, hp, spec = model.architecture, model.hparams, model.spec
+    n_layer = spec.num_hidden_layers
+    if arch not in HYBRID_ARCHS:
+        return [False] * n_layer
+    if arch == "falcon-h1":
+        return [True] * n_layer  # src/models/falcon-h1.cpp: is_recr_impl filled with true
+    if arch in INTERVAL_ARCHS:
+        given = hp.get("attention.recurrent_layers")
+        if isinstance(given, list):
+            return [bool(v) for v in given[:n_layer]]
+        interval = int(hp.get("full_attention_interval") or DEFAULT_FULL_ATTENTION_INTERVAL)
+        return [(i + 1) % interval != 0 for i in range(n_layer)]
+    head_kv = _per_layer(hp.get("attention.head_count_kv", hp.get("attention.head_count")), n_layer,
+                         spec.num_key_value_heads)
+    if arch in ("nemotron_h", "nemotron_h_moe"):
+        # src/models/nemotron-h.cpp: recurrent iff n_head_kv(i) == 0 and n_ff(i) == 0 (the MLP layers have
+        # neither attention nor state).
+        n_ff = _per_layer(hp.get("feed_forward_length"), n_layer, 0)
+        return [head_kv[i] == 0 and n_ff[i] == 0 for i in range(n_layer)]
+    return [head_kv[i] == 0 for i in range(n_layer)]  # jamba.cpp, granite-hybrid.cpp, lfm2.cpp, plamo2.cpp
+
+
+def recurrent_row_widths(model: GgufModel) -> tuple[int, int]:
+    """(n_embd_r, n_embd_s): values per sequence in r_l and s_l (src/llama-hparams.cpp)."""
+    hp = model.hparams
+    d_conv, d_inner = int(hp.get("ssm.conv_kernel") or 0), int(hp.get("ssm.inner_size") or 0)
+    d_state, n_group = int(hp.get("ssm.state_size") or 0), int(hp.get("ssm.group_count") or 0)
+    l_cache = int(hp.get("shortconv.l_cache") or 0)
+    if l_cache:
+        n_embd_r = model.spec.hidden_size * (l_cache - 1)  # LFM2's short convolution
+    else:
+        n_embd_r = max(0, d_conv - 1) * (d_inner + 2 * n_group * d_state)
+    return n_embd_r, d_state * d_inner
+
+
+def _recurrent_state(model: GgufModel, s: LlamaCppSettings, place: _Placement, context: _Context,
+                     notes: list[str]) -> _Recurrent:
+    if model.architecture in UNMODELLED_STATE_ARCHS:
+        notes.append(f"the recurrent state of '{model.architecture}' layers is not modelled (only their KV cache)")
+        return _Recurrent(0, 0, (), 0, 0)
+    layers = tuple(il for il, recurrent in enumerate(recurrent_layers(model)) if recurrent)
+    if not layers:
+        return _Recurrent(0, 0, (), 0, 0)
+    n_embd_r, n_embd_s = recurrent_row_widths(model)
+    rows = max(1, context.n_seq)  # mem_size = max(1, n_seq_max); n_rs_seq = 0 without speculative decoding
+    row_bytes = (n_embd_r + n_embd_s) * RECURRENT_STATE_BYTES
+    on_gpu = sum(1 for il in layers if s.kv_offload and place.on_gpu(il))
+    gpu, host = on_gpu * rows * row_bytes, (len(layers) - on_gpu) * rows * row_bytes
+    notes.append(f"recurrent state: {len(layers)} layer(s) x {rows} sequence(s) x {row_bytes:,} bytes of f32 "
+                 f"r_l/s_l = {(gpu + host) / MiB:,.2f} MiB (llama.cpp's RS buffer), fixed whatever the context")
+    return _Recurrent(gpu, host, layers, rows, row_bytes)
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ def serving_notes(model: Any, engine: str, precision: Precision, hardware: Hardw
 
 def serving_estimate(serving: ServingBudget, precision: Precision, workload: Workload, hardware: Hardware, *,
                      kv_dtype: str, weights: int, kv_bytes: int, activation: int, overhead: int,
-                     notes: list[str], refused: str | None = None) -> EngineEstimate:
+                     notes: list[str], refused: str | None = None,
+                     max_requests: int | None = None) -> EngineEstimate:
     """The estimate of a serving engine's budget: it fits when the engine starts (``refused`` says why it
     would not), the whole budget is within the GPU, one request of max_model_len fits and the KV cache holds
     ``workload.batch`` of them at once."""
@@ -112,6 +113,9 @@ def serving_estimate(serving: ServingBudget, precision: Precision, workload: Wor
     elif batch > 1 and serving.kv_cache_tokens < batch * length:
         reasons.append(f"{batch} concurrent requests of {length:,} tokens do not fit: "
                        f"{serving.max_concurrency:.2f}x do")
+    elif max_requests is not None and batch > max_requests:
+        # A hybrid model's state pool caps the requests that run at once (SGLang max_running_requests).
+        reasons.append(f"{batch} concurrent requests do not run at once: the state pool allows {max_requests}")
     fits = not reasons
     warnings = list(reasons)
     return EngineEstimate(

@@ -42,6 +42,18 @@ from gpuplan.engines.sglang_releases import (
     fraction_tp_table,
     sglang_release,
 )
+from gpuplan.engines.sglang_state import (
+    SGLANG_STATE_MODEL_TYPES,
+    SSM_DTYPE_BYTES,
+    STATE_RULES_RELEASE,
+    SsmDtype,
+    StatePool,
+    attention_cell_bytes,
+    max_running_requests,
+    ssm_dtype_of,
+    state_per_request,
+    state_pool,
+)
 from gpuplan.engines.tp import parallel_layout, pp_layer_split
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
@@ -82,6 +94,10 @@ class SglangBudget(BaseModel):
     k_size: int
     v_size: int
     log_lines: tuple[str, ...]
+    state: StatePool | None = None
+    """The request-slot pool of Mamba / linear-attention state (models with state layers)."""
+    max_running_requests: int | None = None
+    """Requests running at once, capped by the state pool (models with state layers)."""
 
 
 def default_chunk_and_graph(gpu_mem_mb: float, tp: int = 1, *, engine_version: str | None = None) -> tuple[int, int]:
@@ -128,6 +144,10 @@ def sglang_budget(
     cuda_graph_max_bs: int | None = None,
     init_overhead_bytes: int = DEFAULT_INIT_OVERHEAD_BYTES,
     engine_version: str | None = None,
+    mamba_ssm_dtype: str | None = None,
+    mamba_full_memory_ratio: float | None = None,
+    max_mamba_cache_size: int | None = None,
+    context_len: int | None = None,
 ) -> SglangBudget:
     """SGLang's ``max_total_num_tokens`` for ``spec`` on GPUs with ``gpu_memory_bytes`` total (as CUDA
     reports it). ``device_capacity_bytes`` is nvidia-smi's total, which the default-fraction rule reads
@@ -155,27 +175,54 @@ def sglang_budget(
     kv_bytes = DTYPE_BYTES[kv_dtype]
 
     split = pp_layer_split(spec.num_hidden_layers, pp)
+    ranges = [(sum(split[:i]), sum(split[:i + 1])) for i in range(pp)]
+    ssm_dtype = ssm_dtype_of(spec, mamba_ssm_dtype)
+    per_request = state_per_request(spec, tp, SSM_DTYPE_BYTES[ssm_dtype], ranges) if spec.has_state_layers else 0
     free_before = gpu_memory_bytes - init_overhead_bytes
     results = []
     for stage in range(pp):
         weights = layout.stage_weights_bytes[stage]
         free_after = free_before - weights
         rest = int(free_after - free_before * (1 - fraction))
-        cell = sglang_cell_size(spec, layout.kv_heads_per_rank, split[stage], kv_bytes)
-        tokens = max(0, rest) // cell // page_size * page_size
-        results.append((tokens, weights, free_after, rest, cell))
+        pool = None
+        kv_rest = rest
+        if spec.has_state_layers:
+            # The state pool comes out of rest_memory first (_handle_max_mamba_cache); the full-attention layers'
+            # KV pool gets what is left.
+            pool = state_pool(spec, rest, per_request, ssm_dtype=ssm_dtype, full_memory_ratio=mamba_full_memory_ratio,
+                              max_cache_size=max_mamba_cache_size)
+            kv_rest = rest - pool.pool_bytes if pool.slots > 0 else 0
+            cell = attention_cell_bytes(spec, layout.kv_heads_per_rank, *ranges[stage], kv_bytes)
+        else:
+            cell = sglang_cell_size(spec, layout.kv_heads_per_rank, split[stage], kv_bytes)
+        tokens = max(0, kv_rest) // cell // page_size * page_size if cell else 0
+        results.append((tokens, weights, free_after, rest, cell, pool))
     # Pipeline stages agree on the smallest pool (init_memory_pool all_reduce MIN).
-    tokens, weights, free_after, rest, cell = min(results, key=lambda r: r[0])
+    tokens, weights, free_after, rest, cell, pool = min(results, key=lambda r: r[0])
+    running = (max_running_requests(tokens, context_len or spec.max_position_embeddings or tokens or 1, pool)
+               if pool is not None else None)
     per_side = cell // 2 if spec.mla is None else cell
     k_size = (tokens + page_size) * per_side
     v_size = (tokens + page_size) * per_side if spec.mla is None else 0
     logs = [f"Load weight end. mem usage={weights / GiB:.2f} GB. avail mem={free_after / GiB:.2f} GB."]
-    if tokens <= 0:
+    if pool is not None and pool.slots <= 0:
+        logs.append("Not enough GPU memory for hybrid (mamba/linear-attention) state cache. Computed "
+                    f"max_mamba_cache_size={pool.slots} (mamba_cache_per_req={pool.per_request / MiB:.2f} MB).")
+    elif tokens <= 0:
         logs.append("Not enough memory. Please try to increase --mem-fraction-static. "
                     f"Current value: mem_fraction_static={fraction}")
     elif spec.mla is None:
+        if pool is not None:
+            conv = (pool.slots + 1) * state_per_request(spec, tp, 0, ranges)
+            logs.append(f"Mamba Cache is allocated. max_mamba_cache_size: {pool.slots}, conv_state size: "
+                        f"{conv / GiB:.2f}GB, ssm_state size: {(pool.pool_bytes - conv) / GiB:.2f}GB ")
         logs.append(f"KV Cache is allocated. #tokens: {tokens}, K size: {k_size / GiB:.2f} GB, "
                     f"V size: {v_size / GiB:.2f} GB")
+        if pool is not None and not running:
+            # kv_cache_configurator.py resolve_max_num_reqs raises this at startup.
+            logs.append("Hybrid (mamba/linear-attention) state cache is too small to serve any requests. "
+                        f"max_mamba_cache_size={pool.slots}, mamba_ratio={pool.slots_per_request}, resulting "
+                        f"max_num_reqs={running}.")
     else:
         logs.append(f"KV Cache is allocated. #tokens: {tokens}, KV size: {k_size / GiB:.2f} GB")
     return SglangBudget(
@@ -184,7 +231,7 @@ def sglang_budget(
         mem_fraction_from_default_rule=from_rule, chunked_prefill_size=chunk, cuda_graph_max_bs=graph_bs,
         free_before_weights=free_before, weights=weights, free_after_weights=free_after, rest_memory=rest,
         kv_dtype=kv_dtype, cell_size=cell, page_size=page_size, max_total_num_tokens=tokens, k_size=k_size,
-        v_size=v_size, log_lines=tuple(logs),
+        v_size=v_size, log_lines=tuple(logs), state=pool, max_running_requests=running,
     )
 
 
@@ -215,6 +262,16 @@ class Options(EngineOptions):
         default=None, ge=1, description="context length per request (--context-length; default: --seq, else "
                                         "the model's).", json_schema_extra={"sweep": True, "metavar": "TOKENS"})
 
+    mamba_ssm_dtype: SsmDtype | None = Field(
+        default=None, description="dtype of the Mamba / linear-attention temporal state of hybrid models: "
+                                  "float32, bfloat16 or float16 (default: the config's mamba_ssm_dtype, else "
+                                  "float32).", json_schema_extra={"metavar": "DTYPE"})
+    mamba_full_memory_ratio: float | None = Field(
+        default=None, gt=0, description="state pool : full-attention KV pool split of hybrid models (default 0.9).")
+    max_mamba_cache_size: int | None = Field(
+        default=None, ge=1, description="request slots of the state pool of hybrid models (default: from "
+                                        "--mamba-full-memory-ratio).")
+
     _tokens = tokens_validator("max_model_len")
 
 
@@ -225,26 +282,62 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
 
     capacity, precision, length, notes, version = prepare(NAME, model, request, workload, hardware, options)
     spec = model.spec
-    if spec.has_state_layers:
-        notes.append("SGLang's separate pool for Mamba / linear-attention state is not modelled: the state layers "
-                     "are counted as attention layers, so the KV cache per token is over-estimated")
+    _hybrid_notes(spec, options, notes, version)
     s = sglang_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                       mem_fraction_static=options.mem_fraction_static, device_capacity_bytes=hardware.device_bytes,
-                      engine_version=version)
+                      engine_version=version, mamba_ssm_dtype=options.mamba_ssm_dtype,
+                      mamba_full_memory_ratio=options.mamba_full_memory_ratio,
+                      max_mamba_cache_size=options.max_mamba_cache_size, context_len=length)
     tokens = s.max_total_num_tokens
+    concurrency = tokens / length
+    state_bytes = 0
+    if s.state is not None:
+        # A hybrid model runs at most max_running_requests at once, however many tokens the KV pool holds.
+        concurrency = min(concurrency, s.max_running_requests or 0)
+        state_bytes = s.state.pool_bytes
+    if s.state is not None and s.state.slots > 0:
+        notes.append(f"SGLang state pool: {s.state.slots} request slots of {s.state.per_request / MiB:,.2f} MiB "
+                     f"(temporal state in {s.state.ssm_dtype}, conv state in bfloat16), {s.state.slots_per_request} "
+                     f"slots per running request: at most {s.max_running_requests} requests run at once")
     serving = ServingBudget(
         engine=NAME, engine_version=s.engine_version, gpu_memory_bytes=capacity,
         memory_fraction=s.mem_fraction_static, kv_cache_tokens=tokens,
-        max_model_len=length, max_concurrency=tokens / length, fits_one_request=tokens >= length,
-        max_model_len_that_fits=tokens, log_lines=list(s.log_lines))
-    weights, kv_bytes = s.weights, s.k_size + s.v_size
+        max_model_len=length, max_concurrency=concurrency, fits_one_request=tokens >= length,
+        max_model_len_that_fits=tokens, max_num_seqs=s.max_running_requests, log_lines=list(s.log_lines))
+    weights, kv_bytes = s.weights, s.k_size + s.v_size + state_bytes
     overhead = s.total_gpu_memory - s.free_before_weights
     # SGLang sizes its KV pool to leave the rest of the GPU, about (1 - mem_fraction_static) of it, for
     # activations and CUDA graphs: the whole card is spoken for by design.
     activation = max(0, capacity - overhead - weights - kv_bytes)
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=s.kv_dtype, weights=weights,
                             kv_bytes=kv_bytes, activation=activation, overhead=overhead, notes=notes,
-                            refused=beyond_context(NAME, spec, length))
+                            refused=beyond_context(NAME, spec, length) or _state_refusal(s),
+                            max_requests=s.max_running_requests)
+
+
+def _state_refusal(s: SglangBudget) -> str | None:
+    """SGLang stops at startup when the state pool cannot hold one running request (resolve_max_num_reqs)."""
+    if s.state is None or s.max_running_requests:
+        return None
+    return (f"SGLang's state pool holds {max(0, s.state.slots)} request slots, fewer than the "
+            f"{s.state.slots_per_request} one running request takes: it refuses to start")
+
+
+def _hybrid_notes(spec: ModelSpec, options: Options, notes: list[str], version: str | None) -> None:
+    """What the state pool model leaves out, and flags given to a model that has no state layers."""
+    hybrid_flags = [f for f in ("mamba_ssm_dtype", "mamba_full_memory_ratio", "max_mamba_cache_size")
+                    if getattr(options, f) is not None]
+    if not spec.has_state_layers:
+        if hybrid_flags:
+            raise InputError(f"--{hybrid_flags[0].replace('_', '-')} applies to models with Mamba / "
+                             "linear-attention layers", hint=f"{spec.model_type} has none")
+        return
+    release = sglang_release(version).version
+    if release != STATE_RULES_RELEASE:
+        notes.append(f"the state pool follows SGLang {STATE_RULES_RELEASE}'s rules; those of {release} were not read")
+    if spec.model_type not in SGLANG_STATE_MODEL_TYPES:
+        notes.append(f"SGLang 0.5.23 has no implementation of {spec.model_type}: its pools are sized as SGLang "
+                     "sizes other hybrid models")
 
 
 _SGLANG_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -275,6 +368,12 @@ def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv
         cmd += f" --mem-fraction-static {options.mem_fraction_static:g}"
     if expert_parallel:
         cmd += f" --ep-size {tp}"
+    # Hybrid models' state pool (server_args: --mamba-ssm-dtype, --mamba-full-memory-ratio, --max-mamba-cache-size).
+    for field in ("mamba_ssm_dtype", "mamba_full_memory_ratio", "max_mamba_cache_size"):
+        value = getattr(options, field)
+        if value is not None:
+            cmd += f" --{field.replace('_', '-')} {value:g}" if isinstance(value, float) else \
+                f" --{field.replace('_', '-')} {value}"
     if nodes == 1:
         return [cmd]
     # SGLang multi-node: every node runs the same command with its rank (docs: "Multi-node deployment").

@@ -83,7 +83,8 @@ from gpuplan.models.spec import LayerCache, ModelSpec, TensorRole
 from gpuplan.results import EngineEstimate, ServingBudget
 
 __all__ = ["GiB", "TENSOR_PARALLEL_NON_TORCH_BYTES", "VllmBudget", "default_batch_limits", "kv_page_size",
-           "profile_activation", "vllm_budget", "HybridPages", "STATE_GROUP", "hybrid_state_pages"]
+           "profile_activation", "vllm_budget", "HybridPages", "STATE_GROUP", "hybrid_state_pages", "state_dtypes",
+           "StateDtypes", "MambaDtype"]
 
 DEFAULT_BLOCK_SIZE = 16
 """CacheConfig.DEFAULT_BLOCK_SIZE up to 0.33 (64 from 0.34.0; each release's own is VllmRelease.block_size)."""
@@ -93,6 +94,8 @@ FUSED_MOE_CHUNK = 32768
 FP32 = 4
 
 UsageContext = Literal["openai", "llm"]
+MambaDtype = Literal["auto", "float32", "float16", "bfloat16"]
+"""vllm/config/cache.py (0.34.0) MambaDType: --mamba-cache-dtype and --mamba-ssm-cache-dtype."""
 
 
 class KvGroup(BaseModel):
@@ -510,6 +513,8 @@ def vllm_budget(
     non_torch_bytes: int | None = None,
     hybrid_kv_cache_manager: bool | None = None,
     engine_version: str | None = None,
+    mamba_cache_dtype: MambaDtype = "auto",
+    mamba_ssm_cache_dtype: MambaDtype = "auto",
 ) -> VllmBudget:
     """vLLM ``engine_version``'s KV cache budget for ``spec`` on GPUs of ``gpu_memory_bytes`` (the total CUDA
     reports: ``torch.cuda.mem_get_info()[1]``, which is a few hundred MiB under nvidia-smi's figure).
@@ -531,7 +536,9 @@ def vllm_budget(
     group_layers, group_windows = _kv_groups(spec, st.hybrid)
     state_pages = None
     if st.engine == "v1" and spec.has_state_layers:
-        state_pages = hybrid_state_pages(spec, tp, st.kv_bytes, st.block_size, st.model_len, hybrid_windows=st.hybrid)
+        dtypes = state_dtypes(spec, precision.compute_dtype, mamba_cache_dtype, mamba_ssm_cache_dtype)
+        state_pages = hybrid_state_pages(spec, tp, st.kv_bytes, st.block_size, st.model_len, hybrid_windows=st.hybrid,
+                                         state_dtypes=dtypes)
         st = st.model_copy(update={"page": state_pages.page_size, "block_size": state_pages.block_size})
         group_layers, group_windows = [list(g) for g in state_pages.groups], list(state_pages.windows)
     stage = _size_stages(spec, precision, st, group_layers, total=total, requested=requested,
@@ -664,6 +671,15 @@ class Options(EngineOptions):
         default=None, gt=0, description="fixed KV cache size per GPU, e.g. 40GiB (skips the profiling budget).",
         json_schema_extra={"metavar": "SIZE"})
 
+    mamba_cache_dtype: MambaDtype = Field(
+        default="auto", description="dtype of the Mamba / linear-attention state of hybrid models, conv and "
+                                    "temporal: auto (the model dtype), float32, float16 or bfloat16.",
+        json_schema_extra={"metavar": "DTYPE"})
+    mamba_ssm_cache_dtype: MambaDtype = Field(
+        default="auto", description="dtype of the temporal (SSM) state alone: auto (as --mamba-cache-dtype, or "
+                                    "what the model's config asks for), float32, float16 or bfloat16.",
+        json_schema_extra={"metavar": "DTYPE"})
+
     _tokens = tokens_validator("max_num_batched_tokens")
     _model_len = auto_tokens_validator("max_model_len")
     _size = size_validator("kv_cache_memory")
@@ -679,11 +695,17 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
     if spec.has_state_layers:
         notes.append("the profile run's activations of Mamba / linear-attention mixers are not modelled (those of "
                      "the attention and MLP blocks are)")
+    else:
+        given = [f for f in ("mamba_cache_dtype", "mamba_ssm_cache_dtype") if getattr(options, f) != "auto"]
+        if given:
+            raise InputError(f"--{given[0].replace('_', '-')} applies to models with Mamba / linear-attention "
+                             "layers", hint=f"{spec.model_type} has none")
     b = vllm_budget(spec, precision, capacity, tp=hardware.tensor_parallel, pp=hardware.pipeline_parallel,
                     gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=length,
                     max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,
                     block_size=options.block_size, kv_cache_memory=options.kv_cache_memory, gpu_name=hardware.gpu,
-                    engine_version=version)
+                    engine_version=version, mamba_cache_dtype=options.mamba_cache_dtype,
+                    mamba_ssm_cache_dtype=options.mamba_ssm_cache_dtype)
     serving = ServingBudget(
         engine=NAME, engine_version=b.engine_version, gpu_memory_bytes=capacity,
         memory_fraction=b.gpu_memory_utilization, kv_cache_tokens=b.kv_cache_tokens, max_model_len=b.max_model_len,
@@ -722,7 +744,9 @@ def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv
     if "gpu_memory_utilization" in given:
         cmd += f" --gpu-memory-utilization {options.gpu_memory_utilization:g}"
     for field, flag in (("max_num_seqs", "--max-num-seqs"), ("max_num_batched_tokens", "--max-num-batched-tokens"),
-                        ("block_size", "--block-size"), ("kv_cache_memory", "--kv-cache-memory-bytes")):
+                        ("block_size", "--block-size"), ("kv_cache_memory", "--kv-cache-memory-bytes"),
+                        ("mamba_cache_dtype", "--mamba-cache-dtype"),
+                        ("mamba_ssm_cache_dtype", "--mamba-ssm-cache-dtype")):
         if field in given and getattr(options, field) is not None:
             cmd += f" {flag} {getattr(options, field)}"
     if expert_parallel:
@@ -765,18 +789,57 @@ class HybridPages(BaseModel):
     log_lines: tuple[str, ...]
 
 
-def _state_page_bytes(lc: LayerCache, tp: int, state_bytes: int) -> int:
+_STATE_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
+# vllm/model_executor/models/config.py (0.34.0): NemotronHForCausalLMConfig.update_mamba_ssm_cache_dtype reads
+# the config's mamba_ssm_cache_dtype (DEFAULT_MAMBA_SSM_CACHE_DTYPE "float32"); Qwen3_5ForConditionalGeneration-
+# Config its mamba_ssm_dtype (when set). Both only when --mamba-ssm-cache-dtype is auto.
+_SSM_DTYPE_FROM_CONFIG: dict[str, tuple[str, str | None]] = {
+    "nemotron_h": ("mamba_ssm_cache_dtype", "float32"),
+    **dict.fromkeys(("qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text"), ("mamba_ssm_dtype", None))}
+
+
+class StateDtypes(BaseModel):
+    """The dtypes vLLM stores a state layer's conv and temporal state in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conv: str
+    ssm: str
+    """"auto": the same as ``conv``, except for Kimi's KDA layers (float32) (mamba_utils.py kda_state_dtype)."""
+
+
+def state_dtypes(spec: ModelSpec, model_dtype: str, mamba_cache_dtype: MambaDtype = "auto",
+                 mamba_ssm_cache_dtype: MambaDtype = "auto") -> StateDtypes:
+    """vllm/model_executor/layers/mamba/mamba_utils.py (0.34.0) MambaStateDtypeCalculator: the conv state in
+    --mamba-cache-dtype ("auto": the model dtype, utils/torch_utils.py get_kv_cache_torch_dtype), the temporal
+    state in --mamba-ssm-cache-dtype ("auto": the conv state's dtype), after the model's own defaults above.
+    The KV cache dtype (--kv-cache-dtype) does not apply to state."""
+    ssm: str = mamba_ssm_cache_dtype
+    if ssm == "auto" and spec.model_type in _SSM_DTYPE_FROM_CONFIG:
+        key, default = _SSM_DTYPE_FROM_CONFIG[spec.model_type]
+        ssm = dict(spec.state_dtypes).get(key) or default or "auto"
+    if ssm not in _STATE_DTYPE_BYTES and ssm != "auto":
+        raise InputError(f"the config's state dtype {ssm!r} is not one vLLM knows",
+                         hint="pass mamba_ssm_cache_dtype: float32, float16 or bfloat16")
+    return StateDtypes(conv=model_dtype if mamba_cache_dtype == "auto" else mamba_cache_dtype, ssm=ssm)
+
+
+def _state_page_bytes(lc: LayerCache, tp: int, dtypes: StateDtypes, single_dtype: bool = False) -> int:
     """One layer's state pages for one request on one rank: the temporal state split over TP ranks and the
     conv state with ``kernel - 1`` columns (vllm/model_executor/layers/mamba/mamba_utils.py
-    MambaStateShapeCalculator: conv_state_shape (conv_dim / tp, conv_kernel - 1)), in the model dtype
-    (mamba_cache_dtype / mamba_ssm_cache_dtype "auto")."""
+    MambaStateShapeCalculator: conv_state_shape (conv_dim / tp, conv_kernel - 1)). ``single_dtype``: MiniMax's
+    lightning attention keeps one state in the conv dtype (linear_attention_state_dtype)."""
     channels = lc.conv_elems // lc.conv_kernel if lc.conv_kernel else 0
     conv = _cdiv(channels, tp) * max(0, lc.conv_kernel - 1)
-    return (_cdiv(lc.recurrent_elems, tp) + conv) * state_bytes
+    ssm = dtypes.ssm
+    if single_dtype or ssm == "auto":
+        # mamba_utils.py kda_state_dtype: KDA's recurrent state defaults to float32, not the conv dtype.
+        ssm = "float32" if lc.mixer == "kda" and not single_dtype else dtypes.conv
+    return conv * _STATE_DTYPE_BYTES[dtypes.conv] + _cdiv(lc.recurrent_elems, tp) * _STATE_DTYPE_BYTES[ssm]
 
 
 def hybrid_state_pages(spec: ModelSpec, tp: int, kv_bytes: int, block_size: int, max_model_len: int,
-                       *, hybrid_windows: bool = True) -> HybridPages:
+                       *, hybrid_windows: bool = True, state_dtypes: StateDtypes | None = None) -> HybridPages:
     """How vLLM V1 lays out the KV cache of a model whose layers keep recurrent state.
 
     vllm/model_executor/models/config.py @ 0144dd5 (HybridAttentionMambaModelConfig): the attention block
@@ -789,7 +852,10 @@ def hybrid_state_pages(spec: ModelSpec, tp: int, kv_bytes: int, block_size: int,
     """
     attention = [(i, lc) for i, lc in enumerate(spec.layer_caches) if lc.kind in ("attention", "hybrid")]
     state = [(i, lc) for i, lc in enumerate(spec.layer_caches) if lc.kind in ("state", "hybrid")]
-    state_page = max((_state_page_bytes(lc, tp, kv_bytes) for _, lc in state), default=0)
+    # Without dtypes given, the state takes the KV cache's element size (a model-dtype cache).
+    dtypes = state_dtypes or StateDtypes(conv={4: "float32", 2: "bfloat16"}.get(kv_bytes, "bfloat16"), ssm="auto")
+    single = spec.model_type == "minimax"
+    state_page = max((_state_page_bytes(lc, tp, dtypes, single) for _, lc in state), default=0)
     lines: list[str] = []
     if not attention:
         return HybridPages(block_size=max_model_len, page_size=state_page, state_page_size=state_page,

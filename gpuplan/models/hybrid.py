@@ -207,6 +207,11 @@ def mamba2(p: Parts, prefix: str, n: int, *, inner: int, gated_norm: bool, proj_
 # ---- assembling the spec ---------------------------------------------------------------------------------
 
 
+# Config keys that name the recurrent-state dtype: configuration_qwen3_5.py / Qwen3.5 checkpoints
+# (mamba_ssm_dtype), configuration_nemotron_h.py (mamba_ssm_cache_dtype).
+STATE_DTYPE_KEYS = ("mamba_ssm_dtype", "mamba_ssm_cache_dtype")
+
+
 def finish(p: Parts, model_type: str, *, layers: int, vocab: int, heads: int, kv_heads: int, head_dim: int,
            intermediate: int, tied: bool, moe: MoeSpec | None = None, mla: MlaSpec | None = None,
            v_head_dim: int | None = None, mtp: int = 0, act: str | None = None, gated_ffn: bool = True
@@ -242,6 +247,7 @@ def finish(p: Parts, model_type: str, *, layers: int, vocab: int, heads: int, kv
         notes=tuple(p.notes),
         layer_caches=tuple(p.caches),
         state_mixer=p.mixer,
+        state_dtypes=tuple((key, c.raw[key]) for key in STATE_DTYPE_KEYS if isinstance(c.raw.get(key), str)),
     )
 
 

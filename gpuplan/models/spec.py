@@ -226,6 +226,9 @@ class ModelSpec(BaseModel):
     """Per decoder layer, what it caches. Empty for the families whose every layer is attention with the
     uniform heads above and ``layer_windows`` spans (the cache follows from those); set, one per layer,
     for hybrid and per-layer-heterogeneous models, and then authoritative."""
+    state_dtypes: tuple[tuple[str, str], ...] = ()
+    """The recurrent-state dtypes the config asks for, as (key, value): ``mamba_ssm_dtype`` (Qwen3.5, read by
+    SGLang and vLLM) and ``mamba_ssm_cache_dtype`` (Nemotron-H, read by vLLM). Engines decide which they read."""
 
     # ---- attention layout -------------------------------------------------------------------------
     @property
