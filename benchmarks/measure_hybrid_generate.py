@@ -8,9 +8,13 @@ allocation during generate(), and the bytes the returned cache holds, per layer 
 (benchmarks/record_architectures.py cache_snapshot). tests/test_hybrid_measurements.py replays the lines
 against gpuplan's estimate.
 
-    PYTHONUNBUFFERED=1 python benchmarks/measure_hybrid_generate.py --out results.jsonl
+With ``--min-memory`` each case is also run under ever tighter caps of PyTorch's caching allocator
+(gpuplan/verify/min_memory.py, the search ``gpuplan verify --min-memory`` does) for the smallest GPU memory in which
+it completes; that needs gpuplan's verify module (and pydantic) importable.
 
-Needs torch with CUDA and transformers; gpuplan is not imported.
+    PYTHONUNBUFFERED=1 python benchmarks/measure_hybrid_generate.py --out results.jsonl [--min-memory]
+
+Needs torch with CUDA and transformers.
 """
 
 from __future__ import annotations
@@ -52,11 +56,12 @@ DEEPSEEK_V32 = {
     "topk_group": 1, "vocab_size": 129280, "max_position_embeddings": 32768, "tie_word_embeddings": False,
 }
 CASES = [(QWEN3_NEXT, 1, 512), (QWEN3_NEXT, 1, 4096), (NEMOTRON_H, 1, 512), (NEMOTRON_H, 1, 4096),
-         (DEEPSEEK_V32, 1, 512), (DEEPSEEK_V32, 1, 4096)]
+         (DEEPSEEK_V32, 1, 512), (DEEPSEEK_V32, 1, 4096),
+         (QWEN3_NEXT, 8, 1024), (NEMOTRON_H, 8, 1024), (DEEPSEEK_V32, 4, 2048)]
 NEW_TOKENS = 32
 
 
-def run_case(raw: dict, batch: int, prompt: int, new_tokens: int) -> dict:
+def run_case(raw: dict, batch: int, prompt: int, new_tokens: int, min_memory: bool = False) -> dict:
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -93,7 +98,17 @@ def run_case(raw: dict, batch: int, prompt: int, new_tokens: int) -> dict:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "gpu_name": torch.cuda.get_device_name(0)},
     }
-    del model, out, cache
+    del out, cache
+    if min_memory:
+        import os
+
+        from gpuplan.verify import min_memory as mm
+
+        search = mm.measure_min_memory(mm.generate_work(model, batch, prompt, new_tokens))
+        conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+        row["allocator"] = "expandable" if "expandable_segments:True" in conf else "default"
+        row["min_memory"] = {**search, "allocated_before_case": before + weights}
+    del model
     return row
 
 
@@ -103,6 +118,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    ap.add_argument("--min-memory", action="store_true", help="also search for the smallest GPU memory that runs it")
     args = ap.parse_args()
     torch.cuda.init()
     a = torch.ones(64, 64, device="cuda")
@@ -111,13 +127,14 @@ def main() -> int:
     with args.out.open("a") as fh:
         for raw, batch, prompt in CASES:
             try:
-                row = run_case(raw, batch, prompt, args.new_tokens)
+                row = run_case(raw, batch, prompt, args.new_tokens, args.min_memory)
             except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
                 row = {"case_id": f"{raw['model_type']}|b{batch}|p{prompt}", "error": f"{type(exc).__name__}: {exc}"}
             row["allocated_after_warmup"] = warm
             fh.write(json.dumps(row, sort_keys=True) + "\n")
             fh.flush()
-            print(row["case_id"], row.get("peak_over_before"), row.get("error", ""), flush=True)
+            print(row["case_id"], row.get("peak_over_before"), (row.get("min_memory") or {}).get("min_gpu_bytes"),
+                  row.get("error", ""), flush=True)
     return 0
 
 

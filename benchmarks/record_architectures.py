@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import re
 import resource
@@ -335,7 +336,10 @@ def record_cache(model_type: str, default: dict, shrink_widths: bool) -> dict:
             raise RuntimeError("the forward returned no cache")
         prefill = cache_snapshot(cache)
         nxt = out.logits[:, -1:].argmax(-1)
-        out2 = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        # Most families take the cache as ``past_key_values``; a few (ergo) name the argument ``cache``, as
+        # generate() passes it to them: a cache handed over under the other name is silently ignored.
+        cache_arg = "past_key_values" if "past_key_values" in inspect.signature(model.forward).parameters else "cache"
+        out2 = model(input_ids=nxt, use_cache=True, **{cache_arg: cache})
         cache2 = getattr(out2, "past_key_values", None) or getattr(out2, "cache", None)
         decode = cache_snapshot(cache2 if cache2 is not None else cache)
     return {"small_config": config.to_dict(), "small_parameters": small_params, "prompt_tokens": PROMPT_TOKENS,

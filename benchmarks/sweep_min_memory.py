@@ -78,6 +78,28 @@ TRAINING: list[tuple[str, str, str, str, int, int, bool, str]] = [
     ("openai-community/gpt2", "openai-community--gpt2.json", "full", "fp32", 8, 1024, False, "heldout"),
 ]
 
+# A second set, chosen after the allocator model was fixed and measured once, all held out: models, dtypes and
+# shapes none of the sets above has (a fused-expert MoE, fp32 and fp16 runs of small models, LoRA on a
+# 128k-vocabulary model, sliding-window eager attention). Selected with --case-set heldout-2.
+INFERENCE_HELDOUT_2: list[tuple[str, str, str, str, int, int, int, str, bool]] = [
+    ("Qwen/Qwen3-30B-A3B", "Qwen--Qwen3-30B-A3B.json", "bf16", "sdpa", 4, 1024, 32, "heldout", False),
+    ("google/gemma-3-1b-it", "google--gemma-3-1b-it.json", "bf16", "eager", 8, 1024, 64, "heldout", False),
+    ("microsoft/Phi-3.5-mini-instruct", "microsoft--Phi-3.5-mini-instruct.json", "fp16", "sdpa", 16, 1024, 128,
+     "heldout", False),
+    ("meta-llama/Llama-3.2-3B", "meta-llama--Llama-3.2-3B.json", "fp32", "sdpa", 4, 2048, 32, "heldout", False),
+    ("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", "bf16", "sdpa", 24, 768, 96, "heldout", False),
+    ("openai-community/gpt2", "openai-community--gpt2.json", "fp16", "eager", 16, 512, 64, "heldout", False),
+    ("Qwen/Qwen3-4B", "Qwen--Qwen3-4B.json", "bf16", "eager", 2, 3000, 48, "heldout", False),
+]
+TRAINING_HELDOUT_2: list[tuple[str, str, str, str, int, int, bool, str]] = [
+    ("Qwen/Qwen3-0.6B", "Qwen--Qwen3-0.6B.json", "full", "bf16", 4, 1024, True, "heldout"),
+    ("meta-llama/Llama-3.2-1B", "meta-llama--Llama-3.2-1B.json", "lora", "bf16", 4, 2048, True, "heldout"),
+    ("openai-community/gpt2", "openai-community--gpt2.json", "full", "mixed", 8, 512, False, "heldout"),
+    ("Qwen/Qwen2.5-0.5B", "Qwen--Qwen2.5-0.5B.json", "lora", "bf16", 8, 1024, False, "heldout"),
+    ("Qwen/Qwen2.5-1.5B", "Qwen--Qwen2.5-1.5B.json", "full", "mixed", 2, 1024, True, "heldout"),
+]
+CASE_SETS = {"base": (INFERENCE, TRAINING), "heldout-2": (INFERENCE_HELDOUT_2, TRAINING_HELDOUT_2)}
+
 ACTIONS = {"alloc": "a", "free_completed": "f", "segment_alloc": "S", "segment_free": "s", "segment_map": "M",
            "segment_unmap": "m", "oom": "o"}
 
@@ -110,8 +132,9 @@ def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
     import torch
 
     groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-    for case in INFERENCE:
-        groups.setdefault((case[1], case[2]), []).append(case)
+    for case in CASE_SETS[args.case_set][0]:
+        if case[1] not in args.skip_configs:
+            groups.setdefault((case[1], case[2]), []).append(case)
     for (config_file, dtype), cases in groups.items():
         if time.time() - started > args.inference_budget_s:
             emit(out, {"skipped_group": config_file, "dtype": dtype, "reason": "time budget"})
@@ -164,7 +187,7 @@ def run_inference(args: argparse.Namespace, out: Any, started: float) -> None:
 def run_training(args: argparse.Namespace, out: Any, started: float) -> None:
     import torch
 
-    for model_id, config_file, method, precision, batch, seq, checkpointing, split in TRAINING:
+    for model_id, config_file, method, precision, batch, seq, checkpointing, split in CASE_SETS[args.case_set][1]:
         case_id = f"{model_id}|{method}|{precision}|adamw|b{batch}|s{seq}|gc{int(checkpointing)}|ga1"
         record: dict[str, Any] = {
             "kind": "train", "case_id": case_id, "model_id": model_id, "config_file": f"data/models/{config_file}",
@@ -180,6 +203,20 @@ def run_training(args: argparse.Namespace, out: Any, started: float) -> None:
         case_started = time.time()
         work = mm.training_work(raw, method=method, precision=precision, optimizer="adamw", batch=batch, seq=seq,
                                 grad_checkpointing=checkpointing)
+        if args.training_traces_only:
+            # One uncapped run from a fresh allocator, every event recorded: build, optimizer, both steps.
+            mm.clear_cuda()
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python")
+            ok = mm.capped_run(work, None)
+            record["trace_peak_allocated"] = int(torch.cuda.max_memory_allocated())
+            record["trace_peak_reserved"] = int(torch.cuda.max_memory_reserved())
+            record.update(write_trace(Path(args.traces), case_id, args.allocator))
+            record["oom"] = not ok
+            record["seconds"] = round(time.time() - case_started, 2)
+            emit(out, record)
+            print(case_id, args.allocator, "traced", record["trace_events"], flush=True)
+            continue
         record.update(mm.measure_min_memory(work))
         record["seconds"] = round(time.time() - case_started, 2)
         emit(out, record)
@@ -193,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-budget-s", type=float, default=240)
     parser.add_argument("--budget-s", type=float, default=330, help="no case starts after this many seconds")
     parser.add_argument("--no-training", action="store_true")
+    parser.add_argument("--no-inference", action="store_true")
+    parser.add_argument("--case-set", choices=sorted(CASE_SETS), default="base")
+    parser.add_argument("--skip-configs", type=lambda text: set(text.split(",")), default=set(),
+                        help="comma-separated config files whose inference cases are not run")
+    parser.add_argument("--training-traces-only", action="store_true",
+                        help="training cases: one traced uncapped run each (needs --traces), no search")
     args = parser.parse_args(argv)
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     args.allocator = "expandable" if "expandable_segments:True" in conf else "default"
@@ -202,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "a", encoding="utf-8") as out:
         emit(out, {"kind": "environment", "allocator": args.allocator, "alloc_conf": conf, "context": context,
                    "versions": versions})
-        run_inference(args, out, started)
+        if not args.no_inference:
+            run_inference(args, out, started)
         if not args.no_training:
             run_training(args, out, started)
     return 0

@@ -46,65 +46,6 @@ WITH_CACHE = [r for r in RECORDED if "cache_after_prompt" in r]
 # Llama-style decoder), "refused: ..." (a clear error instead of a guess), or the error of the estimate
 # (mostly families read as Llama-style decoders whose modules differ). Strict: an entry that starts passing fails.
 KNOWN_GAPS: dict[str, str] = {
-    "afmoe": "parameters -0.80%",
-    "aria_text": "parameters -78.29%",
-    "axk2": "refused: layer kinds indexed_attention unknown",
-    "bailing_hybrid": "family not modelled",
-    "beam": "parameters +5.51%",
-    "bert-generation": "parameters +28.16%",
-    "biogpt": "parameters +28.65%",
-    "bitnet": "parameters -0.01%",
-    "bloom": "family not modelled",
-    "blt": "family not modelled",
-    "codegen": "family not modelled",
-    "cpmant": "family not modelled",
-    "ctrl": "family not modelled",
-    "deepseek_v2": "refused: no num_experts_per_tok in the config",
-    "deepseek_v4": "refused: layer kinds compressed_sparse_attention, heavily_compressed_attention unknown",
-    "doge": "parameters +818464.71%",
-    "dory": "refused: layer kinds mlp unknown",
-    "dots3_note_text": "refused: layer kinds indexed_attention unknown",
-    "ergo": "family not modelled",
-    "flint": "parameters +3.89%",
-    "fuyu": "parameters +25.54%",
-    "gemma3n_text": "refused: per-layer intermediate_size list",
-    "gemma4_unified_assistant": "parameters -0.92%",
-    "git": "parameters -41.39%",
-    "got_ocr2": "parameters -17.24%",
-    "gpt_neo": "family not modelled",
-    "gpt_neox_japanese": "family not modelled",
-    "gptj": "family not modelled",
-    "hrm_text": "parameters +182.54%",
-    "hy_v4": "refused: layer kinds indexed_attention unknown",
-    "inkling2_loop_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
-    "inkling2_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
-    "inkling_text": "refused: layer kinds hybrid, hybrid_sliding unknown",
-    "jetmoe": "parameters -17.59%",
-    "kolibri1": "family not modelled",
-    "kolibri1_1": "refused: layer kinds indexed_attention unknown",
-    "laguna": "parameters +2.27%",
-    "lara_mini": "refused: no intermediate_size in the config",
-    "longcat_flash": "family not modelled",
-    "minicpm5_moe": "parameters +0.89%",
-    "minimax_m3_vl_text": "parameters -0.76%",
-    "modernbert-decoder": "parameters -0.43%",
-    "moshi": "family not modelled",
-    "mpt": "family not modelled",
-    "openai-gpt": "family not modelled",
-    "persimmon": "parameters +25.69%",
-    "phi": "parameters +28.36%",
-    "phi4_multimodal": "parameters -17.11%",
-    "recurrent_gemma": "parameters +42.80%",
-    "rwkv": "family not modelled",
-    "solar_open": "family not modelled",
-    "trocr": "family not modelled",
-    "whisper": "family not modelled",
-    "xglm": "family not modelled",
-    "xlnet": "family not modelled",
-    "xlstm": "family not modelled",
-    "zamba": "refused: state-space dims without layer_types",
-    "zamba2": "refused: state-space dims without layer_types",
-    "zaya": "refused: layer kinds hybrid unknown",
 }
 
 
@@ -154,6 +95,7 @@ LAYER_KIND_FAMILIES = {
     "deepseek_v32", "glm_moe_dsa",  # DeepSeek sparse attention
     "llama4_text", "gemma4_text", "gpt_oss", "mimo_v2_flash",  # chunked / sliding, per-layer heads
     "glm4_moe", "glm4_moe_lite", "ernie4_5_moe",
+    "deepseek_v4", "axk2", "hy_v4", "dots3_note_text", "kolibri1_1", "bailing_hybrid", "lara_mini",  # sparse, hybrid
 }
 
 

@@ -14,6 +14,7 @@ from gpuplan.models.sources import parse_config, read_json_file
 
 CATALOG = load_catalog()
 BF16 = 2
+FP32 = 4
 TOKENS = 32_768
 
 
@@ -27,9 +28,10 @@ def test_qwen3_5_gated_deltanet_state_and_full_attention():
     spec = spec_of("Qwen/Qwen3.5-397B-A17B")
     # 60 layers, every 4th full attention: 15 x 32768 tokens x 2 KV heads x (256 + 256) x 2 bytes
     full = 15 * TOKENS * 2 * 512 * BF16
-    # 45 gated-DeltaNet layers: state 64 value heads x 128 x 128, conv (2 x 16 x 128 + 64 x 128) x 4 taps
-    linear = 45 * (64 * 128 * 128 + (2 * 16 * 128 + 64 * 128) * 4) * BF16
-    assert cache_bytes(spec, 1, TOKENS, BF16, decoded=True) == full + linear == 1_105_428_480
+    # 45 gated-DeltaNet layers: state 64 value heads x 128 x 128 in float32 (torch_chunk_gated_delta_rule's
+    # state, kept by zeros_like: modeling_qwen3_5.py, cache_utils.py), conv (2 x 16 x 128 + 64 x 128) x 4 taps
+    linear = 45 * (64 * 128 * 128 * FP32 + (2 * 16 * 128 + 64 * 128) * 4 * BF16)
+    assert cache_bytes(spec, 1, TOKENS, BF16, decoded=True) == full + linear == 1_199_800_320
     assert round(spec.parameters / 1e9) == 396  # the text model; "397B" also counts the vision tower
 
 
@@ -38,9 +40,10 @@ def test_nemotron_3_nano_mamba2_moe_attention_pattern():
     kinds = [lc.mixer for lc in spec.layer_caches]
     assert (kinds.count("mamba2"), kinds.count("moe"), kinds.count("full_attention")) == (23, 23, 6)
     attention = 6 * TOKENS * 2 * 256 * BF16
-    # Mamba-2: 64 heads x 64 x state 128; conv over 4096 + 2 x 8 groups x 128 channels, 4 taps
-    mamba = 23 * (64 * 64 * 128 + (4096 + 2 * 8 * 128) * 4) * BF16
-    assert cache_bytes(spec, 1, TOKENS, BF16, decoded=True) == attention + mamba == 226_574_336
+    # Mamba-2: 64 heads x 64 x state 128 in float32 (mamba2_chunk_scan on hidden_states.float(),
+    # modeling_nemotron_h.py); conv over 4096 + 2 x 8 groups x 128 channels, 4 taps
+    mamba = 23 * (64 * 64 * 128 * FP32 + (4096 + 2 * 8 * 128) * 4 * BF16)
+    assert cache_bytes(spec, 1, TOKENS, BF16, decoded=True) == attention + mamba == 250_691_584
 
 
 def test_deepseek_v3_2_caches_latent_rope_key_and_indexer_key():

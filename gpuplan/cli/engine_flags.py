@@ -39,7 +39,8 @@ class _Flag:
         self.boolean: bool = row["boolean"]
         self.metavar: str = row["metavar"]
         self.help: str = row["help"]
-        self.panel = " and ".join(_PANEL_NAMES[e] for e in self.engines) + " options"
+        names = [_PANEL_NAMES[e] for e in self.engines]
+        self.panel = (", ".join(names[:-1]) + " and " if len(names) > 1 else "") + names[-1] + " options"
 
     def parameter(self) -> inspect.Parameter:
         names = [self.flag] + ([self.short] if self.short else [])
@@ -95,8 +96,19 @@ def flag_rows() -> list[dict[str, Any]]:
             "flag": "--no-" + name.replace("_", "-") if negative else flag_of(cls, name),
             "short": extra.get("short"), "negative": negative, "sweep": bool(extra.get("sweep")),
             "boolean": field.annotation in (bool, bool | None),
-            "metavar": extra.get("metavar") or _metavar(field.annotation), "help": field.description or ""})
+            "metavar": extra.get("metavar") or _metavar(field.annotation), "help": _shared_help(name, owners[name])})
     return rows
+
+
+def _shared_help(name: str, engines: list[str]) -> str:
+    """The help of an option: its first engine's description; when every engine's description names its own
+    engine (each says what it means for that engine, as --engine-version does), all of them in engine order."""
+    from gpuplan.engines import options_class
+
+    texts = [options_class(e).model_fields[name].description or "" for e in engines]
+    if len(texts) > 1 and all(t.startswith(_PANEL_NAMES[e] + " ") for t, e in zip(texts, engines, strict=True)):
+        return " ".join(texts)
+    return texts[0]
 
 
 @functools.lru_cache(maxsize=1)

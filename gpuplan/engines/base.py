@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpuplan.calc.precision import Precision, resolve_precision
 from gpuplan.engines.memo import per_spec
-from gpuplan.errors import InputError
+from gpuplan.errors import InputError, UnsupportedModelError
 
 
 class EngineOptions(BaseModel):
@@ -117,3 +117,23 @@ def tokens_validator(*names: str):
 def size_validator(*names: str):
     """A before-validator reading memory sizes written as text: 40GiB, 24GB."""
     return _text_validator("parse_size", names)
+
+
+def refuse_unmodelled_caches(engine: str, spec: Any) -> None:
+    """A serving engine's pool is sized from attention and state layers, and for MLA from one latent width; a
+    layer cache of another kind (DeepSeek-V4's compressed attention: a window of K/V plus compressed entries of
+    the whole sequence), or MLA layers of different widths (dots3's per_layer_config), is refused with one
+    clear error rather than read as one of them."""
+    kinds = sorted({lc.mixer for lc in spec.layer_caches if lc.kind == "compressed"})
+    latents = sorted({lc.key_dim + lc.value_dim for lc in spec.layer_caches if lc.kind == "attention"})
+    if spec.mla is not None and len(latents) > 1:
+        # the engines' MLA pools hold spec.mla.latent_dim per token on every layer
+        raise UnsupportedModelError(
+            f"{engine}: {spec.model_type}'s MLA layers cache latents of different widths "
+            f"({', '.join(map(str, latents))} per token): per-layer MLA sizes are not modelled for {engine}",
+            hint="estimate this model with --engine transformers")
+    if kinds:
+        raise UnsupportedModelError(
+            f"{engine}: the KV cache of {spec.model_type}'s {' and '.join(kinds)} layers (a sliding window plus "
+            f"compressed entries of the whole sequence) is not modelled for {engine}",
+            hint="estimate this model with --engine transformers")

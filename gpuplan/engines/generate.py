@@ -15,8 +15,10 @@ from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import checkpoint_bytes, unloaded_bytes, weights_bytes
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, gguf_note
+from gpuplan.engines.serving import release_version
 from gpuplan.engines.transformers import AttnImpl, estimate_generate
 from gpuplan.engines.transformers_allocations import allocator_fit
+from gpuplan.engines.transformers_releases import as_cached_by, transformers_release
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
 from gpuplan.results import EngineEstimate, GpuMemory
@@ -121,6 +123,10 @@ class Options(EngineOptions):
     attn: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         default="sdpa", description="attention implementation (attn_implementation=): sdpa, eager, "
                                     "flash_attention_2.")
+    engine_version: str | None = Field(
+        default=None, json_schema_extra={"metavar": "X.Y.Z"},
+        description="transformers release whose generate() is modelled, 5.17.0 to 5.25.0 (default: the "
+                    "transformers installed here, else 5.25.0).")
     expandable_segments: bool | None = Field(
         default=None, description="PyTorch's allocator grows segments in place (PYTORCH_CUDA_ALLOC_CONF="
                                   "expandable_segments:True), which removes most allocator slack. Default: read "
@@ -140,10 +146,10 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
         raise InputError("transformers does not shard layers over GPUs (no tensor parallelism in generate())",
                          hint="use --pipeline-parallel-size N to spread whole layers over N GPUs as "
                               "device_map='auto' does, or --engine vllm / sglang for tensor parallel serving")
-    spec = model.spec
+    notes = gguf_note(model, NAME, request.resolve(model.spec))
+    spec = _release_spec(model.spec, options.engine_version, notes)
     precision = request.resolve(spec)
     work = workload.with_seq(DEFAULT_SEQ)
-    notes = gguf_note(model, NAME, precision)
     expandable = expandable_segments_from_env() if options.expandable_segments is None else \
         options.expandable_segments
     pp = hardware.pipeline_parallel
@@ -180,6 +186,17 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
         activation_bytes=breakdown.activation_bytes, overhead_bytes=breakdown.overhead_bytes,
         peak_allocated_bytes=breakdown.peak_allocated_bytes, total_bytes=breakdown.total_bytes,
         components=breakdown.components, per_gpu=per_gpu, notes=notes, warnings=warnings)
+
+
+def _release_spec(spec: ModelSpec, version: str | None, notes: list[str]) -> ModelSpec:
+    """``spec`` as the transformers release modelled caches it (gpuplan/engines/transformers_releases.py): the one
+    given, else the one installed here (package metadata, never imported), else the newest read."""
+    release = transformers_release(release_version(NAME, version, notes))
+    cached = as_cached_by(spec, release)
+    if cached is not spec:
+        notes.append(f"transformers {release.version} caches this model's attention as K/V expanded to every head "
+                     "(keys and values of each head), not MLA's latents (changed in 5.18.0)")
+    return cached
 
 
 # A saving worth a note: more than the 5% the estimate itself is held to (docs/accuracy.md, "Does it fit").

@@ -67,6 +67,8 @@ def release_version(engine: str, given: str | None, notes: list[str]) -> str | N
 
     if engine == "vllm":
         from gpuplan.engines.vllm_releases import NEWEST, OLDEST, SUPPORTED
+    elif engine == "transformers":
+        from gpuplan.engines.transformers_releases import NEWEST, OLDEST, SUPPORTED
     else:
         from gpuplan.engines.sglang_releases import NEWEST, OLDEST, SUPPORTED
     try:

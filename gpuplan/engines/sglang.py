@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.calc.workload import Workload
-from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, tokens_validator
+from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, refuse_unmodelled_caches, tokens_validator
 from gpuplan.engines.sglang_releases import default_chunk_and_graph as release_chunk_and_graph
 from gpuplan.engines.sglang_releases import (
     fraction_gpu_class,
@@ -132,6 +132,7 @@ def sglang_budget(
     """SGLang's ``max_total_num_tokens`` for ``spec`` on GPUs with ``gpu_memory_bytes`` total (as CUDA
     reports it). ``device_capacity_bytes`` is nvidia-smi's total, which the default-fraction rule reads
     (defaults to ``gpu_memory_bytes``)."""
+    refuse_unmodelled_caches(NAME, spec)
     if gpu_memory_bytes <= 0:
         raise InputError("GPU memory must be positive")
     if page_size < 1:

@@ -70,15 +70,32 @@ def _kv_bytes_per_token(spec: ModelSpec, kv_bytes: int) -> int:
     return spec.num_key_value_heads * (spec.head_dim + spec.v_head_dim) * kv_bytes
 
 
-def _layer_cache_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
-    """Elements one sequence keeps in one layer of the cache transformers builds from ``layer_types``
+def layer_cache_bytes(lc: LayerCache, batch: int, tokens: int, kv_bytes: int, *, decoded: bool) -> int:
+    """Bytes one layer of the cache transformers builds from ``layer_types`` holds for ``batch`` sequences
     (cache_utils.py: DynamicLayer, DynamicSlidingWindowLayer for sliding and chunked layers,
     DynamicIndexedLayer adding the indexer keys, LinearAttentionLayer holding ``conv_states`` and
-    ``recurrent_states`` of fixed shapes, DummyLayer for layers that keep nothing)."""
+    ``recurrent_states`` of fixed shapes, the recurrent one float32 where the torch scan makes it so
+    (``LayerCache.recurrent_bytes``), DummyLayer for layers that keep nothing)."""
     kept = tokens if lc.window is None or not decoded else min(tokens, lc.window)
-    per_token = lc.per_token_elems if lc.kind in ("attention", "hybrid") else 0
-    fixed = lc.fixed_elems if lc.kind in ("state", "hybrid") else 0
-    return kept * per_token + fixed
+    per_token = lc.per_token_elems * kv_bytes if lc.kind in ("attention", "hybrid", "compressed") else 0
+    fixed = 0
+    if lc.kind in ("state", "hybrid"):
+        fixed = lc.conv_elems * kv_bytes + lc.recurrent_elems * (lc.recurrent_bytes or kv_bytes)
+    if lc.kind == "compressed":
+        fixed = compressed_elems(lc, tokens, decoded) * kv_bytes
+    return batch * (kept * per_token + fixed)
+
+
+def compressed_elems(lc: LayerCache, tokens: int, decoded: bool) -> int:
+    """What a DeepSeek-V4 compressed layer keeps besides its window (modeling_deepseek_v4.py
+    DeepseekV4HCACache / DeepseekV4CSACache): one entry per ``compress_rate`` tokens; the buffer of source
+    tokens not yet compressed, a view into the projection it was cut from, so after the prompt it holds the
+    whole prompt's projection and after a decode step the ``(tokens - 1) % rate + 1`` tokens concatenated
+    since the last window closed; and, once a window has closed, the overlap state."""
+    rate = lc.compress_rate
+    buffered = tokens if not decoded else (tokens - 1) % rate + 1
+    overlap = lc.overlap_elems if tokens >= rate else 0
+    return tokens // rate * lc.compressed_dim + buffered * lc.buffer_dim + overlap
 
 
 def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, decoded: bool) -> int:
@@ -90,7 +107,7 @@ def cache_bytes(spec: ModelSpec, batch: int, tokens: int, kv_bytes: int, *, deco
     step a sliding layer holds a fresh tensor of ``window`` tokens (``window - 1`` kept plus the new one).
     """
     if spec.layer_caches:
-        return batch * sum(_layer_cache_elems(lc, tokens, decoded) for lc in spec.layer_caches) * kv_bytes
+        return sum(layer_cache_bytes(lc, batch, tokens, kv_bytes, decoded=decoded) for lc in spec.layer_caches)
     per_token = _kv_bytes_per_token(spec, kv_bytes)
     total = 0
     for window in spec.layer_windows:
@@ -241,6 +258,23 @@ def _mamba2_transient(m: StateMixerSpec, batch: int, prompt: int, e: int) -> int
     return outer + base + largest
 
 
+def _indexer_transient(spec: ModelSpec, batch: int, prompt: int) -> int:
+    """DeepSeek sparse attention's indexer over the prompt (modeling_deepseek_v32.py DeepseekV32Indexer.forward,
+    the same from 5.17.0 to 5.25.0): ``torch.matmul(q.float(), k.transpose(-1, -2).float().unsqueeze(1))``,
+    q [b, s, heads, d] against k [b, 1, d, t], gives float32 scores [b, s, heads, t]. torch.matmul broadcasts
+    batch dims by expanding both sides and reshaping them to bmm's 3-D input (aten/src/ATen/native/
+    LinearAlgebra.cpp _matmul_impl: ``tensor2.expand(...).reshape({expand_batch_product, m2, p})``): with more
+    than one sequence the key's broadcast dim cannot merge with the batch dim, so the float32 keys are copied
+    once per query token, [b, s, d, t], next to the scores being written and the float32 q and k. Then the
+    scaled scores and their relu are each a new tensor: two score tensors at a time."""
+    heads = spec.mla.index_heads if spec.mla is not None else 0
+    dim = max((lc.indexer_dim for lc in spec.layer_caches), default=0)
+    scores = batch * prompt * heads * prompt * FP32
+    operands = batch * prompt * heads * dim * FP32 + batch * prompt * dim * FP32
+    broadcast_copy = batch * prompt * dim * prompt * FP32 if batch > 1 else 0
+    return max(operands + broadcast_copy + scores, 2 * scores)
+
+
 def _stream_tensors(spec: ModelSpec) -> int:
     """[T, hidden] tensors alive across the last layer's MLP: the embedding output (held by the model's
     forward), the layer input (held by the loop), the residual and the normed input of the block. GPT-2's
@@ -290,10 +324,7 @@ def estimate_generate(spec: ModelSpec, workload: Workload, precision: Precision,
     if spec.state_mixer is not None:
         transient["state_mixer"] = _state_mixer_transient(spec, batch, prompt, e)
     if spec.mla is not None and spec.mla.index_heads:
-        # DeepSeek sparse attention's indexer (modeling_deepseek_v32.py DeepseekV32Indexer.forward): the float32
-        # scores q . k^T of every indexer head over the whole prompt, [batch, prompt, heads, prompt], and their
-        # relu (a new tensor) exist together.
-        transient["indexer"] = 2 * batch * prompt * spec.mla.index_heads * prompt * FP32
+        transient["indexer"] = _indexer_transient(spec, batch, prompt)
     layer_peak = max(transient.values())
     stream = (_stream_tensors(spec) - (0 if holds_embedding else 1)) * t * h * e
     # generate() keeps the logits of the last position only (logits_to_keep=1) and copies them to fp32

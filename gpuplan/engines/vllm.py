@@ -58,7 +58,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.calc.workload import Workload
-from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, size_validator, tokens_validator
+from gpuplan.engines.base import (
+    EngineOptions,
+    Hardware,
+    PrecisionRequest,
+    refuse_unmodelled_caches,
+    size_validator,
+    tokens_validator,
+)
 from gpuplan.engines.memo import per_spec
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
 from gpuplan.engines.vllm_releases import (
@@ -508,6 +515,7 @@ def vllm_budget(
     ``engine``, ``sampler`` and ``hybrid_kv_cache_manager`` override the release's choice.
     ``max_model_len=-1`` is ``--max-model-len auto``.
     """
+    refuse_unmodelled_caches(NAME, spec)
     st = _setup(spec, precision, gpu_memory_bytes, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
                 max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,

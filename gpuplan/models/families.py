@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpuplan.errors import ConfigError, UnsupportedModelError
+from gpuplan.models.classic import FAMILIES as CLASSIC_FAMILIES
 from gpuplan.models.config_reader import ConfigReader
 from gpuplan.models.hybrid import FAMILIES as HYBRID_FAMILIES
 from gpuplan.models.hybrid import generic_decoder, has_state_layers, state_keys
@@ -18,7 +19,10 @@ from gpuplan.models.layout import Layout as _Layout
 from gpuplan.models.layout import check_heads as _check_heads
 from gpuplan.models.layout import max_positions as _max_positions
 from gpuplan.models.layout import native_dtype as _native_dtype
+from gpuplan.models.llama_kin import FAMILIES as LLAMA_KIN_FAMILIES
 from gpuplan.models.quant import parse_quantization_config
+from gpuplan.models.recurrent import FAMILIES as RECURRENT_FAMILIES
+from gpuplan.models.sparse_families import FAMILIES as SPARSE_FAMILIES
 from gpuplan.models.spec import MlaSpec, ModelSpec, MoeSpec, TensorGroup, TensorRole
 
 R = TensorRole
@@ -151,10 +155,17 @@ class _LlamaLike:
             shared_width = expert_width * shared_count
         elif shared_width:
             shared_count = 1
+        top_k_keys = ("num_experts_per_tok", "num_experts_per_token", "experts_per_token", "moe_topk")
+        top_k = c.int(*top_k_keys, default=None) if model_type == "deepseek_v2" else c.int(*top_k_keys)
+        if top_k is None:
+            # configuration_deepseek_v2.py (transformers 5.25): num_experts_per_tok defaults to None; the model
+            # built from such a config has well-defined weights but cannot run (torch.topk with k=None).
+            top_k = num_experts
+            self.notes.append(f"num_experts_per_tok is unset: each token is taken to reach all {num_experts} "
+                              "routed experts (an upper bound on the active parameters and the MoE activations)")
         moe = MoeSpec(
             num_experts=num_experts,
-            experts_per_token=c.int("num_experts_per_tok", "num_experts_per_token", "experts_per_token",
-                                    "moe_topk"),
+            experts_per_token=top_k,
             expert_intermediate_size=expert_width, num_shared_experts=shared_count,
             shared_expert_intermediate_size=shared_width, num_moe_layers=len(ids),
             num_dense_layers=layers - len(ids))
@@ -607,6 +618,10 @@ _FAMILIES: dict[str, Callable[[ConfigReader, str], ModelSpec]] = {
     "chatglm": _chatglm,
     "qwen": _qwen_v1,
     **HYBRID_FAMILIES,
+    **CLASSIC_FAMILIES,
+    **LLAMA_KIN_FAMILIES,
+    **RECURRENT_FAMILIES,
+    **SPARSE_FAMILIES,
 }
 
 # Multimodal wrappers whose language model lives in ``text_config`` (default text model_type when the
@@ -656,7 +671,8 @@ def config_to_spec(raw: dict[str, Any], *, label: str = "config.json") -> ModelS
             return meta_params_to_spec(raw, label=label)
         raise ConfigError(f"{label}: no 'model_type' key", hint="is this a Hugging Face config.json?")
     text_cfg = raw.get("text_config")
-    if isinstance(text_cfg, dict) and (model_type in _TEXT_CONFIG_WRAPPERS or "num_hidden_layers" not in raw):
+    if isinstance(text_cfg, dict) and model_type not in _FAMILIES and (model_type in _TEXT_CONFIG_WRAPPERS
+                                                                      or "num_hidden_layers" not in raw):
         inner = dict(text_cfg)
         inner.setdefault("model_type", _TEXT_CONFIG_WRAPPERS.get(model_type, model_type))
         for key in ("torch_dtype", "dtype", "quantization_config", "architectures", "tie_word_embeddings"):

@@ -19,6 +19,7 @@ from gpuplan.models.quant import parse_quantization_config
 from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, StateMixerSpec, TensorRole
 
 R = TensorRole
+FP32_BYTES = 4
 
 # ---- reading the layer pattern ---------------------------------------------------------------------------
 
@@ -53,6 +54,8 @@ class Parts:
     notes: list[str] = field(default_factory=list)
     conv_kernel: int = 0
     """Taps of the convolution of the last state mixer added (its state_cache entries record it)."""
+    recurrent_bytes: int | None = None
+    """Bytes per element of the last state mixer's recurrent state in transformers, when fixed (float32)."""
     mixer: StateMixerSpec | None = None
     """The geometry of the model's recurrent mixer, for the prefill activations (transformers engine)."""
 
@@ -105,7 +108,8 @@ class Parts:
 
     def state_cache(self, mixer: str, *, recurrent: int, conv: int, kernel: int | None = None) -> None:
         self.caches.append(LayerCache(kind="state", mixer=mixer, recurrent_elems=recurrent, conv_elems=conv,
-                                      conv_kernel=self.conv_kernel if kernel is None else kernel))
+                                      conv_kernel=self.conv_kernel if kernel is None else kernel,
+                                      recurrent_bytes=self.recurrent_bytes if recurrent else None))
 
 
 def gated_delta_net(p: Parts, prefix: str, n: int) -> tuple[int, int]:
@@ -119,6 +123,9 @@ def gated_delta_net(p: Parts, prefix: str, n: int) -> tuple[int, int]:
     k_dim, v_dim = c.int("linear_key_head_dim"), c.int("linear_value_head_dim")
     kernel = c.int("linear_conv_kernel_dim")
     p.conv_kernel = kernel
+    # torch_chunk_gated_delta_rule computes the state in float32 and LinearAttentionLayer.lazy_initialization
+    # keeps it with torch.zeros_like (transformers 5.17 and 5.25 modeling_qwen3_next.py, cache_utils.py).
+    p.recurrent_bytes = FP32_BYTES
     key, value = k_heads * k_dim, v_heads * v_dim
     conv_dim = 2 * key + value
     lay.linear(f"{prefix}.in_proj_qkvz", 2 * key + 2 * value, h, n)
@@ -137,6 +144,7 @@ def mamba1(p: Parts, prefix: str, n: int, *, inner_norms: bool, inner: int | Non
     out_proj; Jamba adds RMSNorms on dt, B and C (``inner_norms``). Returns (recurrent, conv) elements per
     sequence: the SSM state [d_inner, d_state] and the conv window [d_inner, d_conv]."""
     c, lay, h = p.c, p.lay, p.hidden
+    p.recurrent_bytes = None  # the state follows the cache's dtype, as before this reader checked otherwise
     expand, d_state, d_conv = c.int("mamba_expand", "expand"), c.int("mamba_d_state", "state_size"), \
         c.int("mamba_d_conv", "conv_kernel")
     inner = inner or expand * h
@@ -174,6 +182,10 @@ def mamba2(p: Parts, prefix: str, n: int, *, inner: int, gated_norm: bool, proj_
     d_state, d_conv = c.int("mamba_d_state", "ssm_state_size"), c.int("mamba_d_conv", "conv_kernel")
     groups = c.int("mamba_n_groups", "n_groups", default=1)
     p.conv_kernel = d_conv
+    # The torch chunk scan (mamba2_chunk_scan / torch_forward) runs on hidden_states.float(): its final state,
+    # which LinearAttentionLayer copies with torch.zeros_like, is float32 (transformers 5.17 and 5.25
+    # modeling_nemotron_h.py, modeling_bamba.py, modeling_mamba2.py and the copies).
+    p.recurrent_bytes = FP32_BYTES
     conv_dim = inner + 2 * groups * d_state
     bias = c.bool("mamba_proj_bias", "use_bias", default=False) if proj_bias is None else proj_bias
     lay.linear(f"{prefix}.in_proj", inner + conv_dim + heads, h, n, bias=bias)
@@ -514,7 +526,7 @@ def falcon_h1(c: ConfigReader, model_type: str) -> ModelSpec:
     for _ in range(layers):
         p.caches.append(LayerCache(kind="hybrid", mixer="attention+mamba2", kv_heads=kv_heads, key_dim=head_dim,
                                    value_dim=head_dim, recurrent_elems=recurrent, conv_elems=conv,
-                                   conv_kernel=p.conv_kernel))
+                                   conv_kernel=p.conv_kernel, recurrent_bytes=p.recurrent_bytes))
     intermediate = c.int("intermediate_size")
     p.dense_mlp("layers.feed_forward", intermediate, layers, bias=c.bool("mlp_bias", default=False))
     p.lay.norm("layers.norms", hidden, 2 * layers)

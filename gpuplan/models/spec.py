@@ -13,7 +13,7 @@ from enum import Enum
 from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TensorRole(str, Enum):
@@ -122,14 +122,18 @@ class LayerCache(BaseModel):
     ``window`` is None, else the last ``window`` tokens (sliding or chunked layers). ``state`` layers
     (gated-delta-net / linear attention, Mamba, short convolutions) keep a fixed ``recurrent_elems`` and
     ``conv_elems`` per sequence whatever its length; ``hybrid`` layers keep both. ``none`` layers keep
-    nothing (they reuse another layer's cache, or have no token mixer).
+    nothing (they reuse another layer's cache, or have no token mixer). ``compressed`` layers (DeepSeek-V4's
+    compressed sparse and heavily compressed attention) keep a sliding window of per-token K/V like an
+    attention layer, plus one ``compressed_dim`` entry per ``compress_rate`` tokens, the source tokens of the
+    window being compressed (``buffer_dim`` each) and ``overlap_elems`` carried between windows.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["attention", "state", "hybrid", "none"]
+    kind: Literal["attention", "state", "hybrid", "none", "compressed"]
     """attention: per-token K/V; state: fixed per-sequence state; hybrid: both in one layer (Falcon-H1
-    runs attention and Mamba side by side); none: nothing cached."""
+    runs attention and Mamba side by side); none: nothing cached; compressed: a window of K/V plus compressed
+    entries of the whole sequence (DeepSeek-V4)."""
     mixer: str = Field(description="the layer kind as its family names it: full_attention, mamba2, conv ...")
     kv_heads: int = Field(default=0, ge=0)
     key_dim: int = Field(default=0, ge=0)
@@ -143,6 +147,20 @@ class LayerCache(BaseModel):
     conv_kernel: int = Field(default=0, ge=0)
     """Taps of the layer's causal convolution: transformers keeps that many columns per channel
     (``conv_elems`` = channels x taps), vLLM and SGLang one fewer."""
+    recurrent_bytes: int | None = Field(default=None, gt=0)
+    """Bytes per element of the recurrent state in transformers when it does not follow the model's dtype:
+    4 where the torch path computes the state in float32 and the cache copies that dtype (the gated DeltaNet
+    and Mamba-2 scans); None where it has the cache's dtype."""
+    compress_rate: int = Field(default=0, ge=0, description="source tokens per compressed entry")
+    compressed_dim: int = Field(default=0, ge=0, description="elements of one compressed entry")
+    buffer_dim: int = Field(default=0, ge=0, description="elements kept per source token awaiting compression")
+    overlap_elems: int = Field(default=0, ge=0, description="elements carried from one window to the next")
+
+    @model_validator(mode="after")
+    def _compressed_needs_a_rate(self) -> "LayerCache":
+        if self.kind == "compressed" and self.compress_rate < 1:
+            raise ValueError("a compressed layer cache needs compress_rate >= 1")
+        return self
 
     @property
     def per_token_elems(self) -> int:

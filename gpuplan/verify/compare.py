@@ -99,6 +99,19 @@ def measured_config(row: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def measured_release(row: dict[str, Any]) -> str | None:
+    """The transformers release a row was measured with (its ``versions``), when gpuplan models that release;
+    else None (the default release)."""
+    from gpuplan.engines.transformers_releases import NEWEST, OLDEST
+    from gpuplan.engines.vllm_releases import parse_release
+
+    recorded = (row.get("versions") or {}).get("transformers")
+    try:
+        return recorded if recorded and OLDEST <= parse_release(recorded) <= NEWEST else None
+    except ValueError:
+        return None
+
+
 def estimate_for(row: dict[str, Any], spec: ModelSpec | None = None) -> EstimateResult:
     from gpuplan.api import estimate
 
@@ -106,7 +119,7 @@ def estimate_for(row: dict[str, Any], spec: ModelSpec | None = None) -> Estimate
         spec = parse_config(measured_config(row), label=row["model_id"])
     seq = row["prompt_tokens"] + row["new_tokens"]
     return estimate(spec, dtype=row["dtype"], batch=row["batch"], seq=seq, new_tokens=row["new_tokens"],
-                    attn=row["attn"], pipeline_parallel=row.get("gpus") or 1)
+                    attn=row["attn"], pipeline_parallel=row.get("gpus") or 1, engine_version=measured_release(row))
 
 
 def compare(row: dict[str, Any], estimate: EstimateResult | None = None,

@@ -260,12 +260,12 @@ def estimate_for_row(row: dict[str, Any]) -> Any:
         return train_estimate(row)
     from gpuplan.api import estimate
     from gpuplan.models.sources import parse_config
-    from gpuplan.verify.compare import measured_config
+    from gpuplan.verify.compare import measured_config, measured_release
 
     spec = parse_config(measured_config(row), label=row["model_id"])
     return estimate(spec, dtype=row["dtype"], batch=row["batch"], seq=row["prompt_tokens"] + row["new_tokens"],
                     new_tokens=row["new_tokens"], attn=row["attn"],
-                    expandable_segments=row["allocator"] == "expandable")
+                    expandable_segments=row["allocator"] == "expandable", engine_version=measured_release(row))
 
 
 def compare_min_memory(row: dict[str, Any], estimate: Any | None = None) -> dict[str, Any]:
