@@ -478,7 +478,7 @@ def fit_section() -> str:
         "Hybrid models follow their layers' caches (transformers' cache_utils.py): attention layers grow K/V "
         "(and a sparse-attention indexer's keys) by `torch.cat` at every step, state layers (Mamba-2, gated "
         "DeltaNet) create their conv and float32 recurrent states once at the prefill and update them in place, "
-        "with the scans' temporaries; no smallest-GPU measurement of a hybrid model is in this table yet.",
+        "with the scans' temporaries; the hybrid measurements are in their own table below.",
         "",
         "| cases | n | within 5% | under by more than 2% | lowest | highest |",
         "|---|---:|---:|---:|---:|---:|",
@@ -507,6 +507,107 @@ def fit_section() -> str:
     lines += _fit_table([c for c in generate if c["split"] == "heldout"])
     lines += ["", "### Training runs", ""]
     lines += _fit_table(train)
+    return "\n".join(lines) + "\n" + fit_held_out_section() + hybrid_fit_section()
+
+
+def _fit_cases(name: str) -> list[dict]:
+    from gpuplan.verify.min_memory import compare_min_memory, measured_rows
+
+    path = FIXTURES / name
+    return [compare_min_memory(r) for r in measured_rows(path)] if path.exists() else []
+
+
+def fit_held_out_section() -> str:
+    """Two later sweeps of cases none of the earlier ones has, measured once the model was fixed."""
+    earlier = {(c["case_id"], c["allocator"]) for c in _fit_cases("min-memory-h100.jsonl")}
+    later = _fit_cases("min-memory-heldout-h100.jsonl")
+    first = [c for c in later if (c["case_id"], c["allocator"]) not in earlier]  # four runs repeat a case
+    second = _fit_cases("min-memory-heldout2-h100.jsonl")
+    if not first or not second:
+        return ""
+    gen2 = [c for c in second if c["kind"] == "generate"]
+    train2 = [c for c in second if c["kind"] == "train"]
+    lines = [
+        "",
+        "### Held out: measured after the model was fixed",
+        "",
+        "Two more sweeps on the same H100, each run once the allocation sequence was fixed, on cases the sweeps "
+        "above never ran. The first (`min-memory-heldout-h100.jsonl`: 14 workloads under both allocators, four "
+        "of them repeats of earlier runs, which found the same peak and the same smallest cap and are left out "
+        "here) found, at the time it was measured, 22 of 24 new runs within 5% and one under by more than 2%: "
+        "the two "
+        "default-allocator runs of Qwen1.5-MoE-A2.7B were 32.7% and 31.2% over, because the replay allocated "
+        "each routed expert's weights as its own tensor (thousands of 5.8 MB tensors, each taking a slice of a "
+        "20 MiB segment) where transformers 5 stores one `gate_up_proj` and one `down_proj` 3-D parameter per "
+        "layer (modeling_qwen2_moe.py `Qwen2MoeExperts`). That was corrected from the transformers source, so "
+        "the first sweep is shown below with the corrected model and is no longer a clean held-out check. The "
+        "second sweep (`min-memory-heldout2-h100.jsonl`: a 128-expert MoE, fp32 and fp16 runs, sliding-window "
+        "eager attention, and five training runs) was chosen and committed before it ran, and measured after "
+        "the correction: it is the held-out result.",
+        "",
+        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|",
+        _fit_summary("first sweep, generate(), both allocators (corrected model)", first),
+        _fit_summary("second sweep, generate(), both allocators", gen2),
+        _fit_summary("second sweep, training", train2),
+        "",
+        "One held-out generate() run is under by more than 2%: Qwen3-1.7B b1 p4000 n256 with expandable "
+        "segments, -2.1%, where the search's 64 MiB step is 1.3% of the run and the process had 0.757 GiB "
+        "outside torch's allocator against the 0.718 GiB modelled. Training totals still over-estimate: its "
+        "peak of live tensors is within 0.1% of "
+        "the measurement, but the total adds the older slack term, not a simulation of the training run's "
+        "allocations (an attempt that replays the training sequence came within 1.2-2.5% of the recorded "
+        "traces' own replay, but under a cap the recorded checkpointed runs fail below their uncapped "
+        "reservation, which neither replay reproduces).",
+        "",
+        "#### Second sweep",
+        "",
+    ]
+    lines += _fit_table(second)
+    lines += ["", "#### First sweep (corrected model)", ""]
+    lines += _fit_table(first)
+    return "\n".join(lines) + "\n"
+
+
+def hybrid_fit_section() -> str:
+    """generate() of hybrid linear-attention, state-space and sparse-attention models: peak and smallest GPU."""
+    import json
+
+    from gpuplan.api import estimate
+    from gpuplan.models.families import config_to_spec
+    from gpuplan.verify.compare import measured_release
+
+    path = FIXTURES / "hybrid-generate-h100.jsonl"
+    if not path.exists():
+        return ""
+    lines = [
+        "",
+        "### Hybrid, state-space and sparse-attention models",
+        "",
+        "`benchmarks/measure_hybrid_generate.py --min-memory` built small versions of Qwen3-Next (gated DeltaNet "
+        "and full attention, MoE), Nemotron-H (Mamba-2, attention, MoE) and DeepSeek-V3.2 (MLA with the "
+        "sparse-attention indexer) with random weights on the H100, ran greedy generate() of 32 tokens and "
+        "searched for the smallest GPU under the default allocator (`hybrid-generate-h100.jsonl`, "
+        "transformers 5.17). They were measured before the per-layer allocation sequence of these layer kinds "
+        "was written and before the transformers engine followed the release (5.17 caches DeepSeek-V3.2's "
+        "per-head K/V, 5.18 and later its latents); those rules were then read from the transformers sources "
+        "with these rows as the check, so they are a check, not a clean held-out set.",
+        "",
+        "| case | peak allocated GiB | estimate | error | smallest GPU GiB | total_bytes GiB | error |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if "error" in row or "min_memory" not in row:
+            continue
+        spec = config_to_spec(dict(row["config"]), label=row["model_type"])
+        est = estimate(spec, dtype=row["dtype"], batch=row["batch"], seq=row["prompt_tokens"] + row["new_tokens"],
+                       new_tokens=row["new_tokens"], attn=row["attn"], engine_version=measured_release(row))
+        peak = row["peak_allocated"] - (row["allocated_before_build"] - row["allocated_after_warmup"])
+        smallest = row["min_memory"]["min_gpu_bytes"]
+        lines.append(f"| {_case(row['case_id'])} | {peak / GiB:,.2f} | {est.peak_allocated_bytes / GiB:,.2f} | "
+                     f"{est.peak_allocated_bytes / peak - 1:+.1%} | {smallest / GiB:,.2f} | "
+                     f"{est.total_bytes / GiB:,.2f} | {est.total_bytes / smallest - 1:+.1%} |")
     return "\n".join(lines) + "\n"
 
 

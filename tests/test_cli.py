@@ -206,6 +206,28 @@ def test_vllm_budget_on_l4():
     assert data["peak_allocated_bytes"] == data["weights_bytes"] + data["kv_cache_bytes"] + data["activation_bytes"]
 
 
+@pytest.mark.parametrize("auto", ["-1", "auto"])
+def test_vllm_max_model_len_auto_fits_the_longest_context(auto):
+    # vLLM 0.34.0 reads --max-model-len -1 or auto as -1 (utils/argparse_utils.py human_readable_int_or_auto) and
+    # shortens the model's 131,072 tokens to the longest one request that fits on an L4.
+    result = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--engine", "vllm", "--gpu", "L4",
+                 "--max-model-len", auto, "--engine-version", "0.34.0", "--format", "json")
+    assert result.exit_code == 0, result.output
+    serving = json.loads(result.stdout)["serving"]
+    fitted = serving["max_model_len"]
+    assert 0 < fitted < 131072 and fitted == serving["max_model_len_auto"] == serving["max_model_len_that_fits"]
+    assert serving["fits_one_request"] is True
+    assert f"Auto-fit max_model_len: reduced from 131072 to {fitted} " in " ".join(serving["log_lines"])
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "at least 1, or auto (-1)"), ("-2", "cannot read '-2'"), ("soon", "cannot read 'soon'")])
+def test_vllm_max_model_len_refuses_other_values_in_one_line(value, message):
+    result = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--engine", "vllm", "--gpu", "L4",
+                 "--max-model-len", value)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+
+
 def test_does_not_fit_exits_1_with_the_reason():
     result = run("estimate", "meta-llama/Llama-2-13b-hf", "--dtype", "fp16", "--seq", "4096", "--gpu", "RTX 4090")
     assert result.exit_code == 1

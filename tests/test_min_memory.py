@@ -97,3 +97,58 @@ def test_rows_are_h100_measurements():
            if '"environment"' in line]
     assert env and all(e["versions"]["gpu_name"].startswith("NVIDIA H100") for e in env)
     assert all(e["versions"]["gpu_total_memory"] == H100_CUDA_TOTAL for e in env)
+
+
+# ---- held out: two later sweeps, measured once the model was fixed (docs/accuracy.md) -------------------------
+
+LATER = [r for name in ("min-memory-heldout-h100.jsonl", "min-memory-heldout2-h100.jsonl")
+         for r in measured_rows(FIXTURES / name)]
+FIRST = {(r["case_id"], r["allocator"]): r for r in ROWS}
+# Four workloads of the first sweep ran again in the second process: repeats, not held-out cases.
+REPEATED = [r for r in LATER if (r["case_id"], r["allocator"]) in FIRST]
+HELD_OUT = [r for r in LATER if (r["case_id"], r["allocator"]) not in FIRST]
+HELD_OUT_GENERATE = [r for r in HELD_OUT if r["kind"] == "generate"]
+# Known miss: the measured cap is at most one 64 MiB search step (1.3% of this 4.7 GiB run) above the true
+# smallest one, and this process had 0.757 GiB outside torch's allocator where 0.718 GiB is modelled.
+HELD_OUT_UNDER = {"Qwen/Qwen3-1.7B · bf16 · sdpa · b1 · p4000 · n256|expandable"}
+
+
+def test_a_repeated_search_finds_the_same_cap():
+    """The same workload searched in another process: the same peak and the same smallest cap; only the memory
+    outside torch's allocator differs (by tens of MiB)."""
+    assert len(REPEATED) >= 4
+    for row in REPEATED:
+        first = FIRST[(row["case_id"], row["allocator"])]
+        assert (row["peak_allocated"], row["min_cap"]) == (first["peak_allocated"], first["min_cap"])
+        assert abs(row["outside_torch"] - first["outside_torch"]) <= 64 * MiB
+
+
+def test_held_out_sweeps_cover_new_cases():
+    """Both allocators, a fused-expert MoE, training runs."""
+    assert len(HELD_OUT_GENERATE) >= 35 and {r["allocator"] for r in HELD_OUT_GENERATE} == {"default", "expandable"}
+    assert any(r["model_id"] == "Qwen/Qwen3-30B-A3B" for r in HELD_OUT_GENERATE)
+    assert sum(r["kind"] == "train" for r in HELD_OUT) >= 5
+
+
+@pytest.mark.parametrize("row", HELD_OUT, ids=[_id(r) for r in HELD_OUT])
+def test_held_out_total_is_never_under_the_smallest_gpu_by_more_than_two_percent(row):
+    if _id(row) in HELD_OUT_UNDER:
+        pytest.xfail("known under-estimate, see HELD_OUT_UNDER")
+    c = compare_min_memory(row)
+    assert c["error"] >= -0.02, f"total_bytes under the smallest GPU by {c['error']:+.2%}"
+
+
+def test_known_held_out_misses_are_still_under():
+    assert {_id(r) for r in HELD_OUT if compare_min_memory(r)["error"] < -0.02} == HELD_OUT_UNDER
+
+
+def test_held_out_inference_target():
+    """At least 95% of held-out generate() runs within 5% of the smallest GPU that ran them."""
+    errors = [compare_min_memory(r)["error"] for r in HELD_OUT_GENERATE]
+    assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.95
+
+
+def test_held_out_training_peaks_match():
+    for row in (r for r in HELD_OUT if r["kind"] == "train"):
+        c = compare_min_memory(row)
+        assert abs(c["peak_error"]) <= 0.01, (row["case_id"], c["peak_error"])

@@ -85,6 +85,17 @@ def test_one_request_that_does_not_fit(tmp_path):
     assert not d.passed and d.reasons[0].startswith("one request of 131,072 tokens does not fit")
 
 
+def test_max_model_len_auto_passes_with_the_longest_that_fits(tmp_path):
+    # The same L4 as above: --max-model-len auto shortens the 131,072 tokens to what one request can hold.
+    result = check(write(tmp_path, """\
+        deployments:
+          - {name: tiny, model: meta-llama/Llama-3.1-8B-Instruct, engine: vllm, gpu: L4, max_model_len: auto}
+        """))
+    (d,) = result.deployments
+    assert d.passed and 0 < d.max_model_len < 131072
+    assert d.max_model_len == d.estimate.serving.max_model_len_that_fits
+
+
 def test_transformers_total_and_headroom(tmp_path):
     result = check(write(tmp_path, """\
         defaults: {engine: transformers, model: llama-2-7b, dtype: fp16, seq: 4k}

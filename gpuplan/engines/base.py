@@ -114,6 +114,28 @@ def tokens_validator(*names: str):
     return _text_validator("parse_token_count", names)
 
 
+def auto_tokens_validator(*names: str):
+    """A before-validator reading a token count that may also be ``auto`` or ``-1`` (read as -1), as vLLM's
+    ``--max-model-len`` does (utils/argparse_utils.py ``human_readable_int_or_auto``, 0.34.0); 0 and other
+    negative counts are refused."""
+
+    def parse(cls, value: Any) -> Any:
+        from gpuplan import units
+
+        if isinstance(value, str):
+            if value.strip().lower() in ("auto", "-1"):
+                return -1
+            try:
+                value = units.parse_token_count(value)
+            except InputError as exc:
+                raise ValueError(exc.message) from None
+        if isinstance(value, int) and not isinstance(value, bool) and value != -1 and value < 1:
+            raise ValueError("must be a token count of at least 1, or auto (-1)")
+        return value
+
+    return field_validator(*names, mode="before")(classmethod(parse))
+
+
 def size_validator(*names: str):
     """A before-validator reading memory sizes written as text: 40GiB, 24GB."""
     return _text_validator("parse_size", names)

@@ -33,9 +33,11 @@ def beyond_context(engine: str, spec: Any, length: int) -> str | None:
 
 
 def model_len(spec: Any, workload: Workload, max_model_len: int | None) -> int:
-    """The context per request: --max-model-len, else the workload's seq, else the model's context."""
+    """The context per request: --max-model-len, else the workload's seq, else the model's context. -1 is
+    --max-model-len auto, which the engine resolves."""
     if max_model_len is not None and workload.seq is not None and max_model_len != workload.seq:
-        raise InputError(f"seq {workload.seq:,} and max_model_len {max_model_len:,} disagree",
+        asked = "auto" if max_model_len == -1 else f"{max_model_len:,}"
+        raise InputError(f"seq {workload.seq:,} and max_model_len {asked} disagree",
                          hint="for a serving engine they are the same number: give one of them")
     length = max_model_len or workload.seq or spec.max_position_embeddings
     if length is None:

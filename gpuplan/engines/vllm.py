@@ -62,6 +62,7 @@ from gpuplan.engines.base import (
     EngineOptions,
     Hardware,
     PrecisionRequest,
+    auto_tokens_validator,
     refuse_unmodelled_caches,
     size_validator,
     tokens_validator,
@@ -478,11 +479,38 @@ def _v1_layout(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: Sequen
     else:
         tokens = num_blocks * st.block_size
     group_bytes = stage.group_size * st.page
+    # From 0.29 the one-request check and the auto-fit plan against the pool less the null block (one block
+    # of every group); the pool itself keeps all num_blocks.
+    usable = stage.available - (group_bytes if st.release.null_block_reserved else 0)
     upper = max(st.model_len, spec.max_position_embeddings or st.model_len)
-    longest = _longest_that_fits(upper, lambda n: group_bytes * blocks_needed(n) <= stage.available)
+    longest = _longest_that_fits(upper, lambda n: group_bytes * blocks_needed(n) <= usable)
     return {"tokens": tokens, "blocks_per_request": per_request, "concurrency": concurrency,
-            "fits": stage.available > 0 and group_bytes * per_request <= stage.available,
+            "fits": stage.available > 0 and group_bytes * per_request <= usable,
             "max_len_fit": longest, "needed": group_bytes * per_request}
+
+
+def _auto_fit(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: list[int | None]) -> tuple[_Setup, dict]:
+    """``--max-model-len auto`` / ``-1`` (kv_cache_utils.py ``_auto_fit_max_model_len``, 0.14.0; 0.34.0
+    kv_cache_planning.py): the model's context when one request of it fits, else the longest length that
+    fits, found by binary search over the groups' blocks. The setup comes back at that length, with its
+    layout; vLLM's log line is added to the layout as ``auto_line``. Nothing fits: the context is kept, the
+    budget does not fit, and vLLM's error line says so."""
+    kv = _v1_layout(spec, st, stage, group_windows)
+    context = st.model_len
+    fitted = min(context, kv["max_len_fit"])
+    available = f"{stage.available / GiB:.2f} GiB available for KV cache"
+    if fitted <= 0:
+        kv["auto_line"] = ("Cannot auto-fit max_model_len: not enough GPU memory available to serve even a single "
+                           "token. Try increasing `gpu_memory_utilization`.")
+        return st, kv
+    if fitted == context:
+        kv["auto_line"] = f"Auto-fit max_model_len: full model context length {context} fits in available GPU memory"
+        return st, kv
+    st = st.model_copy(update={"model_len": fitted})
+    kv = _v1_layout(spec, st, stage, group_windows)
+    kv["auto_line"] = (f"Auto-fit max_model_len: reduced from {context} to {fitted} to fit in available GPU "
+                       f"memory ({available})")
+    return st, kv
 
 
 def vllm_budget(
@@ -543,7 +571,10 @@ def vllm_budget(
     else:
         groups = tuple(KvGroup(window=w, layers=c) for w, c in zip(group_windows, stage.counts, strict=True))
         group_size = stage.group_size
-        kv = _v1_layout(spec, st, stage, group_windows)
+        if st.auto_len:
+            st, kv = _auto_fit(spec, st, stage, group_windows)
+        else:
+            kv = _v1_layout(spec, st, stage, group_windows)
     release = st.release
     auto = None
     if release.max_model_len_auto:
@@ -555,6 +586,10 @@ def vllm_budget(
             non_torch=stage.non_torch, cuda_graph=stage.cuda_graph)
     logs = _log_lines(release, st.engine, stage.weights, stage.available, kv["tokens"], num_blocks, st.model_len,
                       kv["concurrency"], kv["fits"], kv["max_len_fit"], kv["needed"])
+    if "auto_line" in kv:
+        # vLLM stops at the auto-fit error; otherwise its line comes before the KV cache report.
+        after = () if kv["auto_line"].startswith("Cannot auto-fit") else logs[2:]
+        logs = (*logs[:2], kv["auto_line"], *after)
     if state_pages is not None:
         logs = state_pages.log_lines + logs
     given = kv_cache_memory is not None
@@ -640,8 +675,9 @@ class Options(EngineOptions):
         description="fraction of GPU memory vLLM may use (default: the release's, 0.9 up to 0.19, 0.92 from 0.20, "
                     "1.0 in 0.34).")
     max_model_len: int | None = Field(
-        default=None, ge=1, description="context length per request (default: --seq, else the model's); a "
-                                        "list sweeps: 8k,32k.", json_schema_extra={"sweep": True, "metavar": "TOKENS"})
+        default=None, ge=-1, description="context length per request (default: --seq, else the model's); auto or "
+                                         "-1: the longest that fits, up to the model's (vLLM 0.14.0+); a list "
+                                         "sweeps: 8k,32k.", json_schema_extra={"sweep": True, "metavar": "TOKENS"})
     max_num_seqs: int | None = Field(default=None, ge=1, description="sequences per batch (default: vLLM's rule "
                                                                        "by GPU).")
     max_num_batched_tokens: int | None = Field(
@@ -652,7 +688,8 @@ class Options(EngineOptions):
         default=None, gt=0, description="fixed KV cache size per GPU, e.g. 40GiB (skips the profiling budget).",
         json_schema_extra={"metavar": "SIZE"})
 
-    _tokens = tokens_validator("max_model_len", "max_num_batched_tokens")
+    _tokens = tokens_validator("max_num_batched_tokens")
+    _model_len = auto_tokens_validator("max_model_len")
     _size = size_validator("kv_cache_memory")
 
 

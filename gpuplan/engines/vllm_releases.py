@@ -112,6 +112,10 @@ class VllmRelease(BaseModel):
     token_report: TokenReport
     kv_cache_memory_flag: bool
     max_model_len_auto: bool
+    null_block_reserved: bool
+    """0.29+: the one-request check and ``--max-model-len auto`` plan against the pool less one block, the null
+    block the block pool holds back (v1/core/kv_cache_utils.py "Reserve the null block BlockPool permanently
+    holds back", 0.29.0; absent in 0.28.0)."""
 
 
 def parse_release(text: str) -> tuple[int, int, int]:
@@ -185,16 +189,21 @@ _ROWS: list[tuple[_V, dict]] = [
     ((0, 21, 0), {"budget_rule": "cuda_graph", "gpu_memory_utilization": 0.92, "hybrid_kv": True,
                   "token_report": "concurrency", "kv_cache_memory_flag": True, "max_model_len_auto": True,
                   "sampler": "in_place"}),
+    # 0.29.0 kv_cache_utils.py: the one-request check and the auto-fit leave out the null block (not in 0.28.0).
+    ((0, 29, 0), {"budget_rule": "cuda_graph", "gpu_memory_utilization": 0.92, "hybrid_kv": True,
+                  "token_report": "concurrency", "kv_cache_memory_flag": True, "max_model_len_auto": True,
+                  "sampler": "in_place", "null_block_reserved": True}),
     # 0.34.0: extensible KV cache, utilization 1.0 by default with it, block_size 64, batch defaults for
     # >= 160 GiB GPUs (engine/arg_utils.py).
     ((0, 34, 0), {"budget_rule": "extensible", "gpu_memory_utilization": 1.0, "block_size": 64, "hybrid_kv": True,
                   "token_report": "concurrency", "kv_cache_memory_flag": True, "max_model_len_auto": True,
-                  "sampler": "in_place", "batch_defaults": "v1_160gib"}),
+                  "sampler": "in_place", "batch_defaults": "v1_160gib", "null_block_reserved": True}),
 ]
 _DEFAULTS = {"engines": ("v1",), "budget_rule": "snapshot", "v0_budget_rule": "snapshot", "gpu_memory_utilization": 0.9,
                  "block_size": 16, "batch_defaults": "v1_70gib_not_a100", "v1_seqs_everywhere": False,
                  "v0_long_context_chunk": 2048, "profile_logits": "sampler", "sampler": "sort", "hybrid_kv": False,
-                 "token_report": "blocks", "kv_cache_memory_flag": False, "max_model_len_auto": False}
+                 "token_report": "blocks", "kv_cache_memory_flag": False, "max_model_len_auto": False,
+                 "null_block_reserved": False}
 
 OLDEST: _V = (0, 2, 5)
 NEWEST: _V = (0, 34, 0)
