@@ -506,7 +506,7 @@ def _auto_fit(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: list[in
     if fitted == context:
         kv["auto_line"] = f"Auto-fit max_model_len: full model context length {context} fits in available GPU memory"
         return st, kv
-    st = st.model_copy(update={"model_len": fitted})
+    st = st._replace(model_len=fitted)
     kv = _v1_layout(spec, st, stage, group_windows)
     kv["auto_line"] = (f"Auto-fit max_model_len: reduced from {context} to {fitted} to fit in available GPU "
                        f"memory ({available})")
