@@ -295,14 +295,16 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq, engine=engine, gpu=gpu,
         tensor_parallel=tp, pipeline_parallel=pp, options=engine_opts), budget_fraction=fraction)
     options: list[PlanOption] = []
+    layouts: dict[int, list[tuple[int, int]]] = {}  # by GPUs per node, which is all the layouts depend on
     for gpu in candidates_gpus:
         per_node = gpu.gpus_per_node
-        if serving:
-            pairs = _candidates(valid_tp, per_node, spec.num_hidden_layers, max_gpus, objective)
-        else:
-            # transformers: whole layers over the GPUs of one node (device_map="auto"), no tensor parallelism
-            pairs = [(1, n) for n in range(1, min(per_node, max_gpus, spec.num_hidden_layers) + 1)]
-        chosen, last = search.smallest_fit(gpu, pairs)
+        if per_node not in layouts:
+            if serving:
+                layouts[per_node] = _candidates(valid_tp, per_node, spec.num_hidden_layers, max_gpus, objective)
+            else:
+                # transformers: whole layers over the GPUs of one node (device_map="auto"), no tensor parallelism
+                layouts[per_node] = [(1, n) for n in range(1, min(per_node, max_gpus, spec.num_hidden_layers) + 1)]
+        chosen, last = search.smallest_fit(gpu, layouts[per_node])
         if last is None:
             continue
         picked = chosen or last

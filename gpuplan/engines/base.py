@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpuplan.calc.precision import Precision, resolve_precision
+from gpuplan.engines.memo import per_spec
 from gpuplan.errors import InputError, UnsupportedModelError
 
 
@@ -51,7 +52,13 @@ class PrecisionRequest(BaseModel):
     kv_dtype: str = "auto"
 
     def resolve(self, spec: Any) -> Precision:
-        return resolve_precision(spec, self.dtype, self.kv_dtype)
+        return _resolved_precision(spec, self.dtype, self.kv_dtype)
+
+
+@per_spec
+def _resolved_precision(spec: Any, dtype: str, kv_dtype: str) -> Precision:
+    """resolve_precision, once per model and request: a plan resolves the same request for every layout."""
+    return resolve_precision(spec, dtype, kv_dtype)
 
 
 def gguf_note(model: Any, engine: str, precision: Precision) -> list[str]:

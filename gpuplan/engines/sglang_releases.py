@@ -23,6 +23,7 @@ free_before_load x (1 - mem_fraction_static)``, ``max_total_num_tokens = rest_me
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -72,6 +73,7 @@ _DEFAULTS = {"fraction_rule": "reserved", "tp8_fraction": 0.81, "large_gpu_claus
              "small_gpu_graph_bs_tp4": 80, "small_gpu_chunk": 2048, "piecewise_graphs": False}
 
 
+@functools.lru_cache(maxsize=64)  # a release's rules never change; a plan asks once per layout tried
 def sglang_release(version: str | None = None) -> SglangRelease:
     """The rules of SGLang ``version`` (default: the newest release read). Raises InputError outside the range."""
     parsed, era, row = select_release("SGLang", version, _ROWS, OLDEST, NEWEST)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import tensor_bytes
+from gpuplan.engines.memo import per_spec
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec, TensorGroup, TensorRole
 
@@ -194,19 +195,32 @@ def _shard_tensor(t: TensorGroup, spec: ModelSpec, tp: int) -> TensorGroup:
 
 def layer_share(t: TensorGroup, spec: ModelSpec, layers: range) -> int:
     """How many copies of a per-layer tensor group fall on the decoder layers ``layers``."""
+    first_moe, dense = _block_bounds(spec)
+    return _share(t, spec, len(layers), sum(1 for i in layers if i >= first_moe),
+                  sum(1 for i in layers if i < dense))
+
+
+def _block_bounds(spec: ModelSpec) -> tuple[int, int]:
+    """(index of the first MoE block, number of dense blocks before it): MoE blocks follow the dense ones
+    (DeepSeek's first_k_dense_replace); a dense model has no MoE block."""
+    moe = spec.moe
+    if moe is None:
+        return spec.num_hidden_layers, 0
+    return spec.num_hidden_layers - moe.num_moe_layers, moe.num_dense_layers
+
+
+def _share(t: TensorGroup, spec: ModelSpec, layers: int, moe_layers: int, dense_layers: int) -> int:
+    """layer_share for a run of ``layers`` decoder layers, ``moe_layers`` of them MoE blocks and
+    ``dense_layers`` dense blocks before the first MoE one."""
     total = spec.num_hidden_layers
     moe = spec.moe
     if t.count % total == 0:
-        return t.count // total * len(layers)
+        return t.count // total * layers
     if moe is not None and moe.num_moe_layers and t.count % moe.num_moe_layers == 0:
-        # MoE blocks follow the dense ones (DeepSeek's first_k_dense_replace).
-        first_moe = total - moe.num_moe_layers
-        owned = sum(1 for i in layers if i >= first_moe)
-        return t.count // moe.num_moe_layers * owned
+        return t.count // moe.num_moe_layers * moe_layers
     if moe is not None and moe.num_dense_layers and t.count % moe.num_dense_layers == 0:
-        owned = sum(1 for i in layers if i < moe.num_dense_layers)
-        return t.count // moe.num_dense_layers * owned
-    return round(t.count * len(layers) / total)
+        return t.count // moe.num_dense_layers * dense_layers
+    return round(t.count * layers / total)
 
 
 def stage_spec(spec: ModelSpec, tp: int, pp: int, stage: int) -> ModelSpec:
@@ -243,32 +257,21 @@ def stage_spec(spec: ModelSpec, tp: int, pp: int, stage: int) -> ModelSpec:
     return spec.model_copy(update={"tensors": tuple(tensors), "num_hidden_layers": max(1, len(layers))})
 
 
-# parallel_layout is pure, and a plan asks for the same (model, precision, tp, pp) once per GPU type: the
-# last layouts are kept by the spec's identity (the spec itself is held, so its id cannot be reused).
-_LAYOUT_CACHE: dict[tuple[int, Precision, int, int], tuple[ModelSpec, ParallelLayout]] = {}
-_LAYOUT_CACHE_SIZE = 256
-
-
 def parallel_layout(spec: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1) -> ParallelLayout:
-    key = (id(spec), precision, tp, pp)
-    cached = _LAYOUT_CACHE.get(key)
-    if cached is not None and cached[0] is spec:
-        return cached[1]
-    layout = _parallel_layout(spec, precision, tp, pp)
-    if len(_LAYOUT_CACHE) >= _LAYOUT_CACHE_SIZE:
-        _LAYOUT_CACHE.clear()
-    _LAYOUT_CACHE[key] = (spec, layout)
-    return layout
+    """The per-rank view of ``spec`` under tp x pp (pure; a plan asks for the same layout once per GPU type, so
+    it is memoized)."""
+    return _parallel_layout(spec, precision, tp, pp)
 
 
-def stage_weights_bytes(spec: ModelSpec, precision: Precision, tp: int, pp: int) -> list[int]:
-    """Weight bytes of one GPU of each pipeline stage: what ``weights_bytes(stage_spec(...))`` gives for
-    every stage, with each tensor sharded once rather than once per stage (a tensor's bytes are its copies
-    times the bytes of one, so a stage's share is a multiplication)."""
-    split = pp_layer_split(spec.num_hidden_layers, pp)
-    starts = [sum(split[:stage]) for stage in range(pp)]
+@per_spec
+def _rank_tensor_bytes(spec: ModelSpec, precision: Precision, tp: int, staged: bool
+                       ) -> tuple[int, int, tuple[tuple[int, TensorGroup], ...]]:
+    """On one tensor-parallel rank: (bytes the first pipeline stage holds besides its layers, bytes the last one
+    holds besides its layers, (bytes of one copy, group) of each per-layer tensor group). ``staged``: more than
+    one pipeline stage, where a tied lm_head is materialized again on the last. The same for every pipeline
+    size, so a plan shards each tensor once per tensor-parallel size."""
     has_lm_head = any(t.role is TensorRole.LM_HEAD and t.loaded for t in spec.tensors)
-    per_stage = [0] * pp
+    first = last = 0
     layer_tensors: list[tuple[int, TensorGroup]] = []
     for t in spec.tensors:
         if not t.loaded:
@@ -277,29 +280,45 @@ def stage_weights_bytes(spec: ModelSpec, precision: Precision, tp: int, pp: int)
             layer_tensors.append((tensor_bytes(_shard_tensor(t.model_copy(update={"count": 1}), spec, tp),
                                                precision), t))
         elif t.name == "vision_tower":
-            per_stage[0] += tensor_bytes(t.model_copy(update={"shape": (_ceil_div(t.shape[0], tp),)}), precision)
+            first += tensor_bytes(t.model_copy(update={"shape": (_ceil_div(t.shape[0], tp),)}), precision)
         elif t.role in (TensorRole.EMBEDDING, TensorRole.POSITION_EMBEDDING):
-            per_stage[0] += tensor_bytes(_shard_tensor(t, spec, tp), precision)
-            if pp > 1 and t.role is TensorRole.EMBEDDING and not has_lm_head:
+            first += tensor_bytes(_shard_tensor(t, spec, tp), precision)
+            if staged and t.role is TensorRole.EMBEDDING and not has_lm_head:
                 tied = t.model_copy(update={"name": "lm_head.weight", "role": TensorRole.LM_HEAD})
-                per_stage[-1] += tensor_bytes(_shard_tensor(tied, spec, tp), precision)
+                last += tensor_bytes(_shard_tensor(tied, spec, tp), precision)
         else:
-            per_stage[-1] += tensor_bytes(_shard_tensor(t, spec, tp), precision)
+            last += tensor_bytes(_shard_tensor(t, spec, tp), precision)
+    return first, last, tuple(layer_tensors)
+
+
+def stage_weights_bytes(spec: ModelSpec, precision: Precision, tp: int, pp: int) -> list[int]:
+    """Weight bytes of one GPU of each pipeline stage: what ``weights_bytes(stage_spec(...))`` gives for
+    every stage, with each tensor sharded once rather than once per stage (a tensor's bytes are its copies
+    times the bytes of one, so a stage's share is a multiplication)."""
+    split = pp_layer_split(spec.num_hidden_layers, pp)
+    starts = [sum(split[:stage]) for stage in range(pp)]
+    first_extra, last_extra, layer_tensors = _rank_tensor_bytes(spec, precision, tp, pp > 1)
+    per_stage = [0] * pp
+    per_stage[0] += first_extra
+    per_stage[-1] += last_extra
     # A stage's layer tensors depend only on how many layers it has and how many of them are MoE or dense
-    # blocks, so stages alike in that are summed once.
-    moe = spec.moe
-    first_moe = spec.num_hidden_layers - moe.num_moe_layers if moe is not None else spec.num_hidden_layers
-    dense = moe.num_dense_layers if moe is not None else 0
-    by_kind: dict[tuple[int, int, int], int] = {}
+    # blocks, so stages alike in that are summed once (and once per plan: _layers_bytes is memoized).
+    first_moe, dense = _block_bounds(spec)
     for stage in range(pp):
         layers = range(starts[stage], starts[stage] + split[stage])
         kind = (len(layers), sum(1 for i in layers if i >= first_moe), sum(1 for i in layers if i < dense))
-        if kind not in by_kind:
-            by_kind[kind] = sum(one * layer_share(t, spec, layers) for one, t in layer_tensors)
-        per_stage[stage] += by_kind[kind]
+        per_stage[stage] += _layers_bytes(spec, precision, tp, kind)
     return per_stage
 
 
+@per_spec
+def _layers_bytes(spec: ModelSpec, precision: Precision, tp: int, kind: tuple[int, int, int]) -> int:
+    """Bytes of the per-layer tensors on one rank of a stage of ``kind`` (layers, MoE blocks, dense blocks)."""
+    _, _, layer_tensors = _rank_tensor_bytes(spec, precision, tp, False)
+    return sum(one * _share(t, spec, *kind) for one, t in layer_tensors)
+
+
+@per_spec
 def _parallel_layout(spec: ModelSpec, precision: Precision, tp: int, pp: int) -> ParallelLayout:
     validate_parallel(spec, tp, pp)
     split = pp_layer_split(spec.num_hidden_layers, pp)

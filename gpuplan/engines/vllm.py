@@ -50,7 +50,9 @@ tests/fixtures/serving_logs.yaml.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +67,7 @@ from gpuplan.engines.base import (
     size_validator,
     tokens_validator,
 )
+from gpuplan.engines.memo import per_spec
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
 from gpuplan.engines.vllm_releases import (
     TENSOR_PARALLEL_NON_TORCH_BYTES,
@@ -187,29 +190,35 @@ def kv_page_size(spec: ModelSpec, kv_heads_per_rank: int, kv_bytes: int,
     return block_size * kv_heads_per_rank * (spec.head_dim + spec.v_head_dim) * kv_bytes
 
 
-def _kv_groups(spec: ModelSpec, hybrid: bool) -> tuple[list[list[int]], list[int | None]]:
-    """vLLM's KV cache groups as lists of global layer indices, and each group's window."""
+@per_spec
+def _kv_groups(spec: ModelSpec, hybrid: bool) -> tuple[tuple[tuple[int, ...], ...], tuple[int | None, ...]]:
+    """vLLM's KV cache groups as tuples of global layer indices (ascending), and each group's window."""
     by_type: dict[int | None, list[int]] = {}
     for i, window in enumerate(spec.layer_windows):
         key = window if hybrid and spec.mla is None else None
         by_type.setdefault(key, []).append(i)
     if len(by_type) == 1:
         ((window, layers),) = by_type.items()
-        return [layers], [window]
+        return (tuple(layers),), (window,)
     counts = [len(v) for v in by_type.values()]
     group_size = min(counts)
     if max(counts) < min(counts) * 1.5:
         group_size = max(counts)
-    groups: list[list[int]] = []
+    groups: list[tuple[int, ...]] = []
     windows: list[int | None] = []
     # Full attention first, as vLLM lists the full-attention group first for the models seen here.
     for window in sorted(by_type, key=lambda w: (w is not None, w or 0)):
         layers = by_type[window]
         n = _cdiv(len(layers), group_size)
         for i in range(n):
-            groups.append(layers[i::n])
+            groups.append(tuple(layers[i::n]))
             windows.append(window)
-    return groups, windows
+    return tuple(groups), tuple(windows)
+
+
+@per_spec
+def _has_sliding_window(spec: ModelSpec) -> bool:
+    return any(w is not None for w in spec.layer_windows)
 
 
 def _sampler_bytes_per_logit(e: int, sampler: SamplerKind) -> int:
@@ -294,6 +303,7 @@ def profile_activation(spec: ModelSpec, layout: ParallelLayout, e: int, tokens: 
     return forward, sampler_peak
 
 
+@per_spec
 def _rope_cache_bytes(spec: ModelSpec, e: int) -> int:
     """vLLM's RotaryEmbedding registers cos_sin_cache [max_position, rotary_dim] in the model dtype
     (vllm/model_executor/layers/rotary_embedding); models with learned positions have none."""
@@ -312,10 +322,9 @@ def _group_blocks_for(length: int, window: int | None, block_size: int, max_num_
     return _cdiv(min(window - 1 + max_num_batched_tokens, length), block_size) + 1
 
 
-class _Setup(BaseModel):
-    """The inputs of one budget after the release's defaults are applied."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+class _Setup(NamedTuple):
+    """The inputs of one budget after the release's defaults are applied (built from values already checked, so
+    a plain named tuple: a plan builds one per layout it tries)."""
 
     release: VllmRelease
     engine: Engine
@@ -364,7 +373,7 @@ def _setup(spec: ModelSpec, precision: Precision, gpu_memory_bytes: int, *, tp: 
         raise InputError(f"max_model_len must be at least 1, got {model_len}")
     default_tokens, default_seqs = release_batch_limits(
         release, engine, gpu_memory_bytes, gpu_name, usage_context, model_len,
-        any(w is not None for w in spec.layer_windows))
+        _has_sliding_window(spec))
     kv_dtype = engine_kv_dtype(precision, kv_cache_dtype)
     kv_bytes = DTYPE_BYTES[kv_dtype]
     return _Setup(
@@ -376,10 +385,8 @@ def _setup(spec: ModelSpec, precision: Precision, gpu_memory_bytes: int, *, tp: 
         kv_dtype=kv_dtype, kv_bytes=kv_bytes, page=kv_page_size(spec, layout.kv_heads_per_rank, kv_bytes, block))
 
 
-class _Stage(BaseModel):
+class _Stage(NamedTuple):
     """One pipeline stage's pool."""
-
-    model_config = ConfigDict(frozen=True)
 
     blocks: int
     available: int
@@ -393,24 +400,39 @@ class _Stage(BaseModel):
     group_size: int
 
 
-def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers: list[list[int]], *,
+@per_spec
+def _stage_kinds(spec: ModelSpec, precision: Precision, tp: int, pp: int, group_layers: tuple[tuple[int, ...], ...]
+                 ) -> tuple[tuple[int, bool, tuple[int, ...]], ...]:
+    """The pipeline stages as (weight bytes, holds the LM head, layers of each KV cache group), each distinct
+    one once, in the order of its first stage. A stage's pool follows from these alone, so a 61-stage layout
+    is sized a handful of times, not 61. (A layer may be in two groups.)"""
+    stage_weights = parallel_layout(spec, precision, tp, pp).stage_weights_bytes
+    ordered = [sorted(g) for g in group_layers]
+    kinds: dict[tuple[int, bool, tuple[int, ...]], None] = {}
+    start = 0
+    for stage, layers in enumerate(pp_layer_split(spec.num_hidden_layers, pp)):
+        end = start + layers
+        counts = tuple(bisect_left(g, end) - bisect_left(g, start) for g in ordered)
+        kinds.setdefault((stage_weights[stage], stage == pp - 1, counts))
+        start = end
+    return tuple(kinds)
+
+
+def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers: tuple[tuple[int, ...], ...], *,
                  total: int, requested: int, kv_cache_memory: int | None, non_torch_bytes: int | None) -> _Stage:
-    """Each pipeline stage sizes its own pool; the engine keeps the smallest block count."""
+    """Each pipeline stage sizes its own pool; the engine keeps the smallest block count (the first such stage:
+    the kinds come in the order of their first stage, and a later one replaces it only with fewer blocks)."""
     pp = st.layout.pp
-    split = pp_layer_split(spec.num_hidden_layers, pp)
     rope = _rope_cache_bytes(spec, precision.compute_bytes)
     logits = "sampler" if st.engine == "v0" else st.release.profile_logits
-    stages = []
     # The profile run's activations differ between stages only in whether the stage holds the LM head.
     profiles = {last: profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
                                          min(st.seqs, st.batched), last_stage=last, sampler=st.sampler,
                                          logits=logits) for last in {stage == pp - 1 for stage in range(pp)}}
-    for stage in range(pp):
-        start = sum(split[:stage])
-        owned = range(start, start + split[stage])
-        counts = tuple(sum(1 for i in g if i in owned) for g in group_layers)
-        weights = st.layout.stage_weights_bytes[stage] + rope
-        forward, samp = profiles[stage == pp - 1]
+    best: _Stage | None = None
+    for stage_weights, last, counts in _stage_kinds(spec, precision, st.layout.tp, pp, group_layers):
+        weights = stage_weights + rope
+        forward, samp = profiles[last]
         activation = max(forward, samp)
         c = charge(st.release, st.engine, requested=requested, total=total, weights=weights,
                    activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes)
@@ -421,10 +443,12 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
             blocks = max(0, available // (st.page * layers)) if layers else 0
         else:
             blocks = max(0, available // st.page // group_size) if group_size else 0
-        stages.append(_Stage(blocks=blocks, available=available, weights=weights, forward=forward, sampler=samp,
-                             activation=activation, non_torch=c.non_torch, cuda_graph=c.cuda_graph,
-                             counts=counts, group_size=group_size))
-    return min(stages, key=lambda s: s.blocks)
+        if best is None or blocks < best.blocks:
+            best = _Stage(blocks=blocks, available=available, weights=weights, forward=forward, sampler=samp,
+                          activation=activation, non_torch=c.non_torch, cuda_graph=c.cuda_graph, counts=counts,
+                          group_size=group_size)
+    assert best is not None  # every layout has a stage
+    return best
 
 
 def _longest_that_fits(upper: int, fits) -> int:
@@ -441,7 +465,7 @@ def _longest_that_fits(upper: int, fits) -> int:
     return best
 
 
-def _v1_layout(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: list[int | None]) -> dict:
+def _v1_layout(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: Sequence[int | None]) -> dict:
     """Tokens, blocks per request, concurrency and the longest context for V1's grouped pool."""
     num_blocks = stage.blocks
 
@@ -485,7 +509,7 @@ def _auto_fit(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: list[in
     if fitted == context:
         kv["auto_line"] = f"Auto-fit max_model_len: full model context length {context} fits in available GPU memory"
         return st, kv
-    st = st.model_copy(update={"model_len": fitted})
+    st = st._replace(model_len=fitted)
     kv = _v1_layout(spec, st, stage, group_windows)
     kv["auto_line"] = (f"Auto-fit max_model_len: reduced from {context} to {fitted} to fit in available GPU "
                        f"memory ({available})")
@@ -539,8 +563,8 @@ def vllm_budget(
         dtypes = state_dtypes(spec, precision.compute_dtype, mamba_cache_dtype, mamba_ssm_cache_dtype)
         state_pages = hybrid_state_pages(spec, tp, st.kv_bytes, st.block_size, st.model_len, hybrid_windows=st.hybrid,
                                          state_dtypes=dtypes)
-        st = st.model_copy(update={"page": state_pages.page_size, "block_size": state_pages.block_size})
-        group_layers, group_windows = [list(g) for g in state_pages.groups], list(state_pages.windows)
+        st = st._replace(page=state_pages.page_size, block_size=state_pages.block_size)
+        group_layers, group_windows = state_pages.groups, state_pages.windows
     stage = _size_stages(spec, precision, st, group_layers, total=total, requested=requested,
                          kv_cache_memory=kv_cache_memory, non_torch_bytes=non_torch_bytes)
     num_blocks = stage.blocks

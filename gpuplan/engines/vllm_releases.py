@@ -33,9 +33,10 @@ KV budget per release (``available`` is what the KV cache gets, ``requested = to
 
 from __future__ import annotations
 
+import functools
 import re
 from importlib import metadata
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -233,6 +234,7 @@ def select_release(engine: str, version: str | None, rows: list, oldest: _V, new
     return _fmt(parsed), f"{_fmt(rows[index][0])}-{last}", rows[index][1]
 
 
+@functools.lru_cache(maxsize=64)  # a release's rules never change; a plan asks once per layout tried
 def vllm_release(version: str | None = None) -> VllmRelease:
     """The rules of vLLM ``version`` (default: the newest release read). Raises InputError outside the range."""
     parsed, era, row = select_release("vLLM", version, _ROWS, OLDEST, NEWEST)
@@ -273,10 +275,9 @@ def default_batch_limits(release: VllmRelease, engine: Engine, total_gpu_memory:
     return (2048 if openai else 8192), 1024 if release.v1_seqs_everywhere else 256
 
 
-class Charge(BaseModel):
-    """What a release charges before the KV cache on one GPU, in bytes."""
-
-    model_config = ConfigDict(frozen=True)
+class Charge(NamedTuple):
+    """What a release charges before the KV cache on one GPU, in bytes (a named tuple: a budget takes one per
+    kind of pipeline stage)."""
 
     available: int
     non_torch: int

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gpuplan.data_files import data_dir, find_data_dir
+from gpuplan.data_files import data_dir, find_data_dir, read_compiled
 from gpuplan.errors import InputError
 from gpuplan.units import GB, GiB, parse_size
 
@@ -299,6 +299,9 @@ def _read_yaml(path: Path) -> Any:
         raise InputError(f"GPU catalog file not found: {path}") from None
     except OSError as exc:
         raise InputError(f"cannot read GPU catalog {path}: {exc.strerror or exc}") from None
+    compiled = read_compiled(path, text)  # the bundled catalog's JSON twin (gpuplan/data_files.py)
+    if compiled is not None:
+        return compiled
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:

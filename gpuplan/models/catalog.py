@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gpuplan.data_files import data_dir
+from gpuplan.data_files import data_dir, read_compiled
 from gpuplan.errors import ConfigError
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -67,7 +67,10 @@ class Catalog:
 def load_catalog() -> Catalog:
     path = data_dir() / "models" / "catalog.yaml"
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        text = path.read_text(encoding="utf-8")
+        raw = read_compiled(path, text)  # the JSON twin (gpuplan/data_files.py), else the YAML itself
+        if raw is None:
+            raw = yaml.load(text, Loader=_Loader)
     except (OSError, yaml.YAMLError) as exc:  # a broken install, not user input
         raise ConfigError(f"cannot read the bundled catalog {path}: {exc}") from exc
     try:

@@ -249,7 +249,7 @@ class ModelSpec(BaseModel):
     def sliding_windows(self) -> tuple[int, ...]:
         return tuple(w for w in self.layer_windows if w is not None)
 
-    @property
+    @cached_property
     def has_state_layers(self) -> bool:
         return any(lc.kind in ("state", "hybrid") for lc in self.layer_caches)
 
