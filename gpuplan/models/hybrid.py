@@ -755,6 +755,18 @@ def lfm2(c: ConfigReader, model_type: str) -> ModelSpec:
 # ---- Kimi Linear: Kimi delta attention with MLA ------------------------------------------------------------
 
 
+def mla_and_kda_caches(p: Parts, kinds: list[str], mla: MlaSpec, *, k_heads: int, head_dim: int, width: int,
+                       kernel: int) -> None:
+    """The caches of a model mixing MLA attention and Kimi delta attention (KDA) layers: the latent and rotary
+    key per token on attention layers; per sequence on KDA layers a [heads, head_dim, head_dim] recurrent state
+    and the short convolution's state over q, k and v (3 x width channels, ``kernel`` columns)."""
+    for kind in kinds:
+        if kind == FULL:
+            p.attention_cache(kind, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim)
+        else:
+            p.state_cache("kda", recurrent=k_heads * head_dim * head_dim, conv=3 * width * kernel, kernel=kernel)
+
+
 def _kimi_layer_types(c: ConfigReader, layers: int) -> list[str]:
     """configuration_kimi_linear.py: layer_types, else the checkpoint's linear_attn_config (1-indexed
     full_attn_layers / kda_layers), else full attention on layers 4, 8, ... and KDA elsewhere."""
@@ -800,11 +812,7 @@ def kimi_linear(c: ConfigReader, model_type: str) -> ModelSpec:
     lay.linear("layers.self_attn.g_b_proj", width, d, n_kda)
     lay.norm("layers.self_attn.o_norm", d, n_kda)
     lay.linear("layers.self_attn.o_proj", hidden, width, n_kda)
-    for kind in kinds:
-        if kind == FULL:
-            p.attention_cache(kind, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim)
-        else:
-            p.state_cache("kda", recurrent=k_heads * d * d, conv=3 * width * kernel, kernel=kernel)
+    mla_and_kda_caches(p, kinds, mla, k_heads=k_heads, head_dim=d, width=width, kernel=kernel)
     p.lay.norm("layers.norms", hidden, 2 * layers)
     sparse = _dense_or_sparse(c, layers) if c.list("mlp_layer_types") is not None else \
         [i >= c.int("first_k_dense_replace", default=1, minimum=0) for i in range(layers)]

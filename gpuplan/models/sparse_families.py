@@ -23,6 +23,7 @@ from gpuplan.models.hybrid import (
     finish,
     gated_delta_net,
     layer_types,
+    mla_and_kda_caches,
     mla_attention,
 )
 from gpuplan.models.spec import LayerCache, MlaSpec, ModelSpec, MoeSpec, StateMixerSpec, TensorRole
@@ -595,11 +596,7 @@ def bailing_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
     lay.linear("layers.self_attn.b_proj", k_heads, hidden, n_lin)
     lay.norm("layers.self_attn.o_norm", d, n_lin)
     lay.linear("layers.self_attn.o_proj", hidden, width, n_lin)
-    for kind in kinds:
-        if kind == FULL:
-            p.attention_cache(kind, kv_heads=1, key_dim=mla.kv_lora_rank, value_dim=mla.qk_rope_head_dim)
-        else:
-            p.state_cache("kda", recurrent=k_heads * d * d, conv=3 * width * kernel, kernel=kernel)
+    mla_and_kda_caches(p, kinds, mla, k_heads=k_heads, head_dim=d, width=width, kernel=kernel)
     lay.norm("layers.norms", hidden, 2 * layers)
     sparse = _dense_or_sparse(c, layers)
     experts, moe_width = c.int("num_experts", "n_routed_experts"), c.int("moe_intermediate_size")
