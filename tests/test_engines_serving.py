@@ -77,6 +77,7 @@ CONFIG_FOR = {
     "Qwen/QwQ-32B": "Qwen/Qwen2.5-32B",
     # Instruct and base releases of Qwen2.5-0.5B share every size (tied embeddings in both).
     "Qwen/Qwen2.5-0.5B-Instruct": "Qwen/Qwen2.5-0.5B",
+    "Qwen/Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
 }
 
 # Cases left out, and why. "No verbatim copy found": the model's config.json was searched for in public code
@@ -362,6 +363,9 @@ WEIGHTS_NOT_MODELLED = {
     # _compute_cos_sin_cache, `max_len = self.max_position_embeddings * scaling_factor`): 0.5 GiB more than the
     # single unscaled cache gpuplan counts for gemma-3-4b (head_dim 256); the spec carries no rope scaling.
     "vllm-gemma3-4b-h100-tp1-01", "vllm-gemma3-4b-b200-tp1-kvmem",
+    # Qwen3.5-35B-A3B at TP=4: 16.92 GiB per GPU logged against 16.31 from the checkpoint layout (0.61 GiB more);
+    # not traced: the excerpt shows neither whether a DFlash drafter was loaded nor how the vision tower is split.
+    "vllm-qwen35-35b-a3b-h100-tp4-issue50722",
 }
 
 # Activation peaks the model does not reproduce: before 0.17 vLLM's dummy sampler sorted the vocabulary, and the
@@ -375,7 +379,10 @@ ACTIVATION_NOT_MODELLED = {"vllm-qwen3-14b-h100-tp1-v0150", "vllm-qwen3-14b-h100
                            # Meta-Llama-3-8B on an A100-40GB under 0.6.6 (V0): 9.37 GiB logged, 0.92 predicted;
                            # the same model and rule printed 1.26 on an H100 (vllm-llama3-8b-h100-tp1-pr10511). The
                            # command line is not quoted, so the batch limits of that run are unknown.
-                           "vllm-llama3-8b-a100-40-tp1-v066"}
+                           "vllm-llama3-8b-a100-40-tp1-v066",
+                           # Qwen3.5-35B-A3B at TP=4 (hybrid, Gated DeltaNet): 5.66 GiB logged, 3.35 predicted; the
+                           # command line (batch limits, a DFlash drafter, multimodal profiling) is not quoted.
+                           "vllm-qwen35-35b-a3b-h100-tp4-issue50722"}
 
 # Pipeline-parallel report rows print the first stage, which runs the forward pass alone (1.10, 1.05 and 0.96
 # GiB); gpuplan reports the stage that limits the pool, the last, whose dummy sampler pass over the vocabulary
@@ -448,17 +455,17 @@ def test_aggregate_share_within_tolerance():
     results = replay_all()
     single = [r for r in results if r.single_gpu]
     multi = [r for r in results if not r.single_gpu]
-    assert len(results) == 59 and len(single) == 43 and len(multi) == 16
+    assert len(results) == 60 and len(single) == 43 and len(multi) == 17
     # Single-GPU cases: the budget rule, the profile-run activations and the KV layout are all modelled.
     assert sum(r.within for r in single) / len(single) >= TARGET_SHARE
     # The cases the release rules were written against (not held out): 45 of 48 (94%). Three of the 16 multi-GPU
     # cases among them miss: vLLM 0.2.5 at TP=4, an LMCache connector, SGLang at TP=4 (docs/serving.md).
     development = [r for r in results if not r.held_out]
     assert sum(r.within for r in development) / len(development) >= TARGET_SHARE
-    # All replayed cases at their own release: 52 of 59 (88%), under the 90% goal since the second held-out
+    # All replayed cases at their own release: 53 of 60 (88%), under the 90% goal since the second held-out
     # collection (three single-GPU misses, KNOWN_MISSES); SGLang at TP=4 on L4s is the fourth multi-GPU miss.
-    assert sum(r.within for r in results) == 52
-    assert sum(r.within for r in multi) == 12
+    assert sum(r.within for r in results) == 53
+    assert sum(r.within for r in multi) == 13
 
 
 def test_held_out_cases_are_reported_apart():
@@ -469,9 +476,11 @@ def test_held_out_cases_are_reported_apart():
                                     "sglang-qwq-32b-l4-tp4-v043", "sglang-llama31-8b-h100-tp1-fa3",
                                     "vllm-qwen25-7b-rtx4090-tp1-v0240", "vllm-qwen25-05b-rtx4090-tp1-v0240",
                                     "vllm-qwen25-05b-rtx4090d-tp1-v085", "vllm-llama3-8b-a100-40-tp1-v066",
-                                    "vllm-llama3-8b-a6000-tp1-pr4454"]
+                                    "vllm-llama3-8b-a6000-tp1-pr4454", "vllm-qwen35-35b-a3b-h100-tp4-issue50722"]
     # First collection: 5 of 6 within 5%. Second (releases no earlier log covered): 2 of 5. Each miss is a known
-    # one (KNOWN_MISSES), replayed once before being recorded there.
+    # one (KNOWN_MISSES), replayed once before being recorded there. Third (a hybrid linear-attention model):
+    # 1 of 1, +4.3% on the KV pool, but through offsetting parts: the log prints 0.13 GiB of non-torch memory
+    # at TP=4 against 2.08 modelled, and 5.66 GiB of activations and 1.34 of CUDA graphs against 3.35 and 0.44.
     assert [r.id for r in held if not r.within] == [
         "sglang-qwq-32b-l4-tp4-v043", "vllm-qwen25-7b-rtx4090-tp1-v0240", "vllm-llama3-8b-a100-40-tp1-v066",
         "vllm-llama3-8b-a6000-tp1-pr4454"]
