@@ -767,6 +767,24 @@ def mla_and_kda_caches(p: Parts, kinds: list[str], mla: MlaSpec, *, k_heads: int
             p.state_cache("kda", recurrent=k_heads * head_dim * head_dim, conv=3 * width * kernel, kernel=kernel)
 
 
+def kimi_style_moe(p: Parts, c: ConfigReader, sparse: list[bool]) -> tuple[int, MoeSpec | None]:
+    """The feed-forward of a Kimi-Linear-style decoder: a dense MLP on the layers ``sparse`` marks False; on the
+    others routed experts with a score-correction bias plus shared experts of the experts' width. Returns the
+    dense width and the MoE description (None without MoE layers)."""
+    layers, n_moe = len(sparse), sum(sparse)
+    experts, moe_width = c.int("num_experts", "n_routed_experts"), c.int("moe_intermediate_size")
+    shared = c.int("num_shared_experts", "n_shared_experts", default=0, minimum=0)
+    intermediate = c.int("intermediate_size")
+    p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
+    p.experts("layers.mlp", n_moe, experts=experts, width=moe_width, score_bias=True)
+    p.dense_mlp("layers.mlp.shared_experts", moe_width * shared, n_moe if shared else 0)
+    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_token", "num_experts_per_tok"),
+                  expert_intermediate_size=moe_width, num_shared_experts=shared,
+                  shared_expert_intermediate_size=moe_width * shared, num_moe_layers=n_moe,
+                  num_dense_layers=layers - n_moe) if n_moe else None
+    return intermediate, moe
+
+
 def _kimi_layer_types(c: ConfigReader, layers: int) -> list[str]:
     """configuration_kimi_linear.py: layer_types, else the checkpoint's linear_attn_config (1-indexed
     full_attn_layers / kda_layers), else full attention on layers 4, 8, ... and KDA elsewhere."""
@@ -816,17 +834,7 @@ def kimi_linear(c: ConfigReader, model_type: str) -> ModelSpec:
     p.lay.norm("layers.norms", hidden, 2 * layers)
     sparse = _dense_or_sparse(c, layers) if c.list("mlp_layer_types") is not None else \
         [i >= c.int("first_k_dense_replace", default=1, minimum=0) for i in range(layers)]
-    n_moe = sum(sparse)
-    experts, moe_width = c.int("num_experts", "n_routed_experts"), c.int("moe_intermediate_size")
-    shared = c.int("num_shared_experts", "n_shared_experts", default=0, minimum=0)
-    intermediate = c.int("intermediate_size")
-    p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
-    p.experts("layers.mlp", n_moe, experts=experts, width=moe_width, score_bias=True)
-    p.dense_mlp("layers.mlp.shared_experts", moe_width * shared, n_moe if shared else 0)
-    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_token", "num_experts_per_tok"),
-                  expert_intermediate_size=moe_width, num_shared_experts=shared,
-                  shared_expert_intermediate_size=moe_width * shared, num_moe_layers=n_moe,
-                  num_dense_layers=layers - n_moe) if n_moe else None
+    intermediate, moe = kimi_style_moe(p, c, sparse)
     return finish(p, model_type, layers=layers, vocab=vocab, heads=heads, kv_heads=heads,
                   head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim, v_head_dim=mla.v_head_dim,
                   intermediate=intermediate, tied=tied, moe=moe, mla=mla)

@@ -22,6 +22,7 @@ from gpuplan.models.hybrid import (
     decoder_dims,
     finish,
     gated_delta_net,
+    kimi_style_moe,
     layer_types,
     mla_and_kda_caches,
     mla_attention,
@@ -599,17 +600,7 @@ def bailing_hybrid(c: ConfigReader, model_type: str) -> ModelSpec:
     mla_and_kda_caches(p, kinds, mla, k_heads=k_heads, head_dim=d, width=width, kernel=kernel)
     lay.norm("layers.norms", hidden, 2 * layers)
     sparse = _dense_or_sparse(c, layers)
-    experts, moe_width = c.int("num_experts", "n_routed_experts"), c.int("moe_intermediate_size")
-    shared = c.int("num_shared_experts", "n_shared_experts", default=0, minimum=0)
-    n_moe = sum(sparse)
-    intermediate = c.int("intermediate_size")
-    p.dense_mlp("layers.mlp", intermediate, layers - n_moe)
-    p.experts("layers.mlp", n_moe, experts=experts, width=moe_width, score_bias=True)
-    p.dense_mlp("layers.mlp.shared_experts", moe_width * shared, n_moe if shared else 0)
-    moe = MoeSpec(num_experts=experts, experts_per_token=c.int("num_experts_per_token", "num_experts_per_tok"),
-                  expert_intermediate_size=moe_width, num_shared_experts=shared,
-                  shared_expert_intermediate_size=moe_width * shared, num_moe_layers=n_moe,
-                  num_dense_layers=layers - n_moe) if n_moe else None
+    intermediate, moe = kimi_style_moe(p, c, sparse)
     mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
     if mtp:
         p.notes.append(f"{mtp} multi-token-prediction layer(s) may ship in the checkpoint; transformers builds none, "
