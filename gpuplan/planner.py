@@ -189,15 +189,27 @@ class _Search:
     Layouts are tried by GPU count. Those whose GPUs could not even hold their share of the weights (every
     weight once, over the GPUs, within the engine's budget fraction of a card) are skipped unevaluated.
     Inside a node every candidate is tried in turn; across nodes, where each node added spreads the same
-    layers over more pipeline stages and so never needs more memory per GPU, the count is found by doubling
-    then bisecting (a 64-node range takes about 12 estimates instead of 64)."""
+    layers over more pipeline stages, the count is found by galloping then bisecting (a 64-node range takes
+    about 12 estimates instead of 64). Where the engine's fit is monotone in the node count (vLLM), the
+    search does the same work in fewer estimates: the first GPU type's one-GPU layout tells the weights that
+    rule out its other layouts too small to hold them, and the gallop starts at the count that fitted the
+    GPU type already searched with as many GPUs per node and the nearest memory (GPU types of one size usually
+    need the same count, found then in two estimates: that count fits, the one below does not). The count
+    found is the same wherever the gallop starts."""
 
-    def __init__(self, evaluate: Callable[[Any, int, int], EstimateResult], *, budget_fraction: float) -> None:
+    def __init__(self, evaluate: Callable[[Any, int, int], EstimateResult], *, budget_fraction: float,
+                 monotone: bool = False) -> None:
         self.evaluate = evaluate
         self.budget_fraction = budget_fraction if budget_fraction > 0 else 1.0
+        # Whether fitting is monotone in the node count (gpuplan.engines.fits_more_with_more_nodes). Only then
+        # may the search across nodes start elsewhere than at the fewest nodes it tries: otherwise where it
+        # starts could change what it finds, so it keeps one fixed order of layouts.
+        self.monotone = monotone
         self.first: EstimateResult | None = None
         self.first_error: InputError | None = None
         self.whole_weights: int | None = None
+        # (GPUs per node, memory per GPU, GPU count that fitted) of each GPU type searched across nodes
+        self.found: list[tuple[int, int, int]] = []
 
     def run(self, gpu: Any, tp: int, pp: int) -> EstimateResult | None:
         try:
@@ -213,6 +225,13 @@ class _Search:
     def smallest_fit(self, gpu: Any, pairs: list[tuple[int, int]]
                      ) -> tuple[EstimateResult | None, EstimateResult | None]:
         """(the smallest layout that fits or None, the last one evaluated) over ``pairs``, by GPU count."""
+        if self.monotone and self.whole_weights is None and pairs and pairs[0][0] * pairs[0][1] == 1:
+            # The plan's first layout, one GPU: its weights rule out the layouts too small to hold them.
+            one = self.run(gpu, *pairs[0])
+            if one is not None and one.fits:
+                return one, one
+            chosen, last = self.smallest_fit(gpu, pairs[1:])
+            return chosen, last or one
         if self.whole_weights is not None:
             least = math.ceil(self.whole_weights / (gpu.memory_bytes * min(self.budget_fraction, 1.0)))
             within = [p for p in pairs if p[0] * p[1] >= least]
@@ -232,9 +251,24 @@ class _Search:
             last = result
             if result.fits:
                 return result, result
-        return self._across_nodes(gpu, pairs[len(inside):], last)
+        across = pairs[len(inside):]
+        chosen, last = self._across_nodes(gpu, across, last, self._start(gpu, across))
+        if chosen is not None:
+            self.found.append((gpu.gpus_per_node, gpu.memory_bytes, chosen.tensor_parallel * chosen.pipeline_parallel))
+        return chosen, last
 
-    def _across_nodes(self, gpu: Any, pairs: list[tuple[int, int]], last: EstimateResult | None
+    def _start(self, gpu: Any, pairs: list[tuple[int, int]]) -> int:
+        """Where the search across nodes starts: the first layout with the GPU count that fitted the GPU type of
+        the nearest memory already searched with as many GPUs per node, else the smallest layout."""
+        alike = [(abs(memory - gpu.memory_bytes), count, memory) for per_node, memory, count in self.found
+                 if per_node == gpu.gpus_per_node]
+        if not alike or not self.monotone:
+            return 0
+        _, count, memory = min(alike)
+        count = math.ceil(count * memory / gpu.memory_bytes)  # the memory a GPU type needs spread over fewer of more
+        return next((i for i, (tp, pp) in enumerate(pairs) if tp * pp >= count), max(len(pairs) - 1, 0))
+
+    def _across_nodes(self, gpu: Any, pairs: list[tuple[int, int]], last: EstimateResult | None, start: int
                       ) -> tuple[EstimateResult | None, EstimateResult | None]:
         results: dict[int, EstimateResult | None] = {}
 
@@ -244,16 +278,7 @@ class _Search:
             found = results[index]
             return found is not None and found.fits
 
-        below, above = -1, None  # the largest index known not to fit, the smallest known to fit
-        index, step = 0, 1
-        while index < len(pairs):
-            if fits_at(index):
-                above = index
-                break
-            below, index, step = index, index + step, step * 2
-        if above is None and pairs and below != len(pairs) - 1:
-            if fits_at(len(pairs) - 1):
-                above = len(pairs) - 1
+        below, above = _bracket(fits_at, len(pairs), start)
         if above is None:
             evaluated = [r for _, r in sorted(results.items()) if r is not None]
             return None, (evaluated[-1] if evaluated else last)
@@ -266,6 +291,33 @@ class _Search:
         return results[above], results[above]
 
 
+def _bracket(fits_at: Callable[[int], bool], count: int, start: int) -> tuple[int, int | None]:
+    """(an index known not to fit or -1, a larger one known to fit or None when none does) around the first
+    index that fits among ``count`` indices where fitting is monotone, galloping from ``start``: down while
+    it fits, up while it does not (steps 1, 2, 4 ...; the last index is always tried before giving up)."""
+    if count == 0:
+        return -1, None
+    below, above, step = -1, None, 1
+    if fits_at(start):
+        above = start
+        while above - below > 1:
+            index = max(above - step, below + 1)
+            if not fits_at(index):
+                return index, above
+            above, step = index, step * 2
+        return below, above
+    below = start
+    while True:
+        index = below + step
+        if index >= count - 1:
+            if below != count - 1 and fits_at(count - 1):
+                above = count - 1
+            return below, above
+        if fits_at(index):
+            return below, index
+        below, step = index, step * 2
+
+
 def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str = "vllm", dtype: str = "auto",
          kv_dtype: str = "auto", batch: int = 1, seq: int | None = None, max_gpus: int = MAX_GPUS,
          objective: str = "deployable", prices: Mapping[str, float] | None = None,
@@ -276,7 +328,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
     (any split inside a node). ``prices`` maps catalog GPU names to a price per GPU-hour; when given, options
     rank by cost. Engine options (``gpu_memory_utilization=0.85``...) apply to every deployment tried."""
     from gpuplan.api import estimate
-    from gpuplan.engines import SERVING_ENGINES, engine_name, make_options
+    from gpuplan.engines import SERVING_ENGINES, engine_name, fits_more_with_more_nodes, make_options
     from gpuplan.engines.tp import valid_tp_sizes
     from gpuplan.gpus.catalog import load_catalog
 
@@ -293,7 +345,8 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
                                                                               None) or 1.0
     search = _Search(lambda gpu, tp, pp: estimate(
         resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq, engine=engine, gpu=gpu,
-        tensor_parallel=tp, pipeline_parallel=pp, options=engine_opts), budget_fraction=fraction)
+        tensor_parallel=tp, pipeline_parallel=pp, options=engine_opts), budget_fraction=fraction,
+        monotone=fits_more_with_more_nodes(engine))
     options: list[PlanOption] = []
     layouts: dict[int, list[tuple[int, int]]] = {}  # by GPUs per node, which is all the layouts depend on
     for gpu in candidates_gpus:

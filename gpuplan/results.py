@@ -15,6 +15,18 @@ _CONFIG = ConfigDict(frozen=True, defer_build=True)
 SCHEMA_VERSION = "1.3"
 
 
+# The default factories of the list and dict fields. Python functions rather than the builtins list and dict:
+# pydantic inspects a default factory's signature when it builds a model's validator, and the signature of a
+# builtin is parsed from its text with the tokenize module, whose first use compiles its regular expressions
+# (about 3 ms of a command's start-up on this project's machine, more than the rest of the model's build).
+def _no_items() -> list:
+    return []
+
+
+def _no_entries() -> dict:
+    return {}
+
+
 class FitSuggestion(BaseModel):
     """One change that would make a workload that does not fit fit, estimated: its figure per GPU."""
 
@@ -92,7 +104,7 @@ class ServingBudget(BaseModel):
     num_blocks: int | None = Field(default=None, description="vLLM '# GPU blocks'")
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
-    log_lines: list[str] = Field(default_factory=list, description="the startup lines the engine would print")
+    log_lines: list[str] = Field(default_factory=_no_items, description="the startup lines the engine would print")
 
 
 class LlamaCppRun(BaseModel):
@@ -150,10 +162,10 @@ class EngineEstimate(InferenceMemory):
     fits: bool | None = Field(default=None, description="the workload fits that GPU (null when no GPU was named)")
     fit_reason: str | None = Field(default=None, description="why it does not fit, when it does not")
     suggestions: list[FitSuggestion] = Field(
-        default_factory=list, description="when it does not fit: changes that would make it fit, each estimated "
+        default_factory=_no_items, description="when it does not fit: changes that would make it fit, each estimated "
                                           "(the CLI adds them; gpuplan.advice computes them)")
     components: dict[str, int] = Field(
-        default_factory=dict,
+        default_factory=_no_entries,
         description="named parts of the estimate: of the activation peak (transformers), of every GPU and host "
                     "buffer (llama.cpp)")
     serving: ServingBudget | None = Field(default=None, description="KV capacity under --engine vllm|sglang")
@@ -162,8 +174,8 @@ class EngineEstimate(InferenceMemory):
                                   "byte fields are the most loaded GPU's")
     llamacpp: LlamaCppRun | None = Field(
         default=None, description="layer placement and cache layout under --engine llama.cpp")
-    notes: list[str] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=_no_items)
+    warnings: list[str] = Field(default_factory=_no_items)
 
 
 class EstimateResult(Output, GpuFit, EngineEstimate):
@@ -188,7 +200,7 @@ class DeploymentCheck(BaseModel):
     name: str = Field(description="the deployment's name in the plan file")
     line: int | None = Field(default=None, description="line of the deployment in the plan file (1-based)")
     passed: bool = Field(description="every requirement of the deployment holds")
-    reasons: list[str] = Field(default_factory=list, description="why it failed; empty when it passed")
+    reasons: list[str] = Field(default_factory=_no_items, description="why it failed; empty when it passed")
     model: str = Field(description="model id or path as resolved")
     engine: str
     gpu: str = Field(description="GPU the deployment runs on")
@@ -214,7 +226,7 @@ class CheckResult(Output):
 
     file: str | None = Field(default=None, description="the plan file as given (null for a dict)")
     passed: bool = Field(description="every deployment passed (exit code 0; else 1)")
-    failed: list[str] = Field(default_factory=list, description="names of the deployments that failed")
+    failed: list[str] = Field(default_factory=_no_items, description="names of the deployments that failed")
     deployments: list[DeploymentCheck] = Field(description="in the plan file's order")
 
 
@@ -238,7 +250,7 @@ class SweepPoint(GpuFit, InferenceMemory):
     kv_cache_tokens: int | None = Field(default=None, description="serving engines: tokens the KV cache holds")
     max_concurrency: float | None = Field(
         default=None, description="serving engines: requests of seq tokens that fit at once")
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=_no_items)
 
 
 class SweepResult(Output):
@@ -254,9 +266,9 @@ class SweepResult(Output):
     kv_dtypes: list[str] = Field(description="KV cache dtypes swept, resolved")
     batches: list[int]
     seqs: list[int]
-    gpus: list[SweepGpu] = Field(default_factory=list, description="GPUs every point is checked against")
+    gpus: list[SweepGpu] = Field(default_factory=_no_items, description="GPUs every point is checked against")
     points: list[SweepPoint] = Field(description="one per dtype x kv_dtype x GPU x batch x seq, in that order")
-    notes: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=_no_items)
 
 
 class TrainResult(Output, GpuFit, MemoryBreakdown):
@@ -296,10 +308,10 @@ class TrainResult(Output, GpuFit, MemoryBreakdown):
     step_peak_bytes: int
     peak_phase: str = Field(description="forward | backward | optimizer step: where the peak is")
     suggestions: list[FitSuggestion] = Field(
-        default_factory=list, description="when it does not fit: changes that would make it fit, each estimated")
-    components: dict[str, int] = Field(default_factory=dict, description="named parts of the estimate")
-    notes: list[str] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
+        default_factory=_no_items, description="when it does not fit: changes that would make it fit, each estimated")
+    components: dict[str, int] = Field(default_factory=_no_entries, description="named parts of the estimate")
+    notes: list[str] = Field(default_factory=_no_items)
+    warnings: list[str] = Field(default_factory=_no_items)
 
 
 class PlanOption(InferenceMemory):
@@ -322,7 +334,7 @@ class PlanOption(InferenceMemory):
                                                             "GPUs (vLLM --enable-expert-parallel, SGLang --ep-size)")
     price_per_gpu_hour: float | None = Field(default=None, description="the price given for this GPU type")
     cost_per_hour: float | None = Field(default=None, description="count x price_per_gpu_hour, when priced")
-    launch: list[str] = Field(default_factory=list, description="commands that start this deployment")
+    launch: list[str] = Field(default_factory=_no_items, description="commands that start this deployment")
     reason: str | None = Field(default=None, description="why it does not fit, when it does not")
 
 
@@ -340,7 +352,7 @@ class PlanResult(Output):
     ranking: str = Field(default="", description="how the options are ordered, in words")
     options: list[PlanOption] = Field(description="one per GPU type, best first (see ranking)")
     best: PlanOption | None = None
-    notes: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=_no_items)
 
 
 #: The commands whose --format json output is a stable contract, by ``gpuplan schema --output`` name.

@@ -61,6 +61,12 @@ def budgets_whole_gpu(name: str) -> bool:
     return bool(getattr(engine_module(name), "BUDGETS_WHOLE_GPU", False))
 
 
+def fits_more_with_more_nodes(name: str) -> bool:
+    """Whether, under this engine, a layout of more nodes (the same tensor-parallel size, more pipeline stages)
+    fits whenever one of fewer nodes does: then the planner's search across nodes may start at any count."""
+    return bool(getattr(engine_module(name), "FITS_MORE_WITH_MORE_NODES", False))
+
+
 def default_engine(is_gguf: bool) -> str:
     """llama.cpp runs GGUF files; everything else defaults to transformers generate()."""
     return LLAMACPP if is_gguf else "transformers"

@@ -247,6 +247,9 @@ EQUIVALENTS = {"gpu_memory_utilization": "mem_fraction_static"}
 BUDGETS_WHOLE_GPU = True
 # The option that sets the fraction of GPU memory the engine budgets (its log's word for it).
 MEMORY_FRACTION_OPTION = "mem_fraction_static"
+# SGLang's reserved memory grows with tp x pp (server_args.py, above): another node can leave a GPU less room,
+# so fitting on n nodes does not mean fitting on more, and the planner's search keeps its fixed order.
+FITS_MORE_WITH_MORE_NODES = False
 
 
 class Options(EngineOptions):

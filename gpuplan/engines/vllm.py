@@ -451,18 +451,39 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
     return best
 
 
-def _longest_that_fits(upper: int, fits) -> int:
-    """_estimate_max_model_len_from_groups: binary search for the longest context that fits."""
-    lo, hi, best = 1, upper, 0
+def _longest_that_fits(upper: int, fits, guess: int = 1) -> int:
+    """_estimate_max_model_len_from_groups: the longest context up to ``upper`` that fits (0 when one token does
+    not), ``fits`` being true up to some length and false beyond, as vLLM's binary search finds it. The search
+    starts at ``guess`` and gallops from there before it bisects: the same length, from a guess near it in a
+    few tries instead of about twenty (a plan asks once per layout it tries)."""
     if not fits(1):
         return 0
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            best, lo = mid, mid + 1
+    lo, hi = 1, upper  # fits(lo), and the longest is in [lo, hi]
+    if lo < guess <= hi:
+        step = 1
+        if fits(guess):
+            lo = guess
+            while lo < hi:
+                probe = min(lo + step, hi)
+                if not fits(probe):
+                    hi = probe - 1
+                    break
+                lo, step = probe, step * 2
         else:
-            hi = mid - 1
-    return best
+            hi = guess - 1
+            while lo < hi:
+                probe = max(hi - step + 1, lo + 1)
+                if fits(probe):
+                    lo = probe
+                    break
+                hi, step = probe - 1, step * 2
+    while lo < hi:
+        middle = (lo + hi + 1) // 2
+        if fits(middle):
+            lo = middle
+        else:
+            hi = middle - 1
+    return lo
 
 
 def _v1_layout(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: Sequence[int | None]) -> dict:
@@ -486,7 +507,14 @@ def _v1_layout(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: Sequen
     # of every group); the pool itself keeps all num_blocks.
     usable = stage.available - (group_bytes if st.release.null_block_reserved else 0)
     upper = max(st.model_len, spec.max_position_embeddings or st.model_len)
-    longest = _longest_that_fits(upper, lambda n: group_bytes * blocks_needed(n) <= usable)
+    # Where the search starts: the length whose full-attention blocks fill what the other groups leave at
+    # their most (exact once the sliding-window groups are full; the search finds the length either way).
+    full = sum(1 for w in group_windows if w is None)
+    guess = upper
+    if full and group_bytes > 0:
+        others = blocks_needed(upper) - full * _cdiv(upper, st.block_size)
+        guess = min(max((usable // group_bytes - others) // full * st.block_size, 1), upper)
+    longest = _longest_that_fits(upper, lambda n: group_bytes * blocks_needed(n) <= usable, guess)
     return {"tokens": tokens, "blocks_per_request": per_request, "concurrency": concurrency,
             "fits": stage.available > 0 and group_bytes * per_request <= usable,
             "max_len_fit": longest, "needed": group_bytes * per_request}
@@ -669,6 +697,10 @@ SUMMARY = "vLLM's startup budget: the KV cache it allocates, and how many reques
 SERVING = True
 BUDGETS_WHOLE_GPU = False
 MEMORY_FRACTION_OPTION = "gpu_memory_utilization"
+# Another node adds pipeline stages over the same layers: a GPU holds no more layers' weights and KV cache,
+# and what vLLM charges besides (its budget fraction, the profile run's activations, non-torch memory, CUDA
+# graphs) does not grow with the stages; so fitting on n nodes means fitting on more.
+FITS_MORE_WITH_MORE_NODES = True
 
 
 class Options(EngineOptions):
