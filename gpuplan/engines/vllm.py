@@ -833,7 +833,8 @@ HYBRID_BLOCK_ALIGN = 16
 class HybridPages(BaseModel):
     """The page layout vLLM gives a model with state layers (``HybridAttentionMambaModelConfig``)."""
 
-    model_config = ConfigDict(frozen=True)
+    # defer_build: only models with Mamba / linear-attention layers use it.
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     block_size: int
     page_size: int
@@ -857,7 +858,8 @@ _SSM_DTYPE_FROM_CONFIG: dict[str, tuple[str, str | None]] = {
 class StateDtypes(BaseModel):
     """The dtypes vLLM stores a state layer's conv and temporal state in."""
 
-    model_config = ConfigDict(frozen=True)
+    # defer_build: only models with Mamba / linear-attention layers use it.
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     conv: str
     ssm: str
