@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+from gpuplan.engines.base import Hardware
 from gpuplan.errors import InputError
 from gpuplan.models.sources import ResolvedModel
-from gpuplan.results import EstimateResult, PlanOption, PlanResult
+from gpuplan.results import EngineEstimate, EstimateResult, PlanOption, PlanResult
 
 # The largest deployment the planner searches: 64 nodes of 8 GPUs. Beyond that the answer is "use a
 # smaller precision or another GPU", not a bigger cluster.
@@ -175,6 +176,16 @@ def _check_inputs(resolved: ResolvedModel, *, engine: str, dtype: str, kv_dtype:
     return resolve_precision(resolved.spec, dtype, kv_dtype)
 
 
+class _Tried(NamedTuple):
+    """A layout evaluated: the engine's estimate, the GPUs it is for, and whether it fits them. The full
+    EstimateResult is assembled only for the layouts a plan reports; the others (about half of those tried,
+    the counts just below the one that fits) are only ever asked whether they fit."""
+
+    estimate: EngineEstimate
+    hardware: Hardware
+    fits: bool
+
+
 def _sort_key(option: PlanOption, priced: bool) -> tuple:
     by_gpus = (option.count, -option.headroom_bytes, option.gpu)
     if not priced:
@@ -197,7 +208,7 @@ class _Search:
     need the same count, found then in two estimates: that count fits, the one below does not). The count
     found is the same wherever the gallop starts."""
 
-    def __init__(self, evaluate: Callable[[Any, int, int], EstimateResult], *, budget_fraction: float,
+    def __init__(self, evaluate: Callable[[Any, int, int], _Tried], *, budget_fraction: float,
                  monotone: bool = False) -> None:
         self.evaluate = evaluate
         self.budget_fraction = budget_fraction if budget_fraction > 0 else 1.0
@@ -205,13 +216,13 @@ class _Search:
         # may the search across nodes start elsewhere than at the fewest nodes it tries: otherwise where it
         # starts could change what it finds, so it keeps one fixed order of layouts.
         self.monotone = monotone
-        self.first: EstimateResult | None = None
+        self.first: _Tried | None = None
         self.first_error: InputError | None = None
         self.whole_weights: int | None = None
         # (GPUs per node, memory per GPU, GPU count that fitted) of each GPU type searched across nodes
         self.found: list[tuple[int, int, int]] = []
 
-    def run(self, gpu: Any, tp: int, pp: int) -> EstimateResult | None:
+    def run(self, gpu: Any, tp: int, pp: int) -> _Tried | None:
         try:
             result = self.evaluate(gpu, tp, pp)
         except InputError as exc:
@@ -219,11 +230,11 @@ class _Search:
             return None  # a layout this model or card cannot take
         self.first = self.first or result
         if self.whole_weights is None and tp * pp == 1:
-            self.whole_weights = result.weights_bytes
+            self.whole_weights = result.estimate.weights_bytes
         return result
 
     def smallest_fit(self, gpu: Any, pairs: list[tuple[int, int]]
-                     ) -> tuple[EstimateResult | None, EstimateResult | None]:
+                     ) -> tuple[_Tried | None, _Tried | None]:
         """(the smallest layout that fits or None, the last one evaluated) over ``pairs``, by GPU count."""
         if self.monotone and self.whole_weights is None and pairs and pairs[0][0] * pairs[0][1] == 1:
             # The plan's first layout, one GPU: its weights rule out the layouts too small to hold them.
@@ -242,7 +253,7 @@ class _Search:
                         return (result if result.fits else None), result
                 return None, None
             pairs = within
-        last: EstimateResult | None = None
+        last: _Tried | None = None
         inside = [p for p in pairs if p[0] * p[1] <= gpu.gpus_per_node]
         for tp, pp in inside:
             result = self.run(gpu, tp, pp)
@@ -254,7 +265,8 @@ class _Search:
         across = pairs[len(inside):]
         chosen, last = self._across_nodes(gpu, across, last, self._start(gpu, across))
         if chosen is not None:
-            self.found.append((gpu.gpus_per_node, gpu.memory_bytes, chosen.tensor_parallel * chosen.pipeline_parallel))
+            self.found.append((gpu.gpus_per_node, gpu.memory_bytes,
+                               chosen.estimate.tensor_parallel * chosen.estimate.pipeline_parallel))
         return chosen, last
 
     def _start(self, gpu: Any, pairs: list[tuple[int, int]]) -> int:
@@ -268,9 +280,9 @@ class _Search:
         count = math.ceil(count * memory / gpu.memory_bytes)  # the memory a GPU type needs spread over fewer of more
         return next((i for i, (tp, pp) in enumerate(pairs) if tp * pp >= count), max(len(pairs) - 1, 0))
 
-    def _across_nodes(self, gpu: Any, pairs: list[tuple[int, int]], last: EstimateResult | None, start: int
-                      ) -> tuple[EstimateResult | None, EstimateResult | None]:
-        results: dict[int, EstimateResult | None] = {}
+    def _across_nodes(self, gpu: Any, pairs: list[tuple[int, int]], last: _Tried | None, start: int
+                      ) -> tuple[_Tried | None, _Tried | None]:
+        results: dict[int, _Tried | None] = {}
 
         def fits_at(index: int) -> bool:
             if index not in results:
@@ -327,7 +339,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
     ``objective``: deployable (tensor parallel 1/2/4/8 in a node, pipeline stages across nodes) or fewest-gpus
     (any split inside a node). ``prices`` maps catalog GPU names to a price per GPU-hour; when given, options
     rank by cost. Engine options (``gpu_memory_utilization=0.85``...) apply to every deployment tried."""
-    from gpuplan.api import estimate
+    from gpuplan.api import assemble, engine_estimate, fits_gpu, make_hardware
     from gpuplan.engines import SERVING_ENGINES, engine_name, fits_more_with_more_nodes, make_options
     from gpuplan.engines.tp import valid_tp_sizes
     from gpuplan.gpus.catalog import load_catalog
@@ -343,10 +355,14 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
     # The share of a card the engine may fill: vLLM's gpu_memory_utilization, SGLang's mem_fraction_static.
     fraction = getattr(engine_opts, "gpu_memory_utilization", None) or getattr(engine_opts, "mem_fraction_static",
                                                                               None) or 1.0
-    search = _Search(lambda gpu, tp, pp: estimate(
-        resolved, dtype=dtype, kv_dtype=kv_dtype, batch=batch, seq=seq, engine=engine, gpu=gpu,
-        tensor_parallel=tp, pipeline_parallel=pp, options=engine_opts), budget_fraction=fraction,
-        monotone=fits_more_with_more_nodes(engine))
+
+    def evaluate(gpu: Any, tp: int, pp: int) -> _Tried:
+        hardware = make_hardware(gpu, tp, pp)
+        result = engine_estimate(resolved, engine, engine_opts, hardware, batch=batch, seq=seq, dtype=dtype,
+                                 kv_dtype=kv_dtype)
+        return _Tried(result, hardware, fits_gpu(result, hardware))
+
+    search = _Search(evaluate, budget_fraction=fraction, monotone=fits_more_with_more_nodes(engine))
     options: list[PlanOption] = []
     layouts: dict[int, list[tuple[int, int]]] = {}  # by GPUs per node, which is all the layouts depend on
     for gpu in candidates_gpus:
@@ -360,7 +376,7 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
         chosen, last = search.smallest_fit(gpu, layouts[per_node])
         if last is None:
             continue
-        picked = chosen or last
+        picked = assemble(resolved, engine, *(chosen or last)[:2])
         nodes = -(-(picked.tensor_parallel * picked.pipeline_parallel) // per_node)
         ep = serving and expert_parallel_fits(spec, picked.tensor_parallel)
         launch = launch_commands(resolved.id, picked, nodes=nodes, precision=precision, requested_dtype=dtype,
@@ -370,11 +386,11 @@ def plan(resolved: ResolvedModel, *, gpus: list[Any] | None = None, engine: str 
             reason = f"does not fit even on {picked.tensor_parallel * picked.pipeline_parallel} GPUs"
         price = prices.get(gpu.name) if prices else None
         options.append(_option(picked, per_node, launch, reason, expert_parallel=ep, price=price))
-    first = search.first
-    if first is None:
+    if search.first is None:
         if search.first_error is not None:
             raise search.first_error
         raise InputError("no GPU could be evaluated for this model", hint="check --gpu and --max-gpus")
+    first = assemble(resolved, engine, *search.first[:2])
     priced = bool(prices)
     options.sort(key=lambda o: _sort_key(o, priced))
     best = options[0] if options and options[0].fits else None
