@@ -5,76 +5,31 @@ ever added within a schema version. Byte fields are integers, per GPU.
 """
 
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-# Build each model's validator on first use, not at import: a command uses one or two of these outputs,
-# and building all of them up front costs more than the whole estimate (pydantic defer_build).
-_CONFIG = ConfigDict(frozen=True, defer_build=True)
+from gpuplan.results_base import (  # noqa: F401 - the shared parts, importable from here as they always were
+    _CONFIG,
+    SCHEMA_VERSION,
+    FitSuggestion,
+    GpuFit,
+    InferenceMemory,
+    MemoryBreakdown,
+    Output,
+    _no_entries,
+    _no_items,
+)
 
-# Bump the major part when a field is removed or changes meaning, the minor part when one is added.
-SCHEMA_VERSION = "1.3"
-
-
-# The default factories of the list and dict fields. Python functions rather than the builtins list and dict:
-# pydantic inspects a default factory's signature when it builds a model's validator, and the signature of a
-# builtin is parsed from its text with the tokenize module, whose first use compiles its regular expressions
-# (about 3 ms of a command's start-up on this project's machine, more than the rest of the model's build).
-def _no_items() -> list:
-    return []
-
-
-def _no_entries() -> dict:
-    return {}
+# The outputs of sweep and train live in gpuplan/results_sweep_train.py and load on first use from here
+# (``from gpuplan.results import TrainResult`` works as before): an estimate or a plan does not define them.
+_SWEEP_TRAIN = ("SweepGpu", "SweepPoint", "SweepResult", "TrainResult")
 
 
-class FitSuggestion(BaseModel):
-    """One change that would make a workload that does not fit fit, estimated: its figure per GPU."""
+def __getattr__(name: str) -> type[BaseModel]:
+    if name in _SWEEP_TRAIN:
+        from gpuplan import results_sweep_train
 
-    model_config = _CONFIG
-
-    change: str = Field(description="what to change, in words")
-    flag: str = Field(description="the flags that make the change")
-    total_bytes: int = Field(description="the total per GPU with the change")
-    gpu_memory_bytes: int = Field(description="memory of the GPU it is checked against")
-    fits: bool = Field(description="the workload fits with the change")
-
-
-class MemoryBreakdown(BaseModel):
-    """Bytes per GPU, the fields every result shares: peak_allocated = weights + the rest the peak holds;
-    total = peak_allocated + overhead (what the card must hold)."""
-
-    model_config = _CONFIG
-
-    weights_bytes: int
-    activation_bytes: int
-    overhead_bytes: int
-    peak_allocated_bytes: int = Field(description="weights + kv cache + activations: torch.cuda.max_memory_allocated")
-    total_bytes: int = Field(description="peak_allocated + overhead: what the card must hold")
-
-
-class InferenceMemory(MemoryBreakdown):
-    """An inference breakdown: the KV cache beside the weights and activations."""
-
-    kv_cache_bytes: int
-
-
-class GpuFit(BaseModel):
-    """The verdict against a named GPU; every field is null when no GPU was named."""
-
-    model_config = _CONFIG
-
-    gpu: str | None = Field(default=None, description="GPU the fit is checked against, when one was named")
-    gpu_memory_bytes: int | None = Field(default=None, description="memory of that GPU, per GPU")
-    fits: bool | None = Field(default=None, description="fits that GPU (null when no GPU was named)")
-    headroom_bytes: int | None = Field(default=None, description="GPU memory left after total_bytes, per GPU")
-
-
-class Output(BaseModel):
-    """A command's --format json output: versioned as a whole."""
-
-    model_config = _CONFIG
-
-    schema_version: str = SCHEMA_VERSION
+        return getattr(results_sweep_train, name)
+    raise AttributeError(f"module 'gpuplan.results' has no attribute {name!r}")
 
 
 class ServingBudget(BaseModel):
@@ -230,90 +185,6 @@ class CheckResult(Output):
     deployments: list[DeploymentCheck] = Field(description="in the plan file's order")
 
 
-class SweepGpu(BaseModel):
-    """A GPU a sweep is measured against."""
-
-    model_config = _CONFIG
-
-    name: str
-    memory_bytes: int = Field(description="memory of one GPU that a CUDA process can allocate from")
-
-
-class SweepPoint(GpuFit, InferenceMemory):
-    """One point of a sweep grid. Bytes are per GPU."""
-
-    dtype: str = Field(description="weights as stored on the GPU (the requested --dtype, resolved)")
-    kv_dtype: str
-    batch: int = Field(description="sequences at once (serving engines: concurrent requests; llama.cpp: "
-                                   "--parallel)")
-    seq: int = Field(description="tokens per sequence (serving engines: max_model_len; llama.cpp: per slot)")
-    kv_cache_tokens: int | None = Field(default=None, description="serving engines: tokens the KV cache holds")
-    max_concurrency: float | None = Field(
-        default=None, description="serving engines: requests of seq tokens that fit at once")
-    warnings: list[str] = Field(default_factory=_no_items)
-
-
-class SweepResult(Output):
-    """``gpuplan sweep``: a grid of estimates over dtypes, GPUs, batch sizes and context lengths."""
-
-    model: str
-    model_type: str
-    parameters: int
-    engine: str
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    dtypes: list[str] = Field(description="weight dtypes swept, resolved")
-    kv_dtypes: list[str] = Field(description="KV cache dtypes swept, resolved")
-    batches: list[int]
-    seqs: list[int]
-    gpus: list[SweepGpu] = Field(default_factory=_no_items, description="GPUs every point is checked against")
-    points: list[SweepPoint] = Field(description="one per dtype x kv_dtype x GPU x batch x seq, in that order")
-    notes: list[str] = Field(default_factory=_no_items)
-
-
-class TrainResult(Output, GpuFit, MemoryBreakdown):
-    """``gpuplan train``: memory of one training step (forward, backward, optimizer step), per GPU.
-
-    ``batch`` is the micro-batch per GPU; bytes are integers. docs/training.md gives every formula.
-    """
-
-    model: str = Field(description="model id or path as resolved")
-    source: str
-    revision: str | None = None
-    commit: str | None = None
-    model_type: str
-    method: str = Field(description="full | lora | qlora")
-    precision: str = Field(description="bf16 | fp16 | fp32 | mixed (fp32 master weights, bf16 autocast)")
-    optimizer: str = Field(description="adamw | adamw-8bit | adafactor | sgd | sgd-momentum")
-    lora_rank: int | None = Field(default=None, description="LoRA rank (lora, qlora)")
-    lora_targets: list[str] | None = Field(
-        default=None, description="adapted modules; null: every linear projection of the blocks (all-linear)")
-    grad_checkpointing: bool
-    batch: int = Field(description="micro-batch per GPU")
-    seq: int = Field(description="tokens per sequence")
-    grad_accumulation: int
-    zero: int = Field(description="DeepSpeed ZeRO stage (0: none)")
-    fsdp: bool = Field(description="FSDP FULL_SHARD")
-    gpus: int = Field(description="data-parallel GPUs")
-    offload_optimizer: bool
-    prepare_kbit: bool = Field(default=False, description="QLoRA base prepared by peft's "
-                                                          "prepare_model_for_kbit_training (float32 activations)")
-    parameters: int = Field(description="parameters of the model")
-    trainable_parameters: int = Field(description="parameters that receive gradients (LoRA: the adapters)")
-    gradient_bytes: int = Field(description="gradients on this GPU")
-    optimizer_bytes: int = Field(description="optimizer states on this GPU (ZeRO: with fp32 master weights)")
-    step_temporary_bytes: int = Field(description="memory optimizer.step() allocates and frees again")
-    forward_peak_bytes: int
-    backward_peak_bytes: int
-    step_peak_bytes: int
-    peak_phase: str = Field(description="forward | backward | optimizer step: where the peak is")
-    suggestions: list[FitSuggestion] = Field(
-        default_factory=_no_items, description="when it does not fit: changes that would make it fit, each estimated")
-    components: dict[str, int] = Field(default_factory=_no_entries, description="named parts of the estimate")
-    notes: list[str] = Field(default_factory=_no_items)
-    warnings: list[str] = Field(default_factory=_no_items)
-
-
 class PlanOption(InferenceMemory):
     """One way to deploy: a GPU type, how many, and how the model is split. Bytes are per GPU."""
 
@@ -355,16 +226,17 @@ class PlanResult(Output):
     notes: list[str] = Field(default_factory=_no_items)
 
 
-#: The commands whose --format json output is a stable contract, by ``gpuplan schema --output`` name.
-OUTPUTS: dict[str, type[Output]] = {"estimate": EstimateResult, "plan": PlanResult, "check": CheckResult,
-                                    "sweep": SweepResult, "train": TrainResult}
+#: The commands whose --format json output is a stable contract, by ``gpuplan schema --output`` name: the name
+#: of the model behind each.
+OUTPUTS: dict[str, str] = {"estimate": "EstimateResult", "plan": "PlanResult", "check": "CheckResult",
+                           "sweep": "SweepResult", "train": "TrainResult"}
 
 
 def output_model(name: str) -> type[Output]:
     """The model behind a command's JSON output."""
     if name not in OUTPUTS:
         raise ValueError(f"unknown output {name!r}; one of {', '.join(OUTPUTS)}")
-    return OUTPUTS[name]
+    return globals().get(OUTPUTS[name]) or __getattr__(OUTPUTS[name])  # type: ignore[return-value]
 
 
 def output_schema(name: str) -> dict:

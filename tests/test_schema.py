@@ -21,7 +21,7 @@ def test_schema_matches_its_version_snapshot(name):
     current = output_schema(name)
     assert snapshot.exists(), f"no snapshot for schema {SCHEMA_VERSION}: run python benchmarks/update_schema.py"
     assert json.loads(snapshot.read_text()) == current, (
-        f"the {name} JSON schema changed: bump SCHEMA_VERSION in gpuplan/results.py (minor for added fields, "
+        f"the {name} JSON schema changed: bump SCHEMA_VERSION in gpuplan/results_base.py (minor for added fields, "
         "major for removed or changed ones), then run python benchmarks/update_schema.py"
     )
 
