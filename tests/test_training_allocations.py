@@ -27,14 +27,15 @@ FIXTURES = Path(__file__).parent / "fixtures" / "measurements"
 FIT = [r for r in measured_rows(FIXTURES / "min-memory-training-fresh-h100.jsonl") if r["kind"] == "train"]
 HELD_OUT = [r for r in measured_rows(FIXTURES / "min-memory-heldout3-h100.jsonl") if r["kind"] == "train"]
 TRAIN = FIT + HELD_OUT
-# Known misses, all over the smallest GPU (a card that size runs them). LoRA without checkpointing on the Qwen
-# vocabularies at 8,192 tokens: the recorded traces hold four to six times as many mid-size temporaries per layer
-# (peft's float32 input copies and their gradients, [T, h] and [T, I]) as the sequence writes, and those
-# temporaries' own segments serve the next step's tensors, which the sequence places in the freed loss segments.
+# Known misses, both over the smallest GPU (a card that size runs them): LoRA without checkpointing on a 152k
+# vocabulary at 8,192 tokens per step. Qwen3-0.6B's search passed at 35.19 GiB, but the same run failed at 36.25 GiB
+# in a later process (min-memory-recheck-h100.jsonl), and its recorded trace, replayed, needs 37.50 GiB: the
+# allocator's outcome there depends on the addresses cudaMalloc returns. Qwen2.5-0.5B's recorded trace needs
+# 30.56 GiB replayed, the simulated sequence 32.62: the trace holds more mid-size temporaries per layer (28, 14
+# and 2 MiB) than the sequence writes.
 MISSES = {
-    "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: LoRA temporaries not in the sequence",
-    "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: LoRA temporaries not in the sequence",
-    "Qwen/Qwen3-0.6B|lora|fp32|adamw|b4|s1024|gc0|ga1": "over: LoRA temporaries not in the sequence (held out)",
+    "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: the measured cap was a pass that did not repeat",
+    "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: LoRA temporaries the sequence leaves out",
 }
 
 
@@ -126,7 +127,7 @@ def test_training_targets():
         assert len(errors) >= 8
         assert min(errors) >= -0.02
     errors = [compare_min_memory(r)["error"] for r in TRAIN]
-    assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.84  # 16 of 19: short of 90%, see MISSES
+    assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.89  # 17 of 19: short of 90%, see MISSES
 
 
 def test_workspaces_are_allocated_at_the_first_step():
@@ -170,3 +171,22 @@ def test_sharded_runs_keep_the_largest_temporary_as_slack():
     result = train(spec, batch=2, seq=1024, zero=2, gpus=2, expandable_segments=False)
     assert "reserved_on_larger_card" not in result.components
     assert result.components["allocator_slack"] == 2 * 1024 * spec.vocab_size * 4
+
+
+TRACED = [r for r in FIT if r.get("trace_file")]
+
+
+def test_recorded_training_traces_replay_to_the_measured_reservation():
+    """Each run was traced once, uncapped, before its search (traces/training/). Replayed through the allocator
+    simulation, a trace reserves what the measured uncapped run reserved, within 0.5%, in 10 of the 11 runs;
+    Qwen2.5-1.5B (mixed precision, checkpointing) replays 3.3% above: the two runs of one process took
+    different segments, which the addresses cudaMalloc returned decide."""
+    from gpuplan.verify.min_memory import trace_events
+
+    assert len(TRACED) == 11
+    close = 0
+    for row in TRACED:
+        events = trace_events(FIXTURES / "traces" / "training" / row["trace_file"], row["allocated_before_case"])
+        reserved = replay(events).peak_reserved
+        close += abs(reserved / row["peak_reserved"] - 1) <= 0.005
+    assert close >= 10

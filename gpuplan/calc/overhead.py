@@ -9,7 +9,8 @@ the process adds two things, both measured on an H200 (tests/fixtures/measuremen
   bytes: ``NON_TORCH_BYTES``.
 * the caching allocator's slack: segments it keeps reserved after a temporary tensor is freed, which a
   later request of another size cannot reuse (c10/cuda/CUDACachingAllocator.cpp). For generate() it is
-  simulated (gpuplan/calc/allocator.py); training estimates it as the largest single temporary tensor;
+  simulated (gpuplan/calc/allocator.py), and so is a one-GPU training run (gpuplan/calc/training_allocations.py);
+  sharded training estimates it as the largest single temporary tensor;
   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True lets segments grow in place and removes most of it.
 """
 

@@ -104,6 +104,10 @@ class _Layout:
     head_cast: int
     checkpointing: bool
     optimizer: str
+    # Each LoRA-adapted linear of the attention block and of the FFN block: (input, output) bytes per element
+    # count, i.e. (T x in_features, T x out_features); empty without LoRA or under autocast.
+    lora_linears: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = ((), ())
+    compute_bytes: int = 2
 
 
 def _split_saved(d: _Dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -223,6 +227,12 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
             [t for t in spec.tensors if t.role is TensorRole.EMBEDDING]
         head_cast = 2 * sum(t.numel for t in head)
     saved = _split_saved(d)
+    lora_linears: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
+    if d.lora and not d.autocast:
+        for t in lora_target_tensors(spec, setup.lora_targets):
+            if t.count == layers:
+                block = 1 if t.name.split(".")[-2] in _FFN_NAMES else 0
+                lora_linears[block].append((T * t.shape[1], T * t.shape[0]))
     return _Layout(
         layers=layers, tokens=T, stream=T * d.h * d.r, norm_temp=T * d.h * FP32,
         saved=(tuple(T * size for size in saved[0]), tuple(T * size for size in saved[1])),
@@ -231,7 +241,8 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
         tied_grad=emb * p_bytes if spec.tie_word_embeddings else 0, trained_bytes=p_bytes,
         logits=T * d.V * d.e, logits32=T * d.V * FP32, softcap=_loss_terms(d)["loss_kept"] - T * d.V * FP32,
         final_saved=_final_norm_bytes(d) * T, layer_casts=casts,
-        head_cast=head_cast, checkpointing=setup.grad_checkpointing, optimizer=setup.optimizer)
+        head_cast=head_cast, checkpointing=setup.grad_checkpointing, optimizer=setup.optimizer,
+        lora_linears=(tuple(lora_linears[0]), tuple(lora_linears[1])), compute_bytes=d.e)
 
 
 def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
@@ -242,9 +253,11 @@ def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
     process's first matmul, which allocates the main thread's cuBLAS workspace once the norm has run."""
     saved: list[int] = []
     casts = [trace.alloc(size) for size in lay.layer_casts]
-    for group in lay.saved:
+    for block, group in enumerate(lay.saved):
         # RMSNorm (modeling_llama.py LlamaRMSNorm): hidden.to(float32).pow(2) is a temporary beside the kept ones.
         squared = trace.alloc(lay.norm_temp)
+        for _, out in lay.lora_linears[block]:
+            _lora_forward(trace, out, lay.compute_bytes)
         for index, size in enumerate(group):
             saved.append(trace.alloc(size))
             if first_matmul and index == min(1, len(group) - 1):
@@ -264,12 +277,54 @@ def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
     return stream, saved + casts
 
 
+def _lora_forward(trace: _Trace, out: int, e: int) -> None:
+    """The temporaries of one LoRA-adapted linear's forward (peft tuners/lora/layer.py Linear.forward: the
+    base layer's output, then ``result = result + lora_B(lora_A(x)) * scaling`` in the adapters' float32,
+    then ``result.to(torch_result_dtype)``): lora_B's output, its scaled copy, the float32 sum, the base output
+    freed as ``result`` is rebound. The cast result stands for the linear's output, which the block's saved
+    tensors already count, so it is freed here too."""
+    base = trace.alloc(out * e)
+    b_out = trace.alloc(out * FP32)
+    scaled = trace.alloc(out * FP32)
+    trace.free(b_out)
+    summed = trace.alloc(out * FP32)
+    trace.free(scaled, base)
+    if e != FP32:
+        cast = trace.alloc(out * e)
+        trace.free(summed, cast)
+    else:
+        trace.free(summed)
+
+
+def _lora_backward(trace: _Trace, inp: int, out: int, e: int) -> None:
+    """The temporaries of one LoRA-adapted linear's backward, in the order of the recorded traces: the float32
+    gradient of the sum (the cast's backward), the gradient of the base output (held until the base layer's
+    backward), that of lora_B's output (the scaling's), lora_A's input gradient in float32 and its cast back,
+    the base layer's input gradient and the sum of the two."""
+    grad_sum = trace.alloc(out * FP32)
+    grad_base_out = trace.alloc(out * e) if e != FP32 else None
+    grad_b = trace.alloc(out * FP32)
+    trace.free(grad_sum, grad_b)
+    grad_x32 = trace.alloc(inp * FP32)
+    grad_x = trace.alloc(inp * e) if e != FP32 else None
+    trace.free(grad_x32)
+    grad_base = trace.alloc(inp * e)
+    if grad_base_out is not None:
+        trace.free(grad_base_out)
+    total = trace.alloc(inp * e)
+    trace.free(grad_base, total)
+    if grad_x is not None:
+        trace.free(grad_x)
+
+
 def _layer_backward(trace: _Trace, lay: _Layout, saved: list[int], grads: list[int]) -> None:
     """One layer's backward: the FFN's and attention's gradient temporaries ([T, I] and [T, h]), its weight
     gradients (kept as .grad), its saved tensors released as their nodes run (last saved first)."""
     order = list(reversed(saved))
     ffn_block = len(lay.saved[1]) + len(lay.layer_casts)  # the FFN's backward runs first
     for index, group in enumerate((order[:ffn_block], order[ffn_block:])):
+        for inp, out in reversed(lay.lora_linears[1 - index]):
+            _lora_backward(trace, inp, out, lay.compute_bytes)
         grad_in = trace.alloc(lay.stream)
         inner = trace.alloc(lay.ffn_temp if index == 0 else lay.stream)
         params = lay.layer_params[len(lay.layer_params) // 2:] if index == 0 else \
