@@ -44,6 +44,9 @@ from functools import lru_cache
 
 from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_sequence
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
+from gpuplan.calc.training import _ATTN_INPUT_PROJ as _ATTN_INPUTS
+from gpuplan.calc.training import _FFN_INPUT_PROJ as _FFN_INPUTS
+from gpuplan.calc.training import _FFN_OUTPUT_PROJ as _FFN_OUTPUTS
 from gpuplan.calc.training import (
     FP32,
     TrainingSetup,
@@ -54,6 +57,7 @@ from gpuplan.calc.training import (
     _trainable_bytes_per_param,
     base_weights_bytes,
     lora_target_tensors,
+    module_in,
 )
 from gpuplan.models.spec import ModelSpec, TensorGroup, TensorRole
 
@@ -159,16 +163,28 @@ _FFN_NAMES = {"gate_proj", "up_proj", "down_proj", "c_fc", "fc1", "fc2", "gate_u
 
 
 def _lora_split(d: _Dims) -> list[tuple[str, int]]:
-    """The adapters' saved tensors per token, for float32 adapters under a 16-bit compute dtype without
-    autocast (the case ``_saved_per_token_layer`` counts per adapted linear: its float32 input and lora_A's
-    [T, r] output); empty otherwise, and the component stays whole."""
-    if not d.lora or d.autocast or d.e == FP32:
+    """The adapters' saved tensors per token, as ``_saved_per_token_layer`` counts them without autocast:
+    lora_A's [T, r] output for each adapted linear, and its float32 input: a copy per linear under a 16-bit
+    compute dtype; in float32, the input itself, once per tensor the linears read (the attention's and the
+    FFN's normed input, the FFN's inner activation; the attention output is kept by the attention already).
+    Empty under autocast, and the component stays whole."""
+    if not d.lora or d.autocast:
         return []
     out: list[tuple[str, int]] = []
+    groups: set[str] = set()
     for t in lora_target_tensors(d.spec, d.setup.lora_targets):
-        if t.count == d.L:
-            name = t.name.split(".")[-2]
-            out += [(name, t.shape[1] * FP32), (name, d.setup.lora_rank * FP32)]
+        if t.count != d.L:
+            continue
+        name = "mlp.c_proj" if module_in(t, {"mlp.c_proj"}) else t.name.split(".")[-2]
+        if d.e != FP32:
+            out.append((name, t.shape[1] * FP32))
+        else:
+            group = "attn" if name in _ATTN_INPUTS else "ffn" if name in _FFN_INPUTS else \
+                "ffn_out" if module_in(t, _FFN_OUTPUTS) else None
+            if group is not None and group not in groups:
+                groups.add(group)
+                out.append((name, t.shape[1] * FP32))
+        out.append((name, d.setup.lora_rank * FP32))
     return out
 
 
@@ -231,7 +247,7 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
     if d.lora and not d.autocast:
         for t in lora_target_tensors(spec, setup.lora_targets):
             if t.count == layers:
-                block = 1 if t.name.split(".")[-2] in _FFN_NAMES else 0
+                block = 1 if module_in(t, _FFN_NAMES) else 0
                 lora_linears[block].append((T * t.shape[1], T * t.shape[0]))
     return _Layout(
         layers=layers, tokens=T, stream=T * d.h * d.r, norm_temp=T * d.h * FP32,
