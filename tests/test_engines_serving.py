@@ -147,8 +147,8 @@ KNOWN_MISSES = {
         "command line is not quoted, so a larger --max-num-batched-tokens or another flag cannot be ruled out"),
     "vllm-llama3-8b-a6000-tp1-pr4454": (
         "GPU total: the catalog's RTX A6000 is the ECC-on card (CUDA total 44.55 GiB by deviceQuery, driver total "
-        "44.99 GiB); the logged 13,248 blocks (25.88 GiB) plus 14.96 GiB of weights need (25.88 + 14.96) / 0.9 = 45.4 GiB "
-        "before any activation, so this card had more memory than either (48 GB with ECC off)"),
+        "44.99 GiB); the logged 13,248 blocks (25.88 GiB) plus 14.96 GiB of weights need (25.88 + 14.96) / 0.9 = "
+        "45.4 GiB before any activation, so this card had more memory than either (48 GB with ECC off)"),
     "vllm-llama3-8b-rtx3090-tp1-v041": (
         "+10.5% (2,606 blocks predicted, 2,358 logged; 5.09 GiB of pool against 4.61): the log prints no breakdown; "
         "0.48 GiB more was charged than the weights (14.96 GiB, matched) and the 0.92 GiB activation peak modelled for "
