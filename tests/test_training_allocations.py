@@ -1,0 +1,152 @@
+"""The training run's allocation sequence (gpuplan/calc/training_allocations.py) and the total it gives, replayed
+against the smallest GPU measured on an H100 (tests/fixtures/measurements/min-memory-h100.jsonl, kind "train").
+
+Targets (docs/accuracy.md, "Does it fit"): training, at least 90% of runs within 5% of the smallest GPU that runs
+them, none under it by more than 2%. Not met yet: the misses are listed in MISSES and xfailed with their reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gpuplan.api import as_resolved, train
+from gpuplan.calc.allocator import replay
+from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES, NON_TORCH_BYTES
+from gpuplan.calc.training import TrainingSetup, estimate_training
+from gpuplan.calc.training_allocations import STEPS, training_allocator_fit, training_events
+from gpuplan.models.sources import parse_config
+from gpuplan.verify.compare import measured_config
+from gpuplan.verify.min_memory import compare_min_memory, measured_rows
+
+FIXTURES = Path(__file__).parent / "fixtures" / "measurements"
+TRAIN = [r for r in measured_rows(FIXTURES / "min-memory-h100.jsonl") if r["kind"] == "train"]
+# Known misses, with what the simulation leaves out as far as it is understood. Both gradient-checkpointing runs
+# needed about their uncapped peak reservation (measured min_cap within 0.1% of peak_reserved): the capped run
+# could not release the float32 loss tensors' segments, which the simulated sequence frees whole; no allocator
+# trace of a training run was recorded to find the tensor that pins them.
+MISSES = {
+    "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b4|s2048|gc1|ga1": "under: checkpointed run pins the loss segments",
+    "Qwen/Qwen2.5-0.5B|full|mixed|adamw|b4|s2048|gc1|ga1": "under: checkpointed run pins the loss segments",
+    # The simulated second step places a saved FFN tensor of the last layer into a free float32-loss segment,
+    # which the measured run did not need (its smallest GPU is 0.17 GiB above its peak).
+    "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: simulated second step strands a loss segment",
+}
+
+
+def _setup(row: dict) -> tuple:
+    spec = parse_config(measured_config(row), label=row["model_id"])
+    setup = TrainingSetup(method=row["method"], precision=row["precision"], optimizer=row["optimizer"],
+                          lora_rank=row["lora_rank"] or 16, grad_checkpointing=row["grad_checkpointing"],
+                          batch=row["batch"], seq=row["seq"], grad_accumulation=row["grad_accumulation"])
+    return spec, setup
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
+def test_sequence_peak_is_the_estimated_peak(row):
+    """The sequence is built from the memory model's sizes: replayed, its live tensors peak where the estimate
+    does (which matches the measured peak within 0.1%: tests/test_min_memory.py)."""
+    spec, setup = _setup(row)
+    peak = replay(training_events(spec, setup)).peak_allocated
+    estimated = estimate_training(spec, setup).peak_allocated_bytes
+    assert abs(peak - estimated) <= 0.001 * estimated
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
+def test_sequence_is_balanced(row):
+    """Each tensor is allocated once and freed at most once, never before it exists; what stays at the end is
+    the weights, the optimizer states and the two cuBLAS workspaces."""
+    spec, setup = _setup(row)
+    events = training_events(spec, setup)
+    live: dict[int, int] = {}
+    for action, tensor, size in events:
+        if action == "a":
+            assert tensor not in live
+            live[tensor] = size
+        else:
+            assert action == "f" and tensor in live
+            del live[tensor]
+    mem = estimate_training(spec, setup)
+    kept = sum(live.values())
+    expected = mem.weights_bytes + mem.optimizer_bytes + 2 * CUBLAS_WORKSPACE_BYTES
+    assert abs(kept - expected) <= 0.001 * expected
+
+
+def test_optimizer_states_are_created_once_and_gradients_every_step():
+    """AdamW's exp_avg / exp_avg_sq appear at the first step only (adam.py _init_group); the foreach step's
+    sqrt temporaries and the gradients (zero_grad(set_to_none=True)) come and go at every step."""
+    row = next(r for r in TRAIN if r["method"] == "full" and r["precision"] == "bf16"
+               and r["model_id"] == "meta-llama/Llama-3.2-1B")
+    spec, setup = _setup(row)
+    events = training_events(spec, setup)
+    sgd = training_events(spec, setup.model_copy(update={"optimizer": "sgd"}))
+    allocated = Counter(size for action, _, size in events if action == "a")
+    plain = Counter(size for action, _, size in sgd if action == "a")
+    extra = allocated - plain
+    tensors = spec.num_hidden_layers * 9 + 2  # Llama: 9 tensors per layer, the embedding and the final norm
+    # Two states per trainable tensor once, one sqrt temporary per trainable tensor at each step.
+    assert sum(extra.values()) == tensors * (2 + STEPS)
+    assert sum(size * n for size, n in extra.items()) == estimate_training(spec, setup).optimizer_bytes * (
+        1 + STEPS / 2)
+
+
+def test_fused_experts_keep_the_sequence_short():
+    """transformers 5 builds a layer's experts as one fused tensor: a 256-expert model is not 15,000 tensors."""
+    spec = as_resolved("deepseek-ai/DeepSeek-V3", offline=True).spec
+    events = training_events(spec, TrainingSetup(batch=1, seq=1024))
+    assert len(events) < 20_000
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
+def test_training_total_is_the_smallest_gpu(row):
+    """total_bytes = the estimated peak + what the simulated allocator needs beyond the simulated peak on the
+    smallest card + the memory outside torch; within -2% .. +5% of the measured smallest GPU."""
+    if row["case_id"] in MISSES:
+        pytest.xfail(MISSES[row["case_id"]])
+    c = compare_min_memory(row)
+    assert -0.02 <= c["error"] <= 0.05, f"total_bytes off by {c['error']:+.2%}"
+
+
+def test_known_training_misses_still_miss():
+    """MISSES lists exactly the runs outside -2% .. +5%: one that starts to pass must leave the list."""
+    missed = {r["case_id"] for r in TRAIN if not -0.02 <= compare_min_memory(r)["error"] <= 0.05}
+    assert missed == set(MISSES)
+
+
+@pytest.mark.xfail(strict=True, reason="3 of 6 training runs within 5% and 2 under by more than 2% (MISSES)")
+def test_training_targets():
+    errors = [compare_min_memory(r)["error"] for r in TRAIN]
+    assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.9
+    assert min(errors) >= -0.02
+
+
+def test_total_adds_the_simulated_slack_and_the_memory_outside_torch():
+    row = TRAIN[0]
+    spec, setup = _setup(row)
+    result = train(spec, method=row["method"], precision=row["precision"], batch=row["batch"], seq=row["seq"],
+                   grad_checkpointing=row["grad_checkpointing"], expandable_segments=False)
+    fit = training_allocator_fit(spec, setup)
+    slack = fit.limit_bytes - fit.peak_allocated_bytes
+    assert result.components["allocator_slack"] == slack
+    assert result.total_bytes == result.peak_allocated_bytes + slack + NON_TORCH_BYTES
+    assert result.components["reserved_on_larger_card"] == result.peak_allocated_bytes + (
+        fit.peak_reserved_bytes - fit.peak_allocated_bytes)
+
+
+def test_expandable_segments_need_less():
+    row = TRAIN[0]
+    spec, setup = _setup(row)
+    default = training_allocator_fit(spec, setup)
+    expandable = training_allocator_fit(spec, setup, expandable_segments=True)
+    assert expandable.limit_bytes <= default.limit_bytes
+
+
+def test_sharded_runs_keep_the_largest_temporary_as_slack():
+    """ZeRO / FSDP / DDP runs are not simulated (their communication buffers are not in the sequence)."""
+    row = TRAIN[0]
+    spec, _ = _setup(row)
+    result = train(spec, batch=2, seq=1024, zero=2, gpus=2, expandable_segments=False)
+    assert "reserved_on_larger_card" not in result.components
+    assert result.components["allocator_slack"] == 2 * 1024 * spec.vocab_size * 4
