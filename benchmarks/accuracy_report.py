@@ -451,7 +451,7 @@ def fit_section() -> str:
     rows = measured_rows(path)
     cases = [compare_min_memory(r) for r in rows]
     generate = [c for c in cases if c["kind"] == "generate"]
-    train = [c for c in cases if c["kind"] == "train"]
+    train = [c for c in _fit_cases("min-memory-training-fresh-h100.jsonl") if c["kind"] == "train"]
     lines = [
         "",
         "## Does it fit: total_bytes against the smallest GPU that runs the workload",
@@ -462,11 +462,22 @@ def fit_section() -> str:
         "caps of PyTorch's caching allocator (`torch.cuda.set_per_process_memory_fraction`, 64 MiB steps; under "
         "a cap the allocator releases its cache and retries before it fails, as on a smaller card); the "
         "smallest cap that runs plus the memory outside torch's allocator (`mem_get_info` used - "
-        "`memory_reserved`: 0.68 to 0.74 GiB for generate(), 0.81 GiB for training) is the smallest GPU. "
+        "`memory_reserved`: 0.68 to 0.74 GiB for generate(), 0.75 GiB for training) is the smallest GPU. "
         "Each allocator setting ran in its own process; results: `tests/fixtures/measurements/"
-        "min-memory-h100.jsonl`.",
+        "min-memory-h100.jsonl`. A training run is searched from a fresh start: the search builds the model, "
+        "the optimizer and runs two steps under each cap, and releases the cuBLAS workspaces between runs "
+        "(`torch._C._cuda_clearCublasWorkspaces()`), because torch keeps one per thread for the life of the "
+        "process and the one autograd's thread allocates lands wherever the allocator has room: in the first "
+        "training sweep it landed inside a freed 4.6 GiB float32-logits segment, every later capped run of that "
+        "process started with that segment pinned, and the searches found the run's uncapped reservation "
+        "instead of a fresh process's need (the training rows of `min-memory-h100.jsonl` and "
+        "`min-memory-heldout2-h100.jsonl`; replaying the recorded trace with that workspace kept in place "
+        "reproduces each of their capped outcomes). Those eleven runs were measured again with the workspaces "
+        "released (`min-memory-training-fresh-h100.jsonl`, with an allocator trace of each), and those are the "
+        "training rows below.",
         "",
-        "The estimate replays generate()'s allocations (`gpuplan/engines/transformers_allocations.py`) through "
+        "The estimate replays generate()'s and a training run's allocations "
+        "(`gpuplan/engines/transformers_allocations.py`, `gpuplan/calc/training_allocations.py`) through "
         "a simulation of PyTorch's CUDACachingAllocator (`gpuplan/calc/allocator.py`) and searches the smallest "
         "limit under which the simulated allocator serves them all; total_bytes = the peak of live tensors + "
         "what the allocator needs beyond it there + the memory outside torch. Replaying the allocator traces "
@@ -486,18 +497,26 @@ def fit_section() -> str:
         _fit_summary("generate(), default allocator", [c for c in generate if c["allocator"] == "default"]),
         _fit_summary("generate(), expandable segments", [c for c in generate if c["allocator"] == "expandable"]),
         _fit_summary("generate(), held-out only", [c for c in generate if c["split"] == "heldout"]),
-        _fit_summary("training (whole run from a fresh start)", train),
+        _fit_summary("training (whole run from a fresh start, measured again)", train),
         "",
         "Targets: generate(), both allocators: at least 95% within 5%, none under by more than 2%; training: "
-        "at least 90% within 5%, none under by more than 2%. Met for generate() but for one case: "
-        "`mistralai/Mistral-7B-v0.1 · bf16 · sdpa · b16 · p1024 · n128` with the default allocator is 2.4% "
-        "under: the simulated reservation peaks in the prefill and stays there through the decode, the measured "
-        "one is 0.41 GiB higher, and the sliding-window cache's order of frees (both new tensors before the old "
-        "ones) gives the same simulated result as a plain cache's; no allocator trace of it was recorded to find "
-        "what the sequence misses. Not met for training: "
-        "its peak of live tensors matches the measurement (within 0.1% in all six runs, the float32 loss of a "
-        "152k vocabulary included), but its total still adds the older slack term (the largest temporary "
-        "tensor), not a simulation of the training run's allocations.",
+        "at least 90% within 5%, none under by more than 2%. Met for generate(). "
+        "`mistralai/Mistral-7B-v0.1 · bf16 · sdpa · b16 · p1024 · n128` with the default allocator was 2.4% "
+        "under until the RMSNorm's float32 tensor was kept alive until the norm returns, as the allocator trace "
+        "of Llama-3.1-8B's prefill recorded in the third held-out sweep showed (LlamaRMSNorm returns "
+        "`self.weight * hidden_states.to(input_dtype)`, so its float32 `hidden_states` outlives the product); "
+        "it is now -0.1%. Training: 9 of 11 within 5% and none under by more than 2%. Its sequence "
+        "(`gpuplan/calc/training_allocations.py`) was checked against these runs' recorded traces "
+        "(`traces/training/`), which showed what it first left out: peft's LoRA linears run their adapters in "
+        "float32 (`result + lora_B(lora_A(x)) * scaling`, then a cast back), leaving four float32 temporaries "
+        "of the output's width per adapted linear in the forward and five in the backward (with them, the "
+        "Qwen2.5-0.5B LoRA run went from +13.3% to +6.8%). The two misses are over-estimates of LoRA without "
+        "checkpointing on a 152k vocabulary at 8,192 tokens per step: Qwen2.5-0.5B (+6.8%), whose trace still "
+        "holds more mid-size temporaries than the sequence, and Qwen3-0.6B (+6.3%), whose search passed at "
+        "35.19 GiB while the same run failed at 36.25 GiB in a later process "
+        "(`min-memory-recheck-h100.jsonl`): near its smallest GPU the allocator's outcome depends on the "
+        "addresses cudaMalloc returns, and its recorded trace, replayed, needs 37.50 GiB. The training peak of "
+        "live tensors matches the measurement within 0.3% in all runs.",
         "",
         "### Fit cases",
         "",
@@ -525,11 +544,71 @@ def fit_held_out_section() -> str:
     second = _fit_cases("min-memory-heldout2-h100.jsonl")
     if not first or not second:
         return ""
+    third = _fit_cases("min-memory-heldout3-h100.jsonl")
+    fourth = _fit_cases("min-memory-heldout4-h100.jsonl")
+    gen4 = [c for c in fourth if c["kind"] == "generate"]
+    train4 = [c for c in fourth if c["kind"] == "train"]
     gen2 = [c for c in second if c["kind"] == "generate"]
-    train2 = [c for c in second if c["kind"] == "train"]
+    gen3 = [c for c in third if c["kind"] == "generate"]
+    train3 = [c for c in third if c["kind"] == "train"]
     lines = [
         "",
         "### Held out: measured after the model was fixed",
+        "",
+        "The fourth sweep (`min-memory-heldout4-h100.jsonl`) is the latest held-out result: eight training runs "
+        "(LoRA without checkpointing at 1-1.5B, the weak spot of the fit runs; LoRA with checkpointing on "
+        "Qwen3-4B; full fine-tuning of Gemma-2-2B, Qwen2.5-3B and Llama-3.2-3B; GPT-2 medium LoRA in float32; "
+        "Qwen3-0.6B in mixed precision) and six generate() workloads (a 14B model, Gemma-2-9B, an MoE in fp16, "
+        "Phi-3 in float32) under both allocators, chosen and committed before they ran and measured once the "
+        "norm order and the LoRA temporaries were written. As measured: generate() 12 of 12 within 5%, and "
+        "Qwen1.5-MoE-A2.7B in fp16 under by more than 2% with both allocators (-3.5%, -2.2%): its peak of live "
+        "tensors is already 2.0% under (the bf16 runs of this model in the first sweep are within 0.3%), not "
+        "found. Training 6 of 8 within 5%: Gemma-2-2B full fine-tuning +5.5% over, and GPT-2 medium LoRA in "
+        "float32 8.7% under, its peak 10.3% under: GPT-2 names both output projections `c_proj`, and the "
+        "estimate took the FFN's (`mlp.c_proj`) for the attention's, whose input the attention keeps anyway, "
+        "so LoRA's float32 input of the FFN's was not counted. With the module told apart by its parent, the "
+        "peak is +0.1% and the total 5.2% under: the recorded trace (`gpt2m-lora-fp32`, kept with the "
+        "measurements) reserves a fourth 786 MiB float32-logits segment where the simulated sequence reuses a "
+        "freed one. Qwen2.5-3B in mixed precision is 2.00% under, at the line. The rows below are the model as "
+        "it is now.",
+        "",
+        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|",
+        _fit_summary("fourth sweep, training", train4),
+        _fit_summary("fourth sweep, generate(), both allocators", gen4),
+        "",
+        "#### Fourth sweep",
+        "",
+        *_fit_table(fourth),
+        "",
+        "#### Third sweep",
+        "",
+        "The third sweep (`min-memory-heldout3-h100.jsonl`) is the held-out result for training and the latest "
+        "for generate(): eight training runs (a 3B LoRA without checkpointing, Gemma-2's 256k vocabulary, GPT-2 "
+        "medium in float32, full fine-tuning with checkpointing at 1-1.7B, LoRA in float32) and six generate() "
+        "workloads on models no earlier sweep ran, under both allocators, chosen and committed before they ran "
+        "and measured once the training sequence was fixed. As measured, before any change: training 7 of 8 "
+        "within 5% and none under by more than 2% (-0.6% .. +6.8%; the miss, Qwen3-0.6B LoRA in float32, is "
+        "-0.9% with the LoRA temporaries written afterwards from the first set's traces); generate() 12 of 12 "
+        "within 5%, but two "
+        "default-allocator runs under by more than 2% (Llama-3.1-8B b8 p2048 n64 -2.2%, Mistral-7B-v0.3 b4 "
+        "p4096 n32 -2.2%). Both needed their uncapped reservation: a capped run of Llama-3.1-8B failed in the "
+        "prefill, and its recorded allocator trace, replayed, fails there too, while the simulated sequence "
+        "freed each RMSNorm's float32 tensor one allocation early. With that corrected (and Gemma's norm, "
+        "which scales in float32 and casts last, written apart), the rows below are the model as it is now; "
+        "the correction moved eight earlier generate() runs by 0.3-2.3 points (Mistral-7B-v0.1 b16 p1024 n128 from "
+        "-2.4% to -0.1%), one of them over 5% (Qwen2.5-0.5B b32 p512 n256, from +3.6% to +10.5%), and "
+        "Gemma-2 eager from -0.5% to +4.9%.",
+        "",
+        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|",
+        _fit_summary("third sweep, training (held out)", train3),
+        _fit_summary("third sweep, generate(), both allocators (after the norm correction)", gen3),
+        "",
+        "",
+        *_fit_table(third),
+        "",
+        "#### Earlier sweeps",
         "",
         "Two more sweeps on the same H100, each run once the allocation sequence was fixed, on cases the sweeps "
         "above never ran. The first (`min-memory-heldout-h100.jsonl`: 14 workloads under both allocators, four "
@@ -549,16 +628,12 @@ def fit_held_out_section() -> str:
         "|---|---:|---:|---:|---:|---:|",
         _fit_summary("first sweep, generate(), both allocators (corrected model)", first),
         _fit_summary("second sweep, generate(), both allocators", gen2),
-        _fit_summary("second sweep, training", train2),
         "",
         "One held-out generate() run is under by more than 2%: Qwen3-1.7B b1 p4000 n256 with expandable "
         "segments, -2.1%, where the search's 64 MiB step is 1.3% of the run and the process had 0.757 GiB "
-        "outside torch's allocator against the 0.718 GiB modelled. Training totals still over-estimate: its "
-        "peak of live tensors is within 0.1% of "
-        "the measurement, but the total adds the older slack term, not a simulation of the training run's "
-        "allocations (an attempt that replays the training sequence came within 1.2-2.5% of the recorded "
-        "traces' own replay, but under a cap the recorded checkpointed runs fail below their uncapped "
-        "reservation, which neither replay reproduces).",
+        "outside torch's allocator against the 0.718 GiB modelled. The second sweep's five training runs were "
+        "searched with the cuBLAS workspace of an earlier run kept (see above): they were measured again from a "
+        "fresh start and are among the training rows of the first table; their rows here show the peaks.",
         "",
         "#### Second sweep",
         "",

@@ -184,7 +184,7 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
     follows that function's default: on with ``prepare_kbit``, off otherwise.
     Returns a :class:`gpuplan.results.TrainResult`; docs/training.md has the formulas.
     """
-    from gpuplan.calc.overhead import NON_TORCH_BYTES, expandable_segments_from_env
+    from gpuplan.calc.overhead import NON_TORCH_BYTES, TRAINING_NON_TORCH_BYTES, expandable_segments_from_env
     from gpuplan.calc.training import METHODS, OPTIMIZERS, PRECISIONS, TrainingSetup, estimate_training
     from gpuplan.results import TrainResult
 
@@ -217,8 +217,9 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
     mem = estimate_training(spec, setup)
     if expandable_segments is None:
         expandable_segments = expandable_segments_from_env()
-    slack = 0 if expandable_segments else mem.largest_transient_bytes
-    overhead = NON_TORCH_BYTES + slack
+    slack, larger_card = _training_allocator_terms(spec, setup, mem.largest_transient_bytes, expandable_segments)
+    non_torch = TRAINING_NON_TORCH_BYTES if larger_card is not None else NON_TORCH_BYTES
+    overhead = non_torch + slack
     total = mem.peak_allocated_bytes + overhead
     warnings: list[str] = []
     if spec.max_position_embeddings and seq > spec.max_position_embeddings:
@@ -246,5 +247,22 @@ def train(model: str | ResolvedModel | ModelSpec | Any, *, method: str = "full",
         forward_peak_bytes=mem.forward_peak_bytes, backward_peak_bytes=mem.backward_peak_bytes,
         step_peak_bytes=mem.step_peak_bytes, peak_phase=mem.peak_phase,
         peak_allocated_bytes=mem.peak_allocated_bytes, overhead_bytes=overhead, total_bytes=total,
-        components={**mem.components, "allocator_slack": slack, "non_torch": NON_TORCH_BYTES},
+        components={**mem.components, "allocator_slack": slack, "non_torch": non_torch,
+                    **({"reserved_on_larger_card": mem.peak_allocated_bytes + larger_card}
+                       if larger_card is not None else {})},
         notes=notes, warnings=warnings, **fit)
+
+
+def _training_allocator_terms(spec: Any, setup: Any, largest_transient: int,
+                              expandable_segments: bool) -> tuple[int, int | None]:
+    """What PyTorch's caching allocator needs beyond the peak of live tensors in a training run: simulated
+    (gpuplan/calc/training_allocations.py) on one GPU, on the smallest card that runs it, and on a card with room
+    to spare (None where not simulated). Sharded runs (ZeRO, FSDP, DDP) keep the older bound, the largest
+    temporary tensor: their communication buffers are not in the simulated sequence."""
+    from gpuplan.calc.training_allocations import training_allocator_fit
+
+    if setup.gpus != 1 or setup.zero or setup.fsdp:
+        return (0 if expandable_segments else largest_transient), None
+    fit = training_allocator_fit(spec, setup, expandable_segments)
+    return (max(0, fit.limit_bytes - fit.peak_allocated_bytes),
+            max(0, fit.peak_reserved_bytes - fit.peak_allocated_bytes))

@@ -23,10 +23,9 @@ GENERATE = [r for r in ROWS if r["kind"] == "generate"]
 TRAIN = [r for r in ROWS if r["kind"] == "train"]
 TRACED = [r for r in GENERATE if r.get("trace_file") and (FIXTURES / "traces" / r["trace_file"]).exists()]
 H100_CUDA_TOTAL = 85_017_493_504  # torch.cuda.get_device_properties(0).total_memory, the fixture's first line
-# Known miss: the default allocator reserves 0.41 GiB more than simulated for Mistral's b16 decode; the simulated
-# reservation peaks in the prefill, and the sliding-window cache's order of frees changes nothing there. No
-# allocator trace of it was recorded to find the difference.
-UNDER = {"mistralai/Mistral-7B-v0.1 · bf16 · sdpa · b16 · p1024 · n128|default"}
+# No generate() run of this sweep is under the smallest GPU by more than 2% (Mistral b16 was, by 2.4%, until the
+# RMSNorm's float32 tensor was kept until the norm returns, as the Llama-3.1-8B trace of the third sweep showed).
+UNDER: set[str] = set()
 
 
 def _id(row):
@@ -85,8 +84,9 @@ def test_inference_targets(inference):
 
 def test_training_peaks_match_and_totals_are_reported():
     """The training peak (whole run from a fresh start, the loss on float32 logits of a 152k vocabulary
-    included) is within 1% of the measured one; total_bytes still adds the older allocator slack, not the
-    simulation, so its targets are not asserted (docs/accuracy.md reports them)."""
+    included) is within 1% of the measured one. These searches kept, from one run to the next, the cuBLAS
+    workspace autograd's thread allocated in the first run, so their smallest caps are not a fresh process's:
+    the totals are checked against the same runs measured again (tests/test_training_allocations.py)."""
     for row in TRAIN:
         c = compare_min_memory(row)
         assert abs(c["peak_error"]) <= 0.01, (row["case_id"], c["peak_error"])
@@ -101,7 +101,8 @@ def test_rows_are_h100_measurements():
 
 # ---- held out: two later sweeps, measured once the model was fixed (docs/accuracy.md) -------------------------
 
-LATER = [r for name in ("min-memory-heldout-h100.jsonl", "min-memory-heldout2-h100.jsonl")
+LATER = [r for name in ("min-memory-heldout-h100.jsonl", "min-memory-heldout2-h100.jsonl",
+                        "min-memory-heldout3-h100.jsonl", "min-memory-heldout4-h100.jsonl")
          for r in measured_rows(FIXTURES / name)]
 FIRST = {(r["case_id"], r["allocator"]): r for r in ROWS}
 # Four workloads of the first sweep ran again in the second process: repeats, not held-out cases.
@@ -110,7 +111,11 @@ HELD_OUT = [r for r in LATER if (r["case_id"], r["allocator"]) not in FIRST]
 HELD_OUT_GENERATE = [r for r in HELD_OUT if r["kind"] == "generate"]
 # Known miss: the measured cap is at most one 64 MiB search step (1.3% of this 4.7 GiB run) above the true
 # smallest one, and this process had 0.757 GiB outside torch's allocator where 0.718 GiB is modelled.
-HELD_OUT_UNDER = {"Qwen/Qwen3-1.7B · bf16 · sdpa · b1 · p4000 · n256|expandable"}
+# Fourth sweep: Qwen1.5-MoE-A2.7B in fp16 over 16 x 512 prompt tokens; the peak of live tensors is already 2.0%
+# under (the bf16 runs of this model in the first sweep are within 0.3%).
+HELD_OUT_UNDER = {"Qwen/Qwen3-1.7B · bf16 · sdpa · b1 · p4000 · n256|expandable",
+                  "Qwen/Qwen1.5-MoE-A2.7B-Chat · fp16 · sdpa · b16 · p512 · n64|default",
+                  "Qwen/Qwen1.5-MoE-A2.7B-Chat · fp16 · sdpa · b16 · p512 · n64|expandable"}
 
 
 def test_a_repeated_search_finds_the_same_cap():
@@ -130,16 +135,25 @@ def test_held_out_sweeps_cover_new_cases():
     assert sum(r["kind"] == "train" for r in HELD_OUT) >= 5
 
 
-@pytest.mark.parametrize("row", HELD_OUT, ids=[_id(r) for r in HELD_OUT])
+# Training totals are compared where each run started as a fresh process does (the third sweep, and the earlier
+# training cases measured again: tests/test_training_allocations.py).
+FRESH_START = [r for r in HELD_OUT if r["kind"] == "generate"
+               or r in measured_rows(FIXTURES / "min-memory-heldout3-h100.jsonl")
+               or r in measured_rows(FIXTURES / "min-memory-heldout4-h100.jsonl")]
+# A training run under by more than 2% is listed in tests/test_training_allocations.py (MISSES).
+TRAINING_UNDER = {"openai-community/gpt2-medium|lora|fp32|adamw|b8|s512|gc0|ga1|default"}
+
+
+@pytest.mark.parametrize("row", FRESH_START, ids=[_id(r) for r in FRESH_START])
 def test_held_out_total_is_never_under_the_smallest_gpu_by_more_than_two_percent(row):
-    if _id(row) in HELD_OUT_UNDER:
+    if _id(row) in HELD_OUT_UNDER | TRAINING_UNDER:
         pytest.xfail("known under-estimate, see HELD_OUT_UNDER")
     c = compare_min_memory(row)
     assert c["error"] >= -0.02, f"total_bytes under the smallest GPU by {c['error']:+.2%}"
 
 
 def test_known_held_out_misses_are_still_under():
-    assert {_id(r) for r in HELD_OUT if compare_min_memory(r)["error"] < -0.02} == HELD_OUT_UNDER
+    assert {_id(r) for r in FRESH_START if compare_min_memory(r)["error"] < -0.02} == HELD_OUT_UNDER | TRAINING_UNDER
 
 
 def test_held_out_inference_target():

@@ -169,6 +169,13 @@ def _module_name(tensor: TensorGroup) -> str:
     return parts[-2] if len(parts) >= 2 else parts[-1]
 
 
+def module_in(tensor: TensorGroup, names: set[str]) -> bool:
+    """Whether the tensor's module is one of ``names``: by its own name, or by its parent and own name where
+    the name alone is ambiguous (GPT-2's ``attn.c_proj`` and ``mlp.c_proj``)."""
+    parts = tensor.name.split(".")
+    return _module_name(tensor) in names or ".".join(parts[-3:-1]) in names
+
+
 _LORA_ROLES = (TensorRole.LINEAR, TensorRole.ROUTER, TensorRole.EXPERT_LINEAR, TensorRole.LM_HEAD)
 
 
@@ -365,7 +372,7 @@ _ATTN_INPUT_PROJ = {"q_proj", "k_proj", "v_proj", "c_attn", "qkv_proj", "query_k
                     "q_a_proj", "kv_a_proj_with_mqa"}
 _FFN_INPUT_PROJ = {"gate_proj", "up_proj", "c_fc", "fc1", "gate_up_proj", "dense_h_to_4h", "w1", "w3"}
 # Projections whose input is the FFN's inner activation (act(gate) * up, or act(fc1)).
-_FFN_OUTPUT_PROJ = {"down_proj", "fc2", "dense_4h_to_h", "w2"}
+_FFN_OUTPUT_PROJ = {"down_proj", "fc2", "dense_4h_to_h", "w2", "mlp.c_proj"}
 # Gemma's RMSNorm (modeling_gemma2.py Gemma2RMSNorm) multiplies the float32 normalized value by
 # (1 + weight) in float32, so it keeps that value in float32; Llama's casts it back first.
 _GEMMA_NORM = {"gemma", "gemma2", "gemma3_text"}
@@ -472,7 +479,7 @@ def _saved_per_token_layer(d: _Dims) -> dict[str, int]:
             # A float32 input needs no cast: linears reading the same tensor keep it once, and the
             # attention's output (o_proj's input) is kept by the attention already.
             group = "attn" if name in _ATTN_INPUT_PROJ else "ffn" if name in _FFN_INPUT_PROJ else \
-                "ffn_out" if name in _FFN_OUTPUT_PROJ else None
+                "ffn_out" if module_in(t, _FFN_OUTPUT_PROJ) else None
             if group is not None and group not in groups:
                 groups.add(group)
                 lora_bytes += t.shape[1] * FP32

@@ -109,9 +109,47 @@ def _routed_experts(spec: ModelSpec, group: TensorGroup) -> int:
     return experts if group.count % experts == 0 else 0
 
 
-def _rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
+# Families whose RMSNorm scales in float32 and casts last (modeling_gemma2.py / modeling_gemma3.py
+# Gemma2RMSNorm.forward: output = self._norm(x.float()); output = output * (1.0 + self.weight.float());
+# return output.type_as(x)), where Llama's casts first and scales in the input's dtype.
+GEMMA_NORM_FAMILIES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
+
+
+def _gemma_rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
+    """Gemma2RMSNorm.forward: x.float() (freed when _norm returns), pow(2).mean(-1), x * rsqrt(...), the
+    product with (1 + weight) in float32 (the scaled tensor freed as ``output`` is rebound), the cast last."""
+    upcast = trace.alloc(rows * width * FP32) if e != FP32 else None
+    squared = trace.alloc(rows * width * FP32)
+    variance = trace.alloc(rows * FP32)
+    trace.free(squared)
+    shifted = trace.alloc(rows * FP32)
+    inverse = trace.alloc(rows * FP32)
+    trace.free(shifted)
+    scaled = trace.alloc(rows * width * FP32)
+    trace.free(variance, inverse)
+    if upcast is not None:
+        trace.free(upcast)
+    product = trace.alloc(rows * width * FP32)
+    trace.free(scaled)
+    if e == FP32:
+        return product
+    out = trace.alloc(rows * width * e)
+    trace.free(product)
+    return out
+
+
+def _rms_norm(trace: _Trace, rows: int, width: int, e: int, gemma: bool = False) -> int:
+    if gemma:
+        return _gemma_rms_norm(trace, rows, width, e)
+    return _llama_rms_norm(trace, rows, width, e)
+
+
+def _llama_rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
     """LlamaRMSNorm.forward: hidden_states.to(float32); variance = pow(2).mean(-1); x * rsqrt(variance + eps);
-    weight * x.to(input_dtype). Returns the normed tensor's id."""
+    weight * x.to(input_dtype). The scaled float32 tensor is the local ``hidden_states`` until the function
+    returns, so it is freed after the weight's product, not after the cast (the recorded allocator trace of
+    Llama-3.1-8B's prefill: cast, product, free the cast, free the float32 tensor). Returns the normed tensor's
+    id."""
     upcast = trace.alloc(rows * width * FP32) if e != FP32 else None
     squared = trace.alloc(rows * width * FP32)
     variance = trace.alloc(rows * FP32)
@@ -124,10 +162,10 @@ def _rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
     if upcast is not None:
         trace.free(upcast)
     cast = trace.alloc(rows * width * e) if e != FP32 else None
-    if cast is not None:
-        trace.free(scaled)
     out = trace.alloc(rows * width * e)
-    trace.free(cast if cast is not None else scaled)
+    if cast is not None:
+        trace.free(cast)
+    trace.free(scaled)
     return out
 
 
@@ -165,6 +203,7 @@ class _Shape:
     indexer: tuple[int, int] = (0, 0)  # DeepSeek sparse attention's indexer: (heads, index_head_dim)
     mla_expanded: tuple[int, int] | None = None  # MLA: elements per token of kv_b_proj's output and of the keys
     ffn_gated: bool = True
+    gemma_norm: bool = False  # RMSNorm as Gemma 2 / 3 compute it (GEMMA_NORM_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -646,7 +685,7 @@ def _layer_forward(trace: _Trace, s: _Shape, hidden: int, rows: int, queries: in
     c = s.caches[layer]
     residual, held = hidden, []
     if c.attends or c.state:
-        normed = _rms_norm(trace, rows, s.hidden, s.e)
+        normed = _rms_norm(trace, rows, s.hidden, s.e, s.gemma_norm)
         mixed = []
         if c.attends:
             attended, held = _attention(trace, s, normed, rows, queries, keys, cache, layer, first,
@@ -663,7 +702,7 @@ def _layer_forward(trace: _Trace, s: _Shape, hidden: int, rows: int, queries: in
     if not c.ffn:
         trace.free(*held)
         return residual
-    normed = _rms_norm(trace, rows, s.hidden, s.e)
+    normed = _rms_norm(trace, rows, s.hidden, s.e, s.gemma_norm)
     mlp_out = _mlp(trace, s, normed, rows, decode=not first, moe=c.moe)
     out = trace.alloc(rows * s.hidden * s.e)
     trace.free(mlp_out, residual, *held)
@@ -704,7 +743,7 @@ def _forward(trace: _Trace, s: _Shape, layers: int, queries: int, cached: int, c
         if hidden != embedding:
             trace.free(hidden)
         hidden = out
-    final = _rms_norm(trace, rows, s.hidden, s.e)
+    final = _rms_norm(trace, rows, s.hidden, s.e, s.gemma_norm)
     trace.free(hidden, cos, sin, embedding)
     if mask is not None:
         trace.free(mask)
@@ -737,7 +776,7 @@ def generate_trace(spec: ModelSpec, workload: Workload, precision: Precision, we
                eager=attn == "eager", bf16=precision.compute_dtype == "bf16", windows=spec.layer_windows,
                moe=spec.moe if spec.moe is not None and spec.moe.num_moe_layers else None,
                caches=_layers(spec, precision.kv_bytes), mixer=spec.state_mixer, ffn_gated=spec.ffn_gated,
-               mla_expanded=_mla_expanded(spec),
+               mla_expanded=_mla_expanded(spec), gemma_norm=spec.model_type in GEMMA_NORM_FAMILIES,
                indexer=(spec.mla.index_heads, max((lc.indexer_dim for lc in spec.layer_caches), default=0))
                if spec.mla is not None else (0, 0))
     prompt = workload.prompt_tokens

@@ -119,8 +119,10 @@ class VllmRelease(BaseModel):
 
 
 def parse_release(text: str) -> tuple[int, int, int]:
-    """``0.19``, ``0.19.0``, ``v0.6.4.post1``, ``0.20.2rc1.dev9+g01d4d1ad3`` -> (0, 19, 0) etc."""
-    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[.\-+]?(?:post|rc|dev|a|b)\d*)*(?:\+[\w.]+)?",
+    """``0.19``, ``0.19.0``, ``v0.6.4.post1``, ``0.20.2rc1.dev9+g01d4d1ad3`` -> (0, 19, 0) etc. A fourth number is a
+    hotfix of the release it extends and takes its rules: ``0.10.1.1`` -> (0, 10, 1) (vLLM published 0.10.1.1 on PyPI;
+    its server prints "vLLM API server version 0.10.1.1")."""
+    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+)(?:\.\d+)?)?(?:[.\-+]?(?:post|rc|dev|a|b)\d*)*(?:\+[\w.]+)?",
                          text.strip())
     if match is None:
         raise ValueError(text)

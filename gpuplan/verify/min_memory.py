@@ -159,6 +159,7 @@ def training_work(config: dict[str, Any], *, method: str, precision: str, optimi
     from gpuplan.verify import train_measure as tm
 
     def work() -> None:
+        release_cublas_workspaces()
         model, _ = tm.build_train_model(config, method, precision, lora_rank=lora_rank, lora_targets=lora_targets,
                                         location=location)
         tm.set_checkpointing(model, grad_checkpointing)
@@ -175,8 +176,22 @@ def training_work(config: dict[str, Any], *, method: str, precision: str, optimi
             opt.zero_grad(set_to_none=True)
         opt.state.clear()
         del opt, model, ids
+        release_cublas_workspaces()
 
     return work
+
+
+def release_cublas_workspaces() -> None:
+    """Free the cuBLAS workspaces torch keeps for each (handle, stream) it has used (one per thread: the main
+    thread's and autograd's device thread's; aten/src/ATen/cuda/CublasHandlePool.cpp ``clearCublasWorkspaces``),
+    and the cache, so that a run starts as in a fresh process: each thread allocates its workspace again at its
+    first matmul, wherever the allocator then finds room. Without this, the workspace autograd's thread allocated
+    in an earlier run stays where it landed (in one measured run, inside a freed 4.6 GiB logits segment, which
+    no capped run could then release) and every later run starts from that state."""
+    torch = _torch()
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
 
 
 def _search_record(search: dict[str, Any], estimate: Any, case: dict[str, Any]) -> dict[str, Any]:

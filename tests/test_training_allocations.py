@@ -1,0 +1,210 @@
+"""The training run's allocation sequence (gpuplan/calc/training_allocations.py) and the total it gives, replayed
+against the smallest GPU measured on an H100, each run starting as a fresh process does
+(tests/fixtures/measurements/min-memory-training-fresh-h100.jsonl: the rules were checked against these runs and
+their traces; min-memory-heldout3-h100.jsonl: measured once the rules were fixed, held out).
+
+Targets (docs/accuracy.md, "Does it fit"): training, at least 90% of runs within 5% of the smallest GPU that runs
+them, none under it by more than 2%. The misses are listed in MISSES and xfailed with their reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gpuplan.api import as_resolved, train
+from gpuplan.calc.allocator import replay
+from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES, TRAINING_NON_TORCH_BYTES
+from gpuplan.calc.training import TrainingSetup, estimate_training
+from gpuplan.calc.training_allocations import STEPS, training_allocator_fit, training_events
+from gpuplan.models.sources import parse_config
+from gpuplan.verify.compare import measured_config
+from gpuplan.verify.min_memory import compare_min_memory, measured_rows
+
+FIXTURES = Path(__file__).parent / "fixtures" / "measurements"
+FIT = [r for r in measured_rows(FIXTURES / "min-memory-training-fresh-h100.jsonl") if r["kind"] == "train"]
+HELD_OUT = [r for name in ("min-memory-heldout3-h100.jsonl", "min-memory-heldout4-h100.jsonl")
+            for r in measured_rows(FIXTURES / name) if r["kind"] == "train"]
+TRAIN = FIT + HELD_OUT
+# Known misses, both over the smallest GPU (a card that size runs them): LoRA without checkpointing on a 152k
+# vocabulary at 8,192 tokens per step. Qwen3-0.6B's search passed at 35.19 GiB, but the same run failed at 36.25 GiB
+# in a later process (min-memory-recheck-h100.jsonl), and its recorded trace, replayed, needs 37.50 GiB: the
+# allocator's outcome there depends on the addresses cudaMalloc returns. Qwen2.5-0.5B's recorded trace needs
+# 30.56 GiB replayed, the simulated sequence 32.62: the trace holds more mid-size temporaries per layer (28, 14
+# and 2 MiB) than the sequence writes.
+# Held out (fourth sweep): GPT-2 medium LoRA in float32 is under: its recorded trace reserves a fourth 786 MiB
+# float32-logits segment where the sequence reuses a freed one (the peak of live tensors is +0.1%); Gemma-2-2B full
+# fine-tuning with checkpointing is over.
+MISSES = {
+    "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: the measured cap was a pass that did not repeat",
+    "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: LoRA temporaries the sequence leaves out",
+    "openai-community/gpt2-medium|lora|fp32|adamw|b8|s512|gc0|ga1": "under: a fourth logits segment (held out)",
+    "google/gemma-2-2b-it|full|bf16|adamw|b1|s1024|gc1|ga1": "over (held out)",
+}
+
+
+def _setup(row: dict) -> tuple:
+    spec = parse_config(measured_config(row), label=row["model_id"])
+    setup = TrainingSetup(method=row["method"], precision=row["precision"], optimizer=row["optimizer"],
+                          lora_rank=row["lora_rank"] or 16, grad_checkpointing=row["grad_checkpointing"],
+                          batch=row["batch"], seq=row["seq"], grad_accumulation=row["grad_accumulation"])
+    return spec, setup
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
+def test_sequence_peak_is_the_estimated_peak(row):
+    """The sequence is built from the memory model's sizes: replayed, its live tensors peak where the estimate
+    does, within 0.5% (the estimate is within 0.3% of the measured peak: tests/test_min_memory.py). The widest is
+    GPT-2 under autocast, +0.49%."""
+    spec, setup = _setup(row)
+    peak = replay(training_events(spec, setup)).peak_allocated
+    estimated = estimate_training(spec, setup).peak_allocated_bytes
+    assert abs(peak - estimated) <= 0.005 * estimated
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
+def test_sequence_is_balanced(row):
+    """Each tensor is allocated once and freed at most once, never before it exists; what stays at the end is
+    the weights, the optimizer states and the two cuBLAS workspaces (allocated at the first step)."""
+    spec, setup = _setup(row)
+    events = training_events(spec, setup)
+    live: dict[int, int] = {}
+    for action, tensor, size in events:
+        if action == "a":
+            assert tensor not in live
+            live[tensor] = size
+        else:
+            assert action == "f" and tensor in live
+            del live[tensor]
+    mem = estimate_training(spec, setup)
+    kept = sum(live.values())
+    expected = mem.weights_bytes + mem.optimizer_bytes + 2 * CUBLAS_WORKSPACE_BYTES
+    assert abs(kept - expected) <= 0.001 * expected
+
+
+def test_optimizer_states_are_created_once_and_gradients_every_step():
+    """AdamW's exp_avg / exp_avg_sq appear at the first step only (adam.py _init_group); the foreach step's
+    sqrt temporaries and the gradients (zero_grad(set_to_none=True)) come and go at every step."""
+    row = next(r for r in TRAIN if r["method"] == "full" and r["precision"] == "bf16"
+               and r["model_id"] == "meta-llama/Llama-3.2-1B")
+    spec, setup = _setup(row)
+    events = training_events(spec, setup)
+    sgd = training_events(spec, setup.model_copy(update={"optimizer": "sgd"}))
+    allocated = Counter(size for action, _, size in events if action == "a")
+    plain = Counter(size for action, _, size in sgd if action == "a")
+    extra = allocated - plain
+    tensors = spec.num_hidden_layers * 9 + 2  # Llama: 9 tensors per layer, the embedding and the final norm
+    # Two states per trainable tensor once, one sqrt temporary per trainable tensor at each step.
+    assert sum(extra.values()) == tensors * (2 + STEPS)
+    assert sum(size * n for size, n in extra.items()) == estimate_training(spec, setup).optimizer_bytes * (
+        1 + STEPS / 2)
+
+
+def test_fused_experts_keep_the_sequence_short():
+    """transformers 5 builds a layer's experts as one fused tensor: a 256-expert model is not 15,000 tensors."""
+    spec = as_resolved("deepseek-ai/DeepSeek-V3", offline=True).spec
+    events = training_events(spec, TrainingSetup(batch=1, seq=1024))
+    assert len(events) < 20_000
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
+def test_training_total_is_the_smallest_gpu(row):
+    """total_bytes = the estimated peak + what the simulated allocator needs beyond the simulated peak on the
+    smallest card + the memory outside torch; within -2% .. +5% of the measured smallest GPU."""
+    if row["case_id"] in MISSES:
+        pytest.xfail(MISSES[row["case_id"]])
+    c = compare_min_memory(row)
+    assert -0.02 <= c["error"] <= 0.05, f"total_bytes off by {c['error']:+.2%}"
+
+
+def test_known_training_misses_still_miss():
+    """MISSES lists exactly the runs outside -2% .. +5%: one that starts to pass must leave the list."""
+    missed = {r["case_id"] for r in TRAIN if not -0.02 <= compare_min_memory(r)["error"] <= 0.05}
+    assert missed == set(MISSES)
+
+
+def test_training_targets_on_the_runs_the_rules_were_checked_against():
+    """Fresh-start runs whose traces the sequence was checked against: none under by more than 2%, 9 of 11
+    within 5% (the two misses are over-estimates, MISSES)."""
+    errors = [compare_min_memory(r)["error"] for r in FIT]
+    assert len(errors) == 11 and min(errors) >= -0.02
+    assert sum(abs(e) <= 0.05 for e in errors) >= 9
+
+
+@pytest.mark.xfail(strict=True, reason="held out: 14 of 16 within 5%, and GPT-2 medium LoRA fp32 5.2% under")
+def test_held_out_training_targets():
+    errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
+    assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.9
+    assert min(errors) >= -0.02
+
+
+def test_held_out_training_status():
+    """What the held-out runs give today, so that a change in either direction is seen."""
+    errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
+    assert len(errors) == 16
+    assert sum(abs(e) <= 0.05 for e in errors) == 14
+    assert sum(e < -0.02 for e in errors) == 1
+
+
+def test_workspaces_are_allocated_at_the_first_step():
+    """A fresh process has no cuBLAS workspace before its first matmul: the sequence allocates the main
+    thread's in the first layer's forward and autograd's thread's in the lm_head's backward, both once."""
+    spec, setup = _setup(FIT[0])
+    events = training_events(spec, setup)
+    first_weight = next(i for i, (a, _, size) in enumerate(events) if a == "a" and size != CUBLAS_WORKSPACE_BYTES)
+    workspaces = [i for i, (a, _, size) in enumerate(events) if a == "a" and size == CUBLAS_WORKSPACE_BYTES]
+    assert first_weight < workspaces[0]
+    freed = {t for a, t, _ in events if a == "f"}
+    kept = [i for i in workspaces if events[i][1] not in freed]
+    assert len(kept) == 2
+
+
+def test_total_adds_the_simulated_slack_and_the_memory_outside_torch():
+    row = TRAIN[0]
+    spec, setup = _setup(row)
+    result = train(spec, method=row["method"], precision=row["precision"], batch=row["batch"], seq=row["seq"],
+                   grad_checkpointing=row["grad_checkpointing"], expandable_segments=False)
+    fit = training_allocator_fit(spec, setup)
+    slack = fit.limit_bytes - fit.peak_allocated_bytes
+    assert result.components["allocator_slack"] == slack
+    assert result.total_bytes == result.peak_allocated_bytes + slack + TRAINING_NON_TORCH_BYTES
+    assert result.components["reserved_on_larger_card"] == result.peak_allocated_bytes + (
+        fit.peak_reserved_bytes - fit.peak_allocated_bytes)
+
+
+def test_expandable_segments_need_less():
+    row = TRAIN[0]
+    spec, setup = _setup(row)
+    default = training_allocator_fit(spec, setup)
+    expandable = training_allocator_fit(spec, setup, expandable_segments=True)
+    assert expandable.limit_bytes <= default.limit_bytes
+
+
+def test_sharded_runs_keep_the_largest_temporary_as_slack():
+    """ZeRO / FSDP / DDP runs are not simulated (their communication buffers are not in the sequence)."""
+    row = TRAIN[0]
+    spec, _ = _setup(row)
+    result = train(spec, batch=2, seq=1024, zero=2, gpus=2, expandable_segments=False)
+    assert "reserved_on_larger_card" not in result.components
+    assert result.components["allocator_slack"] == 2 * 1024 * spec.vocab_size * 4
+
+
+TRACED = [r for r in FIT if r.get("trace_file")]
+
+
+def test_recorded_training_traces_replay_to_the_measured_reservation():
+    """Each run was traced once, uncapped, before its search (traces/training/). Replayed through the allocator
+    simulation, a trace reserves what the measured uncapped run reserved, within 0.5%, in 10 of the 11 runs;
+    Qwen2.5-1.5B (mixed precision, checkpointing) replays 3.3% above: the two runs of one process took
+    different segments, which the addresses cudaMalloc returned decide."""
+    from gpuplan.verify.min_memory import trace_events
+
+    assert len(TRACED) == 11
+    close = 0
+    for row in TRACED:
+        events = trace_events(FIXTURES / "traces" / "training" / row["trace_file"], row["allocated_before_case"])
+        reserved = replay(events).peak_reserved
+        close += abs(reserved / row["peak_reserved"] - 1) <= 0.005
+    assert close >= 10
