@@ -147,8 +147,9 @@ shared machine disturbs less than wall time).
 {_command_table("gpuplan estimate", cli)}
 Most of the difference is pydantic building its first model classes (it imports its validation
 machinery lazily, so the bare `import pydantic` of the baseline does not pay for it). No torch,
-transformers or huggingface_hub module is imported on this path, and the console script ends the
-process once its output is flushed, without the interpreter's teardown (about 45 ms).
+transformers or huggingface_hub module is imported on this path; the console script builds only the
+command it runs (typer otherwise builds every command's parameters first) and ends the process once its
+output is flushed, without the interpreter's teardown (about 45 ms).
 
 ## Whole command: plan over the catalog
 
@@ -156,11 +157,13 @@ process once its output is flushed, without the interpreter's teardown (about 45
 (DeepSeek-R1 needs over a hundred GPUs on the smallest cards, the largest search of the bundled models):
 
 {_command_table("gpuplan plan", plan)}
-The plan pays what the estimate pays, plus the catalog and a few estimates per GPU type (about three on
-average). Layouts too small to hold the weights are skipped unevaluated, the node count across nodes is found by
-doubling then bisecting, and each (tensor, pipeline) layout's weights are computed once per plan rather than
-once per GPU type. The plan's own work (the search and its table) is about 80 ms of CPU on this machine; the
-rest is the start-up it shares with `estimate`, so the 2x target needs that start-up to shrink too.
+The plan pays what the estimate pays, plus the catalog and a few estimates per GPU type (139 for the 59 types,
+under three each). Layouts too small to hold the weights are skipped unevaluated, and the node count across nodes
+is found by galloping then bisecting; under vLLM, whose fit is monotone in the node count, the gallop starts at the
+count the GPU type of the nearest memory needed, so most types take two estimates (that count fits, the one below
+does not). Only the layout reported for each type is assembled into a full result, and each (tensor, pipeline)
+layout's weights are computed once per plan. The plan's own work (catalog, search and table) is about PLANWORK ms
+of CPU on this machine; the rest is the start-up it shares with `estimate`.
 
 ## Library API
 

@@ -277,7 +277,7 @@ class _Search:
         if not alike or not self.monotone:
             return 0
         _, count, memory = min(alike)
-        count = math.ceil(count * memory / gpu.memory_bytes)  # the memory a GPU type needs spread over fewer of more
+        count = math.ceil(count * memory / gpu.memory_bytes)  # more memory per GPU, proportionally fewer GPUs
         return next((i for i, (tp, pp) in enumerate(pairs) if tp * pp >= count), max(len(pairs) - 1, 0))
 
     def _across_nodes(self, gpu: Any, pairs: list[tuple[int, int]], last: _Tried | None, start: int

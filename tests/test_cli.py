@@ -275,3 +275,21 @@ def test_verify_rejects_bad_tolerance(tolerance):
     result = run("verify", "gpt2", "--tolerance", tolerance)
     assert result.exit_code == 2
     assert "--tolerance" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["plan", "--help"], ["estimate", "--help"], ["plan", "--bogus", "x"],
+                                  ["plan", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "H100", "--seq", "8k"]])
+def test_the_console_script_runs_a_command_alone_as_the_whole_app_does(argv):
+    from gpuplan.cli.app import command_app
+
+    alone = command_app(argv)
+    assert [c.callback.__name__ for c in alone.registered_commands] == [argv[0]]
+    whole, single = runner.invoke(app, argv), runner.invoke(alone, argv)
+    assert (single.exit_code, single.output) == (whole.exit_code, whole.output)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["plann", "x"]])
+def test_anything_but_a_command_name_gets_the_whole_app(argv):
+    from gpuplan.cli.app import command_app
+
+    assert command_app(argv) is app

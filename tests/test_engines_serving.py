@@ -892,3 +892,27 @@ def test_v1_profile_run_logits_follow_the_release():
     # 0.7.3: one logit row per request (1024 sequences), no sampler.
     assert v073.activation_sampler == tokens * h * 2 + 1024 * h * 2 + 1024 * vocab * 2
     assert v070.max_num_seqs == v073.max_num_seqs == 1024 and v070.log_lines[2].startswith("# GPU blocks: ")
+
+
+def test_the_longest_context_search_finds_the_same_length_from_any_guess():
+    """vLLM bisects [1, upper]; gpuplan starts from a guess and gallops: the same length wherever it starts."""
+    from gpuplan.engines.vllm import _longest_that_fits
+
+    def bisect(upper, fits):
+        lo, hi, best = 1, upper, 0
+        if not fits(1):
+            return 0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    for upper in (1, 2, 3, 17, 4096, 163840):
+        for longest in {0, 1, 2, upper // 3, upper - 1, upper, upper + 5}:
+            def fits(n, longest=longest):
+                return n <= longest
+            for guess in {-3, 0, 1, 2, longest - 1, longest, longest + 1, upper // 2, upper, upper + 9}:
+                assert _longest_that_fits(upper, fits, guess) == bisect(upper, fits), (upper, longest, guess)

@@ -699,7 +699,8 @@ BUDGETS_WHOLE_GPU = False
 MEMORY_FRACTION_OPTION = "gpu_memory_utilization"
 # Another node adds pipeline stages over the same layers: a GPU holds no more layers' weights and KV cache,
 # and what vLLM charges besides (its budget fraction, the profile run's activations, non-torch memory, CUDA
-# graphs) does not grow with the stages; so fitting on n nodes means fitting on more.
+# graphs) does not grow with the stages; so fitting on n nodes means fitting on more (tests/test_planner.py
+# checks the planner's search against trying every layout).
 FITS_MORE_WITH_MORE_NODES = True
 
 
