@@ -161,9 +161,10 @@ The plan pays what the estimate pays, plus the catalog and a few estimates per G
 under three each). Layouts too small to hold the weights are skipped unevaluated, and the node count across nodes
 is found by galloping then bisecting; under vLLM, whose fit is monotone in the node count, the gallop starts at the
 count the GPU type of the nearest memory needed, so most types take two estimates (that count fits, the one below
-does not). Only the layout reported for each type is assembled into a full result, and each (tensor, pipeline)
-layout's weights are computed once per plan. The plan's own work (catalog, search and table) is about PLANWORK ms
-of CPU on this machine; the rest is the start-up it shares with `estimate`.
+does not). The options are made from the engines' figures without assembling full results, and each
+(tensor, pipeline) layout's weights are computed once per plan. The plan's own work (catalog, search and table,
+with the imports they need first) is about 50 ms of CPU on this machine; the rest is the start-up it shares
+with `estimate`.
 
 ## Library API
 

@@ -296,18 +296,21 @@ def stage_weights_bytes(spec: ModelSpec, precision: Precision, tp: int, pp: int)
     every stage, with each tensor sharded once rather than once per stage (a tensor's bytes are its copies
     times the bytes of one, so a stage's share is a multiplication)."""
     split = pp_layer_split(spec.num_hidden_layers, pp)
-    starts = [sum(split[:stage]) for stage in range(pp)]
     first_extra, last_extra, layer_tensors = _rank_tensor_bytes(spec, precision, tp, pp > 1)
-    per_stage = [0] * pp
+    # A stage's layer tensors depend only on how many layers it has and how many of them are MoE or dense
+    # blocks, so stages alike in that are summed once (and once per plan: _layers_bytes is memoized). Stage
+    # [start, end) holds the MoE blocks from first_moe on and the dense blocks before `dense`.
+    first_moe, dense = _block_bounds(spec)
+    kinds = []
+    start = 0
+    for layers in split:
+        end = start + layers
+        kinds.append((layers, max(0, end - max(start, first_moe)), max(0, min(end, dense) - start)))
+        start = end
+    kind_bytes = {kind: _layers_bytes(spec, precision, tp, kind) for kind in set(kinds)}
+    per_stage = [kind_bytes[kind] for kind in kinds]
     per_stage[0] += first_extra
     per_stage[-1] += last_extra
-    # A stage's layer tensors depend only on how many layers it has and how many of them are MoE or dense
-    # blocks, so stages alike in that are summed once (and once per plan: _layers_bytes is memoized).
-    first_moe, dense = _block_bounds(spec)
-    for stage in range(pp):
-        layers = range(starts[stage], starts[stage] + split[stage])
-        kind = (len(layers), sum(1 for i in layers if i >= first_moe), sum(1 for i in layers if i < dense))
-        per_stage[stage] += _layers_bytes(spec, precision, tp, kind)
     return per_stage
 
 
