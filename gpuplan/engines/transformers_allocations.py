@@ -115,9 +115,9 @@ def _routed_experts(spec: ModelSpec, group: TensorGroup) -> int:
 GEMMA_NORM_FAMILIES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
 
 
-def _gemma_rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
-    """Gemma2RMSNorm.forward: x.float() (freed when _norm returns), pow(2).mean(-1), x * rsqrt(...), the
-    product with (1 + weight) in float32 (the scaled tensor freed as ``output`` is rebound), the cast last."""
+def _normalized(trace: _Trace, rows: int, width: int, e: int) -> int:
+    """What both RMSNorms share: x.to(float32), variance = pow(2).mean(-1), x * rsqrt(variance + eps); the
+    upcast is freed once the scaled float32 tensor exists. Returns the scaled tensor's id."""
     upcast = trace.alloc(rows * width * FP32) if e != FP32 else None
     squared = trace.alloc(rows * width * FP32)
     variance = trace.alloc(rows * FP32)
@@ -129,6 +129,13 @@ def _gemma_rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
     trace.free(variance, inverse)
     if upcast is not None:
         trace.free(upcast)
+    return scaled
+
+
+def _gemma_rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
+    """Gemma2RMSNorm.forward: _norm(x.float()) (the upcast freed when _norm returns), the product with
+    (1 + weight) in float32 (the scaled tensor freed as ``output`` is rebound), the cast last."""
+    scaled = _normalized(trace, rows, width, e)
     product = trace.alloc(rows * width * FP32)
     trace.free(scaled)
     if e == FP32:
@@ -145,22 +152,11 @@ def _rms_norm(trace: _Trace, rows: int, width: int, e: int, gemma: bool = False)
 
 
 def _llama_rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
-    """LlamaRMSNorm.forward: hidden_states.to(float32); variance = pow(2).mean(-1); x * rsqrt(variance + eps);
-    weight * x.to(input_dtype). The scaled float32 tensor is the local ``hidden_states`` until the function
-    returns, so it is freed after the weight's product, not after the cast (the recorded allocator trace of
-    Llama-3.1-8B's prefill: cast, product, free the cast, free the float32 tensor). Returns the normed tensor's
-    id."""
-    upcast = trace.alloc(rows * width * FP32) if e != FP32 else None
-    squared = trace.alloc(rows * width * FP32)
-    variance = trace.alloc(rows * FP32)
-    trace.free(squared)
-    shifted = trace.alloc(rows * FP32)
-    inverse = trace.alloc(rows * FP32)
-    trace.free(shifted)
-    scaled = trace.alloc(rows * width * FP32)
-    trace.free(variance, inverse)
-    if upcast is not None:
-        trace.free(upcast)
+    """LlamaRMSNorm.forward: the normalized float32 value, then weight * x.to(input_dtype). The scaled float32
+    tensor is the local ``hidden_states`` until the function returns, so it is freed after the weight's product,
+    not after the cast (the recorded allocator trace of Llama-3.1-8B's prefill: cast, product, free the cast,
+    free the float32 tensor). Returns the normed tensor's id."""
+    scaled = _normalized(trace, rows, width, e)
     cast = trace.alloc(rows * width * e) if e != FP32 else None
     out = trace.alloc(rows * width * e)
     if cast is not None:
