@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpuplan.engines import LLAMACPP, SERVING_ENGINES
+from gpuplan.engines.base import largest_fitting
 from gpuplan.errors import GpuplanError
 from gpuplan.results import EstimateResult, FitSuggestion, TrainResult
 
@@ -25,13 +26,7 @@ def _largest(low: int, high: int, fits: Callable[[int], bool]) -> int | None:
     """The largest n in [low, high] for which ``fits(n)`` holds, for a ``fits`` that holds below some n."""
     if high < low or not fits(low):
         return None
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    return largest_fitting(low, high, fits)
 
 
 class _Trial:

@@ -12,6 +12,7 @@ The registry (gpuplan/engines/__init__.py) is the only list of engine names.
 """
 
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -159,3 +160,15 @@ def refuse_unmodelled_caches(engine: str, spec: Any) -> None:
             f"{engine}: the KV cache of {spec.model_type}'s {' and '.join(kinds)} layers (a sliding window plus "
             f"compressed entries of the whole sequence) is not modelled for {engine}",
             hint="estimate this model with --engine transformers")
+
+
+def largest_fitting(low: int, high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [low, high] for which ``fits(n)`` holds, by bisection, for a ``fits`` that holds at
+    ``low`` and up to some n, and not beyond it."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -63,6 +63,7 @@ from gpuplan.engines.base import (
     Hardware,
     PrecisionRequest,
     auto_tokens_validator,
+    largest_fitting,
     refuse_unmodelled_caches,
     size_validator,
     tokens_validator,
@@ -477,13 +478,7 @@ def _longest_that_fits(upper: int, fits, guess: int = 1) -> int:
                     lo = probe
                     break
                 hi, step = probe - 1, step * 2
-    while lo < hi:
-        middle = (lo + hi + 1) // 2
-        if fits(middle):
-            lo = middle
-        else:
-            hi = middle - 1
-    return lo
+    return largest_fitting(lo, hi, fits)
 
 
 def _v1_layout(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: Sequence[int | None]) -> dict:
