@@ -595,11 +595,12 @@ def _indexer(trace: _Trace, s: _Shape, queries: int, keys: int) -> None:
 def _moe(trace: _Trace, s: _Shape, moe: MoeSpec, normed: int, rows: int, decode: bool) -> int:
     """A sparse MoE block as gpuplan/engines/transformers.py counts it: grouped_mm_experts_forward over the
     token rows gathered in expert order (prefill), or batched_mm_experts_forward over the weights gathered per
-    selected expert (decode, when batch x experts_per_token <= experts); then the shared expert."""
+    selected expert (decode: generate() switches grouped_mm to batched_mm on a GPU for the whole decode,
+    generation/utils.py ``_optimize_model_for_decode``, whatever the batch); then the shared expert."""
     samples = rows * moe.experts_per_token
     width = moe.expert_intermediate_size
     router = trace.alloc(rows * moe.num_experts * FP32)
-    if decode and samples <= moe.num_experts:
+    if decode:
         gathered = trace.alloc(samples * 2 * width * s.hidden * s.e)
         down_w = trace.alloc(samples * width * s.hidden * s.e)
         gate_up = trace.alloc(samples * 2 * width * s.e)
