@@ -53,6 +53,17 @@ FP32 = 4
 BATCH, PROMPT = 2, 512
 
 
+
+def _live_cache_bytes(trace) -> int:
+    """Bytes of the cache's tensors (the labelled ones) still allocated at the end of the sequence."""
+    live: dict[int, int] = {}
+    for action, tensor, size in trace.events:
+        if action == "a" and tensor in trace.labels:
+            live[tensor] = size
+        elif action == "f":
+            live.pop(tensor, None)
+    return sum(live.values())
+
 def _trace(raw: dict, *, batch: int = BATCH, prompt: int = PROMPT, new_tokens: int = 3):
     spec = config_to_spec(dict(raw))
     precision = resolve_precision(spec, "bf16")
@@ -171,14 +182,8 @@ def test_cache_left_by_the_sequence_is_cache_bytes(raw, prompt, new_tokens):
     """After the whole sequence, the cache's live tensors are what cache_bytes counts (a prompt shorter than
     the convolution's kernel included: its padding is a temporary)."""
     spec, precision, workload, trace = _trace(raw, prompt=prompt, new_tokens=new_tokens)
-    live: dict[int, int] = {}
-    for action, tensor, size in trace.events:
-        if action == "a" and tensor in trace.labels:
-            live[tensor] = size
-        elif action == "f":
-            live.pop(tensor, None)
     expected = cache_bytes(spec, BATCH, prompt + new_tokens - 1, precision.kv_bytes, decoded=new_tokens >= 2)
-    assert sum(live.values()) == expected
+    assert _live_cache_bytes(trace) == expected
 
 
 def test_recurrent_state_is_float32_in_cache_bytes():
@@ -232,11 +237,5 @@ def test_deepseek_v4_compressed_layers_leave_what_cache_bytes_counts(prompt, new
     raw = json.loads((Path(__file__).parent / "fixtures" / "architectures" / "deepseek_v4.json").read_text())
     spec, precision, workload, trace = _trace(raw["small_config"], prompt=prompt, new_tokens=new_tokens)
     assert any(lc.kind == "compressed" for lc in spec.layer_caches)
-    live: dict[int, int] = {}
-    for action, tensor, size in trace.events:
-        if action == "a" and tensor in trace.labels:
-            live[tensor] = size
-        elif action == "f":
-            live.pop(tensor, None)
     expected = cache_bytes(spec, BATCH, prompt + new_tokens - 1, precision.kv_bytes, decoded=new_tokens >= 2)
-    assert sum(live.values()) == expected
+    assert _live_cache_bytes(trace) == expected

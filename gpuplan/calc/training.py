@@ -455,36 +455,41 @@ def _saved_per_token_layer(d: _Dims) -> dict[str, int]:
     if sites:
         out["dropout_masks"] = sites * d.h * BOOL
     if d.lora:
-        # peft/tuners/lora/layer.py Linear.forward: x = self._cast_input_dtype(x, lora_A.weight.dtype) gives
-        # each adapted linear its own float32 copy of its input (kept by lora_A), and lora_A's output [T, r]
-        # (kept by lora_B).
-        lora_bytes = 0
-        groups: set[str] = set()
-        for t in lora_target_tensors(spec, d.setup.lora_targets):
-            if t.count != d.L:
-                continue
-            name = _module_name(t)
-            if d.autocast:
-                # Under autocast lora_A's linear runs in bf16: it keeps a bf16 cast of its input (for the
-                # linears that read a norm, the casts counted with the norms; for the others a copy of the
-                # input) and lora_B keeps lora_A's bf16 output. The frozen base linear keeps nothing of its
-                # input. (Measured: 30 bytes x hidden per token and layer less than the float32 copies.)
-                reads_norm = name in _ATTN_INPUT_PROJ or name in _FFN_INPUT_PROJ
-                lora_bytes += d.setup.lora_rank * 2 + (0 if reads_norm else t.shape[1] * 2)
-                continue
-            lora_bytes += d.setup.lora_rank * FP32
-            if e != FP32:
-                lora_bytes += t.shape[1] * FP32
-                continue
+        out["lora_inputs"] = sum(size for _, size in lora_saved_parts(d))
+    return out
+
+
+def lora_saved_parts(d: _Dims) -> list[tuple[TensorGroup, int]]:
+    """The tensors LoRA's adapters keep for the backward pass, per token and layer, each with its adapted
+    weight: peft/tuners/lora/layer.py Linear.forward, ``x = self._cast_input_dtype(x, lora_A.weight.dtype)``,
+    gives each adapted linear its own float32 copy of its input (kept by lora_A), and lora_A's output [T, r]
+    is kept by lora_B."""
+    parts: list[tuple[TensorGroup, int]] = []
+    groups: set[str] = set()
+    for t in lora_target_tensors(d.spec, d.setup.lora_targets):
+        if t.count != d.L:
+            continue
+        name = _module_name(t)
+        if d.autocast:
+            # Under autocast lora_A's linear runs in bf16: it keeps a bf16 cast of its input (for the
+            # linears that read a norm, the casts counted with the norms; for the others a copy of the
+            # input) and lora_B keeps lora_A's bf16 output. The frozen base linear keeps nothing of its
+            # input. (Measured: 30 bytes x hidden per token and layer less than the float32 copies.)
+            reads_norm = name in _ATTN_INPUT_PROJ or name in _FFN_INPUT_PROJ
+            parts.append((t, d.setup.lora_rank * 2 + (0 if reads_norm else t.shape[1] * 2)))
+            continue
+        if d.e != FP32:
+            parts.append((t, t.shape[1] * FP32))
+        else:
             # A float32 input needs no cast: linears reading the same tensor keep it once, and the
             # attention's output (o_proj's input) is kept by the attention already.
             group = "attn" if name in _ATTN_INPUT_PROJ else "ffn" if name in _FFN_INPUT_PROJ else \
                 "ffn_out" if module_in(t, _FFN_OUTPUT_PROJ) else None
             if group is not None and group not in groups:
                 groups.add(group)
-                lora_bytes += t.shape[1] * FP32
-        out["lora_inputs"] = lora_bytes
-    return out
+                parts.append((t, t.shape[1] * FP32))
+        parts.append((t, d.setup.lora_rank * FP32))
+    return parts
 
 
 def _math_sdpa_layers(d: _Dims) -> int:

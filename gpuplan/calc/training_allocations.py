@@ -44,9 +44,6 @@ from functools import lru_cache
 
 from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_sequence
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
-from gpuplan.calc.training import _ATTN_INPUT_PROJ as _ATTN_INPUTS
-from gpuplan.calc.training import _FFN_INPUT_PROJ as _FFN_INPUTS
-from gpuplan.calc.training import _FFN_OUTPUT_PROJ as _FFN_OUTPUTS
 from gpuplan.calc.training import (
     FP32,
     TrainingSetup,
@@ -56,6 +53,7 @@ from gpuplan.calc.training import (
     _saved_per_token_layer,
     _trainable_bytes_per_param,
     base_weights_bytes,
+    lora_saved_parts,
     lora_target_tensors,
     module_in,
 )
@@ -163,29 +161,12 @@ _FFN_NAMES = {"gate_proj", "up_proj", "down_proj", "c_fc", "fc1", "fc2", "gate_u
 
 
 def _lora_split(d: _Dims) -> list[tuple[str, int]]:
-    """The adapters' saved tensors per token, as ``_saved_per_token_layer`` counts them without autocast:
-    lora_A's [T, r] output for each adapted linear, and its float32 input: a copy per linear under a 16-bit
-    compute dtype; in float32, the input itself, once per tensor the linears read (the attention's and the
-    FFN's normed input, the FFN's inner activation; the attention output is kept by the attention already).
-    Empty under autocast, and the component stays whole."""
+    """The adapters' saved tensors per token (``lora_saved_parts``), named by their module, without autocast;
+    empty under autocast, and the component stays whole."""
     if not d.lora or d.autocast:
         return []
-    out: list[tuple[str, int]] = []
-    groups: set[str] = set()
-    for t in lora_target_tensors(d.spec, d.setup.lora_targets):
-        if t.count != d.L:
-            continue
-        name = "mlp.c_proj" if module_in(t, {"mlp.c_proj"}) else t.name.split(".")[-2]
-        if d.e != FP32:
-            out.append((name, t.shape[1] * FP32))
-        else:
-            group = "attn" if name in _ATTN_INPUTS else "ffn" if name in _FFN_INPUTS else \
-                "ffn_out" if module_in(t, _FFN_OUTPUTS) else None
-            if group is not None and group not in groups:
-                groups.add(group)
-                out.append((name, t.shape[1] * FP32))
-        out.append((name, d.setup.lora_rank * FP32))
-    return out
+    return [("mlp.c_proj" if module_in(t, {"mlp.c_proj"}) else t.name.split(".")[-2], size)
+            for t, size in lora_saved_parts(d)]
 
 
 def _built_tensors(spec: ModelSpec) -> tuple[list[tuple[int, TensorGroup]], list[tuple[int, TensorGroup]]]:
