@@ -17,7 +17,7 @@ import pytest
 from gpuplan.api import as_resolved, train
 from gpuplan.calc.allocator import replay
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES, TRAINING_NON_TORCH_BYTES
-from gpuplan.calc.training import TrainingSetup, estimate_training
+from gpuplan.calc.training import TrainingSetup, embedding_backward_bytes, estimate_training
 from gpuplan.calc.training_allocations import STEPS, training_allocator_fit, training_events
 from gpuplan.models.sources import parse_config
 from gpuplan.verify.compare import measured_config
@@ -35,13 +35,13 @@ TRAIN = FIT + HELD_OUT
 # 30.56 GiB replayed, the simulated sequence 32.62: the trace holds more mid-size temporaries per layer (28, 14
 # and 2 MiB) than the sequence writes.
 # Held out (fourth sweep): GPT-2 medium LoRA in float32 is under: its recorded trace reserves a fourth 786 MiB
-# float32-logits segment where the sequence reuses a freed one (the peak of live tensors is +0.1%); Gemma-2-2B full
-# fine-tuning with checkpointing is over.
+# float32-logits segment where the sequence reuses a freed one (the peak of live tensors is +0.1%). Gemma-2-2B full
+# fine-tuning with checkpointing was 5.5% over while the sequence accumulated the embedding's gradient in float32
+# [V, h], which the recorded traces never show (training.py embedding_backward_bytes): -0.2% since.
 MISSES = {
     "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: the measured cap was a pass that did not repeat",
     "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: LoRA temporaries the sequence leaves out",
     "openai-community/gpt2-medium|lora|fp32|adamw|b8|s512|gc0|ga1": "under: a fourth logits segment (held out)",
-    "google/gemma-2-2b-it|full|bf16|adamw|b1|s1024|gc1|ga1": "over (held out)",
 }
 
 
@@ -133,7 +133,7 @@ def test_training_targets_on_the_runs_the_rules_were_checked_against():
     assert sum(abs(e) <= 0.05 for e in errors) >= 9
 
 
-@pytest.mark.xfail(strict=True, reason="held out: 14 of 16 within 5%, and GPT-2 medium LoRA fp32 5.2% under")
+@pytest.mark.xfail(strict=True, reason="held out: 15 of 16 within 5%, and GPT-2 medium LoRA fp32 5.2% under")
 def test_held_out_training_targets():
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
     assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.9
@@ -144,7 +144,7 @@ def test_held_out_training_status():
     """What the held-out runs give today, so that a change in either direction is seen."""
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
     assert len(errors) == 16
-    assert sum(abs(e) <= 0.05 for e in errors) == 14
+    assert sum(abs(e) <= 0.05 for e in errors) == 15
     assert sum(e < -0.02 for e in errors) == 1
 
 
@@ -208,3 +208,22 @@ def test_recorded_training_traces_replay_to_the_measured_reservation():
         reserved = replay(events).peak_reserved
         close += abs(reserved / row["peak_reserved"] - 1) <= 0.005
     assert close >= 10
+
+
+def test_embedding_gradient_is_written_in_its_own_dtype_and_a_tied_sum_is_a_new_tensor():
+    """embedding_dense_backward writes [V, h] in the gradient's dtype (no float32 [V, h]); a tied weight's two
+    gradients are summed into a third [V, h] in bf16 / fp32 training and in place under autocast (recorded
+    traces: Llama-3.2-1B bf16 and GPT-2 fp32 allocate two [V, h] at the end of the backward, GPT-2 under
+    autocast one)."""
+    spec = as_resolved("google/gemma-2-2b-it", offline=True).spec
+    emb = spec.vocab_size * spec.hidden_size
+
+    def count(size: int, precision: str) -> int:
+        events = training_events(spec, TrainingSetup(batch=1, seq=1024, precision=precision, grad_checkpointing=True))
+        return sum(1 for action, _, s in events if action == "a" and s == size)
+
+    assert count(emb * 4, "bf16") == 0
+    assert count(emb * 2, "bf16") >= 2 * STEPS  # the lm_head's gradient, the embedding's and their sum
+    assert embedding_backward_bytes(emb, 2, tied=True, autocast=False) == 2 * emb * 2
+    assert embedding_backward_bytes(emb, 4, tied=True, autocast=True) == emb * 4
+    assert embedding_backward_bytes(emb, 2, tied=False, autocast=False) == 0

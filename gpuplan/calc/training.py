@@ -318,6 +318,22 @@ def optimizer_state_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     raise AssertionError(opt)  # pragma: no cover - validated upstream
 
 
+def embedding_backward_bytes(embedding_numel: int, grad_bytes: int, tied: bool, autocast: bool) -> int:
+    """Bytes the embedding's backward holds beside the gradients at the end of the backward pass.
+
+    embedding_dense_backward writes the [V, h] gradient in the gradient's own dtype, with few tokens
+    (aten/src/ATen/native/cuda/Embedding.cu: ``zeros({num_weights, dim}, grad.options())``) and with many
+    (EmbeddingBackwardKernel.cu: float32 partial sums per segment of sorted indices, [segments, h]). An untied
+    embedding's .grad is that tensor (AccumulateGrad takes it over). A tied one's gradient also comes from the
+    lm_head, and autograd adds the two: out of place in bf16 and fp32 training, so the sum is a third [V, h]
+    until both operands are freed, in place under autocast, where the lm_head's gradient is the fresh output of
+    the cast back to float32 (recorded traces, tests/fixtures/measurements/traces/training/: Llama-3.2-1B and
+    Qwen2.5-0.5B in bf16, GPT-2 in float32 and under autocast)."""
+    if not tied:
+        return 0
+    return embedding_numel * grad_bytes * (1 if autocast else 2)
+
+
 def _trainable_bytes_per_param(setup: TrainingSetup) -> int:
     if setup.method != "full":
         # peft get_peft_model(autocast_adapter_dtype=True) keeps adapters in float32 (peft_model.py).
@@ -608,11 +624,9 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup) -> TrainingMemory:
     cast_forward = cast_kept if d.lora else cast_all
     embedding_grad = 0
     if setup.method == "full":
-        # aten embedding_dense_backward accumulates the embedding's gradient in float32 ([V, h]) before it
-        # is added to the weight's .grad (measured: 4 x V x h bytes at the end of the backward pass, for
-        # bf16 and fp32 weights alike).
         emb = max((t for t in spec.tensors if t.role is TensorRole.EMBEDDING), key=lambda t: t.numel, default=None)
-        embedding_grad = emb.numel * FP32 if emb is not None else 0
+        embedding_grad = embedding_backward_bytes(emb.numel, _trainable_bytes_per_param(setup),
+                                                  spec.tie_word_embeddings, d.autocast) if emb is not None else 0
 
     per_gpu = _per_gpu_states(spec, setup, base=base, trainable=trainable, grads=grads, states=states, temp=temp)
     notes += per_gpu.notes

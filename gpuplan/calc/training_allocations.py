@@ -25,8 +25,8 @@ allocator can reuse:
   then each layer in reverse: its gradient temporaries, its weight gradients (``.grad`` is the tensor the
   backward formed, AccumulateGrad keeps it: torch/csrc/autograd/functions/accumulate_grad.h) and the release
   of its saved tensors (a node's saved variables are released right after it runs when retain_graph is False);
-  the embedding's gradient is accumulated in float32 ([V, h]) and cast to the weight's dtype
-  (aten/src/ATen/native/cuda/Embedding.cu ``embedding_dense_backward``);
+  the embedding's gradient is written in the gradient's dtype ([V, h]), and a tied weight's two gradients are
+  added (gpuplan/calc/training.py ``embedding_backward_bytes``);
 * ``optimizer.step()``: AdamW's states are created lazily at the first step, per parameter in parameter order,
   ``exp_avg`` then ``exp_avg_sq`` (torch/optim/adam.py ``_init_group``: ``torch.zeros_like(p)`` twice, the step
   counter a CPU scalar), then the foreach update allocates ``exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)``,
@@ -95,7 +95,7 @@ class _Layout:
     outer_params: tuple[int, ...]  # trainable tensors outside the layers (embedding first)
     base_layer: tuple[int, ...]  # every weight tensor of one layer as built
     base_outer: tuple[int, ...]
-    embedding_grad: int  # [V, h] float32 of embedding_dense_backward; 0 when the embedding is frozen
+    embedding_grad: int  # [V, h] of embedding_dense_backward, in the gradient's dtype; 0 when the embedding is frozen
     tied_grad: int  # the tied lm_head's weight gradient ([V, h], the embedding's .grad); 0 when untied or frozen
     trained_bytes: int  # bytes per element of a gradient / optimizer state
     logits: int  # [T, V] in the compute dtype
@@ -106,6 +106,7 @@ class _Layout:
     head_cast: int
     checkpointing: bool
     optimizer: str
+    tied_sum_out_of_place: bool = False  # a tied weight's two gradients are added into a new tensor
     # Each LoRA-adapted linear of the attention block and of the FFN block: (input, output) bytes per element
     # count, i.e. (T x in_features, T x out_features); empty without LoRA or under autocast.
     lora_linears: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = ((), ())
@@ -234,7 +235,7 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
         layers=layers, tokens=T, stream=T * d.h * d.r, norm_temp=T * d.h * FP32,
         saved=(tuple(T * size for size in saved[0]), tuple(T * size for size in saved[1])),
         ffn_temp=T * d.I * d.e, layer_params=layer_params, outer_params=outer_params, base_layer=base_layer,
-        base_outer=base_outer, embedding_grad=emb * FP32,
+        base_outer=base_outer, embedding_grad=emb * p_bytes, tied_sum_out_of_place=not d.autocast,
         tied_grad=emb * p_bytes if spec.tie_word_embeddings else 0, trained_bytes=p_bytes,
         logits=T * d.V * d.e, logits32=T * d.V * FP32, softcap=_loss_terms(d)["loss_kept"] - T * d.V * FP32,
         final_saved=_final_norm_bytes(d) * T, layer_casts=casts,
@@ -402,16 +403,18 @@ def _step(trace: _Trace, lay: _Layout, states: list[int], first: bool) -> None:
         _layer_backward(trace, lay, layer_saved, grads)
         trace.free(stream_copy)
     if lay.embedding_grad:
+        # embedding_dense_backward's [V, h] in the gradient's dtype; a tied weight's two gradients are added out
+        # of place except under autocast (training.py embedding_backward_bytes).
         dense = trace.alloc(lay.embedding_grad)
-        if lay.trained_bytes != FP32:
-            cast = trace.alloc(lay.embedding_grad * lay.trained_bytes // FP32)
-            trace.free(dense)
-            dense = cast
-        if tied_grad is not None:
+        if tied_grad is None:
+            grads.append(dense)
+        elif lay.tied_sum_out_of_place:
+            total = trace.alloc(lay.embedding_grad)
+            trace.free(dense, tied_grad)
+            grads.append(total)
+        else:
             trace.free(dense)
             grads.append(tied_grad)
-        else:
-            grads.append(dense)
     elif lay.outer_params:
         grads.append(trace.alloc(lay.outer_params[0]))
     trace.free(grad_stream, ids, labels)
