@@ -79,6 +79,7 @@ CONFIG_FOR = {
     "Qwen/Qwen2.5-0.5B-Instruct": "Qwen/Qwen2.5-0.5B",
     "Qwen/Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
     "Qwen/Qwen2-7B-Instruct": "Qwen/Qwen2-7B-Instruct",
+    "facebook/opt-125m": "facebook/opt-125m",
 }
 
 # Cases left out, and why. "No verbatim copy found": the model's config.json was searched for in public code
