@@ -79,6 +79,7 @@ CONFIG_FOR = {
     "Qwen/Qwen2.5-0.5B-Instruct": "Qwen/Qwen2.5-0.5B",
     "Qwen/Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
     "Qwen/Qwen2-7B-Instruct": "Qwen/Qwen2-7B-Instruct",
+    "facebook/opt-125m": "facebook/opt-125m",
 }
 
 # Cases left out, and why. "No verbatim copy found": the model's config.json was searched for in public code
@@ -378,6 +379,11 @@ WEIGHTS_NOT_MODELLED = {
     # Qwen3.5-35B-A3B at TP=4: 16.92 GiB per GPU logged against 16.31 from the checkpoint layout (0.61 GiB more);
     # not traced: the excerpt shows neither whether a DFlash drafter was loaded nor how the vision tower is split.
     "vllm-qwen35-35b-a3b-h100-tp4-issue50722",
+    # facebook/opt-125m under vLLM 0.4.0.post1 on an A100: 0.2389 GiB logged, 0.2333 from the checkpoint's 125,239,296
+    # float16 parameters; the 0.0056 GiB (6 MB) is within the 0.01 GiB the larger models match to, but 2.4% of this
+    # model's weights. Not traced (the 0.4.0 loader reports the allocator's rise across loading, which transient
+    # buffers can add to).
+    "vllm-opt125m-a100-80-tp1-v040",
 }
 
 # Activation peaks the model does not reproduce: before 0.17 vLLM's dummy sampler sorted the vocabulary, and the
@@ -467,17 +473,17 @@ def test_aggregate_share_within_tolerance():
     results = replay_all()
     single = [r for r in results if r.single_gpu]
     multi = [r for r in results if not r.single_gpu]
-    assert len(results) == 63 and len(single) == 46 and len(multi) == 17
+    assert len(results) == 64 and len(single) == 47 and len(multi) == 17
     # The cases the release rules were written against (not held out): 45 of 48 (94%); 34 of 34 single-GPU. Three of
     # the 14 multi-GPU cases among them miss: vLLM 0.2.5 at TP=4, an LMCache connector, SGLang at TP=4
     # (docs/serving.md).
     development = [r for r in results if not r.held_out]
     assert sum(r.within for r in development) / len(development) >= TARGET_SHARE
     assert all(r.within for r in development if r.single_gpu)
-    # All replayed cases at their own release: 54 of 63 (86%), under the 90% goal since the second held-out
-    # collection; single-GPU 41 of 46 (the five misses are all held out, KNOWN_MISSES), multi-GPU 13 of 17.
-    assert sum(r.within for r in results) == 54
-    assert sum(r.within for r in single) == 41
+    # All replayed cases at their own release: 55 of 64 (86%), under the 90% goal since the second held-out
+    # collection; single-GPU 42 of 47 (the five misses are all held out, KNOWN_MISSES), multi-GPU 13 of 17.
+    assert sum(r.within for r in results) == 55
+    assert sum(r.within for r in single) == 42
     assert sum(r.within for r in multi) == 13
 
 
@@ -491,12 +497,13 @@ def test_held_out_cases_are_reported_apart():
                                     "vllm-qwen25-05b-rtx4090d-tp1-v085", "vllm-llama3-8b-a100-40-tp1-v066",
                                     "vllm-llama3-8b-a6000-tp1-pr4454", "vllm-qwen35-35b-a3b-h100-tp4-issue50722",
                                     "vllm-llama3-8b-rtx3090-tp1-v041", "vllm-qwen2-7b-a100-80-tp1-v01011-gmu025",
-                                    "vllm-qwen2-7b-a100-80-tp1-v01011-gmu050"]
+                                    "vllm-qwen2-7b-a100-80-tp1-v01011-gmu050", "vllm-opt125m-a100-80-tp1-v040"]
     # First collection: 5 of 6 within 5%. Second (releases no earlier log covered): 2 of 5. Each miss is a known
     # one (KNOWN_MISSES), replayed once before being recorded there. Third (a hybrid linear-attention model):
     # 1 of 1, +4.3% on the KV pool, but through offsetting parts: the log prints 0.13 GiB of non-torch memory
     # at TP=4 against 2.08 modelled, and 5.66 GiB of activations and 1.34 of CUDA graphs against 3.35 and 0.44.
     # Fourth (eras with fewer than three logs): 1 of 3, the same with and without the RTX 4090 CUDA total.
+    # Fifth (eras with fewer than three logs, a newly bundled config): 1 of 1, opt-125m under 0.4.0.post1 at +0.2%.
     assert [r.id for r in held if not r.within] == [
         "sglang-qwq-32b-l4-tp4-v043", "vllm-qwen25-7b-rtx4090-tp1-v0240", "vllm-llama3-8b-a100-40-tp1-v066",
         "vllm-llama3-8b-a6000-tp1-pr4454", "vllm-llama3-8b-rtx3090-tp1-v041", "vllm-qwen2-7b-a100-80-tp1-v01011-gmu025"]
