@@ -463,6 +463,22 @@ def test_sampler_follows_the_vllm_release():
     assert vllm_release("0.17.0").sampler == "in_place"
 
 
+def test_replay_takes_the_sampler_the_log_prints():
+    # Cases whose log prints "Using FlashInfer for top-p & top-k sampling" record it (flashinfer_sampler: true);
+    # the replay samples with FlashInfer there and with the release's default elsewhere.
+    printed = [c for c in replayable_cases() if "Using FlashInfer for top-p & top-k sampling" in c["excerpt"]]
+    assert [c["id"] for c in printed] == ["vllm-qwen2-7b-a100-80-tp1-v01011-gmu025",
+                                          "vllm-qwen2-7b-a100-80-tp1-v01011-gmu050"]
+    assert all(c.get("flashinfer_sampler") is True for c in printed)
+    assert [c["id"] for c in replayable_cases() if "flashinfer_sampler" in c] == [c["id"] for c in printed]
+    expected = {"vllm-qwen2-7b-a100-80-tp1-v01011-gmu025": (90_240, 80_736),  # -3.9% with, -14.0% without
+                "vllm-qwen2-7b-a100-80-tp1-v01011-gmu050": (460_752, 451_248)}  # -0.9%, -2.9%
+    for case in printed:
+        with_it, as_first_replayed = replay(case), replay({k: v for k, v in case.items() if k != "flashinfer_sampler"})
+        assert (with_it.budget.sampler, as_first_replayed.budget.sampler) == ("flashinfer", "sort")
+        assert (with_it.predicted, as_first_replayed.predicted) == expected[case["id"]]
+
+
 def test_aggregate_share_within_tolerance():
     results = replay_all()
     single = [r for r in results if r.single_gpu]
