@@ -73,8 +73,8 @@ from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp
 from gpuplan.engines.vllm_releases import (
     TENSOR_PARALLEL_NON_TORCH_BYTES,
     Engine,
-    GiB,
     FlashInferCall,
+    GiB,
     ProfileLogits,
     SamplerKind,
     VllmRelease,
@@ -401,8 +401,8 @@ def _setup(spec: ModelSpec, precision: Precision, gpu_memory_bytes: int, *, tp: 
     return _Setup(
         release=release, engine=engine, layout=layout, utilization=utilization, model_len=model_len,
         auto_len=auto_len, batched=max_num_batched_tokens or default_tokens, seqs=max_num_seqs or default_seqs,
-        block_size=block,
-        sampler=profile_sampler(release, engine, flashinfer_sampler, flashinfer_supported) if sampler is None else sampler,
+        block_size=block, sampler=(profile_sampler(release, engine, flashinfer_sampler, flashinfer_supported)
+                                   if sampler is None else sampler),
         hybrid=engine == "v1" and (release.hybrid_kv if hybrid_kv_cache_manager is None
                                    else hybrid_kv_cache_manager),
         kv_dtype=kv_dtype, kv_bytes=kv_bytes, page=kv_page_size(spec, layout.kv_heads_per_rank, kv_bytes, block))
