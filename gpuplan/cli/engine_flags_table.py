@@ -101,8 +101,8 @@ ROWS = [{'name': 'attn',
   'boolean': True,
   'metavar': '<str>',
   'help': "VLLM_USE_FLASHINFER_SAMPLER=1 / 0: the profile run's dummy sampler pass uses FlashInfer, or "
-          "vLLM's PyTorch path (a vocabulary sort up to 0.16) (default: the release's with pip's "
-          'dependencies: FlashInfer from 0.21 on GPUs it supports, the PyTorch path before).'},
+          "vLLM's PyTorch path (a vocabulary sort up to 0.16); default: what the release does with the "
+          'packages pip installs, FlashInfer from 0.21 on GPUs it supports, else the PyTorch path.'},
  {'name': 'mamba_cache_dtype',
   'engines': ['vllm'],
   'flag': '--mamba-cache-dtype',

@@ -756,9 +756,9 @@ class Options(EngineOptions):
 
     flashinfer_sampler: bool | None = Field(
         default=None, description="VLLM_USE_FLASHINFER_SAMPLER=1 / 0: the profile run's dummy sampler pass uses "
-                                  "FlashInfer, or vLLM's PyTorch path (a vocabulary sort up to 0.16) (default: the "
-                                  "release's with pip's dependencies: FlashInfer from 0.21 on GPUs it supports, "
-                                  "the PyTorch path before).")
+                                  "FlashInfer, or vLLM's PyTorch path (a vocabulary sort up to 0.16); default: "
+                                  "what the release does with the packages pip installs, FlashInfer from 0.21 on "
+                                  "GPUs it supports, else the PyTorch path.")
 
     mamba_cache_dtype: MambaDtype = Field(
         default="auto", description="dtype of the Mamba / linear-attention state of hybrid models, conv and "
