@@ -99,7 +99,8 @@ def make_hardware(gpu_spec: Any, tensor_parallel: int = 1, pipeline_parallel: in
     if gpu_spec is None:
         return _no_gpu(tensor_parallel, pipeline_parallel)
     return Hardware(gpu=gpu_spec.name, memory_bytes=gpu_spec.usable_bytes, device_bytes=gpu_spec.memory_bytes,
-                    cuda_total_known=gpu_spec.cuda_total_bytes is not None, tensor_parallel=tensor_parallel,
+                    cuda_total_known=gpu_spec.cuda_total_bytes is not None, architecture=gpu_spec.architecture,
+                    tensor_parallel=tensor_parallel,
                     pipeline_parallel=pipeline_parallel)
 
 

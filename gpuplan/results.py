@@ -59,6 +59,10 @@ class ServingBudget(BaseModel):
     num_blocks: int | None = Field(default=None, description="vLLM '# GPU blocks'")
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    sampler: str | None = Field(default=None, description="vLLM: the sampler of the profile run's dummy sampler "
+                                                          "pass, sort, in_place (the Triton kernel) or flashinfer "
+                                                          "(--flashinfer-sampler); null for SGLang and where the "
+                                                          "profile run samples nothing")
     log_lines: list[str] = Field(default_factory=_no_items, description="the startup lines the engine would print")
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _CONFIG = ConfigDict(frozen=True, defer_build=True)
 
 # Bump the major part when a field is removed or changes meaning, the minor part when one is added.
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 
 # The default factories of the list and dict fields. Python functions rather than the builtins list and dict:

@@ -151,6 +151,11 @@ def suggestion_lines(result: Any) -> list[str]:
     return lines
 
 
+# ServingBudget.sampler, as the vLLM knob that picks it (VLLM_USE_FLASHINFER_SAMPLER, --flashinfer-sampler) names it.
+_SAMPLER_NAMES = {"flashinfer": "FlashInfer", "sort": "the PyTorch sampler (vocabulary sort)",
+                  "in_place": "the PyTorch sampler (in-place Triton top-k/top-p)"}
+
+
 def serving_lines(result: EstimateResult) -> list[str]:
     s = result.serving
     if s is None:
@@ -164,6 +169,8 @@ def serving_lines(result: EstimateResult) -> list[str]:
              f"requests of {s.max_model_len:,} tokens; longest context that fits {s.max_model_len_that_fits:,}"]
     lines += [f"  {line}" for line in s.log_lines]
     extras = []
+    if s.sampler is not None:
+        extras.append(f"profile run sampled with {_SAMPLER_NAMES[s.sampler]}")
     if s.max_model_len_auto is not None:
         extras.append(f"--max-model-len auto would pick {s.max_model_len_auto:,}")
     if s.kv_cache_memory_bytes is not None:

@@ -79,6 +79,8 @@ class Hardware(BaseModel):
     memory_bytes: int | None = Field(default=None, description="memory a CUDA process can allocate, per GPU")
     device_bytes: int | None = Field(default=None, description="the device's total as nvidia-smi shows it")
     cuda_total_known: bool = Field(default=True, description="memory_bytes is a CUDA-reported total")
+    architecture: str | None = Field(default=None, description="the GPU's architecture in the catalog (Hopper, "
+                                                               "CDNA 3 ...); None when no GPU was named")
     tensor_parallel: int = Field(default=1, ge=1)
     pipeline_parallel: int = Field(default=1, ge=1)
 

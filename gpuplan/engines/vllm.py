@@ -73,12 +73,15 @@ from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp
 from gpuplan.engines.vllm_releases import (
     TENSOR_PARALLEL_NON_TORCH_BYTES,
     Engine,
+    FlashInferCall,
     GiB,
     ProfileLogits,
     SamplerKind,
     VllmRelease,
     charge,
+    flashinfer_supports,
     kv_cache_memory_suggestions,
+    profile_sampler,
     vllm_release,
 )
 from gpuplan.engines.vllm_releases import default_batch_limits as release_batch_limits
@@ -96,6 +99,8 @@ DEFAULT_BLOCK_SIZE = 16
 # VLLM_FUSED_MOE_CHUNK_SIZE defaults to 32768 (vllm/envs.py).
 FUSED_MOE_CHUNK = 32768
 FP32 = 4
+# v1/sample/ops/topk_topp_sampler.py (0.7.0 to 0.34.0): logged once when TopKTopPSampler takes FlashInfer.
+FLASHINFER_SAMPLER_LINE = "Using FlashInfer for top-p & top-k sampling."
 
 UsageContext = Literal["openai", "llm"]
 MambaDtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -133,6 +138,9 @@ class VllmBudget(BaseModel):
     activation_peak: int
     activation_forward: int
     activation_sampler: int
+    sampler: SamplerKind | None = None
+    """The sampler of the profile run's dummy sampler pass (``sort``, ``in_place``, ``flashinfer``); None where
+    the profile run samples nothing (V1 0.7.x)."""
     non_torch: int
     cuda_graph: int | None = None
     """The CUDA graph memory charged before the KV cache (0.20+: the profiler's estimate); None where the
@@ -222,7 +230,7 @@ def _has_sliding_window(spec: ModelSpec) -> bool:
     return any(w is not None for w in spec.layer_windows)
 
 
-def _sampler_bytes_per_logit(e: int, sampler: SamplerKind) -> int:
+def _sampler_bytes_per_logit(e: int, sampler: SamplerKind, flashinfer_call: FlashInferCall = "from_logits") -> int:
     """Bytes alive per (request, vocab entry) at the sampler's peak.
 
     ``_dummy_sampler_run`` (vllm/v1/worker/gpu_model_runner.py) computes logits in the model dtype
@@ -232,16 +240,27 @@ def _sampler_bytes_per_logit(e: int, sampler: SamplerKind) -> int:
     int64 indices, two bool masks, the fp32 softmax of the sorted logits and the fp32 scatter result are alive
     at once; ``in_place`` is the Triton top-k/top-p kernel (vllm/v1/sample/ops/topk_topp_triton.py) that
     masks the logits in place and leaves only the softmax and the exponential draw.
+
+    ``flashinfer`` (``TopKTopPSampler.forward_cuda``, ``flashinfer_sample``): the dummy pass sets both top-k
+    (vocab - 1) and top-p (0.9) and no generators, so from 0.9.0 vLLM calls flashinfer's
+    ``top_k_top_p_sampling_from_logits``, whose default ``top_k_first`` order keeps ``top_k_mask_logits``' new
+    fp32 tensor alive while it softmaxes it into another (flashinfer/sampling.py in flashinfer-python 0.2.11,
+    0.3.1 and 0.6.8.post1, the releases vLLM 0.10.1, 0.11.0 and 0.20.0 pin); the rejection sampling kernel
+    allocates per request only. In 0.7.0-0.8.x vLLM softmaxes to fp32 itself and samples from the
+    probabilities (``top_k_top_p_sampling_from_probs``, flashinfer-python 0.2.2.post1): the softmax alone.
     """
     fp32_copy = FP32 if e < FP32 else 0
     if sampler == "sort":
         return e + fp32_copy + FP32 + 8 + 1 + FP32 + 1 + FP32
+    if sampler == "flashinfer" and flashinfer_call == "from_probs":
+        return e + fp32_copy + FP32
     return e + fp32_copy + FP32 + FP32
 
 
 def profile_activation(spec: ModelSpec, layout: ParallelLayout, e: int, tokens: int, seqs: int, *,
-                       last_stage: bool = True, sampler: SamplerKind = "in_place",
-                       logits: ProfileLogits = "sampler") -> tuple[int, int]:
+                       last_stage: bool = True, sampler: SamplerKind | None = "in_place",
+                       logits: ProfileLogits = "sampler", flashinfer_call: FlashInferCall = "from_logits"
+                       ) -> tuple[int, int]:
     """(forward peak, sampler peak) in bytes of vLLM's profile run on one GPU.
 
     Forward (``_dummy_run(max_num_batched_tokens)``; attention kernels are skipped in the profile run, so no
@@ -297,7 +316,8 @@ def profile_activation(spec: ModelSpec, layout: ParallelLayout, e: int, tokens: 
             # V1 0.7.3 profile_run: hidden_states[logit_indices], logits for one row per request, no sampler.
             sampler_peak = tokens * h * e + seqs * h * e + seqs * padded * e
         else:
-            per_logit = _sampler_bytes_per_logit(e, sampler)
+            assert sampler is not None  # a profile run with a sampler pass has a sampler
+            per_logit = _sampler_bytes_per_logit(e, sampler, flashinfer_call)
             # The model-dtype logits span the padded vocabulary before the slice to vocab_size.
             pad_extra = (padded - vocab) * e
             sampler_peak = tokens * h * e + 2 * seqs * h * e + seqs * (vocab * per_logit + pad_extra)
@@ -336,7 +356,7 @@ class _Setup(NamedTuple):
     batched: int
     seqs: int
     block_size: int
-    sampler: SamplerKind
+    sampler: SamplerKind | None
     hybrid: bool
     kv_dtype: str
     kv_bytes: int
@@ -347,7 +367,8 @@ def _setup(spec: ModelSpec, precision: Precision, gpu_memory_bytes: int, *, tp: 
            gpu_memory_utilization: float | None, max_model_len: int | None, max_num_seqs: int | None,
            max_num_batched_tokens: int | None, block_size: int | None, kv_cache_dtype: str | None,
            engine: Engine | None, gpu_name: str | None, usage_context: UsageContext, sampler: SamplerKind | None,
-           hybrid_kv_cache_manager: bool | None, engine_version: str | None) -> _Setup:
+           flashinfer_sampler: bool | None, flashinfer_supported: bool, hybrid_kv_cache_manager: bool | None,
+           engine_version: str | None) -> _Setup:
     release = vllm_release(engine_version)
     if engine is None:
         engine = release.engines[0]
@@ -380,7 +401,8 @@ def _setup(spec: ModelSpec, precision: Precision, gpu_memory_bytes: int, *, tp: 
     return _Setup(
         release=release, engine=engine, layout=layout, utilization=utilization, model_len=model_len,
         auto_len=auto_len, batched=max_num_batched_tokens or default_tokens, seqs=max_num_seqs or default_seqs,
-        block_size=block, sampler=release.sampler if sampler is None else sampler,
+        block_size=block, sampler=(profile_sampler(release, engine, flashinfer_sampler, flashinfer_supported)
+                                   if sampler is None else sampler),
         hybrid=engine == "v1" and (release.hybrid_kv if hybrid_kv_cache_manager is None
                                    else hybrid_kv_cache_manager),
         kv_dtype=kv_dtype, kv_bytes=kv_bytes, page=kv_page_size(spec, layout.kv_heads_per_rank, kv_bytes, block))
@@ -429,7 +451,8 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
     # The profile run's activations differ between stages only in whether the stage holds the LM head.
     profiles = {last: profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
                                          min(st.seqs, st.batched), last_stage=last, sampler=st.sampler,
-                                         logits=logits) for last in {stage == pp - 1 for stage in range(pp)}}
+                                         logits=logits, flashinfer_call=st.release.flashinfer_call)
+                for last in {stage == pp - 1 for stage in range(pp)}}
     best: _Stage | None = None
     for stage_weights, last, counts in _stage_kinds(spec, precision, st.layout.tp, pp, group_layers):
         weights = stage_weights + rope
@@ -557,6 +580,8 @@ def vllm_budget(
     gpu_name: str | None = None,
     usage_context: UsageContext = "openai",
     sampler: SamplerKind | None = None,
+    flashinfer_sampler: bool | None = None,
+    flashinfer_supported: bool = True,
     non_torch_bytes: int | None = None,
     hybrid_kv_cache_manager: bool | None = None,
     engine_version: str | None = None,
@@ -568,7 +593,9 @@ def vllm_budget(
 
     ``engine_version`` (default: the newest release read, gpuplan.engines.vllm_releases.NEWEST) picks the
     budget rule, the defaults (utilization, block size, batch limits), the profile run and the KV layout;
-    ``engine``, ``sampler`` and ``hybrid_kv_cache_manager`` override the release's choice.
+    ``engine``, ``sampler`` and ``hybrid_kv_cache_manager`` override the release's choice; ``flashinfer_sampler`` is
+    VLLM_USE_FLASHINFER_SAMPLER (None: unset, the release's default on a GPU FlashInfer supports, which
+    ``flashinfer_supported`` says).
     ``max_model_len=-1`` is ``--max-model-len auto``.
     """
     refuse_unmodelled_caches(NAME, spec)
@@ -576,7 +603,8 @@ def vllm_budget(
                 max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
                 kv_cache_dtype=kv_cache_dtype, engine=engine, gpu_name=gpu_name, usage_context=usage_context,
-                sampler=sampler, hybrid_kv_cache_manager=hybrid_kv_cache_manager, engine_version=engine_version)
+                sampler=sampler, flashinfer_sampler=flashinfer_sampler, flashinfer_supported=flashinfer_supported,
+                hybrid_kv_cache_manager=hybrid_kv_cache_manager, engine_version=engine_version)
     total = gpu_memory_bytes
     # utils.py request_memory (0.34.0) rounds up; earlier releases multiply floats (the difference is a byte).
     requested = int(total * st.utilization)
@@ -620,6 +648,9 @@ def vllm_budget(
         # vLLM stops at the auto-fit error; otherwise its line comes before the KV cache report.
         after = () if kv["auto_line"].startswith("Cannot auto-fit") else logs[2:]
         logs = (*logs[:2], kv["auto_line"], *after)
+    if st.sampler == "flashinfer":
+        # Printed when the model runner builds its sampler, before the weights load.
+        logs = (FLASHINFER_SAMPLER_LINE, *logs)
     if state_pages is not None:
         logs = state_pages.log_lines + logs
     given = kv_cache_memory is not None
@@ -628,7 +659,7 @@ def vllm_budget(
         budget_rule=release.v0_budget_rule if st.engine == "v0" else release.budget_rule,
         engine=st.engine, tp=tp, pp=pp, total_gpu_memory=total, gpu_memory_utilization=st.utilization,
         requested=requested, weights=stage.weights, activation_peak=stage.activation,
-        activation_forward=stage.forward, activation_sampler=stage.sampler,
+        activation_forward=stage.forward, activation_sampler=stage.sampler, sampler=st.sampler,
         non_torch=0 if given else stage.non_torch, cuda_graph=stage.cuda_graph or None,
         available_kv=stage.available, kv_cache_memory_given=given, block_size=st.block_size,
         kv_dtype=st.kv_dtype, kv_bytes_per_element=st.kv_bytes, page_size_per_layer=st.page, groups=groups,
@@ -723,6 +754,12 @@ class Options(EngineOptions):
         default=None, gt=0, description="fixed KV cache size per GPU, e.g. 40GiB (skips the profiling budget).",
         json_schema_extra={"metavar": "SIZE"})
 
+    flashinfer_sampler: bool | None = Field(
+        default=None, description="VLLM_USE_FLASHINFER_SAMPLER=1 / 0: the profile run's dummy sampler pass uses "
+                                  "FlashInfer, or vLLM's PyTorch path (a vocabulary sort up to 0.16); default: "
+                                  "what the release does with the packages pip installs, FlashInfer from 0.21 on "
+                                  "GPUs it supports, else the PyTorch path.")
+
     mamba_cache_dtype: MambaDtype = Field(
         default="auto", description="dtype of the Mamba / linear-attention state of hybrid models, conv and "
                                     "temporal: auto (the model dtype), float32, float16 or bfloat16.",
@@ -757,14 +794,15 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
                     max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,
                     block_size=options.block_size, kv_cache_memory=options.kv_cache_memory, gpu_name=hardware.gpu,
                     engine_version=version, mamba_cache_dtype=options.mamba_cache_dtype,
-                    mamba_ssm_cache_dtype=options.mamba_ssm_cache_dtype)
+                    mamba_ssm_cache_dtype=options.mamba_ssm_cache_dtype, flashinfer_sampler=options.flashinfer_sampler,
+                    flashinfer_supported=flashinfer_supports(vllm_release(version), hardware.architecture))
     serving = ServingBudget(
         engine=NAME, engine_version=b.engine_version, gpu_memory_bytes=capacity,
         memory_fraction=b.gpu_memory_utilization, kv_cache_tokens=b.kv_cache_tokens, max_model_len=b.max_model_len,
         max_concurrency=b.max_concurrency, fits_one_request=b.fits_one_request,
         max_model_len_that_fits=b.max_model_len_that_fits, max_model_len_auto=b.max_model_len_auto,
         kv_cache_memory_bytes=b.kv_cache_memory_to_pin, num_blocks=b.num_blocks, max_num_seqs=b.max_num_seqs,
-        max_num_batched_tokens=b.max_num_batched_tokens, log_lines=list(b.log_lines))
+        max_num_batched_tokens=b.max_num_batched_tokens, sampler=b.sampler, log_lines=list(b.log_lines))
     kv_pool = max(0, b.num_blocks) * b.page_size_per_layer * b.group_size
     return serving_estimate(serving, precision, workload, hardware, kv_dtype=b.kv_dtype, weights=b.weights,
                             kv_bytes=kv_pool, activation=b.activation_peak,
@@ -783,6 +821,8 @@ def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv
     (fp8 or bitsandbytes quantized on load, awq / gptq for a pre-quantized checkpoint)."""
     tp, pp = result.tensor_parallel, result.pipeline_parallel
     cmd = f"vllm serve {model} --tensor-parallel-size {tp}"
+    if options.flashinfer_sampler is not None:  # an environment variable, not a flag (vllm/envs.py)
+        cmd = f"VLLM_USE_FLASHINFER_SAMPLER={int(options.flashinfer_sampler)} {cmd}"
     if pp > 1:
         cmd += f" --pipeline-parallel-size {pp}"
     cmd += f" --max-model-len {result.seq}"

@@ -48,7 +48,8 @@ MiB = 1024**2
 BudgetRule = Literal["total_used", "reserved_peak", "allocated_peak", "snapshot", "cuda_graph", "extensible"]
 Engine = Literal["v1", "v0"]
 ProfileLogits = Literal["sampler", "all_tokens", "per_request"]
-SamplerKind = Literal["in_place", "sort"]
+SamplerKind = Literal["in_place", "sort", "flashinfer"]
+FlashInferCall = Literal["from_probs", "from_logits"]
 BatchDefaults = Literal["v1_h100_name", "v1_70gib", "v1_70gib_not_a100", "v1_160gib"]
 TokenReport = Literal["blocks", "blocks_per_group", "concurrency"]
 
@@ -107,6 +108,18 @@ class VllmRelease(BaseModel):
     tokens: None before 0.5.3, 512 in 0.5.3-0.6.4, 2048 from 0.6.5."""
     profile_logits: ProfileLogits
     sampler: SamplerKind
+    """The PyTorch path of V1's TopKTopPSampler (``forward_native``): ``sort`` up to 0.16, ``in_place`` from 0.17."""
+    flashinfer_by_default: bool
+    """V1's TopKTopPSampler takes FlashInfer unless VLLM_USE_FLASHINFER_SAMPLER=0: whenever flashinfer imports in
+    0.7.0-0.11.0, on the GPUs FlashInfer supports from 0.21.0; 0.11.1-0.20.x need VLLM_USE_FLASHINFER_SAMPLER=1
+    (v1/sample/ops/topk_topp_sampler.py and envs.py of each wheel, docs/serving.md)."""
+    flashinfer_installed: bool
+    """``pip install vllm`` installs flashinfer-python (the wheel's METADATA ``Requires-Dist``, 0.11.1+; 0.10.1-0.11.0
+    only with the ``flashinfer`` extra)."""
+    flashinfer_call: FlashInferCall
+    """How the FlashInfer path samples: 0.7.0-0.8.x take the fp32 softmax and sample from the probabilities
+    (``top_k_top_p_sampling_from_probs``, and only with flashinfer < 0.2.3 in 0.8.x); from 0.9.0 it passes the
+    logits to ``top_k_top_p_sampling_from_logits``, which masks them into a new fp32 tensor and softmaxes that."""
     hybrid_kv: bool
     """V1 groups sliding-window and full-attention layers (0.9.1+); before, sliding layers were sized as full."""
     token_report: TokenReport
@@ -136,6 +149,12 @@ def _fmt(version: tuple[int, int, int]) -> str:
 
 _V = tuple[int, int, int]
 
+# 0.7.0-0.8.x topk_topp_sampler.py: FlashInfer whenever it imports (0.8.x: only flashinfer < 0.2.3), sampling
+# from the fp32 softmax; no Requires-Dist on flashinfer in these wheels.
+_FLASHINFER_WHEN_IMPORTABLE_PROBS = {"flashinfer_by_default": True, "flashinfer_call": "from_probs"}
+# 0.21.0+: a dependency (METADATA) and on by default where the GPU supports it.
+_FLASHINFER_INSTALLED_AND_ON = {"flashinfer_by_default": True, "flashinfer_installed": True}
+
 # (first release, fields). A release takes the last row whose first release is not above it.
 _ROWS: list[tuple[_V, dict]] = [
     ((0, 2, 5), {"engines": ("v0",), "budget_rule": "total_used", "v0_budget_rule": "total_used",
@@ -154,58 +173,69 @@ _ROWS: list[tuple[_V, dict]] = [
     # computes logits for every batched token (v1/worker/gpu_model_runner.py).
     ((0, 7, 0), {"engines": ("v0", "v1"), "budget_rule": "allocated_peak", "v0_budget_rule": "snapshot",
                  "v0_long_context_chunk": 2048, "profile_logits": "all_tokens", "batch_defaults": "v1_h100_name",
-                 "v1_seqs_everywhere": True, "token_report": "blocks"}),
+                 "v1_seqs_everywhere": True, "token_report": "blocks", **_FLASHINFER_WHEN_IMPORTABLE_PROBS}),
     # 0.7.3: logits for one row per request (logit_indices), no sampler pass.
     ((0, 7, 3), {"engines": ("v0", "v1"), "budget_rule": "allocated_peak", "v0_budget_rule": "snapshot",
                  "v0_long_context_chunk": 2048, "profile_logits": "per_request", "batch_defaults": "v1_h100_name",
-                 "v1_seqs_everywhere": True, "token_report": "blocks"}),
+                 "v1_seqs_everywhere": True, "token_report": "blocks", **_FLASHINFER_WHEN_IMPORTABLE_PROBS}),
     # 0.8.0: V1 by default; _dummy_sampler_run; "GPU KV cache size: N tokens" (kv_cache_utils.py).
     ((0, 8, 0), {"engines": ("v1", "v0"), "budget_rule": "allocated_peak", "v0_budget_rule": "snapshot",
-                 "v0_long_context_chunk": 2048, "batch_defaults": "v1_h100_name", "v1_seqs_everywhere": True}),
+                 "v0_long_context_chunk": 2048, "batch_defaults": "v1_h100_name", "v1_seqs_everywhere": True,
+                 **_FLASHINFER_WHEN_IMPORTABLE_PROBS}),
     # 0.8.5 engine/arg_utils.py: batch defaults by device memory >= 70 GiB (0.8.1-0.8.4 not read).
     ((0, 8, 1), {"engines": ("v1", "v0"), "budget_rule": "allocated_peak", "v0_budget_rule": "snapshot",
-                 "v0_long_context_chunk": 2048, "batch_defaults": "v1_70gib"}),
-    # 0.9.0: ... and not an A100 (PR #17885).
+                 "v0_long_context_chunk": 2048, "batch_defaults": "v1_70gib",
+                 **_FLASHINFER_WHEN_IMPORTABLE_PROBS}),
+    # 0.9.0: ... and not an A100 (PR #17885). FlashInfer >= 0.2.3 samples from the logits (topk_topp_sampler.py).
     ((0, 9, 0), {"engines": ("v1", "v0"), "budget_rule": "allocated_peak", "v0_budget_rule": "snapshot",
-                 "v0_long_context_chunk": 2048}),
+                 "v0_long_context_chunk": 2048, "flashinfer_by_default": True}),
     # 0.9.1: memory_profiling snapshot in V1 (PR #19312), hybrid KV cache manager, tokens per group.
     ((0, 9, 1), {"engines": ("v1", "v0"), "budget_rule": "snapshot", "v0_budget_rule": "snapshot",
-                 "v0_long_context_chunk": 2048, "hybrid_kv": True, "token_report": "blocks_per_group"}),
+                 "v0_long_context_chunk": 2048, "hybrid_kv": True, "token_report": "blocks_per_group",
+                 "flashinfer_by_default": True}),
     # 0.10.2: --kv-cache-memory (CacheConfig.kv_cache_memory_bytes, absent in 0.9.1).
     ((0, 10, 2), {"engines": ("v1", "v0"), "budget_rule": "snapshot", "v0_budget_rule": "snapshot",
                   "v0_long_context_chunk": 2048, "hybrid_kv": True, "token_report": "blocks_per_group",
-                  "kv_cache_memory_flag": True}),
+                  "kv_cache_memory_flag": True, "flashinfer_by_default": True}),
     # 0.11.0: V0 removed; the snapshot is taken after NCCL init (PR #25359).
-    ((0, 11, 0), {"hybrid_kv": True, "token_report": "blocks_per_group", "kv_cache_memory_flag": True}),
+    ((0, 11, 0), {"hybrid_kv": True, "token_report": "blocks_per_group", "kv_cache_memory_flag": True,
+                  "flashinfer_by_default": True}),
+    # 0.11.1: flashinfer-python is a dependency (METADATA), and the FlashInfer sampler is opt-in
+    # (VLLM_USE_FLASHINFER_SAMPLER=1, topk_topp_sampler.py "Users must opt in explicitly").
+    ((0, 11, 1), {"hybrid_kv": True, "token_report": "blocks_per_group", "kv_cache_memory_flag": True,
+                  "flashinfer_installed": True}),
     # 0.14.0 v1/core/kv_cache_utils.py _auto_fit_max_model_len: --max-model-len -1 / auto (absent in 0.13.0).
     ((0, 14, 0), {"hybrid_kv": True, "token_report": "blocks_per_group", "kv_cache_memory_flag": True,
-                  "max_model_len_auto": True}),
+                  "max_model_len_auto": True, "flashinfer_installed": True}),
     # 0.17.0: the Triton top-k/top-p kernel masks logits in place (PR #33538).
     ((0, 17, 0), {"hybrid_kv": True, "token_report": "blocks_per_group", "kv_cache_memory_flag": True,
-                  "max_model_len_auto": True, "sampler": "in_place"}),
+                  "max_model_len_auto": True, "sampler": "in_place", "flashinfer_installed": True}),
     # 0.20.0: CUDA graph estimate on by default (envs.py), gpu_memory_utilization 0.92 (config/cache.py).
     ((0, 20, 0), {"budget_rule": "cuda_graph", "gpu_memory_utilization": 0.92, "hybrid_kv": True,
                   "token_report": "blocks_per_group", "kv_cache_memory_flag": True, "max_model_len_auto": True,
-                  "sampler": "in_place"}),
-    # 0.21.0 kv_cache_utils.py: "GPU KV cache size" = int(max_concurrency x max_model_len).
+                  "sampler": "in_place", "flashinfer_installed": True}),
+    # 0.21.0 kv_cache_utils.py: "GPU KV cache size" = int(max_concurrency x max_model_len); envs.py:
+    # VLLM_USE_FLASHINFER_SAMPLER defaults to True (None in 0.20.2), the FlashInfer sampler is on by default.
     ((0, 21, 0), {"budget_rule": "cuda_graph", "gpu_memory_utilization": 0.92, "hybrid_kv": True,
                   "token_report": "concurrency", "kv_cache_memory_flag": True, "max_model_len_auto": True,
-                  "sampler": "in_place"}),
+                  "sampler": "in_place", **_FLASHINFER_INSTALLED_AND_ON}),
     # 0.29.0 kv_cache_utils.py: the one-request check and the auto-fit leave out the null block (not in 0.28.0).
     ((0, 29, 0), {"budget_rule": "cuda_graph", "gpu_memory_utilization": 0.92, "hybrid_kv": True,
                   "token_report": "concurrency", "kv_cache_memory_flag": True, "max_model_len_auto": True,
-                  "sampler": "in_place", "null_block_reserved": True}),
+                  "sampler": "in_place", "null_block_reserved": True, **_FLASHINFER_INSTALLED_AND_ON}),
     # 0.34.0: extensible KV cache, utilization 1.0 by default with it, block_size 64, batch defaults for
     # >= 160 GiB GPUs (engine/arg_utils.py).
     ((0, 34, 0), {"budget_rule": "extensible", "gpu_memory_utilization": 1.0, "block_size": 64, "hybrid_kv": True,
                   "token_report": "concurrency", "kv_cache_memory_flag": True, "max_model_len_auto": True,
-                  "sampler": "in_place", "batch_defaults": "v1_160gib", "null_block_reserved": True}),
+                  "sampler": "in_place", "batch_defaults": "v1_160gib", "null_block_reserved": True,
+                  **_FLASHINFER_INSTALLED_AND_ON}),
 ]
 _DEFAULTS = {"engines": ("v1",), "budget_rule": "snapshot", "v0_budget_rule": "snapshot", "gpu_memory_utilization": 0.9,
                  "block_size": 16, "batch_defaults": "v1_70gib_not_a100", "v1_seqs_everywhere": False,
                  "v0_long_context_chunk": 2048, "profile_logits": "sampler", "sampler": "sort", "hybrid_kv": False,
                  "token_report": "blocks", "kv_cache_memory_flag": False, "max_model_len_auto": False,
-                 "null_block_reserved": False}
+                 "null_block_reserved": False, "flashinfer_by_default": False, "flashinfer_installed": False,
+                 "flashinfer_call": "from_logits"}
 
 OLDEST: _V = (0, 2, 5)
 NEWEST: _V = (0, 34, 0)
@@ -241,6 +271,47 @@ def vllm_release(version: str | None = None) -> VllmRelease:
     """The rules of vLLM ``version`` (default: the newest release read). Raises InputError outside the range."""
     parsed, era, row = select_release("vLLM", version, _ROWS, OLDEST, NEWEST)
     return VllmRelease(version=parsed, era=era, **{**_DEFAULTS, **row})
+
+
+# FlashInferBackend.supports_compute_capability (v1/attention/backends/flashinfer.py): compute capability 7.5 to
+# 12.1 in 0.21.0-0.23.0, 8.0 to 12.1 from 0.24.0 ("currently broken on SM75 (Turing)"; 0.34.0 the same). The
+# catalog's NVIDIA architectures by their lowest compute capability (https://developer.nvidia.com/cuda-gpus; Blackwell:
+# 10.0 for B200, 12.0 for the RTX 50 series, both under 12.1; Blackwell Ultra B300: 10.3).
+_CUDA_CAPABILITY = {"Volta": (7, 0), "Turing": (7, 5), "Ampere": (8, 0), "Ada Lovelace": (8, 9), "Hopper": (9, 0),
+                    "Blackwell": (10, 0), "Blackwell Ultra": (10, 3)}
+_FLASHINFER_SM80_FLOOR: _V = (0, 24, 0)
+
+
+@functools.lru_cache(maxsize=256)  # a plan asks once per layout tried
+def flashinfer_supports(release: VllmRelease, architecture: str | None) -> bool:
+    """FlashInfer's sampler runs on a GPU of ``architecture`` in this release (None: a GPU not named, taken as
+    supported). Other vendors' GPUs are not CUDA platforms, where TopKTopPSampler never takes FlashInfer."""
+    if architecture in (None, "unknown"):  # unknown: a GPU given by its memory alone
+        return True
+    capability = _CUDA_CAPABILITY.get(architecture)
+    if capability is None:
+        return False
+    floor = (8, 0) if parse_release(release.version) >= _FLASHINFER_SM80_FLOOR else (7, 5)
+    return floor <= capability <= (12, 1)
+
+
+def profile_sampler(release: VllmRelease, engine: Engine, flashinfer: bool | None = None,
+                    flashinfer_supported: bool = True) -> SamplerKind | None:
+    """The sampler of the profile run's dummy sampler pass; None where the profile run samples nothing (V1 of
+    0.7.x). ``flashinfer``: VLLM_USE_FLASHINFER_SAMPLER (None: unset). Unset, V1 takes FlashInfer where the release
+    installs it and uses it by default, on a GPU it supports (``FlashInferBackend.supports_compute_capability``,
+    from 0.21.0); otherwise its PyTorch path. V0 samples with FlashInfer only when the variable is 1 (envs.py:
+    "0" in 0.6.5, None read as False from 0.7.0), which gpuplan does not model."""
+    if engine == "v0":
+        if flashinfer:
+            raise InputError("the FlashInfer sampler is modelled for vLLM's V1 engine only",
+                             hint="drop --flashinfer-sampler, or model the V1 engine")
+        return release.sampler
+    if release.profile_logits != "sampler":
+        return None
+    if flashinfer is None:
+        flashinfer = release.flashinfer_by_default and release.flashinfer_installed and flashinfer_supported
+    return "flashinfer" if flashinfer else release.sampler
 
 
 def installed_version(package: str) -> str | None:
