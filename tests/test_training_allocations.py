@@ -9,6 +9,7 @@ them, none under it by more than 2%. The misses are listed in MISSES and xfailed
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from gpuplan.verify.min_memory import compare_min_memory, measured_rows
 
 FIXTURES = Path(__file__).parent / "fixtures" / "measurements"
 FIT = [r for r in measured_rows(FIXTURES / "min-memory-training-fresh-h100.jsonl") if r["kind"] == "train"]
-HELD_OUT = [r for name in ("min-memory-heldout3-h100.jsonl", "min-memory-heldout4-h100.jsonl")
+HELD_OUT = [r for name in ("min-memory-heldout3-h100.jsonl", "min-memory-heldout4-h100.jsonl",
+                           "min-memory-heldout5-h100.jsonl")
             for r in measured_rows(FIXTURES / name) if r["kind"] == "train"]
 TRAIN = FIT + HELD_OUT
 # Known misses, both over the smallest GPU (a card that size runs them): LoRA without checkpointing on a 152k
@@ -38,10 +40,16 @@ TRAIN = FIT + HELD_OUT
 # float32-logits segment where the sequence reuses a freed one (the peak of live tensors is +0.1%). Gemma-2-2B full
 # fine-tuning with checkpointing was 5.5% over while the sequence accumulated the embedding's gradient in float32
 # [V, h], which the recorded traces never show (training.py embedding_backward_bytes): -0.2% since.
+# Held out (fifth sweep), both over: Qwen2-0.5B LoRA at 4 x 2,048 tokens, the architecture and tokens per step of
+# the Qwen2.5-0.5B miss; Llama-3.2-1B full fine-tuning with checkpointing at 8 x 1,024 tokens, whose recorded trace
+# replays to the measured cap (20.79 vs 20.69 GiB) while the sequence leaves three checkpointed layer inputs in a
+# freed float32-logits segment at the second step and needs a fifth one.
 MISSES = {
     "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: the measured cap was a pass that did not repeat",
     "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: LoRA temporaries the sequence leaves out",
     "openai-community/gpt2-medium|lora|fp32|adamw|b8|s512|gc0|ga1": "under: a fourth logits segment (held out)",
+    "Qwen/Qwen2-0.5B-Instruct|lora|bf16|adamw|b4|s2048|gc0|ga1": "over: the Qwen2.5-0.5B LoRA miss again (held out)",
+    "meta-llama/Llama-3.2-1B|full|bf16|adamw|b8|s1024|gc1|ga1": "over: a fifth logits segment (held out)",
 }
 
 
@@ -133,7 +141,7 @@ def test_training_targets_on_the_runs_the_rules_were_checked_against():
     assert sum(abs(e) <= 0.05 for e in errors) >= 9
 
 
-@pytest.mark.xfail(strict=True, reason="held out: 15 of 16 within 5%, and GPT-2 medium LoRA fp32 5.2% under")
+@pytest.mark.xfail(strict=True, reason="held out: 21 of 24 within 5%, and GPT-2 medium LoRA fp32 5.2% under")
 def test_held_out_training_targets():
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
     assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.9
@@ -143,8 +151,8 @@ def test_held_out_training_targets():
 def test_held_out_training_status():
     """What the held-out runs give today, so that a change in either direction is seen."""
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
-    assert len(errors) == 16
-    assert sum(abs(e) <= 0.05 for e in errors) == 15
+    assert len(errors) == 24
+    assert sum(abs(e) <= 0.05 for e in errors) == 21
     assert sum(e < -0.02 for e in errors) == 1
 
 
@@ -227,3 +235,43 @@ def test_embedding_gradient_is_written_in_its_own_dtype_and_a_tied_sum_is_a_new_
     assert embedding_backward_bytes(emb, 2, tied=True, autocast=False) == 2 * emb * 2
     assert embedding_backward_bytes(emb, 4, tied=True, autocast=True) == emb * 4
     assert embedding_backward_bytes(emb, 2, tied=False, autocast=False) == 0
+
+
+FIFTH = [r for r in measured_rows(FIXTURES / "min-memory-heldout5-h100.jsonl") if r["kind"] == "train"]
+FIFTH_TRACES = FIXTURES / "traces" / "training" / "heldout5"
+
+
+# The traced runs' own lines (what their process had allocated when recording started).
+FIFTH_TRACED = {r["case_id"]: r for r in (json.loads(line) for line in
+                                          (FIFTH_TRACES / "traces-heldout5.jsonl").read_text().splitlines())
+                if r.get("kind") == "train"}
+
+
+def _fifth_trace(row: dict) -> list:
+    from gpuplan.verify.min_memory import trace_events
+
+    name = row["case_id"].replace("/", "--").replace("|", "_") + "-default.trace.gz"
+    return trace_events(FIFTH_TRACES / name, FIFTH_TRACED[row["case_id"]]["allocated_before_case"])
+
+
+def test_fifth_sweep_traces_replay_to_the_measured_reservation():
+    """Each held-out training run of the fifth sweep was traced once more, uncapped, in a process of its own
+    (traces/training/heldout5/): replayed through the allocator simulation, each trace reserves what the searched
+    run reserved uncapped, within 0.2%."""
+    assert len(FIFTH) == 8
+    for row in FIFTH:
+        reserved = replay(_fifth_trace(row)).peak_reserved
+        assert abs(reserved / row["peak_reserved"] - 1) <= 0.002, row["case_id"]
+
+
+def test_llama_checkpointed_miss_is_the_sequence_not_the_simulation():
+    """Llama-3.2-1B full fine-tuning with checkpointing (+17.2%, MISSES): its recorded trace, replayed, needs the
+    cap the search found (within 0.5%); the simulated sequence needs 3.7 GiB more."""
+    from gpuplan.calc.allocator import fit_sequence
+    from gpuplan.calc.training_allocations import _split_pools
+
+    row = next(r for r in FIFTH if r["case_id"].startswith("meta-llama/Llama-3.2-1B|full"))
+    traced = fit_sequence(*_split_pools(_fifth_trace(row)))
+    assert abs(traced.limit_bytes / row["min_cap"] - 1) <= 0.005
+    spec, setup = _setup(row)
+    assert training_allocator_fit(spec, setup).limit_bytes - row["min_cap"] > 3 * 2**30
