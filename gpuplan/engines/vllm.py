@@ -70,6 +70,7 @@ from gpuplan.engines.base import (
 )
 from gpuplan.engines.memo import per_spec
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
+from gpuplan.engines.vllm_cudagraphs import profiled_graphs, utilization_line
 from gpuplan.engines.vllm_releases import (
     TENSOR_PARALLEL_NON_TORCH_BYTES,
     Engine,
@@ -648,6 +649,8 @@ def vllm_budget(
         # vLLM stops at the auto-fit error; otherwise its line comes before the KV cache report.
         after = () if kv["auto_line"].startswith("Cannot auto-fit") else logs[2:]
         logs = (*logs[:2], kv["auto_line"], *after)
+    if st.engine == "v1" and release.budget_rule == "cuda_graph" and kv_cache_memory is None:
+        logs = _with_cuda_graph_lines(logs, st, stage.cuda_graph, total)
     if st.sampler == "flashinfer":
         # Printed when the model runner builds its sampler, before the weights load.
         logs = (FLASHINFER_SAMPLER_LINE, *logs)
@@ -714,6 +717,16 @@ def _log_lines(release: VllmRelease, engine: Engine, weights: int, available: in
     lines += [f"GPU KV cache size: {tokens:,} tokens",
               f"Maximum concurrency for {model_len:,} tokens per request: {concurrency:.2f}x"]
     return tuple(lines)
+
+
+def _with_cuda_graph_lines(logs: tuple[str, ...], st: _Setup, cuda_graph: int, total: int) -> tuple[str, ...]:
+    """0.20-0.33: the memory profiler's graph lines around "Available KV cache memory" (``logs[1]``):
+    gpu_model_runner.py ``profile_cudagraph_memory`` before it, gpu_worker.py ``determine_available_memory``
+    after it."""
+    graphs = profiled_graphs(st.release, st.seqs, st.batched)
+    before = (graphs.log_line,) if graphs is not None else ()
+    before += (f"Estimated CUDA graph memory: {_gib2(cuda_graph)} GiB total",)
+    return (logs[0], *before, logs[1], utilization_line(st.utilization, cuda_graph, total), *logs[2:])
 
 
 # ---- the vLLM engine: options and the estimate behind `--engine vllm` -------------------------------------

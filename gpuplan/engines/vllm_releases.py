@@ -68,11 +68,14 @@ CONTEXT_NON_TORCH_BYTES = round(0.35 * GiB)
 # Memory in use when the snapshot is taken (CUDA context): vLLM 0.19.0's worker snapshot on an H100 reads
 # cuda_memory=0.51GiB (llm-d-planner v0.19.0 logs @ d3121e0, meta-llama-llama-3-1-8b ... 16384.log).
 CUDA_CONTEXT_BYTES = round(0.51 * GiB)
-# CUDA graph memory the 0.20+ profiler estimates ("Estimated CUDA graph memory: N GiB total"), not derivable from
-# the config (capture sizes, attention backend and TP move it): the median of four values logged with the estimate
-# on by default, 0.17 (https://github.com/noonghunna/club-3090/issues/127, TP=4), 0.36
-# (https://github.com/gpustack/runner/pull/251, 0.27.1), 0.52 (https://github.com/LMCache/LMCache/issues/3430,
-# 0.21.0, Qwen3-8B) and 2.22 GiB (https://github.com/vllm-project/vllm/issues/50722, TP=4 MoE).
+# CUDA graph memory the 0.20+ profiler estimates ("Estimated CUDA graph memory: N GiB total"). The graphs it
+# captures follow from the config (gpuplan/engines/vllm_cudagraphs.py); the bytes do not: they are free-memory
+# drops that the kernels picked decide (0.52-1.82 GiB for the same 51 + 51 graphs on H100 in sixteen vLLM 0.19.0
+# logs of tests/fixtures/serving_logs.yaml; docs/serving.md, "the CUDA graph estimate"). The median of four values
+# logged with the estimate on by default: 0.17 (https://github.com/noonghunna/club-3090/issues/127, RTX 3090,
+# TP=4), 0.36 (https://github.com/gpustack/runner/pull/251, 0.27.1, TP=2, PIECEWISE=16 (largest=16)), 0.52
+# (https://github.com/LMCache/LMCache/issues/3430, 0.21.0, Qwen3-8B, PIECEWISE=51 (largest=512), FULL=35
+# (largest=256)) and 2.22 GiB (https://github.com/vllm-project/vllm/issues/50722, TP=4 MoE).
 CUDA_GRAPH_ESTIMATE_BYTES = round(0.44 * GiB)
 # v1/worker/extensible_kv_cache.py (0.34.0): KV_CACHE_MARGIN_FLOOR_BYTES = 1 << 30 (3 << 30 on ROCm),
 # KV_CACHE_MARGIN_FRACTION = 0.75.
