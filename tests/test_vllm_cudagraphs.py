@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+import gpuplan
 from gpuplan.calc.precision import resolve_precision
+from gpuplan.engines import vllm
 from gpuplan.engines.vllm import GiB, vllm_budget
-from gpuplan.engines.vllm_cudagraphs import ProfiledGraphs, cudagraph_capture_sizes, profiled_graphs, utilization_line
+from gpuplan.engines.vllm_cudagraphs import (
+    ProfiledGraphs,
+    cudagraph_capture_sizes,
+    graph_estimate,
+    profiled_graphs,
+    utilization_line,
+)
 from gpuplan.engines.vllm_releases import CUDA_GRAPH_ESTIMATE_BYTES, vllm_release
 from gpuplan.models.sources import resolve_model
 
@@ -127,3 +135,58 @@ def test_no_graph_lines_before_0_20_nor_with_a_fixed_kv_cache_nor_in_0_34():
                                     **kw)) == []
     assert _graph_lines(vllm_budget(spec, p, int(79.19 * GiB), engine_version="0.34.0", **kw)) == []
     assert len(_graph_lines(vllm_budget(spec, p, int(79.19 * GiB), engine_version="0.20.0", **kw))) == 3
+
+
+# (release, enforce_eager, cuda_platform, charged): gpu_worker.py determine_available_memory profiles the graphs
+# only on CUDA and when cudagraph_mode is not NONE (0.20.0-0.24.0); 0.34.0 profiles on CUDA, ROCm and XPU, and
+# its profile_cudagraph_memory returns 0 when nothing is captured.
+CHARGED = [
+    ("0.24.0", False, True, CUDA_GRAPH_ESTIMATE_BYTES),
+    ("0.24.0", True, True, 0),
+    ("0.24.0", False, False, 0),
+    ("0.20.0", False, False, 0),
+    ("0.34.0", False, False, CUDA_GRAPH_ESTIMATE_BYTES),
+    ("0.34.0", True, True, 0),
+]
+
+
+@pytest.mark.parametrize(("release", "eager", "cuda", "charged"), CHARGED)
+def test_graph_estimate_per_release_and_platform(release, eager, cuda, charged):
+    assert graph_estimate(vllm_release(release), enforce_eager=eager, cuda_platform=cuda) == charged
+    spec, p = _qwen25_7b()
+    kw = {"max_model_len": 4096, "gpu_name": "H100", "engine_version": release}
+    base = vllm_budget(spec, p, int(79.19 * GiB), **kw)
+    b = vllm_budget(spec, p, int(79.19 * GiB), enforce_eager=eager, cuda_platform=cuda, **kw)
+    assert (b.cuda_graph or 0) == charged
+    gained = b.available_kv - base.available_kv
+    if release == "0.34.0":  # the extensible KV cache's margin and transient peak move with the graphs as well
+        assert (gained > 0) == (charged == 0)
+    else:
+        assert gained == CUDA_GRAPH_ESTIMATE_BYTES - charged
+    assert len(_graph_lines(b)) == (3 if charged and release != "0.34.0" else 0)
+
+
+def test_graphs_not_captured_leave_the_kv_cache_memory_suggestion():
+    spec, p = _qwen25_7b()
+    kw = {"max_model_len": 4096, "gpu_name": "H100", "engine_version": "0.24.0"}
+    graphs = vllm_budget(spec, p, int(79.19 * GiB), **kw)
+    eager = vllm_budget(spec, p, int(79.19 * GiB), enforce_eager=True, **kw)
+    rocm = vllm_budget(spec, p, int(79.19 * GiB), cuda_platform=False, **kw)
+    # The suggestion counts the graphs captured after sizing: none when eager, the same ones off CUDA.
+    assert [e - g for e, g in zip(eager.kv_cache_memory_suggested, graphs.kv_cache_memory_suggested, strict=True)] == \
+        [CUDA_GRAPH_ESTIMATE_BYTES] * 2
+    assert rocm.kv_cache_memory_suggested == graphs.kv_cache_memory_suggested
+
+
+def test_enforce_eager_reaches_the_estimate_and_the_launch_command():
+    model = "Qwen/Qwen2.5-7B-Instruct"
+    plain = gpuplan.estimate(model, engine="vllm", gpu="RTX 4090", max_model_len=2048, engine_version="0.24.0")
+    eager = gpuplan.estimate(model, engine="vllm", gpu="RTX 4090", max_model_len=2048, engine_version="0.24.0",
+                             enforce_eager=True)
+    assert eager.serving.kv_cache_tokens > plain.serving.kv_cache_tokens
+    cmd = vllm.launch_command(model, eager, nodes=1, dtype=None, kv_cache_dtype=None,
+                              options=vllm.Options(enforce_eager=True))
+    assert cmd[0].endswith(" --enforce-eager")
+    # AMD GPUs: 0.20-0.33 estimate nothing off CUDA.
+    mi300 = gpuplan.estimate(model, engine="vllm", gpu="MI300X", max_model_len=2048, engine_version="0.24.0")
+    assert not [line for line in mi300.serving.log_lines if "CUDA graph" in line]

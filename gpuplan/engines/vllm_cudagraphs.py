@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gpuplan.engines.vllm_releases import VllmRelease, parse_release
+from gpuplan.engines.vllm_releases import CUDA_GRAPH_ESTIMATE_BYTES, VllmRelease, parse_release
 
 # config/vllm.py _set_cudagraph_sizes (0.19.0-0.24.0): max_cudagraph_capture_size = min(max_num_seqs x
 # decode_query_len x 2, 512); sizes [1, 2, 4] + range(8, 256, 8) + range(256, largest + 1, 16).
@@ -64,6 +64,23 @@ class ProfiledGraphs(NamedTuple):
                  (("PIECEWISE", self.piecewise, self.piecewise_largest), ("FULL", self.full, self.full_largest))
                  if n]
         return "Profiling CUDA graph memory: " + ", ".join(parts)
+
+
+def captured_graph_bytes(enforce_eager: bool) -> int:
+    """The memory of the graphs vLLM captures after sizing the KV cache: none with ``--enforce-eager``
+    (``cudagraph_mode`` NONE), else the measured constant."""
+    return 0 if enforce_eager else CUDA_GRAPH_ESTIMATE_BYTES
+
+
+def graph_estimate(release: VllmRelease, *, enforce_eager: bool = False, cuda_platform: bool = True) -> int:
+    """The CUDA graph estimate a 0.20+ release charges before the KV cache: 0 with ``--enforce-eager`` (0.20-0.33
+    gpu_worker.py ``determine_available_memory`` profiles only when ``cudagraph_mode != NONE``; 0.34
+    ``profile_cudagraph_memory`` returns 0 when nothing is captured), and 0 off CUDA in 0.20-0.33 (the same
+    function profiles only when ``current_platform.is_cuda()``: "Skip on ROCm/HIP/XPU", 0.20.0-0.24.0; 0.34
+    profiles on CUDA, ROCm and XPU)."""
+    if release.budget_rule == "cuda_graph" and not cuda_platform:
+        return 0
+    return captured_graph_bytes(enforce_eager)
 
 
 def cudagraph_capture_sizes(release: VllmRelease, max_num_seqs: int, max_num_batched_tokens: int

@@ -21,7 +21,8 @@ KV budget per release (``available`` is what the KV cache gets, ``requested = to
   0.10.2, 0.11.0, 0.19.0 ``utils/mem_utils.py``).
 * 0.20-0.33, ``cuda_graph``: the same, minus an estimate of the CUDA graphs' memory measured by a throwaway
   capture (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` defaults to 1 in the 0.20.0 ``envs.py``, 0 in
-  0.19.0; the log line says "default since v0.21.0"); ``gpu_memory_utilization`` defaults to 0.92
+  0.19.0; the log line says "default since v0.21.0"), on CUDA only and not with ``--enforce-eager``
+  (gpuplan.engines.vllm_cudagraphs); ``gpu_memory_utilization`` defaults to 0.92
   (``config/cache.py`` 0.20.0). From 0.27 ``memory_profiling`` charges ``total_consumed +
   transient_peak_headroom`` (``utils/mem_utils.py`` 0.27.1), the same quantities measured from free memory.
 * 0.34, ``extensible``: the KV cache is reserved as virtual memory and committed after warm-up and CUDA
@@ -285,6 +286,12 @@ _CUDA_CAPABILITY = {"Volta": (7, 0), "Turing": (7, 5), "Ampere": (8, 0), "Ada Lo
 _FLASHINFER_SM80_FLOOR: _V = (0, 24, 0)
 
 
+def is_cuda_platform(architecture: str | None) -> bool:
+    """vLLM runs a GPU of ``architecture`` on its CUDA platform: an NVIDIA architecture, or a GPU not named (taken
+    as one); AMD GPUs run on ROCm, Intel's on XPU."""
+    return architecture in (None, "unknown") or architecture in _CUDA_CAPABILITY
+
+
 @functools.lru_cache(maxsize=256)  # a plan asks once per layout tried
 def flashinfer_supports(release: VllmRelease, architecture: str | None) -> bool:
     """FlashInfer's sampler runs on a GPU of ``architecture`` in this release (None: a GPU not named, taken as
@@ -412,8 +419,9 @@ def charge_extensible(requested: int, total: int, weights: int, activation: int,
 
 
 def charge(release: VllmRelease, engine: Engine, *, requested: int, total: int, weights: int, activation: int,
-           tp: int, non_torch: int | None = None) -> Charge:
-    """Dispatch to the release's rule (the V0 worker's rule when ``engine`` is V0)."""
+           tp: int, non_torch: int | None = None, cuda_graph: int = CUDA_GRAPH_ESTIMATE_BYTES) -> Charge:
+    """Dispatch to the release's rule (the V0 worker's rule when ``engine`` is V0); ``cuda_graph`` is the graph
+    estimate the 0.20+ rules charge (gpuplan.engines.vllm_cudagraphs.graph_estimate)."""
     rule = release.v0_budget_rule if engine == "v0" else release.budget_rule
     if rule == "total_used":
         return charge_total_used(requested, weights, activation, tp)
@@ -424,17 +432,17 @@ def charge(release: VllmRelease, engine: Engine, *, requested: int, total: int, 
     if rule == "snapshot":
         return charge_snapshot(requested, weights, activation, tp, non_torch)
     if rule == "cuda_graph":
-        return charge_cuda_graph(requested, weights, activation, tp, non_torch)
-    return charge_extensible(requested, total, weights, activation, tp, non_torch)
+        return charge_cuda_graph(requested, weights, activation, tp, non_torch, cuda_graph)
+    return charge_extensible(requested, total, weights, activation, tp, non_torch, cuda_graph)
 
 
 def kv_cache_memory_suggestions(*, requested: int, total: int, weights: int, activation: int, non_torch: int,
-                                cuda_graph: int) -> tuple[int, int]:
+                                captured_graphs: int) -> tuple[int, int]:
     """vLLM's two ``--kv-cache-memory`` suggestions (gpu_worker.py 0.10.2+, after CUDA graph capture):
     (to fit the requested memory, to fill the GPU), each ``limit - non-KV memory - 150 MiB``, the limit being
-    the requested memory or the free memory at startup (total - context)."""
-    graphs = cuda_graph or CUDA_GRAPH_ESTIMATE_BYTES  # captured after sizing whether or not it was charged
-    non_kv = weights + activation + non_torch + graphs
+    the requested memory or the free memory at startup (total - context); ``captured_graphs`` is the memory of
+    the graphs captured after sizing, whether or not their estimate was charged."""
+    non_kv = weights + activation + non_torch + captured_graphs
     to_requested = requested - non_kv - KV_CACHE_MEMORY_SUGGESTION_MARGIN
     to_gpu = total - CUDA_CONTEXT_BYTES - non_kv - KV_CACHE_MEMORY_SUGGESTION_MARGIN
     return to_requested, to_gpu
