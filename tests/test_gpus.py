@@ -168,11 +168,27 @@ def test_driver_figures_of_the_added_and_updated_cards() -> None:
     assert CATALOG.resolve("7900 XTX").memory_bytes == 24560 * MiB
     assert CATALOG.resolve("RTX 3090 Ti").memory_bytes == 24564 * MiB
     assert CATALOG.resolve("A40").memory_bytes == 46068 * MiB
-    assert CATALOG.resolve("RTX A6000").memory_bytes == 46068 * MiB
+    assert CATALOG.resolve("RTX A6000").memory_bytes == 49140 * MiB
+    assert CATALOG.resolve("RTX A6000 ECC").memory_bytes == 46068 * MiB
     assert CATALOG.resolve("V100 SXM2 16GB").memory_bytes == 16384 * MiB
     assert CATALOG.resolve("GH200").memory_bytes == 97871 * MiB
     assert CATALOG.resolve("A40").cuda_total_bytes == 47608692736
-    assert CATALOG.resolve("RTX A6000").cuda_total_bytes == 47834660864
+    assert CATALOG.resolve("RTX A6000").cuda_total_bytes == round(47.54 * GiB)
+    assert CATALOG.resolve("RTX A6000 ECC").cuda_total_bytes == 47834660864
+
+
+def test_the_rtx_a6000_defaults_to_ecc_off_and_names_the_ecc_on_card() -> None:
+    # RTX cards ship with ECC off and most public captures show 49140 MiB; with ECC on 1/16 of the memory holds
+    # check bits (46068 MiB). Both report the same NVML name, so a probed card goes to the entry nearest its memory.
+    default, ecc_on = CATALOG.resolve("RTX A6000"), CATALOG.resolve("RTX A6000 (ECC on)")
+    assert (default.name, ecc_on.name) == ("RTX-A6000", "RTX-A6000-ECC")
+    assert ecc_on.memory_bytes == default.memory_bytes * 15 // 16 // MiB * MiB
+    assert CATALOG.resolve("A6000 ECC").name == ecc_on.name
+    assert CATALOG.resolve("RTX A6000 ECC off").name == default.name
+    assert CATALOG.match_device("NVIDIA RTX A6000", 46068 * MiB).name == "RTX-A6000-ECC"
+    assert CATALOG.match_device("NVIDIA RTX A6000", 49140 * MiB).name == "RTX-A6000"
+    assert CATALOG.match_device("NVIDIA RTX A6000").name == "RTX-A6000"
+    assert CATALOG.resolve("NVIDIA RTX A6000").name == "RTX-A6000"
 
 
 def test_the_added_datacenter_cards() -> None:
@@ -229,6 +245,7 @@ def test_enough_entries_carry_a_driver_reported_figure() -> None:
         ("GH200", "GH200-96GB"),
         ("RTX 6000 Ada", "RTX-6000-Ada"),
         ("RTX A6000", "RTX-A6000"),
+        ("RTX A6000 ECC", "RTX-A6000-ECC"),
         ("AMD Instinct MI300X", "MI300X"),
         ("mi300x", "MI300X"),
         ("Gaudi 3", "Gaudi3"),
