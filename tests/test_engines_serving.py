@@ -32,7 +32,7 @@ from gpuplan.engines.tp import (
     weights_per_gpu,
 )
 from gpuplan.engines.vllm import GiB, default_batch_limits, kv_page_size, vllm_budget
-from gpuplan.engines.vllm_releases import flashinfer_supports, parse_release, vllm_release
+from gpuplan.engines.vllm_releases import flashinfer_supports, is_cuda_platform, parse_release, vllm_release
 from gpuplan.errors import InputError
 from gpuplan.gpus.catalog import load_catalog as load_gpu_catalog
 from gpuplan.models.catalog import load_catalog
@@ -278,6 +278,9 @@ def _inputs(case: dict) -> dict:
         "flashinfer_sampler": case.get("flashinfer_sampler"),
         "flashinfer_supported": release is not None and flashinfer_supports(
             release, load_gpu_catalog().resolve(case["gpu"]).architecture),
+        # No CUDA graphs (0.20+ charge no graph estimate); AMD GPUs run on ROCm (0.20-0.33 estimate nothing).
+        "enforce_eager": bool(case.get("enforce_eager")),
+        "cuda_platform": is_cuda_platform(load_gpu_catalog().resolve(case["gpu"]).architecture),
     }
 
 
@@ -296,7 +299,8 @@ def replay(case: dict) -> Replay:
                         block_size=inp["block_size"], engine=inp["engine"], gpu_name=case["gpu"],
                         engine_version=inp["engine_version"], usage_context=inp["usage_context"],
                         flashinfer_sampler=inp["flashinfer_sampler"],
-                        flashinfer_supported=inp["flashinfer_supported"])
+                        flashinfer_supported=inp["flashinfer_supported"], enforce_eager=inp["enforce_eager"],
+                        cuda_platform=inp["cuda_platform"])
         if obs.get("kv_cache_tokens"):
             metric, logged, predicted = "tokens", obs["kv_cache_tokens"], b.kv_cache_tokens
         elif obs.get("gpu_blocks"):

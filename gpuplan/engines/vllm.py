@@ -70,6 +70,7 @@ from gpuplan.engines.base import (
 )
 from gpuplan.engines.memo import per_spec
 from gpuplan.engines.tp import ParallelLayout, padded_vocab, parallel_layout, pp_layer_split
+from gpuplan.engines.vllm_cudagraphs import captured_graph_bytes, graph_estimate, profiled_graphs, utilization_line
 from gpuplan.engines.vllm_releases import (
     TENSOR_PARALLEL_NON_TORCH_BYTES,
     Engine,
@@ -80,6 +81,7 @@ from gpuplan.engines.vllm_releases import (
     VllmRelease,
     charge,
     flashinfer_supports,
+    is_cuda_platform,
     kv_cache_memory_suggestions,
     profile_sampler,
     vllm_release,
@@ -442,7 +444,8 @@ def _stage_kinds(spec: ModelSpec, precision: Precision, tp: int, pp: int, group_
 
 
 def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers: tuple[tuple[int, ...], ...], *,
-                 total: int, requested: int, kv_cache_memory: int | None, non_torch_bytes: int | None) -> _Stage:
+                 total: int, requested: int, kv_cache_memory: int | None, non_torch_bytes: int | None,
+                 cuda_graph: int) -> _Stage:
     """Each pipeline stage sizes its own pool; the engine keeps the smallest block count (the first such stage:
     the kinds come in the order of their first stage, and a later one replaces it only with fewer blocks)."""
     pp = st.layout.pp
@@ -459,7 +462,7 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
         forward, samp = profiles[last]
         activation = max(forward, samp)
         c = charge(st.release, st.engine, requested=requested, total=total, weights=weights,
-                   activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes)
+                   activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes, cuda_graph=cuda_graph)
         available = c.available if kv_cache_memory is None else kv_cache_memory
         group_size = max(counts)
         if st.engine == "v0":
@@ -587,6 +590,8 @@ def vllm_budget(
     engine_version: str | None = None,
     mamba_cache_dtype: MambaDtype = "auto",
     mamba_ssm_cache_dtype: MambaDtype = "auto",
+    enforce_eager: bool = False,
+    cuda_platform: bool = True,
 ) -> VllmBudget:
     """vLLM ``engine_version``'s KV cache budget for ``spec`` on GPUs of ``gpu_memory_bytes`` (the total CUDA
     reports: ``torch.cuda.mem_get_info()[1]``, which is a few hundred MiB under nvidia-smi's figure).
@@ -596,7 +601,8 @@ def vllm_budget(
     ``engine``, ``sampler`` and ``hybrid_kv_cache_manager`` override the release's choice; ``flashinfer_sampler`` is
     VLLM_USE_FLASHINFER_SAMPLER (None: unset, the release's default on a GPU FlashInfer supports, which
     ``flashinfer_supported`` says).
-    ``max_model_len=-1`` is ``--max-model-len auto``.
+    ``max_model_len=-1`` is ``--max-model-len auto``. ``enforce_eager`` captures no CUDA graphs;
+    ``cuda_platform`` False (AMD, Intel GPUs) leaves the graph estimate out of 0.20-0.33's charge.
     """
     refuse_unmodelled_caches(NAME, spec)
     st = _setup(spec, precision, gpu_memory_bytes, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
@@ -617,7 +623,9 @@ def vllm_budget(
         st = st._replace(page=state_pages.page_size, block_size=state_pages.block_size)
         group_layers, group_windows = state_pages.groups, state_pages.windows
     stage = _size_stages(spec, precision, st, group_layers, total=total, requested=requested,
-                         kv_cache_memory=kv_cache_memory, non_torch_bytes=non_torch_bytes)
+                         kv_cache_memory=kv_cache_memory, non_torch_bytes=non_torch_bytes,
+                         cuda_graph=graph_estimate(st.release, enforce_eager=enforce_eager,
+                                                   cuda_platform=cuda_platform))
     num_blocks = stage.blocks
     if st.engine == "v0":
         groups = (KvGroup(window=None, layers=sum(stage.counts)),)
@@ -641,13 +649,15 @@ def vllm_budget(
     if release.kv_cache_memory_flag and st.engine == "v1":
         suggested = kv_cache_memory_suggestions(
             requested=requested, total=total, weights=stage.weights, activation=stage.activation,
-            non_torch=stage.non_torch, cuda_graph=stage.cuda_graph)
+            non_torch=stage.non_torch, captured_graphs=captured_graph_bytes(enforce_eager))
     logs = _log_lines(release, st.engine, stage.weights, stage.available, kv["tokens"], num_blocks, st.model_len,
                       kv["concurrency"], kv["fits"], kv["max_len_fit"], kv["needed"])
     if "auto_line" in kv:
         # vLLM stops at the auto-fit error; otherwise its line comes before the KV cache report.
         after = () if kv["auto_line"].startswith("Cannot auto-fit") else logs[2:]
         logs = (*logs[:2], kv["auto_line"], *after)
+    if st.engine == "v1" and release.budget_rule == "cuda_graph" and kv_cache_memory is None and stage.cuda_graph:
+        logs = _with_cuda_graph_lines(logs, st, stage.cuda_graph, total)
     if st.sampler == "flashinfer":
         # Printed when the model runner builds its sampler, before the weights load.
         logs = (FLASHINFER_SAMPLER_LINE, *logs)
@@ -716,6 +726,16 @@ def _log_lines(release: VllmRelease, engine: Engine, weights: int, available: in
     return tuple(lines)
 
 
+def _with_cuda_graph_lines(logs: tuple[str, ...], st: _Setup, cuda_graph: int, total: int) -> tuple[str, ...]:
+    """0.20-0.33: the memory profiler's graph lines around "Available KV cache memory" (``logs[1]``):
+    gpu_model_runner.py ``profile_cudagraph_memory`` before it, gpu_worker.py ``determine_available_memory``
+    after it."""
+    graphs = profiled_graphs(st.release, st.seqs, st.batched)
+    before = (graphs.log_line,) if graphs is not None else ()
+    before += (f"Estimated CUDA graph memory: {_gib2(cuda_graph)} GiB total",)
+    return (logs[0], *before, logs[1], utilization_line(st.utilization, cuda_graph, total), *logs[2:])
+
+
 # ---- the vLLM engine: options and the estimate behind `--engine vllm` -------------------------------------
 
 NAME = "vllm"
@@ -754,6 +774,9 @@ class Options(EngineOptions):
         default=None, gt=0, description="fixed KV cache size per GPU, e.g. 40GiB (skips the profiling budget).",
         json_schema_extra={"metavar": "SIZE"})
 
+    enforce_eager: bool = Field(
+        default=False, description="no CUDA graphs: from 0.20 vLLM charges no graph estimate before the KV cache "
+                                   "(0.44 GiB otherwise); the profile run is modelled the same.")
     flashinfer_sampler: bool | None = Field(
         default=None, description="VLLM_USE_FLASHINFER_SAMPLER=1 / 0: the profile run's dummy sampler pass uses "
                                   "FlashInfer, or vLLM's PyTorch path (a vocabulary sort up to 0.16); default: "
@@ -795,7 +818,8 @@ def estimate(model: Any, request: PrecisionRequest, workload: Workload, hardware
                     block_size=options.block_size, kv_cache_memory=options.kv_cache_memory, gpu_name=hardware.gpu,
                     engine_version=version, mamba_cache_dtype=options.mamba_cache_dtype,
                     mamba_ssm_cache_dtype=options.mamba_ssm_cache_dtype, flashinfer_sampler=options.flashinfer_sampler,
-                    flashinfer_supported=flashinfer_supports(vllm_release(version), hardware.architecture))
+                    flashinfer_supported=flashinfer_supports(vllm_release(version), hardware.architecture),
+                    enforce_eager=options.enforce_eager, cuda_platform=is_cuda_platform(hardware.architecture))
     serving = ServingBudget(
         engine=NAME, engine_version=b.engine_version, gpu_memory_bytes=capacity,
         memory_fraction=b.gpu_memory_utilization, kv_cache_tokens=b.kv_cache_tokens, max_model_len=b.max_model_len,
@@ -841,6 +865,8 @@ def launch_command(model: str, result: Any, *, nodes: int, dtype: str | None, kv
                         ("mamba_ssm_cache_dtype", "--mamba-ssm-cache-dtype")):
         if field in given and getattr(options, field) is not None:
             cmd += f" {flag} {getattr(options, field)}"
+    if options.enforce_eager:
+        cmd += " --enforce-eager"
     if expert_parallel:
         cmd += " --enable-expert-parallel"
     if nodes == 1:

@@ -21,7 +21,8 @@ KV budget per release (``available`` is what the KV cache gets, ``requested = to
   0.10.2, 0.11.0, 0.19.0 ``utils/mem_utils.py``).
 * 0.20-0.33, ``cuda_graph``: the same, minus an estimate of the CUDA graphs' memory measured by a throwaway
   capture (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` defaults to 1 in the 0.20.0 ``envs.py``, 0 in
-  0.19.0; the log line says "default since v0.21.0"); ``gpu_memory_utilization`` defaults to 0.92
+  0.19.0; the log line says "default since v0.21.0"), on CUDA only and not with ``--enforce-eager``
+  (gpuplan.engines.vllm_cudagraphs); ``gpu_memory_utilization`` defaults to 0.92
   (``config/cache.py`` 0.20.0). From 0.27 ``memory_profiling`` charges ``total_consumed +
   transient_peak_headroom`` (``utils/mem_utils.py`` 0.27.1), the same quantities measured from free memory.
 * 0.34, ``extensible``: the KV cache is reserved as virtual memory and committed after warm-up and CUDA
@@ -68,11 +69,14 @@ CONTEXT_NON_TORCH_BYTES = round(0.35 * GiB)
 # Memory in use when the snapshot is taken (CUDA context): vLLM 0.19.0's worker snapshot on an H100 reads
 # cuda_memory=0.51GiB (llm-d-planner v0.19.0 logs @ d3121e0, meta-llama-llama-3-1-8b ... 16384.log).
 CUDA_CONTEXT_BYTES = round(0.51 * GiB)
-# CUDA graph memory the 0.20+ profiler estimates ("Estimated CUDA graph memory: N GiB total"), not derivable from
-# the config (capture sizes, attention backend and TP move it): the median of four values logged with the estimate
-# on by default, 0.17 (https://github.com/noonghunna/club-3090/issues/127, TP=4), 0.36
-# (https://github.com/gpustack/runner/pull/251, 0.27.1), 0.52 (https://github.com/LMCache/LMCache/issues/3430,
-# 0.21.0, Qwen3-8B) and 2.22 GiB (https://github.com/vllm-project/vllm/issues/50722, TP=4 MoE).
+# CUDA graph memory the 0.20+ profiler estimates ("Estimated CUDA graph memory: N GiB total"). The graphs it
+# captures follow from the config (gpuplan/engines/vllm_cudagraphs.py); the bytes do not: they are free-memory
+# drops that the kernels picked decide (0.52-1.82 GiB for the same 51 + 51 graphs on H100 in sixteen vLLM 0.19.0
+# logs of tests/fixtures/serving_logs.yaml; docs/serving.md, "the CUDA graph estimate"). The median of four values
+# logged with the estimate on by default: 0.17 (https://github.com/noonghunna/club-3090/issues/127, RTX 3090,
+# TP=4), 0.36 (https://github.com/gpustack/runner/pull/251, 0.27.1, TP=2, PIECEWISE=16 (largest=16)), 0.52
+# (https://github.com/LMCache/LMCache/issues/3430, 0.21.0, Qwen3-8B, PIECEWISE=51 (largest=512), FULL=35
+# (largest=256)) and 2.22 GiB (https://github.com/vllm-project/vllm/issues/50722, TP=4 MoE).
 CUDA_GRAPH_ESTIMATE_BYTES = round(0.44 * GiB)
 # v1/worker/extensible_kv_cache.py (0.34.0): KV_CACHE_MARGIN_FLOOR_BYTES = 1 << 30 (3 << 30 on ROCm),
 # KV_CACHE_MARGIN_FRACTION = 0.75.
@@ -282,6 +286,12 @@ _CUDA_CAPABILITY = {"Volta": (7, 0), "Turing": (7, 5), "Ampere": (8, 0), "Ada Lo
 _FLASHINFER_SM80_FLOOR: _V = (0, 24, 0)
 
 
+def is_cuda_platform(architecture: str | None) -> bool:
+    """vLLM runs a GPU of ``architecture`` on its CUDA platform: an NVIDIA architecture, or a GPU not named (taken
+    as one); AMD GPUs run on ROCm, Intel's on XPU."""
+    return architecture in (None, "unknown") or architecture in _CUDA_CAPABILITY
+
+
 @functools.lru_cache(maxsize=256)  # a plan asks once per layout tried
 def flashinfer_supports(release: VllmRelease, architecture: str | None) -> bool:
     """FlashInfer's sampler runs on a GPU of ``architecture`` in this release (None: a GPU not named, taken as
@@ -409,8 +419,9 @@ def charge_extensible(requested: int, total: int, weights: int, activation: int,
 
 
 def charge(release: VllmRelease, engine: Engine, *, requested: int, total: int, weights: int, activation: int,
-           tp: int, non_torch: int | None = None) -> Charge:
-    """Dispatch to the release's rule (the V0 worker's rule when ``engine`` is V0)."""
+           tp: int, non_torch: int | None = None, cuda_graph: int = CUDA_GRAPH_ESTIMATE_BYTES) -> Charge:
+    """Dispatch to the release's rule (the V0 worker's rule when ``engine`` is V0); ``cuda_graph`` is the graph
+    estimate the 0.20+ rules charge (gpuplan.engines.vllm_cudagraphs.graph_estimate)."""
     rule = release.v0_budget_rule if engine == "v0" else release.budget_rule
     if rule == "total_used":
         return charge_total_used(requested, weights, activation, tp)
@@ -421,17 +432,17 @@ def charge(release: VllmRelease, engine: Engine, *, requested: int, total: int, 
     if rule == "snapshot":
         return charge_snapshot(requested, weights, activation, tp, non_torch)
     if rule == "cuda_graph":
-        return charge_cuda_graph(requested, weights, activation, tp, non_torch)
-    return charge_extensible(requested, total, weights, activation, tp, non_torch)
+        return charge_cuda_graph(requested, weights, activation, tp, non_torch, cuda_graph)
+    return charge_extensible(requested, total, weights, activation, tp, non_torch, cuda_graph)
 
 
 def kv_cache_memory_suggestions(*, requested: int, total: int, weights: int, activation: int, non_torch: int,
-                                cuda_graph: int) -> tuple[int, int]:
+                                captured_graphs: int) -> tuple[int, int]:
     """vLLM's two ``--kv-cache-memory`` suggestions (gpu_worker.py 0.10.2+, after CUDA graph capture):
     (to fit the requested memory, to fill the GPU), each ``limit - non-KV memory - 150 MiB``, the limit being
-    the requested memory or the free memory at startup (total - context)."""
-    graphs = cuda_graph or CUDA_GRAPH_ESTIMATE_BYTES  # captured after sizing whether or not it was charged
-    non_kv = weights + activation + non_torch + graphs
+    the requested memory or the free memory at startup (total - context); ``captured_graphs`` is the memory of
+    the graphs captured after sizing, whether or not their estimate was charged."""
+    non_kv = weights + activation + non_torch + captured_graphs
     to_requested = requested - non_kv - KV_CACHE_MEMORY_SUGGESTION_MARGIN
     to_gpu = total - CUDA_CONTEXT_BYTES - non_kv - KV_CACHE_MEMORY_SUGGESTION_MARGIN
     return to_requested, to_gpu
