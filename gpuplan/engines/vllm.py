@@ -83,10 +83,12 @@ from gpuplan.engines.vllm_releases import (
     flashinfer_supports,
     is_cuda_platform,
     kv_cache_memory_suggestions,
+    parse_release,
     profile_sampler,
     vllm_release,
 )
 from gpuplan.engines.vllm_releases import default_batch_limits as release_batch_limits
+from gpuplan.engines.vllm_v0_reserved import profile_reservation, profile_shape
 from gpuplan.errors import InputError
 from gpuplan.models.spec import LayerCache, ModelSpec, TensorRole
 from gpuplan.results import EngineEstimate, ServingBudget
@@ -456,11 +458,14 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
                                          min(st.seqs, st.batched), last_stage=last, sampler=st.sampler,
                                          logits=logits, flashinfer_call=st.release.flashinfer_call)
                 for last in {stage == pp - 1 for stage in range(pp)}}
+    reserved_rule = st.engine == "v0" and st.release.v0_budget_rule == "reserved_peak"
     best: _Stage | None = None
     for stage_weights, last, counts in _stage_kinds(spec, precision, st.layout.tp, pp, group_layers):
         weights = stage_weights + rope
         forward, samp = profiles[last]
         activation = max(forward, samp)
+        if reserved_rule:
+            activation = _v0_reserved_activation(spec, precision, st, sum(counts), last) or activation
         c = charge(st.release, st.engine, requested=requested, total=total, weights=weights,
                    activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes, cuda_graph=cuda_graph)
         available = c.available if kv_cache_memory is None else kv_cache_memory
@@ -563,6 +568,14 @@ def _auto_fit(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: list[in
     kv["auto_line"] = (f"Auto-fit max_model_len: reduced from {context} to {fitted} to fit in available GPU "
                        f"memory ({available})")
     return st, kv
+
+
+def _v0_reserved_activation(spec: ModelSpec, precision: Precision, st: _Setup, layers: int, last: bool) -> int:
+    """0.3.1-0.6.3 charge what the caching allocator has reserved at the end of the profile run
+    (gpuplan.engines.vllm_v0_reserved); 0 for a model whose V0 modules are not written there."""
+    shape = profile_shape(spec, st.layout, parse_release(st.release.version), e=precision.compute_bytes,
+                          tokens=st.batched, seqs=st.seqs, layers=layers, last_stage=last)
+    return 0 if shape is None else profile_reservation(shape).peak_reserved
 
 
 def vllm_budget(
