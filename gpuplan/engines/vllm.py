@@ -140,6 +140,8 @@ class VllmBudget(BaseModel):
     requested: int
     weights: int
     activation_peak: int
+    """The profile run's charge: its allocated peak, max(forward, sampler); under vLLM 0.3.1-0.6.3 (V0) what the
+    caching allocator has reserved by its end (gpuplan.engines.vllm_v0_reserved)."""
     activation_forward: int
     activation_sampler: int
     sampler: SamplerKind | None = None

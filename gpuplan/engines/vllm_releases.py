@@ -11,7 +11,9 @@ KV budget per release (``available`` is what the KV cache gets, ``requested = to
   context, other processes, NCCL and the allocator's cached blocks included.
 * 0.3.1-0.6.3, ``reserved_peak``: ``peak = init_free - free after profile_run`` (0.3.1, 0.3.3, 0.6.3
   ``worker/worker.py``): the CUDA context and other processes (in use before ``init_gpu_memory``) are not
-  charged; NCCL (initialised after that snapshot) is.
+  charged; NCCL (initialised after that snapshot) is, and so is every segment torch's allocator reserved
+  during the profile run, since free memory is read before ``empty_cache``: the activation charged is the
+  profile run's reserved peak (gpuplan.engines.vllm_v0_reserved, for the modules written out there).
 * 0.6.4, and the V1 engine of 0.7.0-0.9.0, ``allocated_peak``: ``allocated_bytes.all.peak`` plus ``used -
   torch allocated`` after ``empty_cache`` (0.6.4 ``worker/worker.py`` and 0.7.0 / 0.8.5 / 0.9.0
   ``v1/worker/gpu_worker.py`` ``determine_available_memory``): the context and other processes are charged
@@ -375,7 +377,9 @@ def charge_total_used(requested: int, weights: int, activation: int, tp: int) ->
 
 
 def charge_reserved_peak(requested: int, weights: int, activation: int, tp: int) -> Charge:
-    """0.3.1-0.6.3: ``requested - (init_free - free after profiling)``: the context is outside the charge."""
+    """0.3.1-0.6.3: ``requested - (init_free - free after profiling)``: the context is outside the charge;
+    ``activation`` is what the profile run left reserved (gpuplan.engines.vllm.vllm_budget passes the replayed
+    reservation of gpuplan.engines.vllm_v0_reserved where the model's V0 modules are written out there)."""
     non_torch = TENSOR_PARALLEL_NON_TORCH_BYTES if tp > 1 else SNAPSHOT_NON_TORCH_BYTES
     return Charge(available=requested - weights - activation - non_torch, non_torch=non_torch, cuda_graph=0)
 
