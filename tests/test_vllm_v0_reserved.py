@@ -51,9 +51,10 @@ def test_everything_but_the_workspace_is_freed_and_nothing_is_handed_back():
 
 
 def test_the_sampler_and_attention_follow_the_release():
-    flags = {v: _shape(version=v)[1] for v in ((0, 5, 4), (0, 6, 0), (0, 6, 3))}
+    flags = {v: _shape(version=v)[1] for v in ((0, 3, 3), (0, 4, 0), (0, 4, 1), (0, 5, 4), (0, 6, 0), (0, 6, 3))}
     assert [(s.fp32_logits, s.scatter_values, s.attention_buffer) for s in flags.values()] == [
-        (False, False, True), (True, False, True), (True, True, False)]
+        (False, False, False), (False, False, False), (False, False, True), (False, False, True),
+        (True, False, True), (True, True, False)]
     # The fp32 cast of 0.6.0 adds the fp32 copy and doubles the four sampler tensors of the logits' width: 12 bytes
     # an entry. The allocator counts as allocated the rest of a large block it does not split (1 MiB or less a
     # tensor, CUDACachingAllocator should_split), so the peaks differ by that much more at most.

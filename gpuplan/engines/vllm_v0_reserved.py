@@ -24,8 +24,10 @@ its function returns or the name is rebound), and replays it through gpuplan.cal
 * ``model_executor/models/opt.py``: ``nn.LayerNorm`` and the residual sums allocate new tensors;
   ``OPTDecoder.forward`` keeps ``inputs_embeds`` and ``pos_embeds`` alive through the layers.
 * Attention (``attention/backends/xformers.py`` and ``flash_attn.py``, 0.4.1 to 0.5.4): ``output =
-  torch.empty_like(query)``, the kernel returns ``out``, copied into ``output``; 0.6.3's
-  ``unified_flash_attention`` returns the kernel's output alone.
+  torch.empty_like(query)``, the kernel returns ``out``, copied into ``output``; 0.3.3's
+  ``layers/attention.py``, 0.4.0's ``backends/xformers.py`` and 0.6.3's ``unified_flash_attention`` return
+  the kernel's output alone. (0.3.x pads the prompts to one length, ``[seqs, T // seqs]`` here: the same
+  tokens when ``seqs`` divides ``T``.)
 * ``layers/logits_processor.py``: ``hidden_states.index_select`` of one row per sequence, then
   ``torch.matmul`` over the padded vocabulary (sliced, a view).
 * ``layers/sampler.py``: ``_apply_top_k_top_p`` (the profile run sets ``top_k = vocab - 1``, ``top_p =
@@ -240,4 +242,6 @@ def profile_shape(spec: ModelSpec, layout: ParallelLayout, version: tuple[int, i
         last_stage=last_stage,
         fp32_logits=version >= (0, 6, 0),  # layers/sampler.py: the cast is in 0.6.0, not in 0.5.4
         scatter_values=version >= (0, 6, 3),  # one scatter_ in 0.6.3; 0.6.0 gathers by the inverse permutation
-        attention_buffer=version < (0, 6, 3))  # 0.6.3 unified_flash_attention returns the kernel's output
+        # The backends copy the kernel's output into empty_like(query) from 0.4.1 (chunked prefill); 0.3.3's
+        # layers/attention.py and 0.4.0's backends/xformers.py return it, as 0.6.3's unified_flash_attention does.
+        attention_buffer=(0, 4, 1) <= version < (0, 6, 3))
