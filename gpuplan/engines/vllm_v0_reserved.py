@@ -36,14 +36,18 @@ its function returns or the name is rebound), and replays it through gpuplan.cal
   0.6.3 by one ``scatter_`` of the values. ``Sampler.forward`` casts the logits to fp32 from 0.6.0 (0.5.4 has
   no cast), then ``probs`` and ``logprobs`` (fp32); ``_sample_with_torch`` passes ``probs[indices]`` (a copy)
   to ``_multinomial``, which draws ``torch.empty_like(probs).exponential_()``.
-* The cuBLAS workspace (torch's aten/src/ATen/cuda/CublasHandlePool.cpp ``parseChosenWorkspaceSize``, torch
-  2.1-2.4, the releases these vLLM wheels pin: ``4096 * 1024 * 2 + 16 * 1024 * 8`` bytes off sm90) is made
-  through the caching allocator at the first matmul, after the ``init_gpu_memory`` snapshot, and kept.
+* The cuBLAS workspace (torch's aten/src/ATen/cuda/CublasHandlePool.cpp: ``getNewWorkspace`` takes it from the
+  caching allocator, ``parseChosenWorkspaceSize`` defaults to ``4096 * 1024 * 2 + 16 * 1024 * 8`` bytes off
+  sm90, 32 MiB on sm90, not modelled here), made at the first matmul, after the ``init_gpu_memory`` snapshot,
+  and kept. The wheels pin torch 2.1.2 (0.3.3, 0.4.0.post1), 2.2.1 (0.4.1), 2.3.0 (0.4.2) and 2.4.0 (0.5.4-0.6.3)
+  by their METADATA; the workspace code was not read release by release.
 
-Left out: tensors under 64 KiB per token row (input ids, positions, metadata), the attention kernel's
-log-sum-exp ([heads, T] fp32), and the weights' own segments (sized as their bytes: the parameters are
-allocated one by one before the profile run; for the bundled dense configs the large ones are multiples
-of 2 MiB).
+Left out: the input metadata (token ids, positions, slot mapping: a few bytes a token), the attention
+kernel's log-sum-exp ([heads, T] fp32), xformers' handling of grouped KV heads (0.3.3-0.4.x expand K and V
+to every query head as views; a copy made inside the kernel is not modelled), and the weights' own segments,
+charged as their bytes: each parameter is its own allocation before the profile run, and the rest of a
+segment rounded up to 2 MiB (none for Llama-3-8B, whose large parameters are multiples of 2 MiB) is not
+counted.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from gpuplan.models.spec import ModelSpec
 FP32 = 4
 INT64 = 8
 BOOL = 1
-# torch 2.1-2.4 aten/src/ATen/cuda/CublasHandlePool.cpp parseChosenWorkspaceSize, default off sm90.
+# aten/src/ATen/cuda/CublasHandlePool.cpp parseChosenWorkspaceSize, the default off sm90 (":4096:2:16:8").
 CUBLAS_WORKSPACE_PRE_SM90 = 4096 * 1024 * 2 + 16 * 1024 * 8
 
 
