@@ -80,6 +80,8 @@ CONFIG_FOR = {
     "Qwen/Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
     "Qwen/Qwen2-7B-Instruct": "Qwen/Qwen2-7B-Instruct",
     "facebook/opt-125m": "facebook/opt-125m",
+    # The chat fine-tune of Llama-2-13b-hf keeps every size of the base config (fixture notes).
+    "meta-llama/Llama-2-13b-chat-hf": "meta-llama/Llama-2-13b-hf",
 }
 
 # Cases left out, and why. "No verbatim copy found": the model's config.json was searched for in public code
