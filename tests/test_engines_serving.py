@@ -148,6 +148,11 @@ KNOWN_MISSES = {
         "the log prints a 9.37 GiB activation peak, against 0.92 modelled for V0's 8192-token, 256-sequence profile "
         "run; the same model and rule on an H100 printed 1.26 (vllm-llama3-8b-h100-tp1-pr10511, within 5%). The "
         "command line is not quoted, so a larger --max-num-batched-tokens or another flag cannot be ruled out"),
+    "vllm-llama2-13b-chat-80gb-tp1-v027": (
+        "vLLM 0.2.7 with LLM defaults on an unnamed 80 GB GPU: it charged 29.51 GiB beside the 41.72 GiB pool (0.9 x "
+        "79.15 - 41.72) against 25.03 modelled (24.24 of weights, 0.43 activation peak, 0.35 non-torch). The 4.48 "
+        "GiB is not traced: the log prints only the blocks, and this release's rule (total - free after profiling) "
+        "also charges any other process on the device; the Llama2-7B A100 case under the same rule is within 1.0%"),
 }
 
 
@@ -508,15 +513,16 @@ def test_aggregate_share_within_tolerance():
     results = replay_all()
     single = [r for r in results if r.single_gpu]
     multi = [r for r in results if not r.single_gpu]
-    assert len(results) == 64 and len(single) == 47 and len(multi) == 17
+    assert len(results) == 65 and len(single) == 48 and len(multi) == 17
     # The cases the release rules were written against (not held out): 45 of 48 (94%); 34 of 34 single-GPU. Three of
     # the 14 multi-GPU cases among them miss: vLLM 0.2.5 at TP=4, an LMCache connector, SGLang at TP=4
     # (docs/serving.md).
     development = [r for r in results if not r.held_out]
     assert sum(r.within for r in development) / len(development) >= TARGET_SHARE
     assert all(r.within for r in development if r.single_gpu)
-    # All replayed cases at their own release: 58 of 64 (91%); single-GPU 45 of 47 (the two misses are both held
-    # out, KNOWN_MISSES), multi-GPU 13 of 17. Before 0.3.1-0.6.3 were charged the profile run's reserved peak: 57 and
+    # All replayed cases at their own release: 58 of 65 (89%); single-GPU 45 of 48 (the three misses are all held
+    # out, KNOWN_MISSES), multi-GPU 13 of 17. Before the sixth held-out collection (the vLLM 0.2.7 Llama-2-13b-chat
+    # log, a miss): 58 of 64 (91%) and 45 of 47. Before 0.3.1-0.6.3 were charged the profile run's reserved peak: 57 and
     # 44 (89%, under the 90% goal since the second held-out collection). Before
     # the fourth collection's Qwen2-7B logs were replayed with the FlashInfer sampler they print: 55 and 42; before
     # the catalog's RTX A6000 became the ECC-off card: 56 and 43.
@@ -535,7 +541,8 @@ def test_held_out_cases_are_reported_apart():
                                     "vllm-qwen25-05b-rtx4090d-tp1-v085", "vllm-llama3-8b-a100-40-tp1-v066",
                                     "vllm-llama3-8b-a6000-tp1-pr4454", "vllm-qwen35-35b-a3b-h100-tp4-issue50722",
                                     "vllm-llama3-8b-rtx3090-tp1-v041", "vllm-qwen2-7b-a100-80-tp1-v01011-gmu025",
-                                    "vllm-qwen2-7b-a100-80-tp1-v01011-gmu050", "vllm-opt125m-a100-80-tp1-v040"]
+                                    "vllm-qwen2-7b-a100-80-tp1-v01011-gmu050", "vllm-opt125m-a100-80-tp1-v040",
+                                    "vllm-llama2-13b-chat-80gb-tp1-v027"]
     # First collection: 5 of 6 within 5%. Second (releases no earlier log covered): 2 of 5. Each miss is a known
     # one (KNOWN_MISSES), replayed once before being recorded there. Third (a hybrid linear-attention model):
     # 1 of 1, +4.3% on the KV pool, but through offsetting parts: the log prints 0.13 GiB of non-torch memory
@@ -551,8 +558,11 @@ def test_held_out_cases_are_reported_apart():
     # (gpuplan.engines.vllm_v0_reserved), the three held-out logs of that era move: the RTX 3090 (vLLM 0.4.1) from
     # +10.5% to +3.0%, the A6000 from +3.0% to +1.7%, opt-125m from +0.2% to +0.05%
     # (test_reserved_peak_moves_the_era_logs).
+    # Sixth (eras with fewer than three logs): 0 of 1, vLLM 0.2.7 Llama-2-13b-chat with LLM defaults at +10.7%
+    # (3,785 blocks predicted, 3,418 logged).
     assert [r.id for r in held if not r.within] == [
-        "sglang-qwq-32b-l4-tp4-v043", "vllm-qwen25-7b-rtx4090-tp1-v0240", "vllm-llama3-8b-a100-40-tp1-v066"]
+        "sglang-qwq-32b-l4-tp4-v043", "vllm-qwen25-7b-rtx4090-tp1-v0240", "vllm-llama3-8b-a100-40-tp1-v066",
+        "vllm-llama2-13b-chat-80gb-tp1-v027"]
 
 
 def test_reserved_peak_moves_the_era_logs():
