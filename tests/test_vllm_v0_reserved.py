@@ -1,4 +1,5 @@
-"""The V0 profile run's reserved peak, charged by vLLM 0.3.1-0.6.3 (gpuplan.engines.vllm_v0_reserved)."""
+"""The V0 profile run's reserved peak, charged by vLLM 0.3.1-0.6.3, and its allocated peak, charged by 0.6.5-0.10.2
+(gpuplan.engines.vllm_v0_reserved)."""
 
 import time
 
@@ -63,6 +64,20 @@ def test_the_sampler_and_attention_follow_the_release():
     assert 0 <= grown - entries * (4 + 4 * (4 - 2)) < 10 * 1024**2
 
 
+def test_the_0_6_5_era_keeps_the_0_6_3_sequence():
+    # 0.6.5 and 0.6.6 layers/sampler.py: the fp32 cast and one scatter_ of the values, as in 0.6.3 (and 0.8.5); the
+    # FlashAttention kernel writes into attention/layer.py's one empty_like(query) (use_output, out=).
+    flags = {v: _shape(version=v)[1] for v in ((0, 6, 3), (0, 6, 5), (0, 6, 6), (0, 8, 5), (0, 10, 2))}
+    assert {(s.fp32_logits, s.scatter_values, s.attention_buffer) for s in flags.values()} == {(True, True, False)}
+    # The live peak is the top-k/top-p step on fp32 logits: beside the bf16 logits (2 bytes an entry) and their fp32
+    # copy (4), the sorted values (4), their int64 indices (8), the two masks (1 + 1), the softmax and cumsum (4 + 4)
+    # and the re-ordered logits (4): 32 bytes an entry, plus the hidden states and the cuBLAS workspace; up to the
+    # unsplit rests of large blocks (1 MiB or less a tensor, CUDACachingAllocator should_split).
+    entries = 256 * 128_256
+    expected = CUBLAS_WORKSPACE_PRE_SM90 + 8192 * 4096 * 2 + 32 * entries
+    assert 0 <= profile_reservation(flags[(0, 6, 5)]).peak_allocated - expected < 10 * 1024**2
+
+
 def test_opt_writes_its_own_modules_and_tp_gathers_the_logits():
     spec, s = _shape("facebook/opt-125m", (0, 4, 0), tokens=2048)
     assert s.module == "opt" and s.padded_vocab == 50_304 and s.vocab == 50_272
@@ -85,16 +100,23 @@ def test_models_not_written_out_keep_the_allocated_peak():
     assert b.activation_peak == max(b.activation_forward, b.activation_sampler)
 
 
-def test_only_the_reserved_peak_rule_charges_the_reservation():
+def test_each_v0_rule_charges_its_own_peak():
     spec = resolve_model(LLAMA3_8B).spec
     p = resolve_precision(spec)
     kw = {"engine": "v0", "max_model_len": 8192, "gpu_memory_utilization": 0.9}
-    for version in ("0.2.5", "0.6.4", "0.6.6"):
+    # 0.2.5 (total - free) and 0.6.4 (allocated peak after empty_cache) keep the generic formula.
+    for version in ("0.2.5", "0.6.4"):
         b = vllm_budget(spec, p, 24 * GiB, engine_version=version, **kw)
         assert b.activation_peak == max(b.activation_forward, b.activation_sampler), version
     b = vllm_budget(spec, p, 24 * GiB, engine_version="0.4.1", **kw)
     assert b.activation_peak == profile_reservation(_shape()[1]).peak_reserved
     assert b.available_kv == b.requested - b.weights - b.activation_peak - b.non_torch
+    # 0.6.5-0.10.2 (utils.py memory_profiling): the rise of allocated_bytes.all.peak, the replay's live peak.
+    for version, parsed in (("0.6.6", (0, 6, 6)), ("0.8.5", (0, 8, 5))):
+        b = vllm_budget(spec, p, 24 * GiB, engine_version=version, **kw)
+        run = profile_reservation(_shape(version=parsed)[1])
+        assert b.activation_peak == run.peak_allocated < run.peak_reserved, version
+        assert b.activation_peak > max(b.activation_forward, b.activation_sampler), version
 
 
 def test_the_replay_is_fast_enough_for_the_estimate_path():

@@ -460,14 +460,18 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
                                          min(st.seqs, st.batched), last_stage=last, sampler=st.sampler,
                                          logits=logits, flashinfer_call=st.release.flashinfer_call)
                 for last in {stage == pp - 1 for stage in range(pp)}}
-    reserved_rule = st.engine == "v0" and st.release.v0_budget_rule == "reserved_peak"
+    # The V0 rules that read the caching allocator: 0.3.1-0.6.3 the reserved peak, 0.6.5-0.10.2 the rise of the
+    # allocated peak (utils.py memory_profiling, allocated_bytes.all.peak, 0.6.5 and 0.6.6).
+    replayed_rule = st.release.v0_budget_rule if st.engine == "v0" and st.release.v0_budget_rule in (
+        "reserved_peak", "snapshot") else None
     best: _Stage | None = None
     for stage_weights, last, counts in _stage_kinds(spec, precision, st.layout.tp, pp, group_layers):
         weights = stage_weights + rope
         forward, samp = profiles[last]
         activation = max(forward, samp)
-        if reserved_rule:
-            activation = _v0_reserved_activation(spec, precision, st, sum(counts), last) or activation
+        if replayed_rule is not None:
+            activation = _v0_replayed_activation(spec, precision, st, sum(counts), last,
+                                                 reserved=replayed_rule == "reserved_peak") or activation
         c = charge(st.release, st.engine, requested=requested, total=total, weights=weights,
                    activation=activation, tp=st.layout.tp, non_torch=non_torch_bytes, cuda_graph=cuda_graph)
         available = c.available if kv_cache_memory is None else kv_cache_memory
@@ -572,12 +576,17 @@ def _auto_fit(spec: ModelSpec, st: _Setup, stage: _Stage, group_windows: list[in
     return st, kv
 
 
-def _v0_reserved_activation(spec: ModelSpec, precision: Precision, st: _Setup, layers: int, last: bool) -> int:
-    """0.3.1-0.6.3 charge what the caching allocator has reserved at the end of the profile run
-    (gpuplan.engines.vllm_v0_reserved); 0 for a model whose V0 modules are not written there."""
+def _v0_replayed_activation(spec: ModelSpec, precision: Precision, st: _Setup, layers: int, last: bool, *,
+                            reserved: bool) -> int:
+    """The V0 profile run replayed through the caching allocator (gpuplan.engines.vllm_v0_reserved): what it
+    leaves reserved (0.3.1-0.6.3) or its peak of live tensors (0.6.5-0.10.2); 0 for a model whose V0 modules are
+    not written there."""
     shape = profile_shape(spec, st.layout, parse_release(st.release.version), e=precision.compute_bytes,
                           tokens=st.batched, seqs=st.seqs, layers=layers, last_stage=last)
-    return 0 if shape is None else profile_reservation(shape).peak_reserved
+    if shape is None:
+        return 0
+    run = profile_reservation(shape)
+    return run.peak_reserved if reserved else run.peak_allocated
 
 
 def vllm_budget(

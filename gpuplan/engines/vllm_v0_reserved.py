@@ -1,4 +1,6 @@
-"""What the V0 profile run of vLLM 0.3.1-0.6.3 leaves reserved in torch's caching allocator.
+"""What the V0 profile run of vLLM 0.3.1-0.6.3 leaves reserved in torch's caching allocator, and its peak of live
+tensors, which the V0 rule of 0.6.5-0.10.2 charges (``utils.py`` ``memory_profiling`` in 0.6.5 and 0.6.6: the rise of
+``torch.cuda.memory_stats()["allocated_bytes.all.peak"]`` over ``profile_run``).
 
 Under these releases the KV budget is ``total x utilization - (init_free - free after profile_run)``
 (``worker/worker.py`` ``determine_num_available_blocks`` in 0.3.3, 0.4.1, 0.4.2, 0.5.4 and 0.6.3): free memory
@@ -244,8 +246,13 @@ def profile_shape(spec: ModelSpec, layout: ParallelLayout, version: tuple[int, i
         kv_width=layout.kv_heads_per_rank * spec.head_dim, intermediate=-(-spec.intermediate_size // tp),
         vocab=spec.vocab_size, padded_vocab=layout.padded_vocab, tokens=tokens, seqs=min(seqs, tokens), e=e, tp=tp,
         last_stage=last_stage,
-        fp32_logits=version >= (0, 6, 0),  # layers/sampler.py: the cast is in 0.6.0, not in 0.5.4
-        scatter_values=version >= (0, 6, 3),  # one scatter_ in 0.6.3; 0.6.0 gathers by the inverse permutation
+        # layers/sampler.py: the cast is in 0.6.0, 0.6.3, 0.6.5, 0.6.6 and 0.8.5, not in 0.5.4.
+        fp32_logits=version >= (0, 6, 0),
+        # One scatter_ of the values in 0.6.3, 0.6.5, 0.6.6 and 0.8.5; 0.6.0 gathers by the inverse permutation.
+        scatter_values=version >= (0, 6, 3),
         # The backends copy the kernel's output into empty_like(query) from 0.4.1 (chunked prefill); 0.3.3's
-        # layers/attention.py and 0.4.0's backends/xformers.py return it, as 0.6.3's unified_flash_attention does.
+        # layers/attention.py and 0.4.0's backends/xformers.py return it, as 0.6.3's unified_flash_attention does;
+        # from 0.6.5 the FlashAttention kernel writes into the one empty_like(query) of attention/layer.py
+        # (use_output; out= in backends/flash_attn.py, 0.6.5 and 0.6.6). 0.6.5's backends/xformers.py (GPUs before
+        # sm80) still copies its output into an empty_like(query): not modelled.
         attention_buffer=(0, 4, 1) <= version < (0, 6, 3))
