@@ -78,6 +78,20 @@ def test_the_0_6_5_era_keeps_the_0_6_3_sequence():
     assert 0 <= profile_reservation(flags[(0, 6, 5)]).peak_allocated - expected < 10 * 1024**2
 
 
+def test_llama_py_lets_gate_up_die_from_0_6_5_and_qwen2_py_does_not():
+    # LlamaMLP.forward rebinds x to the activation in llama.py of 0.6.5, 0.6.6 and 0.8.5 ("x, _ =
+    # self.gate_up_proj(x); x = self.act_fn(x)"); 0.4.1 names it gate_up, as Qwen2MLP still does in 0.6.5-0.8.5.
+    assert _shape(version=(0, 4, 1))[1].mlp_keeps_gate_up and _shape(version=(0, 6, 3))[1].mlp_keeps_gate_up
+    assert not _shape(version=(0, 6, 5))[1].mlp_keeps_gate_up
+    assert _shape("Qwen/Qwen2.5-3B-Instruct", version=(0, 6, 6))[1].mlp_keeps_gate_up
+    # At 32,768 tokens the MLP is the run's peak: with gate_up freed before down_proj's [T, h] is made, the peak is
+    # gate_up beside the activation ([T, 2I] + [T, I]), one [T, h] below gate_up, activation and down_proj together.
+    kept = _shape(version=(0, 6, 5), tokens=32_768)[1]
+    freed = profile_reservation(kept).peak_allocated
+    held = profile_reservation(kept._replace(mlp_keeps_gate_up=True)).peak_allocated
+    assert held - freed == 32_768 * 4096 * 2
+
+
 def test_opt_writes_its_own_modules_and_tp_gathers_the_logits():
     spec, s = _shape("facebook/opt-125m", (0, 4, 0), tokens=2048)
     assert s.module == "opt" and s.padded_vocab == 50_304 and s.vocab == 50_272

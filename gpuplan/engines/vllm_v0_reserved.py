@@ -22,7 +22,8 @@ its function returns or the name is rebound), and replays it through gpuplan.cal
   ``fused_add_rms_norm``, ``layers/layernorm.py``); layer 0's ``input_layernorm`` allocates its output
   (``torch.empty_like``), later layers norm in place. ``LlamaAttention.forward`` holds ``qkv`` until it
   returns; ``LlamaMLP.forward`` holds ``gate_up`` until it returns, beside ``SiluAndMul``'s output
-  (``layers/activation.py``, ``torch.empty``) and ``down_proj``'s.
+  (``layers/activation.py``, ``torch.empty``) and ``down_proj``'s (from 0.6.5 llama.py rebinds the name, so
+  ``gate_up`` dies once the activation is made; qwen2.py keeps it).
 * ``model_executor/models/opt.py``: ``nn.LayerNorm`` and the residual sums allocate new tensors;
   ``OPTDecoder.forward`` keeps ``inputs_embeds`` and ``pos_embeds`` alive through the layers.
 * Attention (``attention/backends/xformers.py`` and ``flash_attn.py``, 0.4.1 to 0.5.4): ``output =
@@ -87,6 +88,7 @@ class V0ProfileShape(NamedTuple):
     fp32_logits: bool  # Sampler.forward casts the logits to fp32 (0.6.0+)
     scatter_values: bool  # _apply_top_k_top_p re-orders by one scatter_ of the values (0.6.3)
     attention_buffer: bool  # the backend copies the kernel's output into empty_like(query) (to 0.5.4)
+    mlp_keeps_gate_up: bool  # the MLP holds gate_up until it returns (else x is rebound to the activation)
 
 
 class V0ProfileReservation(NamedTuple):
@@ -134,8 +136,12 @@ def _llama_layers(tr: _Trace, s: V0ProfileShape) -> int:
         tr.free(hidden)  # the layer input, rebound to the attention output
         gate_up = tr.alloc(t * 2 * s.intermediate * e)
         act = tr.alloc(t * s.intermediate * e)
+        if not s.mlp_keeps_gate_up:
+            tr.free(gate_up)  # x = self.act_fn(x): the gate_up output loses its last name
         down = tr.alloc(t * h * e)
-        tr.free(act, gate_up, attn)  # x rebound, then LlamaMLP returns; hidden_states rebound
+        tr.free(act, attn)  # x rebound, then LlamaMLP returns; hidden_states rebound
+        if s.mlp_keeps_gate_up:
+            tr.free(gate_up)
         hidden = down
     tr.free(residual)  # the final norm works in place
     return hidden
@@ -231,13 +237,15 @@ def profile_reservation(s: V0ProfileShape) -> V0ProfileReservation:
 # the same layer structure (fused_add_rms_norm, MergedColumnParallelLinear gate_up, SiluAndMul) in 0.4.1.
 _MODULES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "llama",
             "OPTForCausalLM": "opt"}
+_LLAMA_PY = ("LlamaForCausalLM", "MistralForCausalLM")  # MistralForCausalLM is llama.py's LlamaForCausalLM
 
 
 def profile_shape(spec: ModelSpec, layout: ParallelLayout, version: tuple[int, int, int], *, e: int, tokens: int,
                   seqs: int, layers: int, last_stage: bool) -> V0ProfileShape | None:
     """The profile run of ``spec`` under the V0 worker of ``version``; None for a model whose modules are not
     written here (its charge stays the allocated peak)."""
-    module = next((_MODULES[a] for a in spec.architectures if a in _MODULES), None)
+    architecture = next((a for a in spec.architectures if a in _MODULES), None)
+    module = _MODULES.get(architecture or "")
     if module is None or spec.moe is not None or spec.mla is not None or spec.ffn_gated != (module == "llama"):
         return None
     tp = layout.tp
@@ -255,4 +263,9 @@ def profile_shape(spec: ModelSpec, layout: ParallelLayout, version: tuple[int, i
         # from 0.6.5 the FlashAttention kernel writes into the one empty_like(query) of attention/layer.py
         # (use_output; out= in backends/flash_attn.py, 0.6.5 and 0.6.6). 0.6.5's backends/xformers.py (GPUs before
         # sm80) still copies its output into an empty_like(query): not modelled.
-        attention_buffer=(0, 4, 1) <= version < (0, 6, 3))
+        attention_buffer=(0, 4, 1) <= version < (0, 6, 3),
+        # LlamaMLP.forward: "gate_up, _ = self.gate_up_proj(x); x = self.act_fn(gate_up)" in 0.4.1; "x, _ =
+        # self.gate_up_proj(x); x = self.act_fn(x)" in llama.py of 0.6.5, 0.6.6 and 0.8.5 (the release between
+        # that changed it is not read, so the reserved-peak era keeps the 0.4.1 form). Qwen2MLP (qwen2.py) keeps
+        # the gate_up name in 0.6.5, 0.6.6 and 0.8.5.
+        mlp_keeps_gate_up=not (architecture in _LLAMA_PY and version >= (0, 6, 5)))
