@@ -519,6 +519,7 @@ def fit_section() -> str:
         "addresses cudaMalloc returns, and its recorded trace, replayed, needs 37.50 GiB. The training peak of "
         "live tensors matches the measurement within 0.3% in all runs.",
         "",
+        *_outside_torch_by_card_lines(),
         "### Fit cases",
         "",
     ]
@@ -528,6 +529,64 @@ def fit_section() -> str:
     lines += ["", "### Training runs", ""]
     lines += _fit_table(train)
     return "\n".join(lines) + "\n" + fit_held_out_section() + hybrid_fit_section()
+
+
+def outside_torch_by_card() -> dict[str, dict[str, list[int]]]:
+    """What each card's measurements recorded outside torch's allocator: the CUDA context and what
+    ``mem_get_info`` and NVML read after the process warmed up (its environment lines), and after a generate()
+    run ``mem_get_info`` used - ``memory_reserved`` (the smallest-GPU rows' ``outside_torch`` on the H100;
+    ``meminfo_used_after - reserved_after`` of the peak measurements on the H200)."""
+    import json
+
+    cards: dict[str, dict[str, list[int]]] = {}
+    files = {"H200": ["transformers-h200.jsonl"],
+             "H100": sorted(p.name for p in FIXTURES.glob("min-memory-*h100.jsonl"))}
+    for card, names in files.items():
+        figures: dict[str, list[int]] = {"context": [], "warm": [], "nvml_warm": [], "after_run": []}
+        for name in names:
+            for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                context = row.get("context")
+                if isinstance(context, dict) and "cuda_context_bytes" in context:
+                    figures["context"].append(context["cuda_context_bytes"])
+                    figures["warm"].append(context["meminfo_used_after_warmup"])
+                    figures["nvml_warm"].append(context["nvml_used_after_warmup"])
+                if row.get("kind") == "generate" and "outside_torch" in row:
+                    figures["after_run"].append(row["outside_torch"])
+                elif "meminfo_used_after" in row and "reserved_after" in row:
+                    figures["after_run"].append(row["meminfo_used_after"] - row["reserved_after"])
+        cards[card] = figures
+    return cards
+
+
+def _outside_torch_by_card_lines() -> list[str]:
+    cards = outside_torch_by_card()
+    if not all(f["after_run"] and f["context"] for f in cards.values()):
+        return []
+
+    def cell(values: list[int]) -> str:
+        return f"{statistics.median(values) / GiB:.3f} ({min(values) / GiB:.3f}-{max(values) / GiB:.3f})"
+
+    lines = [
+        "The smallest-GPU searches ran on an H100. Whether the memory outside torch's allocator (the term the "
+        "estimate adds to the simulated allocator's limit) differs on an H200 can be read from the H200's peak "
+        "measurements of the same torch and transformers (`transformers-h200.jsonl`), which recorded the same "
+        "figures: as CUDA reports it, it is the same on both cards; NVML, which also counts what the driver keeps "
+        "for itself, reads more on the H200. The H200 smallest-GPU searches themselves are still to be run.",
+        "",
+        "| GiB, median (range) | H100 | H200 |",
+        "|---|---|---|",
+    ]
+    for key, label in (("context", "CUDA context (`mem_get_info`, after `cuInit`)"),
+                       ("warm", "`mem_get_info` used after the warm-up"),
+                       ("nvml_warm", "NVML used after the warm-up"),
+                       ("after_run", "outside torch after a generate() run")):
+        lines.append(f"| {label} | {cell(cards['H100'][key])} | {cell(cards['H200'][key])} |")
+    counts = ", ".join(f"{card} {len(f['after_run'])}" for card, f in cards.items())
+    from gpuplan.calc.overhead import NON_TORCH_BYTES
+
+    return lines + ["", f"Runs: {counts}. The estimate adds {NON_TORCH_BYTES / GiB:.3f} GiB for generate() "
+                    "(`NON_TORCH_BYTES`, gpuplan/calc/overhead.py).", ""]
 
 
 def _fit_cases(name: str) -> list[dict]:
