@@ -10,8 +10,10 @@ Every number in the report comes from replaying the recorded measurements throug
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from gpuplan.verify.compare import CaseComparison, compare, load_measurements
@@ -423,7 +425,7 @@ def distributed_section() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fit_table(comparisons: list[dict]) -> list[str]:
+def _fit_table(comparisons: Sequence[dict]) -> list[str]:
     out = ["| case | allocator | peak allocated GiB | peak reserved GiB | smallest GPU GiB | total_bytes GiB | error |",
            "|---|---|---:|---:|---:|---:|---:|"]
     for c in comparisons:
@@ -433,7 +435,7 @@ def _fit_table(comparisons: list[dict]) -> list[str]:
     return out
 
 
-def _fit_summary(name: str, comparisons: list[dict]) -> str:
+def _fit_summary(name: str, comparisons: Sequence[dict]) -> str:
     errors = [c["error"] for c in comparisons]
     within = sum(abs(e) <= 0.05 for e in errors)
     under = sum(e < -0.02 for e in errors)
@@ -443,13 +445,9 @@ def _fit_summary(name: str, comparisons: list[dict]) -> str:
 
 def fit_section() -> str:
     """Does it fit: total_bytes against the smallest GPU memory in which the run completed."""
-    from gpuplan.verify.min_memory import compare_min_memory, measured_rows
-
-    path = FIXTURES / "min-memory-h100.jsonl"
-    if not path.exists():
+    cases = _fit_cases("min-memory-h100.jsonl")
+    if not cases:
         return ""
-    rows = measured_rows(path)
-    cases = [compare_min_memory(r) for r in rows]
     generate = [c for c in cases if c["kind"] == "generate"]
     train = [c for c in _fit_cases("min-memory-training-fresh-h100.jsonl") if c["kind"] == "train"]
     lines = [
@@ -589,11 +587,14 @@ def _outside_torch_by_card_lines() -> list[str]:
                     "(`NON_TORCH_BYTES`, gpuplan/calc/overhead.py).", ""]
 
 
-def _fit_cases(name: str) -> list[dict]:
+@functools.cache
+def _fit_cases(name: str) -> tuple[dict, ...]:
+    """Each searched case of a smallest-GPU fixture against its estimate, computed once per report (several
+    sections read the same sweeps)."""
     from gpuplan.verify.min_memory import compare_min_memory, measured_rows
 
     path = FIXTURES / name
-    return [compare_min_memory(r) for r in measured_rows(path)] if path.exists() else []
+    return tuple(compare_min_memory(r) for r in measured_rows(path)) if path.exists() else ()
 
 
 # The files whose generate() runs count once each (a repeated workload is left out), and the training runs

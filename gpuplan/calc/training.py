@@ -331,7 +331,13 @@ def embedding_backward_bytes(embedding_numel: int, grad_bytes: int, tied: bool, 
     Qwen2.5-0.5B in bf16, GPT-2 in float32 and under autocast)."""
     if not tied:
         return 0
-    return embedding_numel * grad_bytes * (1 if autocast else 2)
+    return embedding_numel * grad_bytes * (2 if tied_gradients_summed_out_of_place(autocast) else 1)
+
+
+def tied_gradients_summed_out_of_place(autocast: bool) -> bool:
+    """Whether autograd adds a tied weight's two gradients into a new tensor (bf16 / fp32 training) rather than
+    in place (autocast): embedding_backward_bytes."""
+    return not autocast
 
 
 def _trainable_bytes_per_param(setup: TrainingSetup) -> int:

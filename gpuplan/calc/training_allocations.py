@@ -56,6 +56,7 @@ from gpuplan.calc.training import (
     lora_saved_parts,
     lora_target_tensors,
     module_in,
+    tied_gradients_summed_out_of_place,
 )
 from gpuplan.models.spec import ModelSpec, TensorGroup, TensorRole
 
@@ -235,7 +236,8 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
         layers=layers, tokens=T, stream=T * d.h * d.r, norm_temp=T * d.h * FP32,
         saved=(tuple(T * size for size in saved[0]), tuple(T * size for size in saved[1])),
         ffn_temp=T * d.I * d.e, layer_params=layer_params, outer_params=outer_params, base_layer=base_layer,
-        base_outer=base_outer, embedding_grad=emb * p_bytes, tied_sum_out_of_place=not d.autocast,
+        base_outer=base_outer, embedding_grad=emb * p_bytes,
+        tied_sum_out_of_place=tied_gradients_summed_out_of_place(d.autocast),
         tied_grad=emb * p_bytes if spec.tie_word_embeddings else 0, trained_bytes=p_bytes,
         logits=T * d.V * d.e, logits32=T * d.V * FP32, softcap=_loss_terms(d)["loss_kept"] - T * d.V * FP32,
         final_saved=_final_norm_bytes(d) * T, layer_casts=casts,
