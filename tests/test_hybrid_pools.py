@@ -74,9 +74,10 @@ def test_sglang_qwen3_next_tp4():
     assert b.cell_size == 12 * 1 * 512 * 2 == 12_288
     slots, tokens, running = _pools(b, per_request, 12_288, 32_768)
     assert (b.state.slots, b.max_total_num_tokens, b.max_running_requests) == (slots, tokens, running)
-    assert (slots, tokens, running) == (810, 1_417_729, 162)
-    assert b.state.pool_bytes == 811 * 19_316_736
-    assert b.k_size == (1_417_729 + 1) * 12_288 // 2
+    # The weights are the segments their load reserves (weight_blocks): 810 slots while they were their bytes.
+    assert (slots, tokens, running) == (809, 1_416_386, 161)
+    assert b.state.pool_bytes == 810 * 19_316_736  # slots + 1
+    assert b.k_size == (1_416_386 + 1) * 12_288 // 2
 
 
 def test_sglang_nemotron_nano():
@@ -88,7 +89,7 @@ def test_sglang_nemotron_nano():
     assert b.state.per_request == 23 * (6144 * 3 * 2 + 64 * 64 * 128 * 4) == 49_082_368
     assert b.cell_size == 6 * 2 * (128 + 128) * 2 == 6144
     assert (b.state.slots, b.max_total_num_tokens, b.max_running_requests) == _pools(b, 49_082_368, 6144, 8192)
-    assert (b.state.slots, b.max_total_num_tokens, b.max_running_requests) == (94, 845_660, 18)
+    assert (b.state.slots, b.max_total_num_tokens, b.max_running_requests) == (92, 828_893, 18)  # 94 slots as bytes
 
 
 def test_sglang_falcon_h1_every_layer_both():
@@ -99,7 +100,7 @@ def test_sglang_falcon_h1_every_layer_both():
     assert b.state.per_request == 32 * (1536 * 3 * 2 + 128 * 8 * 256 * 4) == 33_849_344
     # and every layer's attention: 32 x 8 KV heads x (128 + 128) x 2 bytes
     assert b.cell_size == 32 * 8 * 256 * 2 == 131_072
-    assert (b.state.slots, b.max_total_num_tokens, b.max_running_requests) == (782, 224_918, 156)
+    assert (b.state.slots, b.max_total_num_tokens, b.max_running_requests) == (781, 224_400, 156)  # 782 as bytes
 
 
 def test_sglang_ssm_dtype_and_fixed_slots():
@@ -129,11 +130,12 @@ def test_sglang_estimate_caps_concurrency_by_the_state_pool():
 
 
 def test_sglang_refuses_when_the_state_pool_holds_no_request():
-    # Qwen3.5-35B-A3B on one H100 at SGLang's default fraction: the weights leave room for 4 state slots, and a
-    # request of Qwen3.5 (extra-buffer radix cache) takes 5
+    # Qwen3.5-35B-A3B on one H100 at SGLang's default fraction: the weights (the segments their load reserves; 4
+    # slots while they were counted as their bytes) leave room for 3 state slots, and a request of Qwen3.5
+    # (extra-buffer radix cache) takes 5
     est = gpuplan.estimate("Qwen/Qwen3.5-35B-A3B", engine="sglang", gpu="H100")
     assert est.serving.max_num_seqs == 0 and est.serving.max_concurrency == 0
-    assert est.fit_reason == ("SGLang's state pool holds 4 request slots, fewer than the 5 one running request "
+    assert est.fit_reason == ("SGLang's state pool holds 3 request slots, fewer than the 5 one running request "
                               "takes: it refuses to start")
     assert est.serving.log_lines[-1].startswith("Hybrid (mamba/linear-attention) state cache is too small")
 

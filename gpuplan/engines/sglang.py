@@ -36,6 +36,7 @@ from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, refuse_unmodelled_caches, tokens_validator
 from gpuplan.engines.sglang_releases import default_chunk_and_graph as release_chunk_and_graph
+from gpuplan.engines.weight_blocks import weight_blocks
 from gpuplan.engines.sglang_releases import (
     fraction_gpu_class,
     fraction_reserved,
@@ -179,9 +180,11 @@ def sglang_budget(
     ssm_dtype = ssm_dtype_of(spec, mamba_ssm_dtype)
     per_request = state_per_request(spec, tp, SSM_DTYPE_BYTES[ssm_dtype], ranges) if spec.has_state_layers else 0
     free_before = gpu_memory_bytes - init_overhead_bytes
+    blocks = weight_blocks(spec, precision, tp, pp)
     results = []
     for stage in range(pp):
-        weights = layout.stage_weights_bytes[stage]
+        # Free memory drops by the segments the load reserves, not by the tensors' bytes (weight_blocks).
+        weights = blocks[stage].reserved
         free_after = free_before - weights
         rest = int(free_after - free_before * (1 - fraction))
         pool = None

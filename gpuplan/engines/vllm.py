@@ -21,7 +21,8 @@ kv_cache_utils.py and kv_cache_interface.py at 001cabc, topk_topp_sampler.py at 
   non_kv_cache_memory``, or ``kv_cache_memory_bytes`` as given, skipping the subtraction.
 * ``vllm/utils/mem_utils.py`` ``memory_profiling``: ``non_kv_cache_memory = weights_memory +
   torch_peak_increase + non_torch_increase``. ``weights_memory`` is the torch allocation made while loading
-  (weights plus buffers such as the rotary cos/sin cache); ``torch_peak_increase`` is the peak of
+  (weights plus buffers such as the rotary cos/sin cache), counted in the caching allocator's blocks
+  (``weight_blocks``); ``torch_peak_increase`` is the peak of
   ``allocated_bytes.all.peak`` during ``profile_run``; ``non_torch_increase`` is memory outside torch's
   allocator that appeared since the snapshot (cuBLAS workspaces, kernels loaded on first use, NCCL buffers
   allocated lazily).
@@ -89,6 +90,7 @@ from gpuplan.engines.vllm_releases import (
 )
 from gpuplan.engines.vllm_releases import default_batch_limits as release_batch_limits
 from gpuplan.engines.vllm_v0_reserved import profile_reservation, profile_shape
+from gpuplan.engines.weight_blocks import weight_blocks
 from gpuplan.errors import InputError
 from gpuplan.models.spec import LayerCache, ModelSpec, TensorRole
 from gpuplan.results import EngineEstimate, ServingBudget
@@ -330,17 +332,6 @@ def profile_activation(spec: ModelSpec, layout: ParallelLayout, e: int, tokens: 
     return forward, sampler_peak
 
 
-@per_spec
-def _rope_cache_bytes(spec: ModelSpec, e: int) -> int:
-    """vLLM's RotaryEmbedding registers cos_sin_cache [max_position, rotary_dim] in the model dtype
-    (vllm/model_executor/layers/rotary_embedding); models with learned positions have none."""
-    if any(t.role is TensorRole.POSITION_EMBEDDING for t in spec.tensors):
-        return 0
-    positions = spec.max_position_embeddings or 0
-    rotary = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
-    return positions * rotary * e
-
-
 def _group_blocks_for(length: int, window: int | None, block_size: int, max_num_batched_tokens: int) -> int:
     if window == STATE_GROUP:
         return 1
@@ -435,7 +426,8 @@ def _stage_kinds(spec: ModelSpec, precision: Precision, tp: int, pp: int, group_
     """The pipeline stages as (weight bytes, holds the LM head, layers of each KV cache group), each distinct
     one once, in the order of its first stage. A stage's pool follows from these alone, so a 61-stage layout
     is sized a handful of times, not 61. (A layer may be in two groups.)"""
-    stage_weights = parallel_layout(spec, precision, tp, pp).stage_weights_bytes
+    # What each stage's load allocates: the caching allocator's blocks, rotary cache included (weight_blocks).
+    stage_weights = [blocks.allocated for blocks in weight_blocks(spec, precision, tp, pp)]
     ordered = [sorted(g) for g in group_layers]
     kinds: dict[tuple[int, bool, tuple[int, ...]], None] = {}
     start = 0
@@ -453,7 +445,6 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
     """Each pipeline stage sizes its own pool; the engine keeps the smallest block count (the first such stage:
     the kinds come in the order of their first stage, and a later one replaces it only with fewer blocks)."""
     pp = st.layout.pp
-    rope = _rope_cache_bytes(spec, precision.compute_bytes)
     logits = "sampler" if st.engine == "v0" else st.release.profile_logits
     # The profile run's activations differ between stages only in whether the stage holds the LM head.
     profiles = {last: profile_activation(spec, st.layout, precision.compute_bytes, st.batched,
@@ -466,7 +457,7 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
         "reserved_peak", "snapshot") else None
     best: _Stage | None = None
     for stage_weights, last, counts in _stage_kinds(spec, precision, st.layout.tp, pp, group_layers):
-        weights = stage_weights + rope
+        weights = stage_weights
         forward, samp = profiles[last]
         activation = max(forward, samp)
         if replayed_rule is not None:

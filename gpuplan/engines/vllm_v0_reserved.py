@@ -47,10 +47,9 @@ its function returns or the name is rebound), and replays it through gpuplan.cal
 
 Left out: the input metadata (token ids, positions, slot mapping: a few bytes a token), the attention
 kernel's log-sum-exp ([heads, T] fp32), xformers' handling of grouped KV heads (0.3.3-0.4.x expand K and V
-to every query head as views; a copy made inside the kernel is not modelled), and the weights' own segments,
-charged as their bytes: each parameter is its own allocation before the profile run, and the rest of a
-segment rounded up to 2 MiB (none for Llama-3-8B, whose large parameters are multiples of 2 MiB) is not
-counted.
+to every query head as views; a copy made inside the kernel is not modelled), and the rests the weights' segments
+split off: the weights are charged as the blocks their load allocates (``weight_blocks``), and a split-off
+rest of a segment, free, may serve the profile run, which is replayed here on an allocator of its own.
 """
 
 from __future__ import annotations
