@@ -45,11 +45,15 @@ TRAIN = FIT + HELD_OUT
 # replays to the measured cap (20.79 vs 20.69 GiB) while the sequence leaves three checkpointed layer inputs in a
 # freed float32-logits segment at the second step and needs a fifth one.
 MISSES = {
+    # +19% since the rotary temporaries were written (+6.1% before): the measured cap was a pass that did not
+    # repeat (min-memory-recheck-h100.jsonl), and the sequence leaves out the q/k norms' float32 temporaries.
     "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: the measured cap was a pass that did not repeat",
     "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: LoRA temporaries the sequence leaves out",
     "openai-community/gpt2-medium|lora|fp32|adamw|b8|s512|gc0|ga1": "under: a fourth logits segment (held out)",
     "Qwen/Qwen2-0.5B-Instruct|lora|bf16|adamw|b4|s2048|gc0|ga1": "over: the Qwen2.5-0.5B LoRA miss again (held out)",
-    "meta-llama/Llama-3.2-1B|full|bf16|adamw|b8|s1024|gc1|ga1": "over: a fifth logits segment (held out)",
+    # -2.01% (at the line, -2.00% while the two pools were sized apart): the peak of live tensors is exact
+    # (-0.01%); no trace of this run was recorded.
+    "Qwen/Qwen2.5-3B|full|mixed|adamw|b2|s1024|gc1|ga1": "under by 2.01% (held out)",
 }
 
 
@@ -141,7 +145,8 @@ def test_training_targets_on_the_runs_the_rules_were_checked_against():
     assert sum(abs(e) <= 0.05 for e in errors) >= 9
 
 
-@pytest.mark.xfail(strict=True, reason="held out: 21 of 24 within 5%, and GPT-2 medium LoRA fp32 5.2% under")
+@pytest.mark.xfail(strict=True, reason="held out: 22 of 24 within 5%; GPT-2 medium LoRA fp32 5.1% under and "
+                                       "Qwen2.5-3B in mixed precision 2.01% under")
 def test_held_out_training_targets():
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
     assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.9
@@ -152,8 +157,9 @@ def test_held_out_training_status():
     """What the held-out runs give today, so that a change in either direction is seen."""
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
     assert len(errors) == 24
-    assert sum(abs(e) <= 0.05 for e in errors) == 21
-    assert sum(e < -0.02 for e in errors) == 1
+    # 21 and 1 until both allocator pools were replayed under one limit and the rotary temporaries written.
+    assert sum(abs(e) <= 0.05 for e in errors) == 22
+    assert sum(e < -0.02 for e in errors) == 2
 
 
 def test_workspaces_are_allocated_at_the_first_step():
@@ -264,14 +270,40 @@ def test_fifth_sweep_traces_replay_to_the_measured_reservation():
         assert abs(reserved / row["peak_reserved"] - 1) <= 0.002, row["case_id"]
 
 
-def test_llama_checkpointed_miss_is_the_sequence_not_the_simulation():
-    """Llama-3.2-1B full fine-tuning with checkpointing (+17.2%, MISSES): its recorded trace, replayed, needs the
-    cap the search found (within 0.5%); the simulated sequence needs 3.7 GiB more."""
-    from gpuplan.calc.allocator import fit_sequence
-    from gpuplan.calc.training_allocations import _split_pools
+def test_llama_checkpointed_run_follows_its_trace():
+    """Llama-3.2-1B full fine-tuning with checkpointing was +17.2% as measured (its trace, replayed, needed the cap
+    the search found, and the sequence 3.7 GiB more: the recomputed layers' inputs landed in a freed float32-logits
+    segment). With the rotary embedding's temporaries in the sequence (apply_rotary_pos_emb) the recompute fills
+    other holes first, as in the trace: the sequence needs the measured cap within 1%."""
+    from gpuplan.calc.allocator import fit_whole
 
     row = next(r for r in FIFTH if r["case_id"].startswith("meta-llama/Llama-3.2-1B|full"))
-    traced = fit_sequence(*_split_pools(_fifth_trace(row)))
+    traced = fit_whole(_fifth_trace(row))
     assert abs(traced.limit_bytes / row["min_cap"] - 1) <= 0.005
     spec, setup = _setup(row)
-    assert training_allocator_fit(spec, setup).limit_bytes - row["min_cap"] > 3 * 2**30
+    assert abs(training_allocator_fit(spec, setup).limit_bytes / row["min_cap"] - 1) <= 0.01
+
+
+def test_traces_replayed_as_one_allocator_need_the_measured_caps():
+    """Every recorded training trace, replayed with both pools under one limit (``fit_whole``), needs the cap the
+    search found within 1.1% (17 of them within 0.5%; Qwen3-0.6B checkpointed -1.04%), except the Qwen3-0.6B
+    LoRA run, whose measured pass did not repeat (+6.6%). Sized
+    apart (``fit_sequence``: the large pool's limit plus the small pool's peak), the 152k-vocabulary LoRA runs
+    needed 8.2% more than they did."""
+    from gpuplan.calc.allocator import fit_sequence, fit_whole
+    from gpuplan.calc.training_allocations import _split_pools
+    from gpuplan.verify.min_memory import trace_events
+
+    checked = 0
+    for row in FIFTH + [r for r in FIT if r.get("trace_file")]:
+        events = _fifth_trace(row) if row in FIFTH else trace_events(
+            FIXTURES / "traces" / "training" / row["trace_file"], row.get("allocated_before_case", 0))
+        whole = fit_whole(events).limit_bytes / row["min_cap"] - 1
+        if row["case_id"].startswith("Qwen/Qwen3-0.6B|lora"):
+            assert 0.06 < whole < 0.07
+        else:
+            assert abs(whole) <= 0.011, row["case_id"]
+        if row["case_id"].startswith(("Qwen/Qwen2-0.5B-Instruct|lora", "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b8")):
+            assert fit_sequence(*_split_pools(events)).limit_bytes / row["min_cap"] - 1 > 0.08
+        checked += 1
+    assert checked == 19

@@ -42,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_sequence
+from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_whole
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.training import (
     FP32,
@@ -112,6 +112,9 @@ class _Layout:
     # count, i.e. (T x in_features, T x out_features); empty without LoRA or under autocast.
     lora_linears: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = ((), ())
     compute_bytes: int = 2
+    # apply_rotary_pos_emb on q and k: (index in saved[0] of the rotated q, [T, q] bytes, [T, kv] bytes); None
+    # without rotary embeddings or where the attention's saved tensors are not split.
+    rope: tuple[int, int, int] | None = None
 
 
 def _split_saved(d: _Dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -232,8 +235,15 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
             if t.count == layers:
                 block = 1 if module_in(t, _FFN_NAMES) else 0
                 lora_linears[block].append((T * t.shape[1], T * t.shape[0]))
+    rope = None
+    q_bytes, k_bytes = T * d.q * d.e, T * d.kv * d.e
+    rotary = not any(t.role is TensorRole.POSITION_EMBEDDING for t in spec.tensors) and spec.mla is None
+    for index in range(len(saved[0]) - 1):
+        if rotary and (T * saved[0][index], T * saved[0][index + 1]) == (q_bytes, k_bytes):
+            rope = (index, q_bytes, k_bytes)
+            break
     return _Layout(
-        layers=layers, tokens=T, stream=T * d.h * d.r, norm_temp=T * d.h * FP32,
+        layers=layers, tokens=T, rope=rope, stream=T * d.h * d.r, norm_temp=T * d.h * FP32,
         saved=(tuple(T * size for size in saved[0]), tuple(T * size for size in saved[1])),
         ffn_temp=T * d.I * d.e, layer_params=layer_params, outer_params=outer_params, base_layer=base_layer,
         base_outer=base_outer, embedding_grad=emb * p_bytes,
@@ -258,8 +268,24 @@ def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
         squared = trace.alloc(lay.norm_temp)
         for _, out in lay.lora_linears[block]:
             _lora_forward(trace, out, lay.compute_bytes)
+        projected: list[int] = []
         for index, size in enumerate(group):
-            saved.append(trace.alloc(size))
+            if block == 0 and lay.rope is not None and index in (lay.rope[0], lay.rope[0] + 1):
+                # The projection's output, rotated into a new tensor (modeling_llama.py apply_rotary_pos_emb:
+                # q * cos + rotate_half(q) * sin, rotate_half = cat(-x2, x1)); the projections die once both are.
+                width = lay.rope[1] if index == lay.rope[0] else lay.rope[2]
+                projected.append(trace.alloc(width))
+                times_cos, negated = trace.alloc(width), trace.alloc(width // 2)
+                rotated = trace.alloc(width)
+                trace.free(negated)
+                times_sin = trace.alloc(width)
+                trace.free(rotated)
+                saved.append(trace.alloc(size))
+                trace.free(times_cos, times_sin)
+                if index == lay.rope[0] + 1:
+                    trace.free(*projected)
+            else:
+                saved.append(trace.alloc(size))
             if first_matmul and index == min(1, len(group) - 1):
                 trace.alloc(CUBLAS_WORKSPACE_BYTES)  # kept for the life of the process
                 first_matmul = False
@@ -478,6 +504,6 @@ def _split_pools(events: list[Event]) -> tuple[list[Event], list[Event]]:
 
 @lru_cache(maxsize=256)
 def training_allocator_fit(spec: ModelSpec, setup: TrainingSetup, expandable_segments: bool = False) -> AllocatorFit:
-    """The training run's sequence through the caching-allocator simulation (gpuplan/calc/allocator.py)."""
-    large, small = _split_pools(training_events(spec, setup))
-    return fit_sequence(large, small, expandable_segments=expandable_segments)
+    """The training run's sequence through the caching-allocator simulation (gpuplan/calc/allocator.py), both
+    pools under one limit (``fit_whole``)."""
+    return fit_whole(training_events(spec, setup), expandable_segments=expandable_segments)
