@@ -83,6 +83,8 @@ CONFIG_FOR = {
     "Qwen/Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
     "Qwen/Qwen2-7B-Instruct": "Qwen/Qwen2-7B-Instruct",
     "facebook/opt-125m": "facebook/opt-125m",
+    "meta-llama/Llama-3.2-1B": "meta-llama/Llama-3.2-1B",
+    "Qwen/Qwen2.5-1.5B-Instruct": "Qwen/Qwen2.5-1.5B",
     # The chat fine-tune of Llama-2-13b-hf keeps every size of the base config (fixture notes).
     "meta-llama/Llama-2-13b-chat-hf": "meta-llama/Llama-2-13b-hf",
 }
@@ -241,6 +243,15 @@ def test_a6000_replay_moves_with_the_ecc_state():
     assert [state for state, r in replayed.items() if r.within] == ["ECC off (default)"]
     assert (25.88 + 14.96) / 0.9 > load_gpu_catalog().resolve("RTX A6000 ECC").cuda_total_bytes / GiB
 
+# GPUs of replayed logs that the catalog does not list (each log prints its CUDA total), by architecture: the
+# GeForce GTX 1080 is Pascal (GP104, compute capability 6.1), on which vLLM 0.6.4 picks XFormers.
+ARCHITECTURE_OUTSIDE_CATALOG = {"GTX 1080": "Pascal"}
+
+
+def _architecture(gpu: str) -> str:
+    return ARCHITECTURE_OUTSIDE_CATALOG.get(gpu) or load_gpu_catalog().resolve(gpu).architecture
+
+
 def _gpu_total_bytes(case: dict, util: float) -> int:
     obs = case["observed"]
     if obs.get("total_gpu_memory_gib"):
@@ -285,10 +296,10 @@ def _inputs(case: dict) -> dict:
         # What the log prints about the top-k/top-p sampler, else the release's default on that GPU.
         "flashinfer_sampler": case.get("flashinfer_sampler"),
         "flashinfer_supported": release is not None and flashinfer_supports(
-            release, load_gpu_catalog().resolve(case["gpu"]).architecture),
+            release, _architecture(case["gpu"])),
         # No CUDA graphs (0.20+ charge no graph estimate); AMD GPUs run on ROCm (0.20-0.33 estimate nothing).
         "enforce_eager": bool(case.get("enforce_eager")),
-        "cuda_platform": is_cuda_platform(load_gpu_catalog().resolve(case["gpu"]).architecture),
+        "cuda_platform": is_cuda_platform(_architecture(case["gpu"])),
     }
 
 

@@ -282,8 +282,9 @@ def vllm_release(version: str | None = None) -> VllmRelease:
 # FlashInferBackend.supports_compute_capability (v1/attention/backends/flashinfer.py): compute capability 7.5 to
 # 12.1 in 0.21.0-0.23.0, 8.0 to 12.1 from 0.24.0 ("currently broken on SM75 (Turing)"; 0.34.0 the same). The
 # catalog's NVIDIA architectures by their lowest compute capability (https://developer.nvidia.com/cuda-gpus; Blackwell:
-# 10.0 for B200, 12.0 for the RTX 50 series, both under 12.1; Blackwell Ultra B300: 10.3).
-_CUDA_CAPABILITY = {"Volta": (7, 0), "Turing": (7, 5), "Ampere": (8, 0), "Ada Lovelace": (8, 9), "Hopper": (9, 0),
+# 10.0 for B200, 12.0 for the RTX 50 series, both under 12.1; Blackwell Ultra B300: 10.3; Pascal: 6.0 for P100, 6.1
+# for the GeForce 10 series, which vLLM runs with XFormers on its CUDA platform).
+_CUDA_CAPABILITY = {"Pascal": (6, 0), "Volta": (7, 0), "Turing": (7, 5), "Ampere": (8, 0), "Ada Lovelace": (8, 9), "Hopper": (9, 0),
                     "Blackwell": (10, 0), "Blackwell Ultra": (10, 3)}
 _FLASHINFER_SM80_FLOOR: _V = (0, 24, 0)
 
