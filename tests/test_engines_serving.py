@@ -152,6 +152,11 @@ KNOWN_MISSES = {
         "run (its replayed allocated peak; 0.92 with the generic formula as first replayed); the same model and "
         "rule on an H100 printed 1.26 (vllm-llama3-8b-h100-tp1-pr10511, within 5%). The command line is not "
         "quoted, so a larger --max-num-batched-tokens or another flag cannot be ruled out"),
+    "vllm-llama32-1b-gtx1080-tp1-v064post1": (
+        "vLLM 0.6.4.post1 on a GeForce GTX 1080 (Pascal, which vLLM does not support: XFormers, and the engine "
+        "failed at its first request): the log prints 3.49 GiB of peak torch memory and 0.44 GiB of non-torch "
+        "memory (the desktop's processes included) against 3.18 and 0.35 modelled, 0.40 GiB on a 3.60 GiB pool; "
+        "the generic activation formula that 0.6.4 keeps is 0.31 GiB under its profile run"),
     "vllm-llama2-13b-chat-80gb-tp1-v027": (
         "vLLM 0.2.7 with LLM defaults on an unnamed 80 GB GPU: it charged 29.51 GiB beside the 41.72 GiB pool (0.9 x "
         "79.15 - 41.72) against 25.03 modelled (24.24 of weights, 0.43 activation peak, 0.35 non-torch). The 4.48 "
@@ -523,7 +528,7 @@ def test_aggregate_share_within_tolerance():
     results = replay_all()
     single = [r for r in results if r.single_gpu]
     multi = [r for r in results if not r.single_gpu]
-    assert len(results) == 65 and len(single) == 48 and len(multi) == 17
+    assert len(results) == 70 and len(single) == 53 and len(multi) == 17
     # The cases the release rules were written against (not held out): 45 of 48 (94%); 34 of 34 single-GPU. Three of
     # the 14 multi-GPU cases among them miss: vLLM 0.2.5 at TP=4, an LMCache connector, SGLang at TP=4
     # (docs/serving.md).
@@ -538,8 +543,9 @@ def test_aggregate_share_within_tolerance():
     # 44 (89%, under the 90% goal since the second held-out collection). Before
     # the fourth collection's Qwen2-7B logs were replayed with the FlashInfer sampler they print: 55 and 42; before
     # the catalog's RTX A6000 became the ECC-off card: 56 and 43.
-    assert sum(r.within for r in results) == 59
-    assert sum(r.within for r in single) == 46
+    # The seventh held-out collection (five single-GPU logs, four within 5%): 63 of 70 (90%), 50 of 53.
+    assert sum(r.within for r in results) == 63
+    assert sum(r.within for r in single) == 50
     assert sum(r.within for r in multi) == 13
 
 
@@ -554,7 +560,9 @@ def test_held_out_cases_are_reported_apart():
                                     "vllm-llama3-8b-a6000-tp1-pr4454", "vllm-qwen35-35b-a3b-h100-tp4-issue50722",
                                     "vllm-llama3-8b-rtx3090-tp1-v041", "vllm-qwen2-7b-a100-80-tp1-v01011-gmu025",
                                     "vllm-qwen2-7b-a100-80-tp1-v01011-gmu050", "vllm-opt125m-a100-80-tp1-v040",
-                                    "vllm-llama2-13b-chat-80gb-tp1-v027"]
+                                    "vllm-llama2-13b-chat-80gb-tp1-v027", "vllm-llama32-1b-gtx1080-tp1-v064post1",
+                                    "vllm-opt125m-gtx1080-tp1-v064post1-a", "vllm-opt125m-gtx1080-tp1-v064post1-b",
+                                    "vllm-qwen25-15b-a10-tp1-v085post1", "vllm-opt125m-a10-tp1-v085post1"]
     # First collection: 5 of 6 within 5%. Second (releases no earlier log covered): 2 of 5. Each miss is a known
     # one (KNOWN_MISSES), replayed once before being recorded there. Third (a hybrid linear-attention model):
     # 1 of 1, +4.3% on the KV pool, but through offsetting parts: the log prints 0.13 GiB of non-torch memory
@@ -576,8 +584,12 @@ def test_held_out_cases_are_reported_apart():
     # formula, that era's four held-out logs move, the same ones within 5% (test_allocated_peak_moves_the_era_logs).
     # Since the weights are counted in the caching allocator's blocks (weight_blocks), the fourth collection's
     # RTX 4090 Qwen2.5-7B log moves from +5.2% (a miss) to +4.0% (test_weight_blocks_move_the_logs).
+    # Seventh (eras with fewer than three logs), as first replayed: 4 of 5, vLLM 0.6.4.post1 on a GTX 1080 (Llama-3.2-1B
+    # +11.1%, opt-125m -1.2% and +3.5%, one configuration under two amounts of other processes' memory) and 0.8.5.post1
+    # V1 on an A10 (Qwen2.5-1.5B-Instruct +3.4%, opt-125m +0.9%).
     assert [r.id for r in held if not r.within] == [
-        "sglang-qwq-32b-l4-tp4-v043", "vllm-llama3-8b-a100-40-tp1-v066", "vllm-llama2-13b-chat-80gb-tp1-v027"]
+        "sglang-qwq-32b-l4-tp4-v043", "vllm-llama3-8b-a100-40-tp1-v066", "vllm-llama2-13b-chat-80gb-tp1-v027",
+        "vllm-llama32-1b-gtx1080-tp1-v064post1"]
 
 
 def test_reserved_peak_moves_the_era_logs():
@@ -610,7 +622,10 @@ def test_allocated_peak_moves_the_era_logs():
 # Logged weights the allocator's blocks do not explain: Gemma-3's linear-scaled rotary cache (WEIGHTS_NOT_MODELLED
 # gives the arithmetic; 0.27 GiB for the 27B), and the vLLM 0.24.0 RTX 4090 log, 14.29 GiB against 14.25 (the
 # 14.2488 that 0.10.1.1 printed for the same layout); 0.24.0's loader is not read.
-WEIGHTS_BEYOND_BLOCKS = {"vllm-gemma3-27b-h100-tp1-01", "vllm-qwen25-7b-rtx4090-tp1-v0240"}
+WEIGHTS_BEYOND_BLOCKS = {"vllm-gemma3-27b-h100-tp1-01", "vllm-qwen25-7b-rtx4090-tp1-v0240",
+                         # Replayed with the base config, whose 131,072 positions make a rotary cache 24 MiB larger
+                         # than the Instruct checkpoint's 32,768 (fixture notes); the blocks beyond it match.
+                         "vllm-qwen25-15b-a10-tp1-v085post1"}
 
 
 def test_weights_are_the_caching_allocators_blocks():
@@ -690,7 +705,7 @@ def test_logged_weights_match_the_blocks():
         checked += 1
         if logged["weights"] == 14.2488:
             assert abs(r.budget.weights / GiB - logged["weights"]) * 1024 < 0.2, r.id
-    assert checked == 37
+    assert checked == 41
 
 
 def test_weight_blocks_move_the_logs():
