@@ -525,7 +525,9 @@ def fit_section() -> str:
         "(+19%; +6.1% before the rotary temporaries), whose search passed at 35.19 GiB while the same run "
         "failed at 36.25 GiB in a later process (`min-memory-recheck-h100.jsonl`): near its smallest GPU the "
         "allocator's outcome depends on the addresses cudaMalloc returns, and its recorded trace, replayed, "
-        "needs 37.50 GiB. The training peak of live tensors matches the measurement within 0.3% in all runs.",
+        "needs 37.50 GiB. The training peak of live tensors matches the measurement within 0.3% in these eleven "
+        "runs and within 0.4% over every sweep, except two held-out runs of the sixth: OPT-2.7B LoRA in float32 "
+        "(+12.4%) and Gemma-3-1B LoRA (-1.4%).",
         "",
         *_outside_torch_by_card_lines(),
         "### Fit cases",
@@ -614,7 +616,8 @@ _GENERATE_SWEEPS = ("min-memory-h100.jsonl", "min-memory-heldout-h100.jsonl", "m
                     "min-memory-heldout3-h100.jsonl", "min-memory-heldout4-h100.jsonl",
                     "min-memory-heldout5-h100.jsonl")
 _TRAINING_SWEEPS = ("min-memory-training-fresh-h100.jsonl", "min-memory-heldout3-h100.jsonl",
-                    "min-memory-heldout4-h100.jsonl", "min-memory-heldout5-h100.jsonl")
+                    "min-memory-heldout4-h100.jsonl", "min-memory-heldout5-h100.jsonl",
+                    "min-memory-heldout6-h100.jsonl")
 
 
 def _all_sweeps_lines() -> list[str]:
@@ -641,6 +644,38 @@ def _all_sweeps_lines() -> list[str]:
     ]
 
 
+def _sixth_sweep_lines() -> list[str]:
+    sixth = _fit_cases("min-memory-heldout6-h100.jsonl")
+    if not sixth:
+        return []
+    return [
+        "#### Sixth sweep, held out (training)",
+        "",
+        "The sixth sweep (`min-memory-heldout6-h100.jsonl`, H100) is the latest held-out result for training: eight "
+        "runs no earlier sweep trained (LoRA without checkpointing on Qwen2-1.5B at 8 x 1,024 tokens and on "
+        "Qwen2.5-0.5B at 4 x 1,024, on Gemma-3-1B at 4 x 2,048 (262k vocabulary) and on OPT-2.7B in float32; LoRA "
+        "with checkpointing on Phi-4-mini (200k vocabulary); full fine-tuning with checkpointing of Llama-3.2-3B, "
+        "Qwen3-0.6B and, under autocast, Qwen2.5-1.5B), chosen and committed before they ran and measured once both "
+        "allocator pools were replayed under one limit and the rotary temporaries were written, with nothing "
+        "changed since. 5 of 8 within 5%, none under by more than 2%, three over: Qwen2.5-0.5B LoRA +5.5% and "
+        "Gemma-3-1B LoRA +5.8% (both LoRA without checkpointing on a large vocabulary, the known weak spot), and "
+        "OPT-2.7B LoRA in float32 +11.3%, whose peak of live tensors is itself 12.4% over (a memory-model error, "
+        "not the allocator's). An uncapped trace of each run was recorded (`traces/training/heldout6/`). Replayed "
+        "with both pools under one limit, seven need the searched cap within 0.5%; the Qwen2.5-0.5B LoRA trace "
+        "needs 15.88 GiB where the search found 17.12 (-7.3%): the capped runs failed at 16.31 GiB, where the "
+        "simulation of the same trace completes, as a run-to-run variation near the limit would also show "
+        "(`min-memory-recheck-h100.jsonl`). Sized apart, that trace needs the searched cap within 0.1% and the "
+        "Phi-4-mini one 5.0% more.",
+        "",
+        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|",
+        _fit_summary("sixth sweep, training", [c for c in sixth if c["kind"] == "train"]),
+        "",
+        *_fit_table(sixth),
+        "",
+    ]
+
+
 def _fifth_sweep_lines() -> list[str]:
     fifth = _fit_cases("min-memory-heldout5-h100.jsonl")
     if not fifth:
@@ -650,7 +685,7 @@ def _fifth_sweep_lines() -> list[str]:
     return [
         "#### Fifth sweep, held out",
         "",
-        "The fifth sweep (`min-memory-heldout5-h100.jsonl`) is the latest held-out result: six generate() "
+        "The fifth sweep (`min-memory-heldout5-h100.jsonl`) is the latest held-out result for generate(): six generate() "
         "workloads under both allocators (Llama-2-13B in fp16, phi-4 at 4,096 tokens, CodeLlama-7B at batch 32, "
         "Qwen1.5-MoE with eager attention, Gemma-2-2B with sdpa, Qwen2-1.5B in float32 for 256 tokens) and eight "
         "training runs no earlier sweep trained (full fine-tuning of Qwen2.5-1.5B, Gemma-3-1B, GPT-2 medium under "
@@ -700,6 +735,7 @@ def fit_held_out_section() -> str:
         "### Held out: measured after the model was fixed",
         "",
         *_all_sweeps_lines(),
+        *_sixth_sweep_lines(),
         *_fifth_sweep_lines(),
         "#### Fourth sweep, held out",
         "",
