@@ -465,8 +465,9 @@ def format_components(results: list[Replay]) -> str:
 
 
 def test_components_match_the_logged_breakdown():
+    cases = {c["id"]: c for c in _load_cases()}
     for r in replay_all():
-        logged = logged_components(next(c for c in _load_cases() if c["id"] == r.id))
+        logged = logged_components(cases[r.id])
         if r.engine != "vllm":
             continue
         if "weights" in logged and r.id not in WEIGHTS_NOT_MODELLED:
@@ -697,8 +698,9 @@ def test_logged_weights_match_the_blocks():
     # Within the rounding of the printed figure (two decimals of a GiB: 5 MiB), plus a MiB; the 0.10.1.1 Qwen2-7B
     # logs print four decimals, 14.2488 GiB, and the blocks give 14.2487 (the tensors alone 14.1930).
     checked = 0
+    cases = {c["id"]: c for c in _load_cases()}
     for r in replay_all():
-        logged = logged_components(next(c for c in _load_cases() if c["id"] == r.id))
+        logged = logged_components(cases[r.id])
         if r.engine != "vllm" or "weights" not in logged or r.id in WEIGHTS_NOT_MODELLED | WEIGHTS_BEYOND_BLOCKS:
             continue
         assert abs(r.budget.weights / GiB - logged["weights"]) * 1024 <= 6.2, r.id
