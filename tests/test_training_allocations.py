@@ -54,11 +54,10 @@ MISSES = {
     # -2.01% (at the line, -2.00% while the two pools were sized apart): the peak of live tensors is exact
     # (-0.01%); no trace of this run was recorded.
     "Qwen/Qwen2.5-3B|full|mixed|adamw|b2|s1024|gc1|ga1": "under by 2.01% (held out)",
-    # Sixth sweep (held out, as measured), all over: LoRA without checkpointing on a large vocabulary again, and
-    # OPT-2.7B LoRA in float32, whose peak of live tensors is 12.4% over.
+    # Sixth sweep (held out), over: LoRA without checkpointing on a large vocabulary again. (OPT-2.7B LoRA in
+    # float32 was +11.3% as measured, its peak +12.4%: fc2's adapter input, ReLU's output, was counted twice.)
     "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b4|s1024|gc0|ga1": "over: LoRA on a 152k vocabulary (held out)",
     "google/gemma-3-1b-it|lora|bf16|adamw|b4|s2048|gc0|ga1": "over: LoRA on a 262k vocabulary (held out)",
-    "facebook/opt-2.7b|lora|fp32|adamw|b4|s512|gc0|ga1": "over: the peak of live tensors is 12.4% over (held out)",
 }
 
 
@@ -73,12 +72,11 @@ def _setup(row: dict) -> tuple:
 @pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
 def test_sequence_peak_is_the_estimated_peak(row):
     """The sequence is built from the memory model's sizes: replayed, its live tensors peak where the estimate
-    does, within 0.6% (the estimate is within 0.3% of the measured peak: tests/test_min_memory.py, except OPT-2.7B
-    LoRA in float32, MISSES). The widest are OPT-2.7B LoRA in float32, +0.58%, and GPT-2 under autocast, +0.49%."""
+    does, within 0.7%. The widest are OPT-2.7B LoRA in float32, +0.65% (128 MiB), and GPT-2 under autocast, +0.49%."""
     spec, setup = _setup(row)
     peak = replay(training_events(spec, setup)).peak_allocated
     estimated = estimate_training(spec, setup).peak_allocated_bytes
-    assert abs(peak - estimated) <= 0.006 * estimated
+    assert abs(peak - estimated) <= 0.007 * estimated
 
 
 @pytest.mark.parametrize("row", TRAIN, ids=[r["case_id"] for r in TRAIN])
@@ -150,7 +148,7 @@ def test_training_targets_on_the_runs_the_rules_were_checked_against():
     assert sum(abs(e) <= 0.05 for e in errors) >= 9
 
 
-@pytest.mark.xfail(strict=True, reason="held out: 27 of 32 within 5%; GPT-2 medium LoRA fp32 5.1% under and "
+@pytest.mark.xfail(strict=True, reason="held out: 28 of 32 within 5%; GPT-2 medium LoRA fp32 5.1% under and "
                                        "Qwen2.5-3B in mixed precision 2.01% under")
 def test_held_out_training_targets():
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
@@ -163,8 +161,9 @@ def test_held_out_training_status():
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
     assert len(errors) == 32
     # 21 of 24 and 1 until both allocator pools were replayed under one limit and the rotary temporaries written;
-    # 22 of 24 and 2 after; the sixth sweep, measured after that, adds 5 of 8 and none under.
-    assert sum(abs(e) <= 0.05 for e in errors) == 27
+    # 22 of 24 and 2 after; the sixth sweep, measured after that, adds 5 of 8 and none under as measured, 6 of 8
+    # since ReLU's output is counted once (test_sixth_sweep_as_measured).
+    assert sum(abs(e) <= 0.05 for e in errors) == 28
     assert sum(e < -0.02 for e in errors) == 2
 
 
@@ -321,14 +320,18 @@ SIXTH_TRACES = FIXTURES / "traces" / "training" / "heldout6"
 
 def test_sixth_sweep_as_measured():
     """The sixth sweep (H100) was chosen and committed before it ran, and measured once both pools were replayed
-    under one limit: 5 of 8 within 5%, none under by more than 2%; the three misses are over."""
+    under one limit: 5 of 8 within 5%, none under by more than 2%, three over (docs/accuracy.md keeps those
+    figures). One was a memory-model error found afterwards: OPT-2.7B LoRA in float32 (+11.3%, its peak +12.4%)
+    counted fc2's adapter input apart from ReLU's output, the same tensor (training.py lora_saved_parts). With it
+    counted once the run is -1.0%: 6 of 8 today."""
     errors = {r["case_id"]: compare_min_memory(r)["error"] for r in SIXTH}
     assert len(errors) == 8
-    assert sum(abs(e) <= 0.05 for e in errors.values()) == 5
+    assert sum(abs(e) <= 0.05 for e in errors.values()) == 6
     assert min(errors.values()) >= -0.02
     assert {i for i, e in errors.items() if e > 0.05} == {
-        "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b4|s1024|gc0|ga1", "google/gemma-3-1b-it|lora|bf16|adamw|b4|s2048|gc0|ga1",
-        "facebook/opt-2.7b|lora|fp32|adamw|b4|s512|gc0|ga1"}
+        "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b4|s1024|gc0|ga1", "google/gemma-3-1b-it|lora|bf16|adamw|b4|s2048|gc0|ga1"}
+    opt = next(r for r in SIXTH if r["case_id"].startswith("facebook/opt-2.7b"))
+    assert abs(compare_min_memory(opt)["peak_error"]) < 0.01
 
 
 def test_sixth_sweep_traces_replayed_as_one_allocator():

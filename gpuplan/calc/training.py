@@ -504,9 +504,12 @@ def lora_saved_parts(d: _Dims) -> list[tuple[TensorGroup, int]]:
             parts.append((t, t.shape[1] * FP32))
         else:
             # A float32 input needs no cast: linears reading the same tensor keep it once, and the
-            # attention's output (o_proj's input) is kept by the attention already.
+            # attention's output (o_proj's input) is kept by the attention already, as is ReLU's output (fc2's
+            # input: threshold_backward reads the result, so ReLU keeps it; _saved_per_token_layer counts it).
             group = "attn" if name in _ATTN_INPUT_PROJ else "ffn" if name in _FFN_INPUT_PROJ else \
                 "ffn_out" if module_in(t, _FFN_OUTPUT_PROJ) else None
+            if group == "ffn_out" and not d.spec.ffn_gated and d.spec.hidden_act == "relu":
+                group = None
             if group is not None and group not in groups:
                 groups.add(group)
                 parts.append((t, t.shape[1] * FP32))
