@@ -487,7 +487,8 @@ def fit_section() -> str:
         "limit plus the small pool's peak, which generate() keeps, its small pool being a few decode tensors), "
         "the recorded traces of the 152k-vocabulary LoRA runs needed 8.2% more than the runs did; replayed "
         "whole, each of the 19 training traces needs the searched cap within 1.1% (17 within 0.5%), except the "
-        "Qwen3-0.6B LoRA run, whose measured pass did not repeat (below). Nothing is fitted to these cases: the rules and sizes come from the torch and transformers "
+        "Qwen3-0.6B LoRA run, whose measured pass did not repeat (below). Nothing is fitted to these cases: "
+        "the rules and sizes come from the torch and transformers "
         "sources. The cases were split before the sweep ran: `fit` cases were looked at while the "
         "allocation sequence was written, `held-out` cases were measured with them but are reported apart. "
         "Hybrid models follow their layers' caches (transformers' cache_utils.py): attention layers grow K/V "
@@ -687,7 +688,8 @@ def _fifth_sweep_lines() -> list[str]:
     return [
         "#### Fifth sweep, held out",
         "",
-        "The fifth sweep (`min-memory-heldout5-h100.jsonl`) is the latest held-out result for generate(): six generate() "
+        "The fifth sweep (`min-memory-heldout5-h100.jsonl`) is the latest held-out result for generate(): six "
+        "generate() "
         "workloads under both allocators (Llama-2-13B in fp16, phi-4 at 4,096 tokens, CodeLlama-7B at batch 32, "
         "Qwen1.5-MoE with eager attention, Gemma-2-2B with sdpa, Qwen2-1.5B in float32 for 256 tokens) and eight "
         "training runs no earlier sweep trained (full fine-tuning of Qwen2.5-1.5B, Gemma-3-1B, GPT-2 medium under "

@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from gpuplan.calc.precision import resolve_precision
-from gpuplan.calc.weights import weights_bytes
+from gpuplan.calc.weights import tensor_bytes, weights_bytes
 from gpuplan.engines.sglang import default_mem_fraction_static, sglang_budget, sglang_cell_size
 from gpuplan.engines.sglang_releases import sglang_release
 from gpuplan.engines.tp import (
+    _shard_tensor,
     kv_heads_per_rank,
     parallel_layout,
     pp_layer_split,
@@ -32,10 +33,8 @@ from gpuplan.engines.tp import (
     weights_per_gpu,
 )
 from gpuplan.engines.vllm import GiB, default_batch_limits, kv_page_size, vllm_budget
-from gpuplan.calc.weights import tensor_bytes
-from gpuplan.engines.tp import _shard_tensor
-from gpuplan.engines.weight_blocks import weight_blocks
 from gpuplan.engines.vllm_releases import flashinfer_supports, is_cuda_platform, parse_release, vllm_release
+from gpuplan.engines.weight_blocks import weight_blocks
 from gpuplan.errors import InputError
 from gpuplan.gpus.catalog import load_catalog as load_gpu_catalog
 from gpuplan.models.catalog import load_catalog
@@ -538,10 +537,10 @@ def test_aggregate_share_within_tolerance():
     assert all(r.within for r in development if r.single_gpu)
     # All replayed cases at their own release: 59 of 65 (91%); single-GPU 46 of 48 (the two misses are both held
     # out, KNOWN_MISSES), multi-GPU 13 of 17. Before the weights were counted in the caching allocator's blocks
-    # (weight_blocks; the RTX 4090 Qwen2.5-7B log from +5.2% to +4.0%): 58 of 65 (89%) and 45 of 48; the same before 0.6.5-0.10.2 (V0) were charged the replayed allocated
-    # peak. Before the sixth held-out collection (the vLLM 0.2.7 Llama-2-13b-chat
-    # log, a miss): 58 of 64 (91%) and 45 of 47. Before 0.3.1-0.6.3 were charged the profile run's reserved peak: 57 and
-    # 44 (89%, under the 90% goal since the second held-out collection). Before
+    # (weight_blocks; the RTX 4090 Qwen2.5-7B log from +5.2% to +4.0%): 58 of 65 (89%) and 45 of 48; the same
+    # before 0.6.5-0.10.2 (V0) were charged the replayed allocated peak. Before the sixth held-out collection (the
+    # vLLM 0.2.7 Llama-2-13b-chat log, a miss): 58 of 64 (91%) and 45 of 47. Before 0.3.1-0.6.3 were charged the
+    # profile run's reserved peak: 57 and 44 (89%, under the 90% goal since the second held-out collection). Before
     # the fourth collection's Qwen2-7B logs were replayed with the FlashInfer sampler they print: 55 and 42; before
     # the catalog's RTX A6000 became the ECC-off card: 56 and 43.
     # The seventh held-out collection (five single-GPU logs, four within 5%): 63 of 70 (90%), 50 of 53.

@@ -42,7 +42,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_whole
+from gpuplan.calc.allocator import AllocatorFit, Event, fit_whole
+from gpuplan.calc.op_sequences import rotary_embedding
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.training import (
     FP32,
@@ -275,13 +276,7 @@ def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
                 # q * cos + rotate_half(q) * sin, rotate_half = cat(-x2, x1)); the projections die once both are.
                 width = lay.rope[1] if index == lay.rope[0] else lay.rope[2]
                 projected.append(trace.alloc(width))
-                times_cos, negated = trace.alloc(width), trace.alloc(width // 2)
-                rotated = trace.alloc(width)
-                trace.free(negated)
-                times_sin = trace.alloc(width)
-                trace.free(rotated)
-                saved.append(trace.alloc(size))
-                trace.free(times_cos, times_sin)
+                saved.append(rotary_embedding(trace, size))
                 if index == lay.rope[0] + 1:
                     trace.free(*projected)
             else:
@@ -492,14 +487,6 @@ def training_events(spec: ModelSpec, setup: TrainingSetup) -> list[Event]:
     for step in range(STEPS):
         _step(trace, lay, states, first=step == 0)
     return trace.events
-
-
-def _split_pools(events: list[Event]) -> tuple[list[Event], list[Event]]:
-    """The large-pool and small-pool events (c10/cuda/CUDACachingAllocator.cpp get_pool: kSmallSize)."""
-    small_ids = {tensor for action, tensor, size in events if action == "a" and size <= SMALL_SIZE}
-    large = [e for e in events if e[1] not in small_ids]
-    small = [e for e in events if e[1] in small_ids]
-    return large, small
 
 
 @lru_cache(maxsize=256)

@@ -36,7 +36,6 @@ from gpuplan.calc.precision import DTYPE_BYTES, Precision, engine_kv_dtype
 from gpuplan.calc.workload import Workload
 from gpuplan.engines.base import EngineOptions, Hardware, PrecisionRequest, refuse_unmodelled_caches, tokens_validator
 from gpuplan.engines.sglang_releases import default_chunk_and_graph as release_chunk_and_graph
-from gpuplan.engines.weight_blocks import weight_blocks
 from gpuplan.engines.sglang_releases import (
     fraction_gpu_class,
     fraction_reserved,
@@ -56,6 +55,7 @@ from gpuplan.engines.sglang_state import (
     state_pool,
 )
 from gpuplan.engines.tp import parallel_layout, pp_layer_split
+from gpuplan.engines.weight_blocks import weight_blocks
 from gpuplan.errors import InputError
 from gpuplan.models.spec import ModelSpec
 from gpuplan.results import EngineEstimate, ServingBudget

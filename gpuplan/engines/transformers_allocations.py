@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gpuplan.calc.allocator import SMALL_SIZE, AllocatorFit, Event, fit_sequence
+from gpuplan.calc.op_sequences import rotary_embedding
 from gpuplan.calc.overhead import CUBLAS_WORKSPACE_BYTES
 from gpuplan.calc.precision import Precision
 from gpuplan.calc.weights import tensor_bytes
@@ -162,19 +163,6 @@ def _llama_rms_norm(trace: _Trace, rows: int, width: int, e: int) -> int:
     if cast is not None:
         trace.free(cast)
     trace.free(scaled)
-    return out
-
-
-def _rope(trace: _Trace, size: int) -> int:
-    """apply_rotary_pos_emb for one of q / k: (x * cos) + (rotate_half(x) * sin), rotate_half = cat(-x2, x1)."""
-    times_cos = trace.alloc(size)
-    negated = trace.alloc(size // 2)
-    rotated = trace.alloc(size)
-    trace.free(negated)
-    times_sin = trace.alloc(size)
-    trace.free(rotated)
-    out = trace.alloc(size)
-    trace.free(times_cos, times_sin)
     return out
 
 
@@ -340,13 +328,13 @@ def _attention(trace: _Trace, s: _Shape, normed: int, rows: int, queries: int, k
         # rotary key of the new tokens, which the cache keeps; rotary embedding on that one-head key only.
         k = trace.alloc(rows * (c.key + c.value) // s.kv * e)
         v = trace.alloc(0)
-        k_rot = _rope(trace, rows * c.value // s.kv * e)
+        k_rot = rotary_embedding(trace, rows * c.value // s.kv * e)
     else:
         k = trace.alloc(rows * s.kv_heads * s.head_dim * e)
         v = trace.alloc(rows * s.kv_heads * s.v_head_dim * e)
-    q_rot = _rope(trace, rows * s.heads * s.head_dim * e)
+    q_rot = rotary_embedding(trace, rows * s.heads * s.head_dim * e)
     if not s.mla_expanded:
-        k_rot = _rope(trace, rows * s.kv_heads * s.head_dim * e)
+        k_rot = rotary_embedding(trace, rows * s.kv_heads * s.head_dim * e)
     trace.free(q, k)
     _cache_update(trace, s, keys, cache, layer, first)
     trace.free(k_rot, v)

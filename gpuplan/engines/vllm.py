@@ -92,7 +92,7 @@ from gpuplan.engines.vllm_releases import default_batch_limits as release_batch_
 from gpuplan.engines.vllm_v0_reserved import profile_reservation, profile_shape
 from gpuplan.engines.weight_blocks import weight_blocks
 from gpuplan.errors import InputError
-from gpuplan.models.spec import LayerCache, ModelSpec, TensorRole
+from gpuplan.models.spec import LayerCache, ModelSpec
 from gpuplan.results import EngineEstimate, ServingBudget
 
 __all__ = ["GiB", "TENSOR_PARALLEL_NON_TORCH_BYTES", "VllmBudget", "default_batch_limits", "kv_page_size",
@@ -456,8 +456,7 @@ def _size_stages(spec: ModelSpec, precision: Precision, st: _Setup, group_layers
     replayed_rule = st.release.v0_budget_rule if st.engine == "v0" and st.release.v0_budget_rule in (
         "reserved_peak", "snapshot") else None
     best: _Stage | None = None
-    for stage_weights, last, counts in _stage_kinds(spec, precision, st.layout.tp, pp, group_layers):
-        weights = stage_weights
+    for weights, last, counts in _stage_kinds(spec, precision, st.layout.tp, pp, group_layers):
         forward, samp = profiles[last]
         activation = max(forward, samp)
         if replayed_rule is not None:

@@ -284,8 +284,8 @@ def vllm_release(version: str | None = None) -> VllmRelease:
 # catalog's NVIDIA architectures by their lowest compute capability (https://developer.nvidia.com/cuda-gpus; Blackwell:
 # 10.0 for B200, 12.0 for the RTX 50 series, both under 12.1; Blackwell Ultra B300: 10.3; Pascal: 6.0 for P100, 6.1
 # for the GeForce 10 series, which vLLM runs with XFormers on its CUDA platform).
-_CUDA_CAPABILITY = {"Pascal": (6, 0), "Volta": (7, 0), "Turing": (7, 5), "Ampere": (8, 0), "Ada Lovelace": (8, 9), "Hopper": (9, 0),
-                    "Blackwell": (10, 0), "Blackwell Ultra": (10, 3)}
+_CUDA_CAPABILITY = {"Pascal": (6, 0), "Volta": (7, 0), "Turing": (7, 5), "Ampere": (8, 0), "Ada Lovelace": (8, 9),
+                    "Hopper": (9, 0), "Blackwell": (10, 0), "Blackwell Ultra": (10, 3)}
 _FLASHINFER_SM80_FLOOR: _V = (0, 24, 0)
 
 

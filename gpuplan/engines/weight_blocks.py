@@ -17,9 +17,10 @@ Qwen3-8B's tensors are multiples of 2 MiB: nothing beyond their bytes, as logged
 SGLang reads its weights from free memory (``Load weight begin/end``: ``get_available_gpu_memory`` before and
 after ``load_model``, model_runner.py), which drops by the segments the load reserves: the reserved bytes
 below. QwQ-32B (Qwen2.5-32B's layout) at TP=4 reserves 15.51 GiB for its 15.26 GiB of tensors; SGLang 0.4.3.post4
-printed "mem usage=15.54 GB" on an L4. vLLM's releases before 0.6.4 charge what the process reserved (0.2.5-0.3.0: total - free; 0.3.1-0.6.3: free at
-init - free after profiling), which holds these blocks and the rests split off them; a rest is free and may
-serve the profile run, so the blocks are what is charged there too.
+printed "mem usage=15.54 GB" on an L4. vLLM's releases before 0.6.4 charge what the process reserved
+(0.2.5-0.3.0: total - free; 0.3.1-0.6.3: free at init - free after profiling), which holds these blocks and
+the rests split off them; a rest is free and may serve the profile run, so the blocks are what is charged there
+too.
 
 The order is vLLM's module construction under ``torch.device("cuda")``: the embedding, then each decoder
 layer's parameters as the spec lists them, with the projections vLLM fuses as one tensor (q/k/v in
@@ -37,13 +38,11 @@ from bisect import bisect_left, insort
 from typing import NamedTuple
 
 from gpuplan.calc.allocator import MIN_BLOCK_SIZE, SMALL_SIZE, CachingAllocator, allocation_size, round_size
-from gpuplan.calc.precision import Precision
+from gpuplan.calc.precision import DTYPE_BYTES, Precision
 from gpuplan.calc.weights import tensor_bytes
 from gpuplan.engines.memo import per_spec
 from gpuplan.engines.tp import _block_bounds, _shard_tensor, _share, pp_layer_split
 from gpuplan.models.spec import ModelSpec, TensorGroup, TensorRole
-
-FLOAT32_BYTES = 4
 
 # The projections vLLM builds as one parameter, by the last part of their names (llama.py, qwen2.py,
 # mixtral.py, qwen2_moe.py: QKVParallelLinear, MergedColumnParallelLinear, FusedMoE).
@@ -114,7 +113,7 @@ def _layer_allocations(groups: tuple[_LayerGroup, ...], counts: tuple[int, ...])
     sizes: list[int] = []
     keys: list[str | None] = []
     attention = 0
-    for group, count in zip(groups, counts):
+    for group, count in zip(groups, counts, strict=True):
         if count == 0:
             continue
         # FusedMoE holds every local expert in one parameter (w13: gate and up, w2: down).
@@ -142,7 +141,7 @@ def _rope_cache(allocator: CachingAllocator, spec: ModelSpec, e: int) -> None:
     if any(t.role is TensorRole.POSITION_EMBEDDING for t in spec.tensors) or not spec.max_position_embeddings:
         return
     rotary = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
-    half = spec.max_position_embeddings * (rotary // 2) * FLOAT32_BYTES
+    half = spec.max_position_embeddings * (rotary // 2) * DTYPE_BYTES["fp32"]
     freqs, cos, sin = (allocator.malloc(half) for _ in range(3))
     cat = allocator.malloc(2 * half)
     for addr in (freqs, cos, sin):
