@@ -116,6 +116,22 @@ class _Layout:
     # apply_rotary_pos_emb on q and k: (index in saved[0] of the rotated q, [T, q] bytes, [T, kv] bytes); None
     # without rotary embeddings or where the attention's saved tensors are not split.
     rope: tuple[int, int, int] | None = None
+    # Per block (attention, FFN): its adapted linears replayed op by op (_LoraBlock), or None where the block's
+    # shape is not one _lora_block_forward knows (its adapters' temporaries are then written first).
+    lora_blocks: tuple[_LoraBlock | None, _LoraBlock | None] = (None, None)
+
+
+@dataclass(frozen=True)
+class _LoraBlock:
+    """A block whose linears all carry LoRA adapters, without autocast: Llama-style attention (q, k, v, o with
+    rotary embeddings) or a gated FFN (gate, up, down). Its saved tensors (bytes) in three parts: the norm's
+    (``lead``), each adapted linear's own (``linears``: the linear's output elements and what its adapter keeps,
+    peft's float32 input copy and lora_A's output), and the attention's or the FFN's (``rest``)."""
+
+    lead: tuple[int, ...]
+    linears: tuple[tuple[int, tuple[int, ...]], ...]
+    rest: tuple[int, ...]
+    attention: bool
 
 
 def _split_saved(d: _Dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -243,6 +259,9 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
         if rotary and (T * saved[0][index], T * saved[0][index + 1]) == (q_bytes, k_bytes):
             rope = (index, q_bytes, k_bytes)
             break
+    lora_blocks = _lora_blocks(spec, d, saved, lora_linears) if d.lora and not d.autocast else (None, None)
+    if rope is None:
+        lora_blocks = (None, lora_blocks[1])
     return _Layout(
         layers=layers, tokens=T, rope=rope, stream=T * d.h * d.r, norm_temp=T * d.h * FP32,
         saved=(tuple(T * size for size in saved[0]), tuple(T * size for size in saved[1])),
@@ -253,7 +272,46 @@ def _layout(spec: ModelSpec, setup: TrainingSetup, d: _Dims) -> _Layout:
         logits=T * d.V * d.e, logits32=T * d.V * FP32, softcap=_loss_terms(d)["loss_kept"] - T * d.V * FP32,
         final_saved=_final_norm_bytes(d) * T, layer_casts=casts,
         head_cast=head_cast, checkpointing=setup.grad_checkpointing, optimizer=setup.optimizer,
-        lora_linears=(tuple(lora_linears[0]), tuple(lora_linears[1])), compute_bytes=d.e)
+        lora_linears=(tuple(lora_linears[0]), tuple(lora_linears[1])), compute_bytes=d.e, lora_blocks=lora_blocks)
+
+
+def _lora_blocks(spec: ModelSpec, d: _Dims, saved: tuple[tuple[int, ...], tuple[int, ...]],
+                 lora_linears: tuple[list[tuple[int, int]], list[tuple[int, int]]]
+                 ) -> tuple[_LoraBlock | None, _LoraBlock | None]:
+    """The blocks that :func:`_lora_block_forward` replays op by op (per-token sizes scaled to the step's
+    tokens); None for a block of another shape or a compute dtype of float32 (whose adapters copy nothing)."""
+    if d.e == FP32:
+        return None, None
+    T = d.T
+    kept: tuple[list[list[int]], list[list[int]]] = ([], [])
+    previous = None
+    for t, size in lora_saved_parts(d):
+        block = kept[1 if module_in(t, _FFN_NAMES) else 0]
+        if t is not previous:
+            block.append([])
+            previous = t
+        block[-1].append(T * size)
+    blocks: list[_LoraBlock | None] = []
+    for index, attention in ((0, True), (1, False)):
+        group = [T * size for size in saved[index]]
+        linears = lora_linears[index]
+        flat = [size for parts in kept[index] for size in parts]
+        starts = [i for i in range(1, len(group) - len(flat) + 1) if group[i:i + len(flat)] == flat]
+        outs = [out * d.e for _, out in linears]
+        if not starts or len(kept[index]) != len(linears):
+            blocks.append(None)
+            continue
+        lead, rest = group[:starts[0]], group[starts[0] + len(flat):]
+        if attention:
+            shape = outs == [T * d.q * d.e, T * d.kv * d.e, T * d.kv_v * d.e, T * d.h * d.e] and \
+                rest[:3] == outs[:3] and spec.mla is None and \
+                not any(t.role is TensorRole.POSITION_EMBEDDING for t in spec.tensors)
+        else:
+            shape = spec.ffn_gated and outs == [T * d.I * d.e] * 2 + [T * d.h * d.e] and rest[:3] == [outs[0]] * 3
+        adapted = tuple((out, tuple(parts)) for (_, out), parts in zip(linears, kept[index], strict=True))
+        blocks.append(_LoraBlock(lead=tuple(lead), rest=tuple(rest), attention=attention, linears=adapted)
+                      if shape else None)
+    return blocks[0], blocks[1]
 
 
 def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
@@ -265,6 +323,12 @@ def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
     saved: list[int] = []
     casts = [trace.alloc(size) for size in lay.layer_casts]
     for block, group in enumerate(lay.saved):
+        lora_block = lay.lora_blocks[block]
+        if keep_all and lora_block is not None:
+            stream, kept = _lora_block_forward(trace, lay, lora_block, stream, first_matmul)
+            saved += kept
+            first_matmul = False
+            continue
         # RMSNorm (modeling_llama.py LlamaRMSNorm): hidden.to(float32).pow(2) is a temporary beside the kept ones.
         squared = trace.alloc(lay.norm_temp)
         for _, out in lay.lora_linears[block]:
@@ -296,6 +360,65 @@ def _layer_forward(trace: _Trace, lay: _Layout, stream: int, keep_all: bool,
         trace.free(*saved, *casts)
         return stream, []
     return stream, saved + casts
+
+
+def _lora_block_forward(trace: _Trace, lay: _Layout, block: _LoraBlock, stream: int,
+                        first_matmul: bool) -> tuple[int, list[int]]:
+    """A LoRA-adapted block's forward in the order its operations run, each adapted linear's temporaries
+    beside its own saved tensors (the order of the recorded traces, traces/training/): the norm; then q, k, v
+    (each adapter's float32 input copy and lora_A's output kept, the linear's output cast back to the compute
+    dtype), q and k rotated into new tensors, v kept as projected, the attention's output and logsumexp, o; or
+    gate, its activation, up, their product (read by down only: its frozen weight keeps nothing, its adapter
+    a float32 copy), down. The last linear's output is the sublayer's, added to the residual stream. Returns
+    the new stream tensor and the block's saved tensors."""
+    saved: list[int] = []
+    squared = trace.alloc(lay.norm_temp)
+    saved += [trace.alloc(size) for size in block.lead]
+    trace.free(squared)
+    if first_matmul:
+        trace.alloc(CUBLAS_WORKSPACE_BYTES)  # kept for the life of the process
+    e = lay.compute_bytes
+    product = None
+    if block.attention:
+        projections = []
+        for out, parts in block.linears[:3]:
+            projection, kept = _lora_linear(trace, out, parts, e)
+            saved += kept
+            projections.append(projection)
+        saved += [rotary_embedding(trace, block.rest[0]), rotary_embedding(trace, block.rest[1])]
+        trace.free(*projections[:2])
+        saved.append(projections[2])
+    else:
+        gate, kept = _lora_linear(trace, *block.linears[0], e)
+        saved += [*kept, gate, trace.alloc(block.rest[1])]
+        up, kept = _lora_linear(trace, *block.linears[1], e)
+        saved += [*kept, up]
+        product = trace.alloc(block.rest[2])
+    saved += [trace.alloc(size) for size in block.rest[3:]]
+    output, kept = _lora_linear(trace, *block.linears[-1], e)
+    saved += kept
+    if product is not None:
+        trace.free(product)
+    new_stream = trace.alloc(lay.stream)
+    trace.free(output, stream)
+    return new_stream, saved
+
+
+def _lora_linear(trace: _Trace, out: int, parts: tuple[int, ...], e: int) -> tuple[int, list[int]]:
+    """One LoRA-adapted linear's forward (peft tuners/lora/layer.py Linear.forward): the base layer's output,
+    the adapter's kept tensors (``parts``), lora_B's float32 output, its scaled copy, the float32 sum (the base
+    output freed as ``result`` is rebound), the sum cast back to the compute dtype. Returns the cast output and
+    the kept tensors."""
+    base = trace.alloc(out * e)
+    kept = [trace.alloc(size) for size in parts]
+    b_out = trace.alloc(out * FP32)
+    scaled = trace.alloc(out * FP32)
+    trace.free(b_out)
+    summed = trace.alloc(out * FP32)
+    trace.free(scaled, base)
+    cast = trace.alloc(out * e)
+    trace.free(summed)
+    return cast, kept
 
 
 def _lora_forward(trace: _Trace, out: int, e: int) -> None:
