@@ -532,7 +532,7 @@ def fit_section() -> str:
         "a later process (`min-memory-recheck-h100.jsonl`): near its smallest GPU the allocator's outcome "
         "depends on the addresses cudaMalloc returns, its recorded trace, replayed, needs 37.50 GiB, and the "
         "sequence 37.44. "
-        "needs 37.50 GiB. The training peak of live tensors matches the measurement within 0.3% in these eleven "
+        "The training peak of live tensors matches the measurement within 0.3% in these eleven "
         "runs and within 0.6% over every sweep, except Gemma-3-1B LoRA of the sixth (-1.4%).",
         "",
         *_outside_torch_by_card_lines(),
