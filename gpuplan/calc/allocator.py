@@ -291,15 +291,21 @@ class CachingAllocator:
             return None
         if self.expandable:
             return self._allocate_expandable(pool, size)
-        # The CUDA driver hands out virtual addresses from the top down: each new segment lies below the
-        # earlier ones (seen in every recorded trace, tests/fixtures/measurements/traces/), which decides the
-        # address tie-break of best fit between free blocks of the same size.
-        self._next_addr -= alloc + _SEGMENT_GAP
-        block = _Block(self._next_addr, alloc, pool.small, self._segment_count)
+        # Each new segment is placed below the earlier ones. The address decides best fit's tie-break between
+        # free blocks of the same size, and the CUDA driver's choice cannot be told from the sequence: in the
+        # recorded traces (tests/fixtures/measurements/traces/) a new large segment lies below the previous
+        # one 4,428 times and above it 3,333 times. Replayed either way, 26 of the 27 training traces need the same
+        # smallest limit within 1.5%; the Qwen2.5-0.5B LoRA run at 4 x 1,024 tokens needs 7.3% less than its
+        # capped runs placed below and 0.2% less placed above (tests/test_allocator_addresses.py).
+        block = _Block(self._segment_address(alloc), alloc, pool.small, self._segment_count)
         self._segment_count += 1
         self._grow(alloc)
         self.segments_allocated += 1
         return block
+
+    def _segment_address(self, alloc: int) -> int:
+        self._next_addr -= alloc + _SEGMENT_GAP
+        return self._next_addr
 
     def _grow(self, size: int) -> None:
         self.reserved += size
