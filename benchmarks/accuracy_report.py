@@ -681,7 +681,10 @@ def _sixth_sweep_lines() -> list[str]:
         "fit breaks ties between free blocks of the same size by address, and the driver places new segments "
         "both ways (4,428 times below the previous one and 3,333 times above it in the recorded traces); the "
         "other 26 traced runs need the same limit within 1.5% either way (`tests/test_allocator_addresses.py`). "
-        "7 of 8 within 5% and that one "
+        "Run again under caps below its searched one (`min-memory-capscan-h100.jsonl`), it passed under "
+        "15.875 GiB, what the simulation needs, and failed under every cap from 16.125 to 17.0 GiB: the "
+        "outcome is not monotone in the cap, and the searched cap is the smallest from which every larger "
+        "cap tried passed. 7 of 8 within 5% and that one "
         "under; the rows below are the model as it is now.",
         "",
         "| cases | n | within 5% | under by more than 2% | lowest | highest |",
@@ -781,9 +784,11 @@ def fit_held_out_section() -> str:
         "embedding_dense_backward writes [V, h] in the gradient's dtype, and a tied weight's two gradients "
         "are summed into a new [V, h] outside autocast (`gpuplan/calc/training.py` "
         "`embedding_backward_bytes`). With that, -0.2%. Since the LoRA blocks are written op by op (above), "
-        "Llama-3.2-1B LoRA at 4 x 1,024 tokens is -5.0% (it was -1.1%), under by more than 2%; no trace of this "
-        "run was recorded, so whether its capped runs, like the Qwen2.5-0.5B one of the sixth sweep, needed "
-        "more than their own allocations replayed is not known. The GPT-2 medium trace shows why that run is "
+        "Llama-3.2-1B LoRA at 4 x 1,024 tokens is -5.0% (it was -1.1%), under by more than 2%. Its trace, "
+        "recorded afterwards (`traces/training/capscan/`), replayed needs the searched cap (-0.1%), the run "
+        "failed under every cap below it, and the sequence needs 5.0% less than the trace: here the sequence "
+        "is at fault. Qwen2.5-3B in mixed precision likewise: its trace needs the searched cap (+0.0%), the "
+        "sequence 2.0% less. The GPT-2 medium trace shows why that run is "
         "under: autograd's cuBLAS workspace, allocated at the first step's lm_head backward, finds no 32 MiB "
         "hole and lands in a freed logits segment, where the sequence (whose GPT-2 blocks are not written op "
         "by op) leaves it a hole. The rows below are the model as it is now.",
