@@ -43,7 +43,7 @@ TRAIN = FIT + HELD_OUT
 # Llama-3.2-1B LoRA at 4 x 1,024 tokens (fourth sweep, held out) was -1.1% until the LoRA blocks were written op by
 # op, -4.98% since. Its trace, recorded afterwards (traces/training/capscan/), replayed needs the searched cap
 # (-0.1%), and a search in that later process found the same cap: the sequence is 5.0% under the trace, at the
-# second step's logits. Qwen2.5-3B in mixed precision: its trace replayed needs the searched cap (+0.0%), the
+# second step's logits (the sequence before the LoRA blocks were written op by op needed 19.00 GiB, -0.9%). Qwen2.5-3B in mixed precision: its trace replayed needs the searched cap (+0.0%), the
 # sequence 2.0% less.
 # Held out (sixth sweep): Qwen2.5-0.5B LoRA at 4 x 1,024 tokens is under: its own recorded trace, replayed, needs
 # 15.88 GiB where the capped runs failed up to 17.06 GiB; the sequence needs what the trace does (15.87). Replayed
