@@ -506,8 +506,8 @@ def fit_section() -> str:
         "",
         "Targets: generate(), both allocators: at least 95% within 5%, none under by more than 2%; training: "
         "at least 90% within 5%, none under by more than 2%. Met for generate() on these runs; over every "
-        "sweep (below) one of 94 generate() runs is 2.1% under, and training meets the first target (40 of 43 "
-        "within 5%) but not the second: four runs are under by more than 2% (below). "
+        "sweep (below) one of 94 generate() runs is 2.1% under, and training meets neither: 44 of 49 runs within "
+        "5% (89.8%), six under by more than 2% (below). "
         "`mistralai/Mistral-7B-v0.1 · bf16 · sdpa · b16 · p1024 · n128` with the default allocator was 2.4% "
         "under until the RMSNorm's float32 tensor was kept alive until the norm returns, as the allocator trace "
         "of Llama-3.1-8B's prefill recorded in the third held-out sweep showed (LlamaRMSNorm returns "
@@ -623,7 +623,7 @@ _GENERATE_SWEEPS = ("min-memory-h100.jsonl", "min-memory-heldout-h100.jsonl", "m
                     "min-memory-heldout5-h100.jsonl")
 _TRAINING_SWEEPS = ("min-memory-training-fresh-h100.jsonl", "min-memory-heldout3-h100.jsonl",
                     "min-memory-heldout4-h100.jsonl", "min-memory-heldout5-h100.jsonl",
-                    "min-memory-heldout6-h100.jsonl")
+                    "min-memory-heldout6-h100.jsonl", "min-memory-heldout7-h100.jsonl")
 
 
 def _all_sweeps_lines() -> list[str]:
@@ -650,6 +650,39 @@ def _all_sweeps_lines() -> list[str]:
     ]
 
 
+def _seventh_sweep_lines() -> list[str]:
+    seventh = _fit_cases("min-memory-heldout7-h100.jsonl")
+    if not seventh:
+        return []
+    return [
+        "#### Seventh sweep, held out (training)",
+        "",
+        "The seventh sweep (`min-memory-heldout7-h100.jsonl`, H100) is the latest held-out result for training: six "
+        "LoRA runs without checkpointing on models and token splits no earlier sweep trained that way "
+        "(Llama-3.2-3B-Instruct at 4 x 1,024 tokens, Qwen2.5-1.5B and Qwen2.5-0.5B at 2 x 2,048, Qwen3-4B at "
+        "2 x 1,024, Llama-3.2-1B-Instruct at 8 x 512, and Phi-3-mini at 2 x 1,024 as a control: its fused q/k/v "
+        "is not written op by op), chosen and committed before they ran and measured once the LoRA blocks were "
+        "written op by op, with nothing changed since. 4 of 6 within 5%, two under by more than 2%: Qwen3-4B "
+        "-5.3% and Llama-3.2-1B-Instruct -4.8%. An uncapped trace of each run was recorded "
+        "(`traces/training/heldout7/`); each replays to its searched cap within 0.3%, and the two sequences need "
+        "5.2% and 5.0% less than their traces, so the op-by-op LoRA blocks are short there (the sequence before "
+        "them: +0.1% and -0.9% of the same traces, and +14.1% for the Qwen2.5-0.5B run that is now -0.5%). "
+        "Llama-3.2-1B-Instruct at 8 x 512 tokens has the tensors of the Llama-3.2-1B run at 4 x 1,024 and the "
+        "same error. Phi-3-mini is 6.5% over with its peak of live tensors 8.3% over: a memory-model error for "
+        "LoRA on fused projections without checkpointing, not the allocator's. Qwen2.5-0.5B at 2 x 2,048 has the "
+        "tensors of the sixth sweep's 4 x 1,024 run, and its search found 15.94 GiB where that one found 17.12: "
+        "the simulation's 15.87 is what one search found and 7.3% under the other "
+        "(`tests/test_allocator_addresses.py`).",
+        "",
+        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|",
+        _fit_summary("seventh sweep, training", [c for c in seventh if c["kind"] == "train"]),
+        "",
+        *_fit_table(seventh),
+        "",
+    ]
+
+
 def _sixth_sweep_lines() -> list[str]:
     sixth = _fit_cases("min-memory-heldout6-h100.jsonl")
     if not sixth:
@@ -657,7 +690,7 @@ def _sixth_sweep_lines() -> list[str]:
     return [
         "#### Sixth sweep, held out (training)",
         "",
-        "The sixth sweep (`min-memory-heldout6-h100.jsonl`, H100) is the latest held-out result for training: eight "
+        "The sixth sweep (`min-memory-heldout6-h100.jsonl`, H100): eight "
         "runs no earlier sweep trained (LoRA without checkpointing on Qwen2-1.5B at 8 x 1,024 tokens and on "
         "Qwen2.5-0.5B at 4 x 1,024, on Gemma-3-1B at 4 x 2,048 (262k vocabulary) and on OPT-2.7B in float32; LoRA "
         "with checkpointing on Phi-4-mini (200k vocabulary); full fine-tuning with checkpointing of Llama-3.2-3B, "
@@ -756,6 +789,7 @@ def fit_held_out_section() -> str:
         "### Held out: measured after the model was fixed",
         "",
         *_all_sweeps_lines(),
+        *_seventh_sweep_lines(),
         *_sixth_sweep_lines(),
         *_fifth_sweep_lines(),
         "#### Fourth sweep, held out",
@@ -788,7 +822,8 @@ def fit_held_out_section() -> str:
         "recorded afterwards (`traces/training/capscan/`), replayed needs the searched cap (-0.1%), the run "
         "failed under every cap below it, and the sequence needs 5.0% less than the trace: here the sequence "
         "is at fault (before the LoRA blocks were written op by op it needed 0.9% less than this trace; the "
-        "op-by-op blocks bring five other LoRA traces from 6.0-14.1% over to within 1.2%). Qwen2.5-3B in mixed precision likewise: its trace needs the searched cap (+0.0%), the "
+        "op-by-op blocks bring five other LoRA traces from 6.0-14.1% over to within 1.2%). Qwen2.5-3B in "
+        "mixed precision likewise: its trace needs the searched cap (+0.0%), the "
         "sequence 2.0% less. The GPT-2 medium trace shows why that run is "
         "under: autograd's cuBLAS workspace, allocated at the first step's lm_head backward, finds no 32 MiB "
         "hole and lands in a freed logits segment, where the sequence (whose GPT-2 blocks are not written op "

@@ -28,7 +28,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "measurements"
 GiB = 2**30
 FIT = [r for r in measured_rows(FIXTURES / "min-memory-training-fresh-h100.jsonl") if r["kind"] == "train"]
 HELD_OUT = [r for name in ("min-memory-heldout3-h100.jsonl", "min-memory-heldout4-h100.jsonl",
-                           "min-memory-heldout5-h100.jsonl", "min-memory-heldout6-h100.jsonl")
+                           "min-memory-heldout5-h100.jsonl", "min-memory-heldout6-h100.jsonl",
+                           "min-memory-heldout7-h100.jsonl")
             for r in measured_rows(FIXTURES / name) if r["kind"] == "train"]
 TRAIN = FIT + HELD_OUT
 # Known misses. Qwen3-0.6B LoRA (over): its search passed at 35.19 GiB, but the same run failed at 36.25 GiB in a
@@ -43,12 +44,19 @@ TRAIN = FIT + HELD_OUT
 # Llama-3.2-1B LoRA at 4 x 1,024 tokens (fourth sweep, held out) was -1.1% until the LoRA blocks were written op by
 # op, -4.98% since. Its trace, recorded afterwards (traces/training/capscan/), replayed needs the searched cap
 # (-0.1%), and a search in that later process found the same cap: the sequence is 5.0% under the trace, at the
-# second step's logits (the sequence before the LoRA blocks were written op by op needed 19.00 GiB, -0.9%). Qwen2.5-3B in mixed precision: its trace replayed needs the searched cap (+0.0%), the
+# second step's logits (the sequence before the LoRA blocks were written op by op needed 19.00 GiB, -0.9%).
+# Qwen2.5-3B in mixed precision: its trace replayed needs the searched cap (+0.0%), the
 # sequence 2.0% less.
 # Held out (sixth sweep): Qwen2.5-0.5B LoRA at 4 x 1,024 tokens is under: its own recorded trace, replayed, needs
 # 15.88 GiB where the capped runs failed up to 17.06 GiB; the sequence needs what the trace does (15.87). Replayed
 # with new segments placed above the earlier ones instead of below, the trace needs the searched cap (-0.2%): the
 # driver's choice of address decides it (tests/test_allocator_addresses.py).
+# Held out (seventh sweep, measured once the LoRA blocks were written op by op): Qwen3-4B LoRA at 2 x 1,024 tokens
+# is 5.3% under and Llama-3.2-1B-Instruct LoRA at 8 x 512 tokens 4.8% under (the Llama-3.2-1B run above with another
+# split of the same 4,096 tokens); both traces replay to their searched caps, the sequences need 5.2% and 5.0% less
+# (the sequence before the LoRA blocks were written op by op: +0.1% and -0.9%). Phi-3-mini LoRA without
+# checkpointing (fused q/k/v, not written op by op) is 6.5% over with its peak of live tensors 8.3% over: a
+# memory-model error, not the allocator's.
 MISSES = {
     "Qwen/Qwen3-0.6B|lora|bf16|adamw|b8|s1024|gc0|ga1": "over: the measured cap was a pass that did not repeat",
     "openai-community/gpt2-medium|lora|fp32|adamw|b8|s512|gc0|ga1":
@@ -59,6 +67,12 @@ MISSES = {
     "meta-llama/Llama-3.2-1B|lora|bf16|adamw|b4|s1024|gc0|ga1": "under by 4.98% (held out)",
     "Qwen/Qwen2.5-0.5B|lora|bf16|adamw|b4|s1024|gc0|ga1":
         "under: the capped runs needed more than the simulation of their own trace (held out)",
+    "Qwen/Qwen3-4B|lora|bf16|adamw|b2|s1024|gc0|ga1":
+        "under by 5.3%: the sequence, its trace replays to the cap (held out)",
+    "meta-llama/Llama-3.2-1B-Instruct|lora|bf16|adamw|b8|s512|gc0|ga1":
+        "under by 4.8%: the sequence, its trace replays to the cap (held out)",
+    "microsoft/Phi-3-mini-4k-instruct|lora|bf16|adamw|b2|s1024|gc0|ga1":
+        "over: its peak of live tensors is 8.3% over (held out)",
 }
 
 
@@ -149,7 +163,7 @@ def test_training_targets_on_the_runs_the_rules_were_checked_against():
     assert sum(abs(e) <= 0.05 for e in errors) >= 10
 
 
-@pytest.mark.xfail(strict=True, reason="held out: 30 of 32 within 5%, four under by more than 2% (MISSES)")
+@pytest.mark.xfail(strict=True, reason="held out: 34 of 38 within 5%, six under by more than 2% (MISSES)")
 def test_held_out_training_targets():
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
     assert sum(abs(e) <= 0.05 for e in errors) / len(errors) >= 0.9
@@ -159,13 +173,14 @@ def test_held_out_training_targets():
 def test_held_out_training_status():
     """What the held-out runs give today, so that a change in either direction is seen."""
     errors = [compare_min_memory(r)["error"] for r in HELD_OUT]
-    assert len(errors) == 32
+    assert len(errors) == 38
     # 21 of 24 and 1 until both allocator pools were replayed under one limit and the rotary temporaries written;
     # 22 of 24 and 2 after; the sixth sweep, measured after that, adds 5 of 8 and none under as measured, 6 of 8
     # since ReLU's output is counted once (test_sixth_sweep_as_measured): 28 of 32 and 2. With the LoRA blocks
-    # written op by op, 30 of 32 and 4.
-    assert sum(abs(e) <= 0.05 for e in errors) == 30
-    assert sum(e < -0.02 for e in errors) == 4
+    # written op by op, 30 of 32 and 4. The seventh sweep, measured after that, adds 4 of 6 and 2 under
+    # (test_seventh_sweep_as_measured): 34 of 38 and 6.
+    assert sum(abs(e) <= 0.05 for e in errors) == 34
+    assert sum(e < -0.02 for e in errors) == 6
 
 
 def test_workspaces_are_allocated_at_the_first_step():
@@ -376,23 +391,26 @@ def test_sequence_needs_what_the_recorded_traces_need():
     """The simulated sequence against the run's own recorded allocations, both replayed through the allocator
     simulation under one limit: the smallest limit within 2% for every traced run. The LoRA runs without
     checkpointing on 152k and 262k vocabularies were 6.0% to 14.1% over while their adapters' temporaries were
-    written ahead of the block's saved tensors; op by op (_lora_block_forward) they are within 1.2%. Two
-    exceptions, both held-out runs under their smallest GPU (MISSES): GPT-2 medium LoRA in float32, 4.9% under
-    its trace, and Llama-3.2-1B LoRA at 4 x 1,024 tokens, 5.0% under its trace (traced after the fact,
-    traces/training/capscan/); each trace needs its run's searched cap within 0.1%."""
+    written ahead of the block's saved tensors; op by op (_lora_block_forward) they are within 1.2%. Five
+    exceptions, all held out (MISSES), each trace needing its run's searched cap within 0.3%: four under their
+    traces (GPT-2 medium LoRA in float32, -4.9%; Llama-3.2-1B LoRA at 4 x 1,024 and 8 x 512 tokens, -5.0% each;
+    Qwen3-4B LoRA, -5.2%) and Phi-3-mini LoRA, +6.8%, whose peak is itself 8.3% over."""
     from gpuplan.calc.allocator import fit_whole
     from gpuplan.verify.min_memory import trace_events
 
     rows = _traced_rows()
-    assert len(rows) == 30
+    assert len(rows) == 36
     under = {"openai-community/gpt2-medium|lora|fp32|adamw|b8|s512|gc0|ga1",
-             "meta-llama/Llama-3.2-1B|lora|bf16|adamw|b4|s1024|gc0|ga1"}
+             "meta-llama/Llama-3.2-1B|lora|bf16|adamw|b4|s1024|gc0|ga1",
+             "meta-llama/Llama-3.2-1B-Instruct|lora|bf16|adamw|b8|s512|gc0|ga1",
+             "Qwen/Qwen3-4B|lora|bf16|adamw|b2|s1024|gc0|ga1"}
+    over = {"microsoft/Phi-3-mini-4k-instruct|lora|bf16|adamw|b2|s1024|gc0|ga1"}
     for row, path in rows:
         spec, setup = _setup(row)
         trace = fit_whole(trace_events(path, row.get("allocated_before_case", 0))).limit_bytes
         model = training_allocator_fit(spec, setup).limit_bytes
-        if row["case_id"] in under:
-            assert -0.06 < model / trace - 1 < -0.04
+        if row["case_id"] in under | over:
+            assert 0.04 < abs(model / trace - 1) < 0.07
             assert abs(trace / row["min_cap"] - 1) <= 0.003
             continue
         assert abs(model / trace - 1) <= 0.02, (row["case_id"], model / trace - 1)
@@ -425,3 +443,22 @@ def test_capped_runs_are_not_monotone_in_the_cap():
     assert not any(r["ok"] for r in CAPSCAN if r.get("step") == "cap" and r["case_id"] == llama)
     search = next(r for r in CAPSCAN if r.get("step") == "search" and r["case_id"] == llama)
     assert search["min_cap"] == next(r for r in TRAIN if r["case_id"] == llama)["min_cap"]
+
+
+SEVENTH = [r for r in measured_rows(FIXTURES / "min-memory-heldout7-h100.jsonl") if r["kind"] == "train"]
+
+
+def test_seventh_sweep_as_measured():
+    """The seventh sweep (H100, `--case-set heldout-7`) was chosen and committed before it ran, and measured once the
+    LoRA blocks were written op by op, nothing changed since: LoRA without checkpointing on six models and token
+    splits not trained that way before. 4 of 6 within 5%; Qwen3-4B 5.3% under and Llama-3.2-1B-Instruct 4.8% under
+    (both the sequence's: their traces, traces/training/heldout7/, replay to the searched caps); Phi-3-mini, the
+    control whose fused q/k/v is not written op by op, 6.5% over with its peak 8.3% over."""
+    errors = {r["case_id"]: compare_min_memory(r)["error"] for r in SEVENTH}
+    assert len(errors) == 6
+    assert sum(abs(e) <= 0.05 for e in errors.values()) == 4
+    assert {i for i, e in errors.items() if e < -0.02} == {
+        "Qwen/Qwen3-4B|lora|bf16|adamw|b2|s1024|gc0|ga1",
+        "meta-llama/Llama-3.2-1B-Instruct|lora|bf16|adamw|b8|s512|gc0|ga1"}
+    phi = next(r for r in SEVENTH if r["case_id"].startswith("microsoft/Phi-3-mini"))
+    assert 0.08 < compare_min_memory(phi)["peak_error"] < 0.09

@@ -294,9 +294,9 @@ class CachingAllocator:
         # Each new segment is placed below the earlier ones. The address decides best fit's tie-break between
         # free blocks of the same size, and the CUDA driver's choice cannot be told from the sequence: in the
         # recorded traces (tests/fixtures/measurements/traces/) a new large segment lies below the previous
-        # one 5,194 times and above it 3,480 times. Replayed either way, 28 of the 29 training traces need the same
-        # smallest limit within 1.5%; the Qwen2.5-0.5B LoRA run at 4 x 1,024 tokens needs 7.3% less than its
-        # capped runs placed below and 0.2% less placed above (tests/test_allocator_addresses.py).
+        # one 6,413 times and above it 4,168 times. Replayed either way, 33 of the 35 training traces need the same
+        # smallest limit within 1.5%; two Qwen2.5-0.5B LoRA runs of the same tensors need 15.88 GiB placed below
+        # and 17.1 placed above, and their searches found one each (tests/test_allocator_addresses.py).
         block = _Block(self._segment_address(alloc), alloc, pool.small, self._segment_count)
         self._segment_count += 1
         self._grow(alloc)
