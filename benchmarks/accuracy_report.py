@@ -509,7 +509,7 @@ def fit_section() -> str:
         "sweep (below) one of 94 generate() runs is 2.1% under, and training meets neither: 44 of 49 runs within "
         "5% (89.8%), six under by more than 2% (below). The sequence as it was before the LoRA blocks were "
         "written op by op gives 41 of 49 within 5% and two under: the op-by-op blocks follow the recorded traces "
-        "more closely (30 of 35 traced runs within 2% of their traces, the other five named below), but the "
+        "more closely (31 of 36 traced runs within 2% of their traces, the other five named below), but the "
         "runs they miss they miss on the low side. "
         "`mistralai/Mistral-7B-v0.1 · bf16 · sdpa · b16 · p1024 · n128` with the default allocator was 2.4% "
         "under until the RMSNorm's float32 tensor was kept alive until the norm returns, as the allocator trace "
