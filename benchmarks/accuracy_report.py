@@ -653,13 +653,28 @@ def _all_sweeps_lines() -> list[str]:
     ]
 
 
-def _seventh_sweep_lines() -> list[str]:
-    seventh = _fit_cases("min-memory-heldout7-h100.jsonl")
-    if not seventh:
+def _training_sweep_lines(fixture: str, ordinal: str, prose: str) -> list[str]:
+    """A held-out training sweep's section: its prose, its summary row and its cases."""
+    cases = _fit_cases(fixture)
+    if not cases:
         return []
     return [
-        "#### Seventh sweep, held out (training)",
+        f"#### {ordinal.capitalize()} sweep, held out (training)",
         "",
+        prose,
+        "",
+        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|",
+        _fit_summary(f"{ordinal} sweep, training", [c for c in cases if c["kind"] == "train"]),
+        "",
+        *_fit_table(cases),
+        "",
+    ]
+
+
+def _seventh_sweep_lines() -> list[str]:
+    return _training_sweep_lines(
+        "min-memory-heldout7-h100.jsonl", "seventh",
         "The seventh sweep (`min-memory-heldout7-h100.jsonl`, H100) is the latest held-out result for training: six "
         "LoRA runs without checkpointing on models and token splits no earlier sweep trained that way "
         "(Llama-3.2-3B-Instruct at 4 x 1,024 tokens, Qwen2.5-1.5B and Qwen2.5-0.5B at 2 x 2,048, Qwen3-4B at "
@@ -675,24 +690,12 @@ def _seventh_sweep_lines() -> list[str]:
         "LoRA on fused projections without checkpointing, not the allocator's. Qwen2.5-0.5B at 2 x 2,048 has the "
         "tensors of the sixth sweep's 4 x 1,024 run, and its search found 15.94 GiB where that one found 17.12: "
         "the simulation's 15.87 is what one search found and 7.3% under the other "
-        "(`tests/test_allocator_addresses.py`).",
-        "",
-        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
-        "|---|---:|---:|---:|---:|---:|",
-        _fit_summary("seventh sweep, training", [c for c in seventh if c["kind"] == "train"]),
-        "",
-        *_fit_table(seventh),
-        "",
-    ]
+        "(`tests/test_allocator_addresses.py`).")
 
 
 def _sixth_sweep_lines() -> list[str]:
-    sixth = _fit_cases("min-memory-heldout6-h100.jsonl")
-    if not sixth:
-        return []
-    return [
-        "#### Sixth sweep, held out (training)",
-        "",
+    return _training_sweep_lines(
+        "min-memory-heldout6-h100.jsonl", "sixth",
         "The sixth sweep (`min-memory-heldout6-h100.jsonl`, H100): eight "
         "runs no earlier sweep trained (LoRA without checkpointing on Qwen2-1.5B at 8 x 1,024 tokens and on "
         "Qwen2.5-0.5B at 4 x 1,024, on Gemma-3-1B at 4 x 2,048 (262k vocabulary) and on OPT-2.7B in float32; LoRA "
@@ -721,15 +724,7 @@ def _sixth_sweep_lines() -> list[str]:
         "15.875 GiB, what the simulation needs, and failed under every cap from 16.125 to 17.0 GiB: the "
         "outcome is not monotone in the cap, and the searched cap is the smallest from which every larger "
         "cap tried passed. 7 of 8 within 5% and that one "
-        "under; the rows below are the model as it is now.",
-        "",
-        "| cases | n | within 5% | under by more than 2% | lowest | highest |",
-        "|---|---:|---:|---:|---:|---:|",
-        _fit_summary("sixth sweep, training", [c for c in sixth if c["kind"] == "train"]),
-        "",
-        *_fit_table(sixth),
-        "",
-    ]
+        "under; the rows below are the model as it is now.")
 
 
 def _fifth_sweep_lines() -> list[str]:

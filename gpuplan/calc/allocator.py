@@ -204,8 +204,8 @@ class CachingAllocator:
             # Each rest can serve one request of up to ``rest`` bytes at a time; more than a few hundred of
             # them are never in use at once, so the others are counted as reserved but not kept as blocks.
             for _ in range(min(count, _KEPT_RESTS)):
-                self._next_addr -= segment + _SEGMENT_GAP
-                self.large.insert(_Block(self._next_addr + size, rest, False, self._segment_count, prev=weight))
+                self.large.insert(_Block(self._segment_address(segment) + size, rest, False, self._segment_count,
+                                         prev=weight))
                 self._segment_count += 1
             self.allocated += size * count
         else:
@@ -304,6 +304,7 @@ class CachingAllocator:
         return block
 
     def _segment_address(self, alloc: int) -> int:
+        """Where a new segment of ``alloc`` bytes starts: below every earlier one (see _alloc_block)."""
         self._next_addr -= alloc + _SEGMENT_GAP
         return self._next_addr
 
@@ -353,8 +354,7 @@ class CachingAllocator:
         # card, but the estimate simulates a card with room to spare, so the space is then made to fit it.
         space = max(self.device_bytes + self.device_bytes // 8, size)
         space = page * ((space + page - 1) // page)
-        self._next_addr -= space + _SEGMENT_GAP
-        block = _Block(self._next_addr, space, pool.small, self._segment_count, mapped=False)
+        block = _Block(self._segment_address(space), space, pool.small, self._segment_count, mapped=False)
         self._segment_base[block.segment] = block.addr
         self._segment_count += 1
         pool.unmapped[block.addr] = block

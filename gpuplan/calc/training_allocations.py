@@ -303,9 +303,8 @@ def _lora_blocks(spec: ModelSpec, d: _Dims, saved: tuple[tuple[int, ...], tuple[
             continue
         lead, rest = group[:starts[0]], group[starts[0] + len(flat):]
         if attention:
-            shape = outs == [T * d.q * d.e, T * d.kv * d.e, T * d.kv_v * d.e, T * d.h * d.e] and \
-                rest[:3] == outs[:3] and spec.mla is None and \
-                not any(t.role is TensorRole.POSITION_EMBEDDING for t in spec.tensors)
+            # (rotary embeddings: _layout drops the attention block where it found none)
+            shape = outs == [T * d.q * d.e, T * d.kv * d.e, T * d.kv_v * d.e, T * d.h * d.e] and rest[:3] == outs[:3]
         else:
             shape = spec.ffn_gated and outs == [T * d.I * d.e] * 2 + [T * d.h * d.e] and rest[:3] == [outs[0]] * 3
         adapted = tuple((out, tuple(parts)) for (_, out), parts in zip(linears, kept[index], strict=True))
@@ -407,8 +406,8 @@ def _lora_block_forward(trace: _Trace, lay: _Layout, block: _LoraBlock, stream: 
 def _lora_linear(trace: _Trace, out: int, parts: tuple[int, ...], e: int) -> tuple[int, list[int]]:
     """One LoRA-adapted linear's forward (peft tuners/lora/layer.py Linear.forward): the base layer's output,
     the adapter's kept tensors (``parts``), lora_B's float32 output, its scaled copy, the float32 sum (the base
-    output freed as ``result`` is rebound), the sum cast back to the compute dtype. Returns the cast output and
-    the kept tensors."""
+    output freed as ``result`` is rebound), the sum cast back to the compute dtype (in float32 the sum is the
+    output). Returns the output and the kept tensors."""
     base = trace.alloc(out * e)
     kept = [trace.alloc(size) for size in parts]
     b_out = trace.alloc(out * FP32)
@@ -416,6 +415,8 @@ def _lora_linear(trace: _Trace, out: int, parts: tuple[int, ...], e: int) -> tup
     trace.free(b_out)
     summed = trace.alloc(out * FP32)
     trace.free(scaled, base)
+    if e == FP32:
+        return summed, kept
     cast = trace.alloc(out * e)
     trace.free(summed)
     return cast, kept
@@ -427,17 +428,8 @@ def _lora_forward(trace: _Trace, out: int, e: int) -> None:
     then ``result.to(torch_result_dtype)``): lora_B's output, its scaled copy, the float32 sum, the base output
     freed as ``result`` is rebound. The cast result stands for the linear's output, which the block's saved
     tensors already count, so it is freed here too."""
-    base = trace.alloc(out * e)
-    b_out = trace.alloc(out * FP32)
-    scaled = trace.alloc(out * FP32)
-    trace.free(b_out)
-    summed = trace.alloc(out * FP32)
-    trace.free(scaled, base)
-    if e != FP32:
-        cast = trace.alloc(out * e)
-        trace.free(summed, cast)
-    else:
-        trace.free(summed)
+    output, _ = _lora_linear(trace, out, (), e)
+    trace.free(output)
 
 
 def _lora_backward(trace: _Trace, inp: int, out: int, e: int) -> None:
